@@ -1,0 +1,20 @@
+# Every dependency comes from Debian; a missing one names the apt package that provides it.
+set(ATTNBENCH_APT_PACKAGES "libdnnl-dev ocl-icd-opencl-dev opencl-c-headers libtbb-dev nlohmann-json3-dev libfmt-dev libbenchmark-dev libgtest-dev")
+
+macro(attnbench_require pkg apt)
+  find_package(${pkg} ${ARGN} QUIET)
+  if(NOT ${pkg}_FOUND)
+    message(FATAL_ERROR "attnbench needs ${pkg}: install it with 'apt-get install ${apt}' "
+                        "(or run scripts/setup.sh, which installs: ${ATTNBENCH_APT_PACKAGES})")
+  endif()
+endmacro()
+
+attnbench_require(dnnl "libdnnl-dev ocl-icd-opencl-dev opencl-c-headers" CONFIG)
+attnbench_require(TBB "libtbb-dev" CONFIG)
+attnbench_require(nlohmann_json "nlohmann-json3-dev" 3.10 CONFIG)
+attnbench_require(fmt "libfmt-dev" CONFIG)
+attnbench_require(OpenMP "g++ (libgomp)")
+attnbench_require(benchmark "libbenchmark-dev" CONFIG)
+if(ATTNBENCH_BUILD_TESTS)
+  attnbench_require(GTest "libgtest-dev" CONFIG)
+endif()

@@ -1,0 +1,96 @@
+#include "args.hpp"
+
+#include <cerrno>
+#include <cstdlib>
+
+#include <fmt/format.h>
+
+#include "attnbench/ops.hpp"
+
+namespace ab::cli {
+
+Args::Args(int argc, char** argv, int first, const std::string& command, const std::vector<FlagSpec>& flags,
+           size_t max_positional)
+    : command_(command) {
+  std::vector<std::string> names;
+  for (const auto& f : flags) names.push_back("--" + f.name);
+  for (int i = first; i < argc; ++i) {
+    std::string word = argv[i];
+    if (word.rfind("--", 0) != 0 || word == "--") {
+      if (positional_.size() >= max_positional)
+        throw UsageError(fmt::format("{}: unexpected argument '{}' (see 'attnbench {} --help')", command, word, command));
+      positional_.push_back(word);
+      continue;
+    }
+    std::string value;
+    bool inline_value = false;
+    if (auto eq = word.find('='); eq != std::string::npos) {
+      value = word.substr(eq + 1);
+      word = word.substr(0, eq);
+      inline_value = true;
+    }
+    const FlagSpec* spec = nullptr;
+    for (const auto& f : flags)
+      if ("--" + f.name == word) spec = &f;
+    if (!spec) throw UsageError(fmt::format("{}: {}", command, unknown_name_message("flag", word, names)));
+    if (spec->value.empty()) {
+      if (inline_value) throw UsageError(fmt::format("{}: {} takes no value", command, word));
+      value = "true";
+    } else if (!inline_value) {
+      if (i + 1 >= argc) throw UsageError(fmt::format("{}: {} needs a value ({})", command, word, spec->value));
+      value = argv[++i];
+    }
+    auto& slot = values_[spec->name];
+    if (!slot.empty() && !spec->repeatable)
+      throw UsageError(fmt::format("{}: {} given more than once", command, word));
+    slot.push_back(value);
+  }
+}
+
+std::string Args::get(const std::string& name, const std::string& fallback) const {
+  auto it = values_.find(name);
+  return it == values_.end() ? fallback : it->second.back();
+}
+
+std::vector<std::string> Args::all(const std::string& name) const {
+  auto it = values_.find(name);
+  return it == values_.end() ? std::vector<std::string>{} : it->second;
+}
+
+std::string Args::require(const std::string& name) const {
+  if (!has(name)) throw UsageError(fmt::format("{}: --{} is required (see 'attnbench {} --help')", command_, name, command_));
+  return get(name);
+}
+
+int64_t Args::get_int(const std::string& name, int64_t fallback, int64_t min, int64_t max) const {
+  if (!has(name)) return fallback;
+  const std::string text = get(name);
+  errno = 0;
+  char* end = nullptr;
+  const long long v = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || errno == ERANGE)
+    throw UsageError(fmt::format("{}: --{} must be an integer, got '{}'", command_, name, text));
+  if (v < min || v > max)
+    throw UsageError(fmt::format("{}: --{} = {} is out of range [{}, {}]; nearest valid value: {}", command_, name, v,
+                                 min, max, v < min ? min : max));
+  return v;
+}
+
+std::string usage_text(const std::string& synopsis, const std::string& about, const std::vector<FlagSpec>& flags) {
+  std::string s = fmt::format("usage: attnbench {}\n\n{}\n\nflags:\n", synopsis, about);
+  for (const auto& f : flags) {
+    const std::string left = f.value.empty() ? "--" + f.name : fmt::format("--{} {}", f.name, f.value);
+    s += fmt::format("  {:<24} {}{}\n", left, f.help, f.repeatable ? " (repeatable)" : "");
+  }
+  return s;
+}
+
+std::vector<FlagSpec> with_common(std::vector<FlagSpec> flags) {
+  flags.push_back({"threads", "N", "threads for oneDNN (OpenMP) and TBB together; 0 = all cores (default 0)"});
+  flags.push_back({"help", "", "show this help"});
+  return flags;
+}
+
+void apply_common(const Args& args) { set_num_threads(static_cast<int>(args.get_int("threads", 0, 0, 4096))); }
+
+}  // namespace ab::cli

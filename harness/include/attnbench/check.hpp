@@ -1,0 +1,44 @@
+#pragma once
+// Correctness checks shared by `attnbench check`, the test suite and plugin authors:
+// central finite-difference gradient checks, and the registry-wide conformance suite (DESIGN §9).
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "attnbench/variant.hpp"
+
+namespace ab {
+
+struct GradCheckOptions {
+  float step = 1e-2f;        // central-difference step
+  float atol = 1e-3f;        // |analytic - numeric| <= atol + rtol * |numeric|
+  float rtol = 1e-2f;
+  int max_elements = 24;     // checked elements per input (sampled deterministically)
+  uint64_t seed = 7;
+};
+
+struct GradCheckReport {
+  bool passed = true;
+  double max_abs_error = 0;  // worst |analytic - numeric|
+  double max_rel_error = 0;  // worst |analytic - numeric| / max(|numeric|, 1e-3)
+  int checked = 0;
+  std::string detail;        // the first failure, if any
+};
+
+// f computes any tensor from the leaves (variables with requires_grad, e.g. inputs and a module's
+// parameters). The check differentiates L = sum(w * f()) for a fixed random w, summing in double,
+// and perturbs each leaf's values in place (restoring them) for the finite differences.
+GradCheckReport grad_check(const std::function<Var()>& f, const std::vector<Var>& leaves,
+                           const GradCheckOptions& opt = {});
+
+struct CheckResult {
+  std::string check;
+  bool passed = false;
+  std::string detail;
+};
+
+// Runs every applicable conformance check on one variant at tiny sizes.
+// params: the variant's user parameters (resolved here; empty object = defaults).
+std::vector<CheckResult> check_variant(const VariantSpec& spec, const Json& params = Json::object(), uint64_t seed = 1);
+
+}  // namespace ab

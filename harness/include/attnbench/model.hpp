@@ -1,0 +1,50 @@
+#pragma once
+// The encoder every variant is evaluated in: token embedding + positions -> L pre-norm blocks
+// (norm -> mixer -> residual; norm -> MLP -> residual) -> final norm -> head.
+#include <memory>
+#include <vector>
+
+#include "attnbench/task.hpp"
+#include "attnbench/variant.hpp"
+
+namespace ab {
+
+std::vector<ParamSpec> model_param_specs();
+
+// One batch of padded examples. tokens: [B, N]; tokens2: [B, N] for pair tasks;
+// labels: [B] (classification) or [B * N] (per position, kIgnoreLabel where unscored).
+struct Batch {
+  int64_t size = 0, length = 0;
+  std::vector<int32_t> tokens, tokens2, labels;
+};
+
+// Pads examples [begin, begin + count) of a split (indices taken from `order` when given).
+Batch make_batch(const Task& task, Split split, const std::vector<int64_t>& indices);
+
+class Model : public Module {
+ public:
+  // model_params: resolved model_param_specs(); variant: the registered spec and its resolved params.
+  Model(const Json& model_params, const VariantSpec& variant, const Json& variant_params, const Task& task,
+        uint64_t seed);
+  ~Model() override;
+  // -> logits [B, C] (classification) or [B * N, C] (per position)
+  Var forward(const Batch& batch, bool training, int64_t step);
+  int64_t model_length() const { return model_length_; }  // task length (+1 with a CLS token)
+
+ private:
+  struct Block;
+  Var encode(const std::vector<int32_t>& tokens, int64_t B, bool training, int64_t step);
+
+  Json p_;
+  TaskKind kind_;
+  int64_t d_, task_length_, model_length_, vocab_, classes_;
+  int32_t pad_id_;
+  bool cls_, use_mask_, causal_;
+  float dropout_;
+  uint64_t seed_;
+  Var tok_emb_, pos_emb_, cls_emb_, final_gamma_, final_beta_, head_w1_, head_b1_, head_w2_, head_b2_;
+  Tensor sinusoid_;
+  std::vector<std::unique_ptr<Block>> blocks_;
+};
+
+}  // namespace ab

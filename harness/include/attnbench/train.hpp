@@ -1,0 +1,34 @@
+#pragma once
+// Training and evaluation of one (variant, task) cell, producing the run file of DESIGN §7.
+#include <string>
+#include <vector>
+
+#include "attnbench/params.hpp"
+
+namespace ab {
+
+std::vector<ParamSpec> train_param_specs();
+
+// Everything a run needs, resolved with every default filled in.
+struct RunConfig {
+  std::string variant, task;
+  Json variant_params, task_params, model_params, train_params;
+  uint64_t seed = 0;
+  int threads = 0;
+};
+
+// `sets` are dotted "group.key=value" assignments (variant., task., model., train.).
+// Throws UsageError naming the problem and the nearest valid choice.
+RunConfig resolve_run_config(const std::string& variant, const std::string& task,
+                             const std::vector<std::string>& sets, uint64_t seed, int threads);
+
+// Trains and evaluates; never throws for a failure of the run itself: the returned run document
+// carries status "error"/"diverged" and the message. `progress` prints a line per evaluation.
+Json train_run(const RunConfig& cfg, bool progress);
+
+// Run-file helpers.
+Json run_context(const std::vector<std::string>& command_line);
+void write_json_atomic(const std::string& path, const Json& doc);  // temp file + rename
+int64_t peak_rss_bytes();
+
+}  // namespace ab

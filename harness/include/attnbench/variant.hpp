@@ -1,0 +1,117 @@
+#pragma once
+// The token-mixer plugin contract. A mixer maps x[B, N, D] -> y[B, N, D] and owns its projections.
+// Attention-style variants derive from AttentionMixer and implement only attend(q, k, v, ctx).
+// Register a variant with ATTNBENCH_REGISTER_VARIANT(Class) in its own .cpp file; Class provides
+//   static VariantSpec spec();
+//   Class(const MixerConfig& cfg);
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "attnbench/module.hpp"
+#include "attnbench/ops.hpp"
+#include "attnbench/params.hpp"
+
+namespace ab {
+
+inline constexpr int kPluginAbiVersion = 1;
+
+struct Capabilities {
+  bool causal = false;           // an exact causal (prefix-only) form exists
+  bool bidirectional = true;     // the encoder form exists
+  bool padding_mask = false;     // honours the key-padding mask
+  bool stochastic = false;       // draws from the RNG stream in forward
+  bool length_dependent = false; // parameter shapes depend on the maximum length
+};
+
+// Arguments of the analytic cost model. Activation bytes count what a forward keeps for backward
+// (training) beyond its input and output, per layer.
+struct CostArgs {
+  int64_t batch, length, d_model, heads;
+  const Json* params;  // the variant's resolved parameters
+  bool causal;
+};
+struct Cost {
+  double flops = 0;             // forward FLOPs of the mixer (multiply-add = 2)
+  double activation_bytes = 0;  // saved for backward
+};
+
+struct MixerConfig {
+  int64_t d_model = 64;
+  int64_t heads = 4;
+  int64_t max_length = 128;  // the longest sequence this instance will see
+  int layer = 0;
+  uint64_t seed = 0;
+  Json params;  // the variant's resolved parameters
+};
+
+// What a forward call may know beyond x.
+struct MixerContext {
+  const Tensor* key_mask = nullptr;  // additive [B, 1, 1, N]: 0 keep, -inf padded key; null = none
+  bool causal = false;
+  bool training = false;
+  uint64_t seed = 0;
+  int64_t step = 0;  // training step (stochastic mixers key their draws with it)
+  int layer = 0;
+};
+
+class Mixer : public Module {
+ public:
+  // x: [B, N, D] -> [B, N, D]
+  virtual Var forward(const Var& x, const MixerContext& ctx) = 0;
+};
+
+// Owns Wq, Wk, Wv, Wo (Xavier-uniform, no bias, as in LRA) and the head split.
+class AttentionMixer : public Mixer {
+ public:
+  explicit AttentionMixer(const MixerConfig& cfg);
+  Var forward(const Var& x, const MixerContext& ctx) final;
+  // q, k, v: [B, H, N, d] -> [B, H, N, d]
+  virtual Var attend(const Var& q, const Var& k, const Var& v, const MixerContext& ctx) = 0;
+
+ protected:
+  int64_t d_model_, heads_, head_dim_;
+  Var wq_, wk_, wv_, wo_;
+};
+
+struct VariantSpec {
+  std::string name;
+  std::string family;     // e.g. "dense", "sparse", "low-rank", "kernel", "state-space"
+  std::string summary;    // one line
+  std::string reference;  // paper
+  std::vector<ParamSpec> params;
+  Capabilities caps;
+  std::function<Cost(const CostArgs&)> cost;
+  std::function<std::unique_ptr<Mixer>(const MixerConfig&)> make;
+  std::string origin = "built-in";  // or the plugin path
+};
+
+class VariantRegistry {
+ public:
+  static VariantRegistry& instance();
+  void add(VariantSpec spec);  // throws on a duplicate name, naming both origins
+  const VariantSpec& get(const std::string& name) const;  // UsageError naming the nearest
+  const VariantSpec* find(const std::string& name) const;
+  std::vector<std::string> names() const;  // sorted
+
+ private:
+  std::vector<VariantSpec> specs_;
+};
+
+namespace detail {
+template <class T>
+struct VariantRegistrar {
+  VariantRegistrar() {
+    VariantSpec s = T::spec();
+    s.make = [](const MixerConfig& cfg) -> std::unique_ptr<Mixer> { return std::make_unique<T>(cfg); };
+    VariantRegistry::instance().add(std::move(s));
+  }
+};
+}  // namespace detail
+
+#define ATTNBENCH_REGISTER_VARIANT(Class) \
+  static const ::ab::detail::VariantRegistrar<Class> ATTNBENCH_CONCAT(ab_variant_registrar_, __LINE__) {}
+
+}  // namespace ab

@@ -1,0 +1,176 @@
+#include "attnbench/check.hpp"
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+namespace ab {
+
+namespace {
+Tensor random_tensor(const Shape& s, RngStream r, float scale = 1.f) {
+  Tensor t = Tensor::empty(s);
+  for (int64_t i = 0; i < t.numel(); ++i) t[i] = r.normal() * scale;
+  return t;
+}
+
+double weighted_sum(const Tensor& y, const Tensor& w) {
+  double s = 0;
+  for (int64_t i = 0; i < y.numel(); ++i) s += static_cast<double>(w[i]) * y[i];
+  return s;
+}
+}  // namespace
+
+GradCheckReport grad_check(const std::function<Var()>& f, const std::vector<Var>& leaves, const GradCheckOptions& opt) {
+  GradCheckReport rep;
+  std::vector<Var> vars = leaves;
+  for (auto& v : vars) v.zero_grad();
+  Var y = f();
+  const Tensor w = random_tensor(y.shape(), RngStream(opt.seed, Purpose::check, 1));
+  y.backward(w);
+  for (size_t k = 0; k < vars.size(); ++k) {
+    Var& v = vars[k];
+    const int64_t n = v.value().numel();
+    const Tensor analytic = v.grad().defined() ? v.grad().clone() : Tensor::zeros(v.shape());
+    RngStream pick(opt.seed, Purpose::check, 2, k);
+    const int64_t count = std::min<int64_t>(n, opt.max_elements);
+    for (int64_t c = 0; c < count; ++c) {
+      const int64_t i = n <= opt.max_elements ? c : static_cast<int64_t>(pick.below(static_cast<uint64_t>(n)));
+      float* p = v.value_mut().data() + i;
+      const float orig = *p;
+      double lp, lm;
+      {
+        NoGrad ng;
+        *p = orig + opt.step;
+        lp = weighted_sum(f().value(), w);
+        *p = orig - opt.step;
+        lm = weighted_sum(f().value(), w);
+        *p = orig;
+      }
+      const double numeric = (lp - lm) / (2.0 * opt.step), a = analytic[i];
+      const double err = std::fabs(a - numeric);
+      rep.max_abs_error = std::max(rep.max_abs_error, err);
+      rep.max_rel_error = std::max(rep.max_rel_error, err / std::max(std::fabs(numeric), 1e-3));
+      ++rep.checked;
+      if (err > opt.atol + opt.rtol * std::fabs(numeric) && rep.passed) {
+        rep.passed = false;
+        rep.detail = fmt::format("input {} element {}: analytic {:.6g} vs numeric {:.6g}", k, i, a, numeric);
+      }
+    }
+  }
+  return rep;
+}
+
+std::vector<CheckResult> check_variant(const VariantSpec& spec, const Json& params, uint64_t seed) {
+  std::vector<CheckResult> out;
+  auto record = [&](std::string name, bool ok, std::string detail = "") {
+    out.push_back({std::move(name), ok, std::move(detail)});
+  };
+  const Json resolved = resolve_params(spec.params, params, fmt::format("variant '{}'", spec.name));
+  const int64_t B = 2, N = 8, D = 16, H = 2;
+  MixerConfig cfg{D, H, N, 0, seed, resolved};
+  const Tensor x = random_tensor({B, N, D}, RngStream(seed, Purpose::check, 10));
+  auto run = [&](Mixer& m, const Tensor& input, const MixerContext& ctx) {
+    NoGrad ng;
+    return m.forward(Var(input), ctx).value();
+  };
+  std::unique_ptr<Mixer> mixer;
+  try {
+    mixer = spec.make(cfg);
+  } catch (const std::exception& e) {
+    record("construct", false, e.what());
+    return out;
+  }
+  MixerContext ctx;
+  ctx.seed = seed;
+  ctx.causal = !spec.caps.bidirectional;
+
+  // Shape and finiteness.
+  Tensor y;
+  try {
+    y = run(*mixer, x, ctx);
+  } catch (const std::exception& e) {
+    record("forward", false, e.what());
+    return out;
+  }
+  record("shape", y.shape() == x.shape(), fmt::format("output {} for input {}", shape_str(y.shape()), shape_str(x.shape())));
+  bool finite = true;
+  for (int64_t i = 0; i < y.numel(); ++i) finite = finite && std::isfinite(y[i]);
+  record("finite", finite);
+
+  // Determinism: a second instance with the same seed gives bitwise-identical output.
+  {
+    auto again = spec.make(cfg);
+    const Tensor y2 = run(*again, x, ctx);
+    bool same = y2.shape() == y.shape();
+    for (int64_t i = 0; same && i < y.numel(); ++i) same = y[i] == y2[i];
+    record("deterministic", same);
+  }
+
+  // Causality: changing tokens at positions >= t leaves outputs before t unchanged.
+  if (spec.caps.causal) {
+    MixerContext c = ctx;
+    c.causal = true;
+    const Tensor base = run(*mixer, x, c);
+    Tensor xp = x.clone();
+    const int64_t t = N / 2;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t n = t; n < N; ++n)
+        for (int64_t d = 0; d < D; ++d) xp[(b * N + n) * D + d] += 1.0f + 0.1f * d;
+    const Tensor yp = run(*mixer, xp, c);
+    double worst = 0;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t n = 0; n < t; ++n)
+        for (int64_t d = 0; d < D; ++d) worst = std::max(worst, double(std::fabs(yp[(b * N + n) * D + d] - base[(b * N + n) * D + d])));
+    record("causal", worst <= 1e-5, fmt::format("max change before the edit point: {:.3g}", worst));
+  }
+
+  // Padding: keys marked as padding have no effect on the outputs at real positions.
+  if (spec.caps.padding_mask) {
+    std::vector<int32_t> tokens(static_cast<size_t>(B * N), 1);
+    const int64_t pad_from = N - 3;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t n = pad_from; n < N; ++n) tokens[b * N + n] = 0;
+    const Tensor mask = key_padding_mask(tokens, B, N, 0);
+    MixerContext c = ctx;
+    c.key_mask = &mask;
+    const Tensor base = run(*mixer, x, c);
+    Tensor xp = x.clone();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t n = pad_from; n < N; ++n)
+        for (int64_t d = 0; d < D; ++d) xp[(b * N + n) * D + d] = -3.0f + 0.5f * d;
+    const Tensor yp = run(*mixer, xp, c);
+    double worst = 0;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t n = 0; n < pad_from; ++n)
+        for (int64_t d = 0; d < D; ++d) worst = std::max(worst, double(std::fabs(yp[(b * N + n) * D + d] - base[(b * N + n) * D + d])));
+    record("padding", worst <= 1e-5, fmt::format("max change at real positions: {:.3g}", worst));
+  }
+
+  // Gradients of the input and of every parameter, by central differences.
+  for (bool causal : {false, true}) {
+    if (causal ? !spec.caps.causal : !spec.caps.bidirectional) continue;
+    auto m = spec.make(cfg);
+    std::vector<Var> leaves{Var(x.clone(), true)};
+    for (auto& [n, v] : m->parameters()) leaves.push_back(v);
+    MixerContext c = ctx;
+    c.causal = causal;
+    const GradCheckReport rep = grad_check([&] { return m->forward(leaves[0], c); }, leaves);
+    for (auto& v : leaves) v.zero_grad();
+    record(causal ? "gradient_causal" : "gradient", rep.passed,
+           fmt::format("{} elements, max abs err {:.2e}, max rel err {:.2e}{}{}", rep.checked, rep.max_abs_error,
+                       rep.max_rel_error, rep.detail.empty() ? "" : "; ", rep.detail));
+  }
+  // Cost model: defined, positive and growing with length.
+  if (spec.cost) {
+    const CostArgs a1{1, 256, 64, 4, &resolved, false}, a2{1, 1024, 64, 4, &resolved, false};
+    const Cost c1 = spec.cost(a1), c2 = spec.cost(a2);
+    record("cost_model", c1.flops > 0 && c2.flops > c1.flops && c2.activation_bytes >= c1.activation_bytes,
+           fmt::format("flops {:.3g} -> {:.3g}, bytes {:.3g} -> {:.3g} for N 256 -> 1024", c1.flops, c2.flops,
+                       c1.activation_bytes, c2.activation_bytes));
+  } else {
+    record("cost_model", false, "the variant declares no cost model");
+  }
+  return out;
+}
+
+}  // namespace ab

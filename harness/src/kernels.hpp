@@ -1,0 +1,58 @@
+#pragma once
+// Internal compute layer. oneDNN does GEMM, softmax, layer norm and eltwise (primitives cached by
+// shape); TBB runs the loops oneDNN has nothing for. oneDNN is never called inside a TBB region.
+#include <cstdint>
+
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+
+namespace ab::kernels {
+
+// Runs f(begin, end) over [0, n) in chunks of at least `grain`; serial when small.
+template <class F>
+void parallel_for(int64_t n, int64_t grain, F&& f) {
+  if (n <= grain) {
+    if (n > 0) f(int64_t(0), n);
+    return;
+  }
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, n, grain),
+                    [&](const tbb::blocked_range<int64_t>& r) { f(r.begin(), r.end()); });
+}
+
+inline constexpr int64_t kGrain = 1 << 14;  // elements per task for streaming loops
+
+void add_inplace(float* y, const float* x, int64_t n);  // y += x
+
+// ---- oneDNN ----
+// c[b] (+)= op(a[b]) @ op(b[b]) + bias, with op = transpose when the flag is set.
+// Logical shapes: op(a): [batch, M, K], op(b): [batch or 1, K, N], c: [batch, M, N], bias: [N].
+// Storage: a is [batch, M, K] or, transposed, [batch, K, M]; b likewise; c is contiguous.
+// b_batch is `batch` or 1 (shared). accumulate adds into c instead of overwriting it.
+void matmul(const float* a, const float* b, float* c, int64_t batch, int64_t b_batch, int64_t M, int64_t N,
+            int64_t K, bool trans_a, bool trans_b, const float* bias = nullptr, bool accumulate = false);
+
+// Row softmax of x[rows, cols] -> y; backward from y and dy.
+void softmax_forward(const float* x, float* y, int64_t rows, int64_t cols);
+void softmax_backward(const float* y, const float* dy, float* dx, int64_t rows, int64_t cols);
+
+// x[rows, cols] -> y, saving mean and variance [rows].
+void layer_norm_forward(const float* x, const float* gamma, const float* beta, float* y, float* mean,
+                        float* variance, int64_t rows, int64_t cols, float eps);
+// oneDNN 2.6 asks for the shift argument in backward too, though the gradient does not use it.
+void layer_norm_backward(const float* x, const float* dy, const float* gamma, const float* beta, const float* mean,
+                         const float* variance, float* dx, float* dgamma, float* dbeta, int64_t rows,
+                         int64_t cols, float eps);
+
+enum class Eltwise { gelu, relu, elu, exp, sigmoid, silu };
+// Whether backward needs the output (true) or the input (false).
+bool eltwise_backward_uses_output(Eltwise kind);
+void eltwise_forward(Eltwise kind, float alpha, const float* x, float* y, int64_t n);
+// `saved` is the output or the input, as eltwise_backward_uses_output says.
+void eltwise_backward(Eltwise kind, float alpha, const float* saved, const float* dy, float* dx, int64_t n);
+
+void set_threads(int n);
+int threads();
+const char* onednn_version();
+const char* tbb_version();
+
+}  // namespace ab::kernels

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs every Debian package attnbench needs. Idempotent: when everything is already
+# installed it touches nothing (no apt-get, no sudo). Safe to run non-interactively, as root or
+# as a user with sudo.
+set -euo pipefail
+
+# The one list of system packages (keep cmake/Dependencies.cmake's messages in step with it).
+PACKAGES=(
+  cmake ninja-build g++ git
+  libdnnl-dev ocl-icd-opencl-dev opencl-c-headers   # oneDNN; its CMake config needs OpenCL
+  libtbb-dev nlohmann-json3-dev libfmt-dev
+  libbenchmark-dev libgtest-dev
+  python3 python3-jsonschema python3-matplotlib    # scripts run with /usr/bin/python3
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+  if [[ "$status" != "install ok installed" ]]; then
+    missing+=("$pkg")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  echo "setup: all ${#PACKAGES[@]} packages are installed"
+  exit 0
+fi
+
+echo "setup: installing ${missing[*]}"
+SUDO=()
+if [[ $(id -u) -ne 0 ]]; then
+  if ! command -v sudo >/dev/null; then
+    echo "setup: not root and no sudo; as root run: apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  SUDO=(sudo)
+fi
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+echo "setup: done"

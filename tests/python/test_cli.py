@@ -1,0 +1,152 @@
+"""The attnbench command line as a user meets it: exit codes, error messages that name the
+nearest valid choice, and run files that validate against results/schema/run.schema.json.
+Needs ATTNBENCH_BIN (set by CTest) and Debian's python3-jsonschema."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = os.environ.get("ATTNBENCH_BIN", str(ROOT / "build" / "release" / "attnbench"))
+sys.path.insert(0, str(ROOT / "scripts"))
+import validate_run  # noqa: E402
+
+# A ListOps configuration small enough for seconds of training.
+SMALL = ["--set", "task.max_length=32", "--set", "task.train_size=256", "--set", "task.valid_size=64",
+         "--set", "task.test_size=64", "--set", "model.layers=1", "--set", "model.d_model=16",
+         "--set", "model.heads=2", "--set", "train.steps=20", "--set", "train.eval_every=10",
+         "--threads", "2", "--quiet"]
+
+
+def run(*args):
+    return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=600)
+
+
+class UsageErrors(unittest.TestCase):
+    def expect_usage_error(self, args, *fragments):
+        r = run(*args)
+        self.assertEqual(r.returncode, 2, f"{args}: exit {r.returncode}\n{r.stdout}{r.stderr}")
+        for f in fragments:
+            self.assertIn(f, r.stderr, f"{args}: message lacks {f!r}:\n{r.stderr}")
+
+    def train(self, *extra):
+        with tempfile.TemporaryDirectory() as d:
+            return ["train", "--variant", "softmax", "--task", "listops", "--out", f"{d}/r.json", *extra]
+
+    def test_unknown_variant(self):
+        self.expect_usage_error(["train", "--variant", "sofmax", "--task", "listops", "--out", "x.json"],
+                                "unknown variant 'sofmax'", "did you mean 'softmax'")
+
+    def test_unknown_task(self):
+        self.expect_usage_error(["train", "--variant", "softmax", "--task", "listop", "--out", "x.json"],
+                                "unknown task 'listop'", "did you mean 'listops'")
+
+    def test_unknown_parameter(self):
+        self.expect_usage_error(self.train("--set", "variant.dropuot=0.1"), "dropuot", "did you mean 'dropout'")
+        self.expect_usage_error(self.train("--set", "task.max_len=64"), "did you mean 'max_length'")
+        self.expect_usage_error(self.train("--set", "modle.layers=2"), "did you mean 'model'")
+
+    def test_wrong_type(self):
+        self.expect_usage_error(self.train("--set", "model.layers=two"), "model parameter 'layers' must be an integer")
+        self.expect_usage_error(self.train("--set", "model.causal=maybe"), "must be true or false")
+        self.expect_usage_error(self.train("--set", "model.pooling=max"), "valid: mean, cls")
+
+    def test_out_of_range(self):
+        self.expect_usage_error(self.train("--set", "model.layers=-1"), "out of range", "nearest valid value: 0")
+        self.expect_usage_error(self.train("--set", "train.lr=-0.1"), "out of range")
+        self.expect_usage_error(self.train("--set", "task.min_length=40", "--set", "task.max_length=32"),
+                                "min_length = 40")
+
+    def test_malformed_set(self):
+        self.expect_usage_error(self.train("--set", "model.layers"), "malformed --set 'model.layers'")
+        self.expect_usage_error(self.train("--set", "layers=2"), "malformed --set")
+
+    def test_unknown_flag_and_command(self):
+        self.expect_usage_error(self.train("--seeds", "3"), "unknown flag '--seeds'", "did you mean '--seed'")
+        self.expect_usage_error(["trian"], "unknown command 'trian'", "did you mean 'train'")
+        self.expect_usage_error(["train", "--variant", "softmax"], "--task is required")
+        self.expect_usage_error(self.train("--threads", "x"), "--threads must be an integer")
+        self.expect_usage_error(["list", "variant"], "did you mean 'variants'")
+        self.expect_usage_error(["check", "--variant", "nothing_like_it"], "unknown variant")
+        self.expect_usage_error(["describe", "sofmax"], "did you mean 'softmax'")
+
+    def test_help_everywhere(self):
+        for cmd in ["list", "describe", "check", "train", "data"]:
+            r = run(cmd, "--help")
+            self.assertEqual(r.returncode, 0, cmd)
+            self.assertIn("usage: attnbench " + cmd, r.stdout)
+
+
+class Commands(unittest.TestCase):
+    def test_list_and_describe(self):
+        r = run("list", "variants", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        names = [v["name"] for v in json.loads(r.stdout)]
+        self.assertIn("softmax", names)
+        r = run("list", "tasks", "--json")
+        self.assertIn("listops", [t["name"] for t in json.loads(r.stdout)])
+        r = run("describe", "softmax", "--json")
+        d = json.loads(r.stdout)
+        self.assertEqual(d["kind"], "variant")
+        self.assertTrue(d["capabilities"]["causal"])
+        self.assertGreater(d["cost_examples"][1]["flops"], d["cost_examples"][0]["flops"])
+        for group in ["model", "train", "listops"]:
+            r = run("describe", group, "--json")
+            self.assertEqual(r.returncode, 0, group)
+            self.assertTrue(json.loads(r.stdout)["params"])
+
+    def test_check_passes_for_softmax(self):
+        r = run("check", "--variant", "softmax", "--threads", "2")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("0 failed", r.stdout)
+
+    def test_data_writes_json_lines(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d) / "ex.jsonl"
+            r = run("data", "--task", "listops", "--set", "task.max_length=64", "--count", "5", "--split", "valid",
+                    "--out", str(out))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            lines = [json.loads(l) for l in out.read_text().splitlines()]
+            self.assertEqual(len(lines), 5)
+            for i, ex in enumerate(lines):
+                self.assertEqual(ex["split"], "valid")
+                self.assertEqual(ex["index"], i)
+                self.assertLess(len(ex["input"]), 64)
+                self.assertIn(ex["target"], range(10))
+                self.assertEqual(len(ex["text"].split()), len(ex["input"]))
+        r = run("data", "--task", "listops", "--set", "task.max_length=64", "--set", "task.test_size=3",
+                "--split", "test", "--count", "4", "--out", "-")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("nearest valid value: 3", r.stderr)
+
+    def test_train_writes_a_valid_run_file(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d) / "sub" / "run.json"
+            r = run("train", "--variant", "softmax", "--task", "listops", "--seed", "5", "--out", str(out), *SMALL)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn("test accuracy", r.stdout)
+            doc = json.loads(out.read_text())
+            errors = validate_run.errors_of(validate_run.load_validator(), doc)
+            self.assertEqual(errors, [], errors)
+            self.assertEqual(doc["status"], "ok")
+            self.assertEqual(doc["seed"], 5)
+            self.assertEqual(doc["task"]["params"]["min_length"], 8)  # derived default is recorded
+            self.assertEqual(doc["model"]["layers"], 1)
+            self.assertEqual(doc["train"]["steps"], 20)
+            self.assertEqual(doc["metrics"]["steps"], 20)
+            self.assertEqual(doc["metrics"]["curves"]["valid_step"], [10, 20])
+            self.assertGreater(doc["metrics"]["peak_bytes"], 0)
+            self.assertGreater(doc["context"]["threads"], 0)
+            self.assertFalse(list(Path(d, "sub").glob("*.tmp*")), "temporary file left behind")
+
+    def test_unwritable_output_is_a_failure_not_a_crash(self):
+        r = run("train", "--variant", "softmax", "--task", "listops", "--out", "/proc/attnbench/run.json", *SMALL)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("cannot", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()

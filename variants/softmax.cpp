@@ -1,0 +1,61 @@
+// softmax — exact multi-head softmax attention with the N x N score matrix materialised.
+// Vaswani et al. 2017, "Attention Is All You Need". The reference every other variant is compared to.
+// Time O(B H N^2 d); memory O(B H N^2) for the saved probabilities.
+#include <cmath>
+
+#include "attnbench/variant.hpp"
+
+namespace {
+
+class Softmax final : public ab::AttentionMixer {
+ public:
+  explicit Softmax(const ab::MixerConfig& cfg)
+      : AttentionMixer(cfg), dropout_(static_cast<float>(cfg.params.at("dropout").get<double>())) {}
+
+  static ab::VariantSpec spec() {
+    ab::VariantSpec s;
+    s.name = "softmax";
+    s.family = "dense";
+    s.summary = "exact softmax attention, N x N scores materialised (the reference)";
+    s.reference = "Vaswani et al. 2017, Attention Is All You Need";
+    s.params = {ab::num_param("dropout", 0.0, "dropout on the attention probabilities", 0.0, 0.95)};
+    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true};
+    s.cost = [](const ab::CostArgs& a) {
+      const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
+      ab::Cost c;
+      c.flops = 2 * B * N * D * D * 4 + 4 * B * N * N * D;  // projections + QK^T + PV
+      // Saved for backward: projections' inputs and head views (~8 B N D floats) and the
+      // probabilities P (B H N^2), plus the dropout output when dropout is on.
+      c.activation_bytes = 4 * (8 * B * N * D + B * H * N * N);
+      return c;
+    };
+    return s;
+  }
+
+  // q, k, v: [B, H, N, d] -> [B, H, N, d]
+  ab::Var attend(const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::MixerContext& ctx) override {
+    const int64_t N = q.dim(2);
+    // Scaling q (N d) is cheaper than scaling the scores (N^2).
+    const ab::Var qs = ab::scale(q, 1.0f / std::sqrt(static_cast<float>(head_dim_)));
+    ab::Var scores = ab::matmul(qs, k, false, true);  // [B, H, N, N]
+    ab::Tensor mask;
+    if (ctx.causal) {
+      mask = ab::causal_mask(N);
+      if (ctx.key_mask) {  // combine: [B, 1, 1, N] + [N, N] -> [B, 1, N, N]
+        mask = ab::add(ab::Var(*ctx.key_mask), ab::Var(mask)).value();
+      }
+    } else if (ctx.key_mask) {
+      mask = *ctx.key_mask;
+    }
+    ab::Var p = ab::softmax(scores, mask.defined() ? &mask : nullptr);
+    p = ab::dropout(p, dropout_, ab::RngStream(ctx.seed, ab::Purpose::dropout, ctx.step, ctx.layer, 1), ctx.training);
+    return ab::matmul(p, v);
+  }
+
+ private:
+  float dropout_;
+};
+
+}  // namespace
+
+ATTNBENCH_REGISTER_VARIANT(Softmax);
