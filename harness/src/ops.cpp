@@ -165,8 +165,7 @@ Tensor map_unary(const Tensor& x, float (*f)(float, float), float arg) {
 
 // ---- linear algebra ----
 Var matmul(const Var& a, const Var& b, bool trans_a, bool trans_b) {
-  const Shape& sa = a.shape();
-  const Shape& sb = b.shape();
+  const Shape sa = a.shape(), sb = b.shape();
   if (sa.size() < 2 || sb.size() < 2) shape_error("matmul", "operands need rank >= 2");
   const int64_t M = trans_a ? sa[sa.size() - 1] : sa[sa.size() - 2];
   const int64_t K = trans_a ? sa[sa.size() - 2] : sa[sa.size() - 1];
@@ -185,35 +184,38 @@ Var matmul(const Var& a, const Var& b, bool trans_a, bool trans_b) {
   out_shape.push_back(N);
   Tensor c = Tensor::empty(out_shape);
   kernels::matmul(a.value().data(), b.value().data(), c.data(), batch, b_batch, M, N, K, trans_a, trans_b);
-  return make_op_result(std::move(c), {a, b}, [a, b, batch, b_batch, M, N, K, trans_a, trans_b](const Tensor& g) {
-    if (a.requires_grad()) {
-      Tensor da = Tensor::empty(a.shape());
+  // dA needs B and dB needs A: keep each only if the other gradient is wanted.
+  const GradSink ga = a.sink(), gb = b.sink();
+  const Tensor av = gb.wanted() ? a.value() : Tensor(), bv = ga.wanted() ? b.value() : Tensor();
+  return make_op_result(std::move(c), {a, b}, [ga, gb, av, bv, sa, sb, batch, b_batch, M, N, K, trans_a, trans_b](const Tensor& g) {
+    if (ga.wanted()) {
+      Tensor da = Tensor::empty(sa);
       if (!trans_a) {
-        kernels::matmul(g.data(), b.value().data(), da.data(), batch, b_batch, M, K, N, false, !trans_b);
+        kernels::matmul(g.data(), bv.data(), da.data(), batch, b_batch, M, K, N, false, !trans_b);
       } else {
         if (b_batch != batch) throw std::logic_error("matmul backward: trans_a with a shared b is not supported");
-        kernels::matmul(b.value().data(), g.data(), da.data(), batch, batch, K, M, N, trans_b, true);
+        kernels::matmul(bv.data(), g.data(), da.data(), batch, batch, K, M, N, trans_b, true);
       }
-      a.accumulate_grad(da);
+      ga.accumulate(da);
     }
-    if (b.requires_grad()) {
-      Tensor db = Tensor::empty(b.shape());
+    if (gb.wanted()) {
+      Tensor db = Tensor::empty(sb);
       if (b_batch == batch) {
-        if (!trans_b) kernels::matmul(a.value().data(), g.data(), db.data(), batch, batch, K, N, M, !trans_a, false);
-        else kernels::matmul(g.data(), a.value().data(), db.data(), batch, batch, N, K, M, true, trans_a);
+        if (!trans_b) kernels::matmul(av.data(), g.data(), db.data(), batch, batch, K, N, M, !trans_a, false);
+        else kernels::matmul(g.data(), av.data(), db.data(), batch, batch, N, K, M, true, trans_a);
       } else {
         // Shared b: the batch folds into the reduction dimension.
         if (trans_a) throw std::logic_error("matmul backward: trans_a with a shared b is not supported");
-        if (!trans_b) kernels::matmul(a.value().data(), g.data(), db.data(), 1, 1, K, N, batch * M, true, false);
-        else kernels::matmul(g.data(), a.value().data(), db.data(), 1, 1, N, K, batch * M, true, false);
+        if (!trans_b) kernels::matmul(av.data(), g.data(), db.data(), 1, 1, K, N, batch * M, true, false);
+        else kernels::matmul(g.data(), av.data(), db.data(), 1, 1, N, K, batch * M, true, false);
       }
-      b.accumulate_grad(db);
+      gb.accumulate(db);
     }
   });
 }
 
 Var linear(const Var& x, const Var& w, const Var& bias) {
-  const Shape& sx = x.shape();
+  const Shape sx = x.shape();
   if (w.rank() != 2 || sx.empty() || sx.back() != w.dim(0))
     shape_error("linear", fmt::format("x {} does not fit weight {}", shape_str(sx), shape_str(w.shape())));
   const int64_t in = w.dim(0), out = w.dim(1), rows = x.value().numel() / in;
@@ -226,21 +228,23 @@ Var linear(const Var& x, const Var& w, const Var& bias) {
                   bias.defined() ? bias.value().data() : nullptr);
   std::vector<Var> inputs{x, w};
   if (bias.defined()) inputs.push_back(bias);
-  return make_op_result(std::move(y), inputs, [x, w, bias, rows, in, out](const Tensor& g) {
-    if (x.requires_grad()) {
-      Tensor dx = Tensor::empty(x.shape());
-      kernels::matmul(g.data(), w.value().data(), dx.data(), 1, 1, rows, in, out, false, true);
-      x.accumulate_grad(dx);
+  const GradSink gx = x.sink(), gw = w.sink(), gbias = bias.sink();
+  const Tensor xv = gw.wanted() ? x.value() : Tensor(), wv = gx.wanted() ? w.value() : Tensor();
+  return make_op_result(std::move(y), inputs, [gx, gw, gbias, xv, wv, sx, rows, in, out](const Tensor& g) {
+    if (gx.wanted()) {
+      Tensor dx = Tensor::empty(sx);
+      kernels::matmul(g.data(), wv.data(), dx.data(), 1, 1, rows, in, out, false, true);
+      gx.accumulate(dx);
     }
-    if (w.requires_grad()) {
-      Tensor dw = Tensor::empty(w.shape());
-      kernels::matmul(x.value().data(), g.data(), dw.data(), 1, 1, in, out, rows, true, false);
-      w.accumulate_grad(dw);
+    if (gw.wanted()) {
+      Tensor dw = Tensor::empty({in, out});
+      kernels::matmul(xv.data(), g.data(), dw.data(), 1, 1, in, out, rows, true, false);
+      gw.accumulate(dw);
     }
-    if (bias.defined() && bias.requires_grad()) {
+    if (gbias.wanted()) {
       Tensor db = Tensor::empty({out});
       sum_middle(g.data(), db.data(), 1, rows, out);
-      bias.accumulate_grad(db);
+      gbias.accumulate(db);
     }
   });
 }
@@ -265,28 +269,32 @@ Var binary(const Var& a, const Var& b, BinOp op, const char* name) {
       yp[o] = op == BinOp::add ? ap[ia] + bp[ib] : op == BinOp::sub ? ap[ia] - bp[ib] : ap[ia] * bp[ib];
     });
   }
-  return make_op_result(std::move(y), {a, b}, [a, b, bc, op](const Tensor& g) {
+  // Only mul reads values in backward: each operand's gradient needs the other operand.
+  const GradSink ga = a.sink(), gb = b.sink();
+  const bool is_mul = op == BinOp::mul;
+  const Tensor av = is_mul && gb.wanted() ? a.value() : Tensor(), bv = is_mul && ga.wanted() ? b.value() : Tensor();
+  return make_op_result(std::move(y), {a, b}, [ga, gb, av, bv, sa = a.shape(), sb = b.shape(), bc, op](const Tensor& g) {
     const float* gp = g.data();
-    auto grad_for = [&](const Var& self, const Var& other, const std::vector<int64_t>& self_st,
-                        const std::vector<int64_t>& other_st, float sign) {
-      if (!self.requires_grad()) return;
+    auto grad_for = [&](const GradSink& self, const Shape& self_shape, const Tensor& other,
+                        const std::vector<int64_t>& self_st, const std::vector<int64_t>& other_st, float sign) {
+      if (!self.wanted()) return;
       if (op != BinOp::mul) {
-        Tensor r = reduce_to(g, bc, self_st, self.shape());
+        Tensor r = reduce_to(g, bc, self_st, self_shape);
         if (sign < 0) r = map_unary(r, [](float v, float) { return -v; }, 0.f);
-        self.accumulate_grad(r);
+        self.accumulate(r);
         return;
       }
       Tensor full = Tensor::empty(bc.out);
       float* fp = full.data();
-      const float* op_ = other.value().data();
+      const float* op_ = other.data();
       Broadcast only_other = bc;
       only_other.stride_a = std::vector<int64_t>(bc.out.size(), 0);
       only_other.stride_b = other_st;
       for_each_broadcast(only_other, [&](int64_t o, int64_t, int64_t io) { fp[o] = gp[o] * op_[io]; });
-      self.accumulate_grad(reduce_to(full, bc, self_st, self.shape()));
+      self.accumulate(reduce_to(full, bc, self_st, self_shape));
     };
-    grad_for(a, b, bc.stride_a, bc.stride_b, 1.f);
-    grad_for(b, a, bc.stride_b, bc.stride_a, op == BinOp::sub ? -1.f : 1.f);
+    grad_for(ga, sa, bv, bc.stride_a, bc.stride_b, 1.f);
+    grad_for(gb, sb, av, bc.stride_b, bc.stride_a, op == BinOp::sub ? -1.f : 1.f);
   });
 }
 }  // namespace
@@ -297,20 +305,20 @@ Var mul(const Var& a, const Var& b) { return binary(a, b, BinOp::mul, "mul"); }
 
 Var scale(const Var& a, float s) {
   Tensor y = map_unary(a.value(), [](float v, float k) { return v * k; }, s);
-  return make_op_result(std::move(y), {a}, [a, s](const Tensor& g) {
-    a.accumulate_grad(map_unary(g, [](float v, float k) { return v * k; }, s));
+  return make_op_result(std::move(y), {a}, [ga = a.sink(), s](const Tensor& g) {
+    ga.accumulate(map_unary(g, [](float v, float k) { return v * k; }, s));
   });
 }
 
 Var add_scalar(const Var& a, float s) {
   Tensor y = map_unary(a.value(), [](float v, float k) { return v + k; }, s);
-  return make_op_result(std::move(y), {a}, [a](const Tensor& g) { a.accumulate_grad(g); });
+  return make_op_result(std::move(y), {a}, [ga = a.sink()](const Tensor& g) { ga.accumulate(g); });
 }
 
 // ---- shape ----
 Var reshape(const Var& a, Shape shape) {
   Tensor y = a.value().reshape(std::move(shape));
-  return make_op_result(std::move(y), {a}, [a](const Tensor& g) { a.accumulate_grad(g.reshape(a.shape())); });
+  return make_op_result(std::move(y), {a}, [ga = a.sink()](const Tensor& g) { ga.accumulate(g); });
 }
 
 namespace {
@@ -355,7 +363,7 @@ Var permute(const Var& a, const std::vector<int>& perm) {
     inverse[p[i]] = i;
   }
   return make_op_result(permute_tensor(a.value(), p), {a},
-                        [a, inverse](const Tensor& g) { a.accumulate_grad(permute_tensor(g, inverse)); });
+                        [ga = a.sink(), inverse](const Tensor& g) { ga.accumulate(permute_tensor(g, inverse)); });
 }
 
 Var transpose(const Var& a, int d0, int d1) {
@@ -393,10 +401,10 @@ Var slice(const Var& a, int dim, int64_t start, int64_t length) {
   auto [outer, inner] = outer_inner(a.shape(), dim);
   Tensor y = Tensor::empty(out_shape);
   copy_block(a.value().data(), n, start, y.data(), length, 0, outer, length, inner);
-  return make_op_result(std::move(y), {a}, [a, dim, start, length, n, outer, inner](const Tensor& g) {
-    Tensor da = Tensor::zeros(a.shape());
+  return make_op_result(std::move(y), {a}, [ga = a.sink(), sa = a.shape(), start, length, n, outer, inner](const Tensor& g) {
+    Tensor da = Tensor::zeros(sa);
     copy_block(g.data(), length, 0, da.data(), n, start, outer, length, inner);
-    a.accumulate_grad(da);
+    ga.accumulate(da);
   });
 }
 
@@ -423,14 +431,16 @@ Var concat(const std::vector<Var>& parts, int dim) {
     copy_block(p.value().data(), p.dim(dim), 0, y.data(), total, at, outer, p.dim(dim), inner);
     at += p.dim(dim);
   }
-  return make_op_result(std::move(y), parts, [parts, dim, total, outer, inner](const Tensor& g) {
+  std::vector<std::pair<GradSink, Shape>> sinks;
+  for (const auto& p : parts) sinks.emplace_back(p.sink(), p.shape());
+  return make_op_result(std::move(y), parts, [sinks, dim, total, outer, inner](const Tensor& g) {
     int64_t at = 0;
-    for (const auto& p : parts) {
-      const int64_t n = p.dim(dim);
-      if (p.requires_grad()) {
-        Tensor dp = Tensor::empty(p.shape());
+    for (const auto& [sink, shape] : sinks) {
+      const int64_t n = shape[dim];
+      if (sink.wanted()) {
+        Tensor dp = Tensor::empty(shape);
         copy_block(g.data(), total, at, dp.data(), n, 0, outer, n, inner);
-        p.accumulate_grad(dp);
+        sink.accumulate(dp);
       }
       at += n;
     }
@@ -455,10 +465,10 @@ Var softmax(const Var& x, const Tensor* additive_mask) {
     kernels::softmax_forward(x.value().data(), y.data(), rows, cols);
   }
   Tensor saved = y;
-  return make_op_result(std::move(y), {x}, [x, saved, rows, cols](const Tensor& g) {
-    Tensor dx = Tensor::empty(x.shape());
+  return make_op_result(std::move(y), {x}, [gx = x.sink(), saved, rows, cols](const Tensor& g) {
+    Tensor dx = Tensor::empty(saved.shape());
     kernels::softmax_backward(saved.data(), g.data(), dx.data(), rows, cols);
-    x.accumulate_grad(dx);
+    gx.accumulate(dx);
   });
 }
 
@@ -470,13 +480,15 @@ Var layer_norm(const Var& x, const Var& gamma, const Var& beta, float eps) {
   Tensor mean = Tensor::empty({rows}), var = Tensor::empty({rows});
   kernels::layer_norm_forward(x.value().data(), gamma.value().data(), beta.value().data(), y.data(), mean.data(),
                               var.data(), rows, cols, eps);
-  return make_op_result(std::move(y), {x, gamma, beta}, [x, gamma, beta, mean, var, rows, cols, eps](const Tensor& g) {
-    Tensor dx = Tensor::empty(x.shape()), dg = Tensor::empty({cols}), db = Tensor::empty({cols});
-    kernels::layer_norm_backward(x.value().data(), g.data(), gamma.value().data(), beta.value().data(), mean.data(), var.data(), dx.data(),
+  return make_op_result(std::move(y), {x, gamma, beta},
+                        [gx = x.sink(), gg = gamma.sink(), gb = beta.sink(), xv = x.value(), gv = gamma.value(),
+                         bv = beta.value(), mean, var, rows, cols, eps](const Tensor& g) {
+    Tensor dx = Tensor::empty(xv.shape()), dg = Tensor::empty({cols}), db = Tensor::empty({cols});
+    kernels::layer_norm_backward(xv.data(), g.data(), gv.data(), bv.data(), mean.data(), var.data(), dx.data(),
                                  dg.data(), db.data(), rows, cols, eps);
-    x.accumulate_grad(dx);
-    gamma.accumulate_grad(dg);
-    beta.accumulate_grad(db);
+    gx.accumulate(dx);
+    gg.accumulate(dg);
+    gb.accumulate(db);
   });
 }
 
@@ -485,10 +497,10 @@ Var eltwise(const Var& x, kernels::Eltwise kind, float alpha) {
   Tensor y = Tensor::empty(x.shape());
   kernels::eltwise_forward(kind, alpha, x.value().data(), y.data(), y.numel());
   const Tensor saved = kernels::eltwise_backward_uses_output(kind) ? y : x.value();
-  return make_op_result(std::move(y), {x}, [x, saved, kind, alpha](const Tensor& g) {
-    Tensor dx = Tensor::empty(x.shape());
+  return make_op_result(std::move(y), {x}, [gx = x.sink(), saved, kind, alpha](const Tensor& g) {
+    Tensor dx = Tensor::empty(saved.shape());
     kernels::eltwise_backward(kind, alpha, saved.data(), g.data(), dx.data(), dx.numel());
-    x.accumulate_grad(dx);
+    gx.accumulate(dx);
   });
 }
 }  // namespace
@@ -517,13 +529,13 @@ Var embedding(const std::vector<int32_t>& ids, const Shape& ids_shape, const Var
   parallel_for(n, std::max<int64_t>(1, kGrain / D), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) std::memcpy(yp + i * D, tp + ids[i] * D, static_cast<size_t>(D) * sizeof(float));
   });
-  return make_op_result(std::move(y), {table}, [table, ids, n, D](const Tensor& g) {
-    Tensor dt = Tensor::zeros(table.shape());
+  return make_op_result(std::move(y), {table}, [gt = table.sink(), st = table.shape(), ids, n, D](const Tensor& g) {
+    Tensor dt = Tensor::zeros(st);
     float* dp = dt.data();
     const float* gp = g.data();
     for (int64_t i = 0; i < n; ++i)  // serial: tokens repeat
       for (int64_t d = 0; d < D; ++d) dp[ids[i] * D + d] += gp[i * D + d];
-    table.accumulate_grad(dt);
+    gt.accumulate(dt);
   });
 }
 
@@ -551,7 +563,7 @@ Var dropout(const Var& x, float p, const RngStream& stream, bool training) {
     return out;
   };
   // The mask is recomputed from the stream in backward, never stored.
-  return make_op_result(apply(x.value()), {x}, [x, apply](const Tensor& g) { x.accumulate_grad(apply(g)); });
+  return make_op_result(apply(x.value()), {x}, [gx = x.sink(), apply](const Tensor& g) { gx.accumulate(apply(g)); });
 }
 
 Var sum(const Var& x) {
@@ -568,7 +580,7 @@ Var sum(const Var& x) {
     }
   });
   Tensor y = Tensor::full({1}, static_cast<float>(std::accumulate(partial.begin(), partial.end(), 0.0)));
-  return make_op_result(std::move(y), {x}, [x](const Tensor& g) { x.accumulate_grad(Tensor::full(x.shape(), g[0])); });
+  return make_op_result(std::move(y), {x}, [gx = x.sink(), sx = x.shape()](const Tensor& g) { gx.accumulate(Tensor::full(sx, g[0])); });
 }
 
 Var mean(const Var& x) { return scale(sum(x), 1.f / static_cast<float>(std::max<int64_t>(1, x.value().numel()))); }
@@ -581,15 +593,15 @@ Var sum_dim(const Var& x, int dim) {
   out_shape.erase(out_shape.begin() + dim);
   Tensor y = Tensor::empty(out_shape);
   sum_middle(x.value().data(), y.data(), outer, n, inner);
-  return make_op_result(std::move(y), {x}, [x, outer, inner, n](const Tensor& g) {
-    Tensor dx = Tensor::empty(x.shape());
+  return make_op_result(std::move(y), {x}, [gx = x.sink(), sx = x.shape(), outer, inner, n](const Tensor& g) {
+    Tensor dx = Tensor::empty(sx);
     const float* gp = g.data();
     float* dp = dx.data();
     parallel_for(outer * n, std::max<int64_t>(1, kGrain / std::max<int64_t>(inner, 1)), [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r)
         std::memcpy(dp + r * inner, gp + (r / n) * inner, static_cast<size_t>(inner) * sizeof(float));
     });
-    x.accumulate_grad(dx);
+    gx.accumulate(dx);
   });
 }
 
@@ -624,10 +636,10 @@ Var cross_entropy(const Var& logits, const std::vector<int32_t>& labels, int32_t
   });
   const double total = std::accumulate(row_loss.begin(), row_loss.end(), 0.0);
   Tensor y = Tensor::full({1}, counted ? static_cast<float>(total / counted) : 0.f);
-  return make_op_result(std::move(y), {logits}, [logits, labels, ignore_label, M, C, counted](const Tensor& g) {
-    Tensor d = Tensor::zeros(logits.shape());
-    if (counted == 0) return logits.accumulate_grad(d);
-    const float* lp = logits.value().data();
+  return make_op_result(std::move(y), {logits}, [gl = logits.sink(), lv = logits.value(), labels, ignore_label, M, C, counted](const Tensor& g) {
+    Tensor d = Tensor::zeros(lv.shape());
+    if (counted == 0) return gl.accumulate(d);
+    const float* lp = lv.data();
     float* dp = d.data();
     const float k = g[0] / static_cast<float>(counted);
     parallel_for(M, 64, [&](int64_t b, int64_t e) {
@@ -641,7 +653,7 @@ Var cross_entropy(const Var& logits, const std::vector<int32_t>& labels, int32_t
         dp[i * C + labels[i]] -= k;
       }
     });
-    logits.accumulate_grad(d);
+    gl.accumulate(d);
   });
 }
 
