@@ -1,5 +1,5 @@
 # Every dependency comes from Debian; a missing one names the apt package that provides it.
-set(ATTNBENCH_APT_PACKAGES "libdnnl-dev ocl-icd-opencl-dev opencl-c-headers libtbb-dev nlohmann-json3-dev libfmt-dev libbenchmark-dev libgtest-dev")
+set(ATTNBENCH_APT_PACKAGES "libdnnl-dev ocl-icd-opencl-dev opencl-c-headers libtbb-dev nlohmann-json3-dev libfmt-dev libbenchmark-dev libgtest-dev libfftw3-dev pkg-config")
 
 macro(attnbench_require pkg apt)
   find_package(${pkg} ${ARGN} QUIET)
@@ -17,4 +17,14 @@ attnbench_require(OpenMP "g++ (libgomp)")
 attnbench_require(benchmark "libbenchmark-dev" CONFIG)
 if(ATTNBENCH_BUILD_TESTS)
   attnbench_require(GTest "libgtest-dev" CONFIG)
+endif()
+
+# FFTW3 (single precision) for FFT convolutions and Fourier mixing; Debian ships pkg-config files only.
+find_package(PkgConfig QUIET)
+if(NOT PkgConfig_FOUND)
+  message(FATAL_ERROR "attnbench needs pkg-config to find FFTW3: apt-get install pkg-config libfftw3-dev")
+endif()
+pkg_check_modules(FFTW3F QUIET IMPORTED_TARGET fftw3f)
+if(NOT FFTW3F_FOUND)
+  message(FATAL_ERROR "attnbench needs FFTW3 (single precision): apt-get install libfftw3-dev")
 endif()

@@ -22,11 +22,12 @@ class Softmax final : public ab::AttentionMixer {
     s.caps = {.causal = true, .bidirectional = true, .padding_mask = true};
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
+      const bool dropout = a.params->at("dropout").get<double>() > 0;
       ab::Cost c;
       c.flops = 2 * B * N * D * D * 4 + 4 * B * N * N * D;  // projections + QK^T + PV
-      // Saved for backward: projections' inputs and head views (~8 B N D floats) and the
-      // probabilities P (B H N^2), plus the dropout output when dropout is on.
-      c.activation_bytes = 4 * (8 * B * N * D + B * H * N * N);
+      // Saved for backward: scaled q, k, v and the merged heads (4 B N D floats), the
+      // probabilities P (B H N^2), and P after dropout when dropout is on.
+      c.activation_bytes = 4 * (4 * B * N * D + (dropout ? 2 : 1) * B * H * N * N);
       return c;
     };
     return s;

@@ -60,12 +60,35 @@ GradCheckReport grad_check(const std::function<Var()>& f, const std::vector<Var>
   return rep;
 }
 
+MemoryMeasure measure_mixer_memory(const VariantSpec& spec, const Json& resolved, int64_t B, int64_t N, int64_t D,
+                                   int64_t H, bool causal, uint64_t seed) {
+  MixerConfig cfg{D, H, N, 0, seed, resolved};
+  auto mixer = spec.make(cfg);
+  Var x(random_tensor({B, N, D}, RngStream(seed, Purpose::check, 20)), true);
+  MixerContext ctx;
+  ctx.seed = seed;
+  ctx.causal = causal;
+  ctx.training = true;
+  MemoryMeasure m;
+  PeakScope peak;
+  const int64_t before = memory_stats().live_bytes;
+  Var y = mixer->forward(x, ctx);
+  m.saved_bytes = memory_stats().live_bytes - before - y.value().bytes();
+  y.backward(Tensor::full(y.shape(), 1.f));
+  m.peak_bytes = peak.peak_bytes();
+  return m;
+}
+
 std::vector<CheckResult> check_variant(const VariantSpec& spec, const Json& params, uint64_t seed) {
   std::vector<CheckResult> out;
   auto record = [&](std::string name, bool ok, std::string detail = "") {
     out.push_back({std::move(name), ok, std::move(detail)});
   };
-  const Json resolved = resolve_params(spec.params, params, fmt::format("variant '{}'", spec.name));
+  // Tiny-size overrides first, then the caller's parameters on top.
+  Json given = spec.check_params.is_object() ? spec.check_params : Json::object();
+  if (params.is_object())
+    for (const auto& [k, v] : params.items()) given[k] = v;
+  const Json resolved = resolve_params(spec.params, given, fmt::format("variant '{}'", spec.name));
   const int64_t B = 2, N = 8, D = 16, H = 2;
   MixerConfig cfg{D, H, N, 0, seed, resolved};
   const Tensor x = random_tensor({B, N, D}, RngStream(seed, Purpose::check, 10));
@@ -167,6 +190,17 @@ std::vector<CheckResult> check_variant(const VariantSpec& spec, const Json& para
     record("cost_model", c1.flops > 0 && c2.flops > c1.flops && c2.activation_bytes >= c1.activation_bytes,
            fmt::format("flops {:.3g} -> {:.3g}, bytes {:.3g} -> {:.3g} for N 256 -> 1024", c1.flops, c2.flops,
                        c1.activation_bytes, c2.activation_bytes));
+    // Declared saved-for-backward bytes against the tracking allocator, at a size where the
+    // O(N^2) and O(N d) terms both matter. Uses the variant's defaults (not the tiny overrides).
+    const Json defaults = resolve_params(spec.params, params, spec.name);
+    const int64_t mb = 2, mn = 256, md = 64, mh = 4;
+    const bool mcausal = !spec.caps.bidirectional;
+    const MemoryMeasure mm = measure_mixer_memory(spec, defaults, mb, mn, md, mh, mcausal, seed);
+    const double declared = spec.cost({mb, mn, md, mh, &defaults, mcausal}).activation_bytes;
+    const double rel = std::fabs(static_cast<double>(mm.saved_bytes) - declared) / std::max(declared, 1.0);
+    record("memory_model", rel <= 0.25,
+           fmt::format("declared {:.0f} vs measured {} bytes saved for backward at B={} N={} D={} H={} ({:+.1f}%)",
+                       declared, mm.saved_bytes, mb, mn, md, mh, 100.0 * (mm.saved_bytes - declared) / std::max(declared, 1.0)));
   } else {
     record("cost_model", false, "the variant declares no cost model");
   }

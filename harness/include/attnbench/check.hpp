@@ -37,6 +37,15 @@ struct CheckResult {
   std::string detail;
 };
 
+// Bytes a training-mode forward of the mixer keeps alive for backward, excluding x and y
+// (measured with the tracking allocator), and the peak of a forward+backward above x.
+struct MemoryMeasure {
+  int64_t saved_bytes = 0;
+  int64_t peak_bytes = 0;
+};
+MemoryMeasure measure_mixer_memory(const VariantSpec& spec, const Json& resolved_params, int64_t batch,
+                                   int64_t length, int64_t d_model, int64_t heads, bool causal, uint64_t seed = 1);
+
 // Runs every applicable conformance check on one variant at tiny sizes.
 // params: the variant's user parameters (resolved here; empty object = defaults).
 std::vector<CheckResult> check_variant(const VariantSpec& spec, const Json& params = Json::object(), uint64_t seed = 1);

@@ -26,8 +26,9 @@ struct Capabilities {
   bool length_dependent = false; // parameter shapes depend on the maximum length
 };
 
-// Arguments of the analytic cost model. Activation bytes count what a forward keeps for backward
-// (training) beyond its input and output, per layer.
+// Arguments of the analytic cost model. activation_bytes is what a training-mode forward keeps
+// alive for backward, as the tracking allocator counts it, excluding the input x and the output y;
+// `attnbench check` compares it with the measured figure (within 25%).
 struct CostArgs {
   int64_t batch, length, d_model, heads;
   const Json* params;  // the variant's resolved parameters
@@ -86,6 +87,9 @@ struct VariantSpec {
   std::function<Cost(const CostArgs&)> cost;
   std::function<std::unique_ptr<Mixer>(const MixerConfig&)> make;
   std::string origin = "built-in";  // or the plugin path
+  // Parameter overrides for the conformance checks, which run at tiny sizes (N = 8, D = 16,
+  // H = 2), e.g. a block size that divides 8. Empty = the defaults.
+  Json check_params = Json::object();
 };
 
 class VariantRegistry {
