@@ -10,6 +10,7 @@ PACKAGES=(
   libdnnl-dev ocl-icd-opencl-dev opencl-c-headers   # oneDNN; its CMake config needs OpenCL
   libtbb-dev nlohmann-json3-dev libfmt-dev
   libbenchmark-dev libgtest-dev
+  libbenchmark-tools python3-scipy                  # Google Benchmark's compare.py (and its scipy)
   libfftw3-dev pkg-config                           # FFTW3 single precision (GPL-2.0-or-later)
   python3 python3-jsonschema python3-matplotlib    # scripts run with /usr/bin/python3
 )

@@ -142,6 +142,53 @@ class Commands(unittest.TestCase):
             self.assertGreater(doc["context"]["threads"], 0)
             self.assertFalse(list(Path(d, "sub").glob("*.tmp*")), "temporary file left behind")
 
+    def bench(self, d, *extra):
+        out = Path(d) / "b.json"
+        r = run("bench", "--variant", "softmax", "--seq-len", "16,32", "--d-model", "32", "--heads", "4",
+                "--repetitions", "2", "--min-time", "0.005", "--no-calibration", "--threads", "2",
+                "--out", str(out), *extra)
+        return r, (json.loads(out.read_text()) if out.exists() else None)
+
+    def test_bench_writes_a_valid_file_that_compare_py_reads(self):
+        with tempfile.TemporaryDirectory() as d:
+            r, doc = self.bench(d, "--direction", "fwd,fwd_bwd,train_step")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertEqual(validate_run.errors_of(validate_run.load_validator(), doc), [])
+            entries = doc["metrics"]["entries"]
+            self.assertEqual(len(entries), 6)
+            for e in entries:
+                self.assertEqual(e["status"], "ok", e)
+                self.assertLessEqual(e["min_ms"], e["median_ms"])
+                self.assertLessEqual(e["median_ms"], e["max_ms"])
+                self.assertGreater(e["peak_bytes"], 0)
+                self.assertGreater(e["flops"], 0)
+            self.assertEqual({s["direction"] for s in doc["metrics"]["scaling"]}, {"fwd", "fwd_bwd", "train_step"})
+            medians = [b for b in doc["benchmarks"] if b.get("aggregate_name") == "median"]
+            self.assertEqual(len(medians), 6)
+            compare = Path("/usr/share/benchmark/compare.py")
+            if compare.exists():
+                c = subprocess.run(["/usr/bin/python3", str(compare), "filters", str(Path(d) / "b.json"),
+                                    "softmax/fwd/", "softmax/fwd_bwd/"], capture_output=True, text=True, timeout=120)
+                self.assertEqual(c.returncode, 0, c.stdout + c.stderr)
+                self.assertIn("OVERALL_GEOMEAN", c.stdout)
+
+    def test_bench_memory_guard_skips_instead_of_running(self):
+        with tempfile.TemporaryDirectory() as d:
+            r, doc = self.bench(d, "--memory-limit", "1000")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            for e in doc["metrics"]["entries"]:
+                self.assertEqual(e["status"], "skipped")
+                self.assertIn("memory limit", e["error"])
+                self.assertGreater(e["predicted_bytes"], 1000)
+                self.assertNotIn("median_ms", e)
+            self.assertEqual(validate_run.errors_of(validate_run.load_validator(), doc), [])
+
+    def test_bench_usage_errors(self):
+        with tempfile.TemporaryDirectory() as d:
+            r, _ = self.bench(d, "--direction", "fwd,backward")
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("unknown direction 'backward'", r.stderr)
+
     def test_unwritable_output_is_a_failure_not_a_crash(self):
         r = run("train", "--variant", "softmax", "--task", "listops", "--out", "/proc/attnbench/run.json", *SMALL)
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)

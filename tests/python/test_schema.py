@@ -87,20 +87,20 @@ def bench_run():
         "schema": "attnbench.run/1",
         "kind": "bench",
         "status": "ok",
-        "variant": {"name": "softmax", "params": {}},
+        "variants": [{"name": "softmax", "params": {}}],
         "task": None,
         "model": {"d_model": 64, "heads": 4, "batch": 8},
         "train": None,
         "seed": 0,
         "metrics": {
             "entries": [bench_entry(1024, "fwd"), bench_entry(1024, "fwd_bwd")],
-            "benchmarks": [
-                {"name": "attn/softmax/fwd/N:1024", "run_type": "aggregate", "aggregate_name": "median",
-                 "real_time": 4.2, "cpu_time": 8.3, "time_unit": "ms"},
-                {"name": "attn/softmax/fwd/N:1024", "run_type": "iteration",
-                 "real_time": 4.0, "cpu_time": 8.0, "time_unit": "ms"},
-            ],
         },
+        "benchmarks": [
+            {"name": "attn/softmax/fwd/N:1024", "run_type": "aggregate", "aggregate_name": "median",
+             "real_time": 4.2, "cpu_time": 8.3, "time_unit": "ms"},
+            {"name": "attn/softmax/fwd/N:1024", "run_type": "iteration",
+             "real_time": 4.0, "cpu_time": 8.0, "time_unit": "ms"},
+        ],
         "context": context(),
     }
 
@@ -194,6 +194,21 @@ class SchemaTest(unittest.TestCase):
         run = bench_run()
         del run["metrics"]["entries"][0]["median_ms"]
         self.assertInvalid(run, 'median_ms')
+
+    def test_bench_run_without_benchmarks(self):
+        doc = bench_run()
+        del doc["benchmarks"]
+        self.assertInvalid(doc, "benchmarks")
+
+    def test_bench_run_without_variants(self):
+        doc = bench_run()
+        del doc["variants"]
+        self.assertInvalid(doc, "variants")
+
+    def test_train_run_without_variant(self):
+        doc = train_run()
+        del doc["variant"]
+        self.assertInvalid(doc, "variant")
 
     def test_train_run_without_task(self):
         run = train_run()
