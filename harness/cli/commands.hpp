@@ -8,4 +8,5 @@ int cmd_check(int argc, char** argv, int first);
 int cmd_train(int argc, char** argv, int first);
 int cmd_data(int argc, char** argv, int first);
 int cmd_bench(int argc, char** argv, int first);
+int cmd_sweep(int argc, char** argv, int first);
 }  // namespace ab::cli

@@ -25,6 +25,7 @@ const Command kCommands[] = {
     {"check", ab::cli::cmd_check, "conformance and gradient checks of variants"},
     {"train", ab::cli::cmd_train, "train one variant on one task and write a run file"},
     {"data", ab::cli::cmd_data, "dump generated task examples as JSON lines"},
+    {"sweep", ab::cli::cmd_sweep, "run a grid of train and bench cells, each in a child process"},
     {"bench", ab::cli::cmd_bench, "time and memory per variant, length and direction (Google Benchmark)"},
 };
 

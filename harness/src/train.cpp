@@ -167,7 +167,7 @@ double evaluate(Model& model, const Task& task, Split split, int64_t count, int6
 
 }  // namespace
 
-Json train_run(const RunConfig& cfg, bool progress) {
+Json run_header(const RunConfig& cfg) {
   Json doc;
   doc["schema"] = "attnbench.run/1";
   doc["kind"] = "train";
@@ -177,6 +177,11 @@ Json train_run(const RunConfig& cfg, bool progress) {
   doc["model"] = cfg.model_params;
   doc["train"] = cfg.train_params;
   doc["seed"] = cfg.seed;
+  return doc;
+}
+
+Json train_run(const RunConfig& cfg, bool progress) {
+  Json doc = run_header(cfg);
   Json metrics = Json::object();
   Json curves = {{"step", Json::array()}, {"train_loss", Json::array()}, {"lr", Json::array()},
                  {"valid_step", Json::array()}, {"valid_accuracy", Json::array()}};
@@ -279,6 +284,9 @@ Json train_run(const RunConfig& cfg, bool progress) {
       metrics["best_step"] = best_step;
       metrics["test_accuracy"] = evaluate(model, *task, Split::test, tp["test_examples"], bs);
     }
+  } catch (const std::bad_alloc& e) {
+    doc["status"] = "oom";
+    doc["error"] = "out of memory (an allocation failed; a memory limit may be in force)";
   } catch (const std::exception& e) {
     doc["status"] = "error";
     doc["error"] = e.what();

@@ -22,6 +22,9 @@ struct RunConfig {
 RunConfig resolve_run_config(const std::string& variant, const std::string& task,
                              const std::vector<std::string>& sets, uint64_t seed, int threads);
 
+// The run document's identity fields (schema, kind, status ok, variant, task, model, train, seed).
+Json run_header(const RunConfig& cfg);
+
 // Trains and evaluates; never throws for a failure of the run itself: the returned run document
 // carries status "error"/"diverged" and the message. `progress` prints a line per evaluation.
 Json train_run(const RunConfig& cfg, bool progress);

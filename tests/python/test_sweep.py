@@ -1,0 +1,153 @@
+"""attnbench sweep as a user meets it: expansion, dry runs, failures recorded per cell, resume
+after SIGKILL, shards. Needs ATTNBENCH_BIN (set by CTest)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = os.environ.get("ATTNBENCH_BIN", str(ROOT / "build" / "release" / "attnbench"))
+sys.path.insert(0, str(ROOT / "scripts"))
+import validate_run  # noqa: E402
+
+TINY = {"task.max_length": 32, "task.train_size": 256, "task.valid_size": 32, "task.test_size": 32,
+        "model.layers": 1, "model.d_model": 16, "model.heads": 2, "train.eval_every": 10}
+
+
+def spec(d, grid, steps=10, **extra):
+    s = {"name": "t", "base": {"task": "listops", "variant": "softmax", "threads": 1,
+                               "set": dict(TINY, **{"train.steps": steps})}, "grid": grid, **extra}
+    p = Path(d) / "spec.json"
+    p.write_text(json.dumps(s))
+    return p
+
+
+def sweep(*args, timeout=600):
+    return subprocess.run([BIN, "sweep", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def cell_ids(spec_path):
+    r = sweep(spec_path, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    return sorted(l for l in r.stdout.splitlines() if l and not l.startswith(" ") and not l.endswith(" cells"))
+
+
+def runs(out):
+    files = sorted((Path(out) / "runs").glob("*.json"))
+    validator = validate_run.load_validator()
+    docs = {}
+    for f in files:
+        doc = json.loads(f.read_text())  # a corrupt file fails here
+        assert validate_run.errors_of(validator, doc) == [], (f, validate_run.errors_of(validator, doc))
+        docs[f.stem] = doc
+    return docs
+
+
+class Sweep(unittest.TestCase):
+    def test_dry_run_expands_the_grid_with_overrides_and_exclusions(self):
+        with tempfile.TemporaryDirectory() as d:
+            p = spec(d, {"seed": [0, 1, 2], "model.dropout": [0.0, 0.1]},
+                     exclude=[{"seed": 2, "model.dropout": 0.1}],
+                     per_task={"listops": {"train.lr": 0.002}})
+            r = sweep(p, "--dry-run")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("5 cells", r.stdout)
+            self.assertIn("--set train.lr=0.002", r.stdout)
+            self.assertEqual(len(set(cell_ids(p))), 5)
+            # Ids are content hashes: the same spec gives the same ids.
+            self.assertEqual(cell_ids(p), cell_ids(p))
+
+    def test_bad_specs_are_usage_errors(self):
+        with tempfile.TemporaryDirectory() as d:
+            bad = Path(d) / "bad.json"
+            bad.write_text('{"name": "x",\n  "grid": {"seed": [0, 1,]}\n}')
+            r = sweep(bad, "--dry-run")
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("line 2", r.stderr)
+            r = sweep(spec(d, {"seed": []}), "--dry-run")
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("empty list", r.stderr)
+            r = sweep(spec(d, {"sed": [0]}), "--dry-run")
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("sed", r.stderr)
+            r = sweep(spec(d, {"seed": [0]}, grdi={}), "--dry-run")
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("did you mean 'grid'", r.stderr)
+            r = sweep(spec(d, {"model.layers": [0, -1]}), "--dry-run")
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("model.layers=-1", r.stderr)
+            r = sweep(spec(d, {"seed": [0]}), "--shard", "2/2", "--dry-run")
+            self.assertEqual(r.returncode, 2)
+
+    def test_failures_are_recorded_and_the_sweep_goes_on(self):
+        with tempfile.TemporaryDirectory() as d:
+            # A cell that cannot finish in time, one whose memory limit is far too small, one ok.
+            p = spec(d, {"train.steps": [10, 100000]})
+            out = Path(d) / "out"
+            r = sweep(p, "--out", out, "--time-limit", "3")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            docs = runs(out)
+            self.assertEqual(sorted(doc["status"] for doc in docs.values()), ["ok", "timeout"])
+            timeout = next(doc for doc in docs.values() if doc["status"] == "timeout")
+            self.assertIn("time limit", timeout["error"])
+            self.assertNotIn("test_accuracy", timeout["metrics"])
+            manifest = json.loads((out / "manifest.json").read_text())
+            self.assertEqual(sorted(c["status"] for c in manifest["cells"]), ["ok", "timeout"])
+            out2 = Path(d) / "out2"
+            big = {"model.d_model": [256], "model.heads": [8], "task.max_length": [512], "train.batch_size": [32]}
+            r = sweep(spec(d, big), "--out", out2, "--memory-limit", "100000000")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            (doc,) = runs(out2).values()
+            self.assertIn(doc["status"], ["oom", "error"])
+            self.assertNotIn("test_accuracy", doc["metrics"])
+
+    def test_sigkill_then_resume_runs_every_cell_exactly_once(self):
+        with tempfile.TemporaryDirectory() as d:
+            p = spec(d, {"seed": list(range(6))}, steps=60)
+            ids = cell_ids(p)
+            out = Path(d) / "out"
+            proc = subprocess.Popen([BIN, "sweep", str(p), "--out", str(out)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.time() + 300
+            while time.time() < deadline and len(list((out / "runs").glob("*.json"))) < 2:
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            time.sleep(0.5)  # the running cell dies with its parent
+            before = {f.stem: f.stat().st_mtime_ns for f in (out / "runs").glob("*.json")}
+            self.assertGreaterEqual(len(before), 2)
+            self.assertLess(len(before), 6, "the sweep finished before it could be killed: make cells slower")
+            self.assertEqual(list((out / "runs").glob("*.tmp*")), [], "a half-written run file is visible")
+            r = sweep(p, "--out", out, "--resume")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn(f"{6 - len(before)} cells done", r.stdout)
+            docs = runs(out)
+            self.assertEqual(sorted(docs), ids)
+            for cell, mtime in before.items():
+                self.assertEqual((out / "runs" / f"{cell}.json").stat().st_mtime_ns, mtime, f"{cell} was re-run")
+            self.assertTrue(all(doc["status"] == "ok" for doc in docs.values()))
+
+    def test_shards_together_give_the_single_process_cells(self):
+        with tempfile.TemporaryDirectory() as d:
+            p = spec(d, {"seed": [0, 1, 2, 3, 4]})
+            single, sharded = Path(d) / "single", Path(d) / "sharded"
+            self.assertEqual(sweep(p, "--out", single).returncode, 0)
+            procs = [subprocess.Popen([BIN, "sweep", str(p), "--out", str(sharded), "--shard", f"{i}/2"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
+            for proc in procs:
+                self.assertEqual(proc.wait(timeout=600), 0)
+            a, b = runs(single), runs(sharded)
+            self.assertEqual(sorted(a), sorted(b))
+            for cell in a:  # same seed and threads: the same numbers
+                self.assertEqual(a[cell]["metrics"]["curves"], b[cell]["metrics"]["curves"])
+            self.assertTrue((sharded / "manifest.shard-0-of-2.json").exists())
+            self.assertTrue((sharded / "manifest.shard-1-of-2.json").exists())
+
+
+if __name__ == "__main__":
+    unittest.main()
