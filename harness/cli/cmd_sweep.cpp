@@ -24,19 +24,13 @@
 #include "attnbench/train.hpp"
 #include "attnbench/variant.hpp"
 #include "commands.hpp"
+#include "sweep_runner.hpp"
 
 namespace ab::cli {
 namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-struct Running {
-  pid_t pid;
-  size_t cell;
-  Clock::time_point start;
-  bool timed_out = false;
-};
 
 std::string tail_of(const fs::path& log, size_t lines) {
   std::ifstream f(log);
@@ -45,18 +39,6 @@ std::string tail_of(const fs::path& log, size_t lines) {
   std::string out;
   for (size_t i = all.size() > lines ? all.size() - lines : 0; i < all.size(); ++i) out += all[i] + "\n";
   return out;
-}
-
-// The status of an existing run file, or "" if there is none (or it cannot be read).
-std::string run_status(const fs::path& p) {
-  std::ifstream f(p);
-  if (!f) return "";
-  try {
-    const Json j = Json::parse(f);
-    return j.value("status", "");
-  } catch (...) {
-    return "";
-  }
 }
 
 // A record for a cell whose child died without writing its run file.
@@ -70,7 +52,11 @@ Json failure_record(const SweepCell& c, const std::string& status, const std::st
   } else {
     doc = {{"schema", "attnbench.run/1"}, {"kind", "bench"},
            {"variants", Json::array({{{"name", c.variant}, {"params", Json::object()}}})},
-           {"task", nullptr}, {"model", c.bench}, {"train", nullptr}, {"seed", c.seed}};
+           {"task", nullptr}, {"train", nullptr}, {"seed", c.seed}};
+    // The same shape fields an ok bench run records, so reports can place the failed cells.
+    doc["model"] = {{"batch", c.bench.value("batch", 1)}, {"d_model", c.bench.value("d_model", 512)},
+                    {"heads", c.bench.value("heads", 8)}, {"causal", c.bench.value("causal", false)},
+                    {"train_step_model", {{"layers", 2}, {"d_model", 64}, {"heads", 2}, {"mlp_dim", 128}}}};
   }
   doc["status"] = status;
   doc["error"] = error;
@@ -80,7 +66,28 @@ Json failure_record(const SweepCell& c, const std::string& status, const std::st
   return doc;
 }
 
-pid_t launch(const SweepCell& c, const fs::path& out, const fs::path& log, int64_t memory_limit) {
+std::string signal_text(int sig) { return fmt::format("signal {} ({})", sig, strsignal(sig)); }
+
+}  // namespace
+
+std::string run_status(const fs::path& p) {
+  std::ifstream f(p);
+  if (!f) return "";
+  try {
+    const Json j = Json::parse(f);
+    return j.value("status", "");
+  } catch (...) {
+    return "";
+  }
+}
+
+fs::path CellRunner::run_file(size_t cell) const { return dir_ / "runs" / (spec_.cells[cell].id + ".json"); }
+
+void CellRunner::start(size_t cell) {
+  const SweepCell& c = spec_.cells[cell];
+  const fs::path out = run_file(cell), log = dir_ / "logs" / (c.id + ".log");
+  std::error_code ec;
+  fs::remove(out, ec);
   std::vector<std::string> args = c.command(out.string());
   args.insert(args.begin(), "attnbench");
   const pid_t pid = fork();
@@ -92,9 +99,9 @@ pid_t launch(const SweepCell& c, const fs::path& out, const fs::path& log, int64
     // If the sweep itself dies (killed, crashed), its cells die too: a resumed sweep re-runs them
     // instead of racing orphans for the same run file.
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (memory_limit > 0) {
+    if (memory_limit_ > 0) {
       // RLIMIT_DATA covers heap and anonymous mappings: an allocation beyond it fails cleanly.
-      rlimit rl{static_cast<rlim_t>(memory_limit), static_cast<rlim_t>(memory_limit)};
+      rlimit rl{static_cast<rlim_t>(memory_limit_), static_cast<rlim_t>(memory_limit_)};
       setrlimit(RLIMIT_DATA, &rl);
     }
     std::vector<char*> cargv;
@@ -103,12 +110,52 @@ pid_t launch(const SweepCell& c, const fs::path& out, const fs::path& log, int64
     execv("/proc/self/exe", cargv.data());
     _exit(127);
   }
-  return pid;
+  running_.push_back({pid, cell, Clock::now()});
 }
 
-std::string signal_text(int sig) { return fmt::format("signal {} ({})", sig, strsignal(sig)); }
-
-}  // namespace
+std::vector<std::pair<size_t, std::string>> CellRunner::poll(int wait_ms) {
+  std::vector<std::pair<size_t, std::string>> ended;
+  const auto until = Clock::now() + std::chrono::milliseconds(wait_ms);
+  do {
+    int wstatus = 0;
+    const pid_t pid = waitpid(-1, &wstatus, WNOHANG);
+    auto it = std::find_if(running_.begin(), running_.end(), [&](const Child& r) { return r.pid == pid; });
+    if (pid <= 0 || it == running_.end()) {
+      for (auto& r : running_)
+        if (time_limit_ > 0 && !r.timed_out &&
+            std::chrono::duration<double>(Clock::now() - r.start).count() > time_limit_) {
+          kill(-r.pid, SIGKILL);
+          r.timed_out = true;
+        }
+      if (!ended.empty()) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      continue;
+    }
+    const SweepCell& c = spec_.cells[it->cell];
+    const fs::path out = run_file(it->cell), log = dir_ / "logs" / (c.id + ".log");
+    std::string st = run_status(out);
+    if (st.empty()) {
+      std::string why;
+      if (it->timed_out) st = "timeout", why = fmt::format("exceeded the time limit of {} s", time_limit_);
+      else if (WIFSIGNALED(wstatus)) {
+        const int sig = WTERMSIG(wstatus);
+        st = sig == SIGKILL ? "oom" : "error";
+        why = fmt::format("crashed: {}{}", signal_text(sig), sig == SIGKILL ? " (the kernel's OOM killer?)" : "");
+      } else {
+        st = "error";
+        why = fmt::format("exited with code {} without a run file", WEXITSTATUS(wstatus));
+      }
+      const std::string tail = tail_of(log, 8);
+      if (!tail.empty()) why += "; last output:\n" + tail;
+      std::vector<std::string> cmd = c.command(out.string());
+      cmd.insert(cmd.begin(), "attnbench");
+      write_json_atomic(out.string(), failure_record(c, st, why, cmd));
+    }
+    ended.emplace_back(it->cell, st);
+    running_.erase(it);
+  } while (Clock::now() < until);
+  return ended;
+}
 
 int cmd_sweep(int argc, char** argv, int first) {
   const auto flags = with_common({
@@ -119,6 +166,7 @@ int cmd_sweep(int argc, char** argv, int first) {
       {"dry-run", "", "list the cells and their commands, run nothing"},
       {"time-limit", "SECONDS", "per-cell time limit (overrides the spec's limits.seconds)"},
       {"memory-limit", "BYTES", "per-cell memory limit (overrides the spec's limits.memory_bytes)"},
+      {"mpi", "", "under mpirun: rank 0 hands cells out as ranks free up (build with ATTNBENCH_WITH_MPI)"},
   });
   Args args(argc, argv, first, "sweep", flags, 1);
   if (args.has("help") || args.positional().empty()) {
@@ -196,67 +244,37 @@ int cmd_sweep(int argc, char** argv, int first) {
   fmt::print(stderr, "sweep '{}': {} cells{}, {} to run, {} at a time\n", spec.name, total,
              skipped ? fmt::format(" ({} already done)", skipped) : "", todo.size(), jobs);
 
-  std::vector<Running> running;
+  CellRunner runner(spec, dir, time_limit, memory_limit);
   size_t next = 0, done = 0, failed = 0;
   const auto t0 = Clock::now();
   auto progress = [&](const std::string& line) {
     const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
     const double eta = done ? elapsed / static_cast<double>(done) * static_cast<double>(todo.size() - done) : 0;
     const std::string summary = fmt::format("[{}/{}] running {}, failed {}, elapsed {:.0f} s, eta {:.0f} s", done,
-                                            todo.size(), running.size(), failed, elapsed, eta);
+                                            todo.size(), runner.running(), failed, elapsed, eta);
     if (tty) fmt::print(stderr, "\r\33[2K{}{}", line.empty() ? "" : line + "\n", summary);
     else if (!line.empty()) fmt::print(stderr, "{}  {}\n", summary, line);
   };
-  while (next < todo.size() || !running.empty()) {
-    while (next < todo.size() && static_cast<int>(running.size()) < jobs) {
-      const SweepCell& c = spec.cells[todo[next]];
-      fs::remove(dir / "runs" / (c.id + ".json"), ec);
-      running.push_back({launch(c, dir / "runs" / (c.id + ".json"), dir / "logs" / (c.id + ".log"), memory_limit),
-                         todo[next], Clock::now()});
-      ++next;
-    }
-    progress("");
-    int wstatus = 0;
-    const pid_t pid = waitpid(-1, &wstatus, WNOHANG);
-    if (pid <= 0) {
-      for (auto& r : running)
-        if (time_limit > 0 && !r.timed_out &&
-            std::chrono::duration<double>(Clock::now() - r.start).count() > time_limit) {
-          kill(-r.pid, SIGKILL);
-          r.timed_out = true;
-        }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      continue;
-    }
-    auto it = std::find_if(running.begin(), running.end(), [&](const Running& r) { return r.pid == pid; });
-    if (it == running.end()) continue;
-    const SweepCell& c = spec.cells[it->cell];
-    const fs::path out = dir / "runs" / (c.id + ".json"), log = dir / "logs" / (c.id + ".log");
-    std::string st = run_status(out);
-    if (st.empty()) {
-      // The child died without a run file: record why.
-      std::string why;
-      if (it->timed_out) st = "timeout", why = fmt::format("exceeded the time limit of {} s", time_limit);
-      else if (WIFSIGNALED(wstatus)) {
-        const int sig = WTERMSIG(wstatus);
-        st = sig == SIGKILL ? "oom" : "error";
-        why = fmt::format("crashed: {}{}", signal_text(sig), sig == SIGKILL ? " (the kernel's OOM killer?)" : "");
-      } else {
-        st = "error";
-        why = fmt::format("exited with code {} without a run file", WEXITSTATUS(wstatus));
-      }
-      const std::string tail = tail_of(log, 8);
-      if (!tail.empty()) why += "; last output:\n" + tail;
-      std::vector<std::string> cmd = c.command(out.string());
-      cmd.insert(cmd.begin(), "attnbench");
-      write_json_atomic(out.string(), failure_record(c, st, why, cmd));
-    }
-    status[c.id] = st;
+  auto finished = [&](size_t cell, const std::string& st) {
+    status[spec.cells[cell].id] = st;
     ++done;
     failed += st != "ok";
-    running.erase(it);
     write_manifest();
-    progress(fmt::format("{} {}", st == "ok" ? "ok  " : st, c.id));
+    progress(fmt::format("{} {}", st == "ok" ? "ok  " : st, spec.cells[cell].id));
+  };
+  if (args.has("mpi")) {
+#ifdef ATTNBENCH_WITH_MPI
+    if (!run_sweep_mpi(todo, runner, finished)) return 0;  // workers: rank 0 reports
+#else
+    throw UsageError("sweep: this attnbench was built without MPI (configure with -DATTNBENCH_WITH_MPI=ON and "
+                     "apt-get install libopenmpi-dev)");
+#endif
+  } else {
+    while (next < todo.size() || runner.running() > 0) {
+      while (next < todo.size() && static_cast<int>(runner.running()) < jobs) runner.start(todo[next++]);
+      progress("");
+      for (const auto& [cell, st] : runner.poll()) finished(cell, st);
+    }
   }
   if (tty) fmt::print(stderr, "\n");
   fmt::print("{} cells done ({} failed){}; results in {}\n", done, failed,

@@ -9,4 +9,6 @@ int cmd_train(int argc, char** argv, int first);
 int cmd_data(int argc, char** argv, int first);
 int cmd_bench(int argc, char** argv, int first);
 int cmd_sweep(int argc, char** argv, int first);
+int cmd_report(int argc, char** argv, int first);
+int cmd_compare(int argc, char** argv, int first);
 }  // namespace ab::cli

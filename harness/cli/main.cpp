@@ -26,6 +26,8 @@ const Command kCommands[] = {
     {"train", ab::cli::cmd_train, "train one variant on one task and write a run file"},
     {"data", ab::cli::cmd_data, "dump generated task examples as JSON lines"},
     {"sweep", ab::cli::cmd_sweep, "run a grid of train and bench cells, each in a child process"},
+    {"report", ab::cli::cmd_report, "HTML and Markdown report (tables and plots) of result directories"},
+    {"compare", ab::cli::cmd_compare, "ratios between two result sets; flags regressions beyond the noise"},
     {"bench", ab::cli::cmd_bench, "time and memory per variant, length and direction (Google Benchmark)"},
 };
 

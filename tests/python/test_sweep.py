@@ -148,6 +148,26 @@ class Sweep(unittest.TestCase):
             self.assertTrue((sharded / "manifest.shard-0-of-2.json").exists())
             self.assertTrue((sharded / "manifest.shard-1-of-2.json").exists())
 
+    def test_mpi_ranks_together_give_the_single_process_cells(self):
+        import shutil
+        mpirun = shutil.which("mpirun")
+        if not mpirun:
+            self.skipTest("mpirun is not installed (apt-get install openmpi-bin)")
+        with tempfile.TemporaryDirectory() as d:
+            p = spec(d, {"seed": [0, 1, 2, 3]})
+            single, ranks = Path(d) / "single", Path(d) / "mpi"
+            self.assertEqual(sweep(p, "--out", single).returncode, 0)
+            env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+            r = subprocess.run([mpirun, "--oversubscribe", "-np", "3", BIN, "sweep", str(p), "--out", str(ranks), "--mpi"],
+                               capture_output=True, text=True, timeout=600, env=env)
+            if "built without MPI" in r.stderr:
+                self.skipTest("this attnbench was built without MPI")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            a, b = runs(single), runs(ranks)
+            self.assertEqual(sorted(a), sorted(b))
+            for cell in a:
+                self.assertEqual(a[cell]["metrics"]["curves"], b[cell]["metrics"]["curves"])
+
 
 if __name__ == "__main__":
     unittest.main()

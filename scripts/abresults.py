@@ -1,0 +1,475 @@
+#!/usr/bin/python3
+"""Reading attnbench result sets: run files (schema attnbench.run/1) and sweep manifests.
+
+A result set is any mix of run files and directories; directories are searched recursively
+for *.json, and only documents whose "schema" is attnbench.run/... count as runs (a sweep's
+manifest.json, attnbench.sweep/1, is read separately by load_manifests). Unknown keys are
+ignored everywhere; an unknown attnbench.run version is read as version 1 with a warning.
+
+Flattening:
+- train_rows(runs): one row per train run (variant, task, seed, params, status, metrics);
+- bench_rows(runs): one row per bench entry (variant, seq_len, direction, shape, timings);
+  a failed bench run without entries becomes one failed row per length x direction it was
+  asked for (from its `model`, which holds the bench request in a sweep's failure record).
+Used by report.py and compare.py.
+"""
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+RUN_SCHEMA = "attnbench.run/1"
+RUN_SCHEMA_PREFIX = "attnbench.run/"
+SWEEP_SCHEMA_PREFIX = "attnbench.sweep/"
+OK = "ok"
+
+TRAIN_METRICS = ("test_accuracy", "best_valid_accuracy", "final_train_loss", "train_seconds", "steps",
+                 "tokens_per_second", "peak_bytes", "peak_rss_bytes", "parameters", "best_step",
+                 "step_seconds_median", "tokens_per_second_median_step")
+BENCH_FIGURES = ("median_ms", "min_ms", "max_ms", "tokens_per_second", "peak_bytes", "peak_rss_bytes",
+                 "flops", "gflops_per_second", "repetitions", "predicted_bytes")
+
+
+def warn(message):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+class NoRunsError(Exception):
+    """No run file was found under the given paths (a usage error for the scripts)."""
+
+
+# ---------------------------------------------------------------- loading
+
+def _json_files(paths):
+    """(files, missing, explicit): every *.json under the paths, each once, in a stable order;
+    explicit = the files that were named directly (not found in a directory)."""
+    files, missing, seen, explicit = [], [], set(), set()
+    for arg in paths:
+        p = Path(arg)
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*.json") if q.is_file())
+        elif p.is_file():
+            found = [p]
+            explicit.add(p.resolve())
+        else:
+            missing.append(str(arg))
+            continue
+        for q in found:
+            key = q.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(q)
+    return files, missing, explicit
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        warn(f"{path}: not readable as JSON ({e}); skipped")
+        return None
+
+
+def load(paths, quiet=False):
+    """Every run document under `paths` (files or directories), as dicts.
+
+    Each dict gains "_path" (the file it came from) and "_id" (the file name without .json,
+    which is the cell id for a sweep's runs/<cell>.json). Raises FileNotFoundError naming
+    paths that do not exist and NoRunsError when no run file is found at all.
+    """
+    files, missing, explicit = _json_files(paths)
+    if missing:
+        raise FileNotFoundError(", ".join(missing))
+    runs = []
+    for path in files:
+        doc = _read_json(path)
+        if not isinstance(doc, dict):
+            continue
+        schema = doc.get("schema")
+        if not isinstance(schema, str) or not schema.startswith(RUN_SCHEMA_PREFIX):
+            # manifests and other JSON are skipped silently when found in a directory
+            if not quiet and path.resolve() in explicit and not str(schema).startswith(SWEEP_SCHEMA_PREFIX):
+                warn(f"{path}: schema {schema!r} is not an attnbench run file; skipped")
+            continue
+        if schema != RUN_SCHEMA and not quiet:
+            warn(f"{path}: unknown schema version '{schema}', read as {RUN_SCHEMA}")
+        doc["_path"] = str(path)
+        doc["_id"] = path.stem
+        runs.append(doc)
+    if not runs:
+        raise NoRunsError("no attnbench run files (\"schema\": \"%s\") found in: %s"
+                          % (RUN_SCHEMA, ", ".join(str(p) for p in paths)))
+    return runs
+
+
+def load_manifests(paths):
+    """Sweep manifests (manifest.json, manifest.shard-i-of-n.json) under the paths."""
+    files, _, _ = _json_files([p for p in paths if Path(p).exists()])
+    out = []
+    for path in files:
+        if not path.name.startswith("manifest"):
+            continue
+        doc = _read_json(path)
+        if isinstance(doc, dict) and str(doc.get("schema", "")).startswith(SWEEP_SCHEMA_PREFIX):
+            doc["_path"] = str(path)
+            out.append(doc)
+    return out
+
+
+def missing_cells(manifests, runs):
+    """Manifest cells that have no run file among `runs` (pending, running, or lost)."""
+    have = {r.get("_id") for r in runs}
+    out, seen = [], set()
+    for m in manifests:
+        for c in m.get("cells") or []:
+            cid = c.get("id")
+            if not cid or cid in have or cid in seen:
+                continue
+            seen.add(cid)
+            out.append(dict(c, manifest=m.get("_path"), sweep=m.get("name")))
+    return out
+
+
+# ---------------------------------------------------------------- small helpers
+
+def canonical(value):
+    """A stable text form of a JSON value (sorted keys), usable as a dict key."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def status_of(run):
+    s = run.get("status")
+    return s if isinstance(s, str) and s else "error"
+
+
+def number(value):
+    """value as a finite float, or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+def mean_std(values):
+    """(mean, sample std or None, n) of the numbers in values (None are skipped)."""
+    xs = [v for v in (number(x) for x in values) if v is not None]
+    if not xs:
+        return None, None, 0
+    m = statistics.fmean(xs)
+    s = statistics.stdev(xs) if len(xs) > 1 else None
+    return m, s, len(xs)
+
+
+def flat_params(prefix, obj):
+    """{"prefix.key": value} for a params object (nested objects are dotted further)."""
+    out = {}
+    if not isinstance(obj, dict):
+        return out
+    for k, v in obj.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flat_params(key, v))
+        else:
+            out[key] = v
+    return out
+
+
+def value_text(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, dict)):
+        return canonical(v)
+    return str(v)
+
+
+def fmt_num(x):
+    """A figure with 3-4 significant digits and no exponent for ordinary magnitudes."""
+    if x is None:
+        return "-"
+    a = abs(x)
+    if a >= 100:
+        return f"{x:.0f}"
+    if a >= 10:
+        return f"{x:.1f}"
+    if a >= 0.1:
+        return f"{x:.2f}"
+    return f"{x:.3g}"
+
+
+def params_text(params):
+    return ", ".join(f"{k}={value_text(v)}" for k, v in params.items())
+
+
+def command_text(cmd):
+    if isinstance(cmd, list):
+        import shlex
+        return " ".join(shlex.quote(str(a)) for a in cmd)
+    return str(cmd) if cmd is not None else ""
+
+
+def _name_params(obj):
+    if isinstance(obj, dict):
+        params = obj.get("params")
+        return str(obj.get("name") or "?"), params if isinstance(params, dict) else {}
+    if isinstance(obj, str):
+        return obj, {}
+    return "?", {}
+
+
+# ---------------------------------------------------------------- train runs
+
+def train_rows(runs):
+    """One dict per train run: identity, status and metrics (missing metrics are None)."""
+    rows = []
+    for r in runs:
+        if r.get("kind") != "train":
+            continue
+        variant, vparams = _name_params(r.get("variant"))
+        task, tparams = _name_params(r.get("task"))
+        metrics = r.get("metrics") if isinstance(r.get("metrics"), dict) else {}
+        status = status_of(r)
+        row = {
+            "kind": "train", "path": r.get("_path"), "id": r.get("_id"), "status": status,
+            "error": r.get("error") or ("" if status == OK else "(no message)"),
+            "variant": variant, "variant_params": vparams, "task": task, "task_params": tparams,
+            "model": r.get("model") if isinstance(r.get("model"), dict) else {},
+            "train": r.get("train") if isinstance(r.get("train"), dict) else {},
+            "seed": r.get("seed"),
+            "context": r.get("context") if isinstance(r.get("context"), dict) else {},
+            "curves": metrics.get("curves") if isinstance(metrics.get("curves"), dict) else {},
+        }
+        for k in TRAIN_METRICS:
+            row[k] = number(metrics.get(k))
+        if status != OK:
+            row["test_accuracy"] = None  # a failed run is never averaged in, whatever it carries
+        row["identity"] = train_identity(row)
+        row["config"] = train_identity(row, with_seed=False)
+        rows.append(row)
+    _label_train_rows(rows)
+    return rows
+
+
+def train_identity(row, with_seed=True):
+    key = {"variant": row["variant"], "variant_params": row["variant_params"], "task": row["task"],
+           "task_params": row["task_params"], "model": row["model"], "train": row["train"]}
+    if with_seed:
+        key["seed"] = row["seed"]
+    return canonical(key)
+
+
+def _varying(dicts):
+    """Keys whose values differ among the flat dicts (a key missing somewhere counts as differing)."""
+    keys = set()
+    for d in dicts:
+        keys.update(d)
+    out = []
+    for k in sorted(keys):
+        vals = {canonical(d.get(k, "<missing>")) for d in dicts}
+        if len(vals) > 1:
+            out.append(k)
+    return out
+
+
+def _label_train_rows(rows):
+    """Adds task_label and variant_label: the name plus whichever settings tell rows apart.
+
+    task_label: task name + task params that vary among runs of that task.
+    variant_label: variant name + variant/model/train settings that vary among the runs of that
+    variant on one task (so per-task overrides, constant within a task, do not split rows).
+    """
+    by_task = {}
+    for r in rows:
+        by_task.setdefault(r["task"], []).append(r)
+    for task, rs in by_task.items():
+        flats = [flat_params("", r["task_params"]) for r in rs]
+        keys = _varying(flats)
+        for r, f in zip(rs, flats):
+            r["task_label"] = task + (f" ({params_text({k: f.get(k) for k in keys})})" if keys else "")
+
+    def settings(r):
+        d = flat_params("variant", r["variant_params"])
+        d.update(flat_params("model", r["model"]))
+        d.update(flat_params("train", r["train"]))
+        return d
+
+    by_variant = {}
+    for r in rows:
+        by_variant.setdefault(r["variant"], []).append(r)
+    for variant, rs in by_variant.items():
+        keys = set()
+        groups = {}
+        for r in rs:
+            groups.setdefault(r["task_label"], []).append(settings(r))
+        for flats in groups.values():
+            keys.update(_varying(flats))
+        keys = sorted(keys)
+        for r in rs:
+            s = settings(r)
+            r["variant_label"] = variant + (f" ({params_text({k: s.get(k) for k in keys})})" if keys else "")
+
+
+# ---------------------------------------------------------------- bench runs
+
+def _shape(model, direction, entry):
+    """The problem shape of a bench entry as an ordered dict; None where unknown (a failure
+    record of a sweep holds only what the spec asked for), which shape_compatible treats as
+    matching anything."""
+    model = model if isinstance(model, dict) else {}
+    if direction == "train_step":
+        m = model.get("train_step_model") if isinstance(model.get("train_step_model"), dict) else {}
+        shape = {"batch": None, "layers": m.get("layers"), "d_model": m.get("d_model"), "heads": m.get("heads"),
+                 "mlp_dim": m.get("mlp_dim")}
+    else:
+        shape = {"batch": None, "d_model": model.get("d_model"), "heads": model.get("heads")}
+    shape["batch"] = entry.get("batch", model.get("batch"))
+    shape["causal"] = bool(model["causal"]) if "causal" in model else None
+    return shape
+
+
+def shape_compatible(a, b):
+    """True when two shapes agree on every field both of them know."""
+    return all(a.get(k) is None or b.get(k) is None or a.get(k) == b.get(k) for k in set(a) | set(b))
+
+
+def shape_text(shape):
+    names = {"batch": "B", "layers": "layers", "d_model": "D", "heads": "H", "mlp_dim": "mlp"}
+    parts = [f"{names.get(k, k)}={value_text(v)}" for k, v in shape.items() if k != "causal" and v is not None]
+    if shape.get("causal"):
+        parts.append("causal")
+    return " ".join(parts) or "shape not recorded"
+
+
+def bench_rows(runs):
+    """One dict per bench entry (variant x seq_len x direction) of every bench run."""
+    rows = []
+    for r in runs:
+        if r.get("kind") != "bench":
+            continue
+        status = status_of(r)
+        metrics = r.get("metrics") if isinstance(r.get("metrics"), dict) else {}
+        model = r.get("model") if isinstance(r.get("model"), dict) else {}
+        context = r.get("context") if isinstance(r.get("context"), dict) else {}
+        variants = r.get("variants") if isinstance(r.get("variants"), list) else []
+        vparams = {}
+        for v in variants:
+            name, params = _name_params(v)
+            vparams[name] = params
+        default_variant = _name_params(variants[0])[0] if variants else "?"
+        entries = [e for e in (metrics.get("entries") or []) if isinstance(e, dict)]
+        if not entries and status != OK:
+            # A failure record: one failed row per requested length x direction.
+            lens = model.get("seq_len") if isinstance(model.get("seq_len"), list) else [model.get("seq_len")]
+            dirs = model.get("direction") if isinstance(model.get("direction"), list) else [model.get("direction")]
+            for v in (variants or [{"name": "?"}]):
+                for n in lens:
+                    for d in dirs:
+                        entries.append({"variant": _name_params(v)[0], "seq_len": n, "direction": d,
+                                        "status": status, "error": r.get("error") or "(no message)",
+                                        "_synthetic": True})
+        scaling = {}
+        for s in metrics.get("scaling") or []:
+            if isinstance(s, dict):
+                scaling[(s.get("variant"), s.get("direction"))] = number(s.get("exponent"))
+        for e in entries:
+            variant = str(e.get("variant") or default_variant)
+            direction = str(e.get("direction") or "?")
+            est = e.get("status")
+            if not isinstance(est, str) or not est:
+                est = OK if number(e.get("median_ms")) is not None else status
+            if est == OK and status != OK and e.get("status") is None:
+                est = status
+            shape = _shape(model, direction, e)
+            row = {
+                "kind": "bench", "path": r.get("_path"), "id": r.get("_id"), "status": est,
+                "error": e.get("error") or r.get("error") or ("" if est == OK else "(no message)"),
+                "variant": variant, "variant_params": vparams.get(variant, {}),
+                "seq_len": e.get("seq_len"), "direction": direction, "shape": shape,
+                "threads": context.get("threads"), "seed": r.get("seed"), "context": context,
+                "scaling_exponent": scaling.get((variant, direction)),
+            }
+            for k in BENCH_FIGURES:
+                row[k] = number(e.get(k))
+            row["identity"] = bench_identity(row)
+            rows.append(row)
+    _label_bench_rows(rows)
+    return rows
+
+
+def bench_identity(row):
+    return canonical({"variant": row["variant"], "variant_params": row["variant_params"],
+                      "seq_len": row["seq_len"], "direction": row["direction"], "shape": row["shape"]})
+
+
+def _label_bench_rows(rows):
+    by_variant = {}
+    for r in rows:
+        by_variant.setdefault(r["variant"], []).append(r)
+    for variant, rs in by_variant.items():
+        # failure records carry empty params: they do not make params "vary"
+        flats = [flat_params("", r["variant_params"]) for r in rs if r["variant_params"]]
+        keys = _varying(flats) if flats else []
+        for r in rs:
+            f = flat_params("", r["variant_params"])
+            r["variant_label"] = variant + (f" ({params_text({k: f.get(k) for k in keys})})" if keys else "")
+
+
+def pool_bench(rows):
+    """Several measurements of one cell pooled: median of medians, min of mins, max of maxes,
+    largest peak. Returns a dict like a row, with "count"; status ok if any is ok."""
+    ok = [r for r in rows if r["status"] == OK]
+    if not ok:
+        first = rows[0]
+        return {"status": first["status"], "error": first["error"], "count": len(rows), "rows": rows}
+    out = {"status": OK, "error": "", "count": len(ok), "rows": rows}
+
+    def agg(key, fn):
+        xs = [r[key] for r in ok if r.get(key) is not None]
+        return fn(xs) if xs else None
+    out["median_ms"] = agg("median_ms", statistics.median)
+    out["min_ms"] = agg("min_ms", min)
+    out["max_ms"] = agg("max_ms", max)
+    out["peak_bytes"] = agg("peak_bytes", max)
+    out["tokens_per_second"] = agg("tokens_per_second", statistics.median)
+    out["gflops_per_second"] = agg("gflops_per_second", statistics.median)
+    return out
+
+
+# ---------------------------------------------------------------- context
+
+CONTEXT_FIELDS = ("host", "cpu_model", "logical_cpus", "threads", "compiler", "cxx_flags", "compiler_flags",
+                  "build_type", "git_revision")
+
+
+def context_summary(runs):
+    """{field: {value_text: count}} over all runs, for the fields of CONTEXT_FIELDS, versions.*,
+    cpu_flags; plus "dates" (min, max) and "commands" (distinct command lines with counts)."""
+    fields = {}
+    dates = []
+    commands = {}
+    for r in runs:
+        c = r.get("context") if isinstance(r.get("context"), dict) else {}
+        for k in CONTEXT_FIELDS:
+            if k in c:
+                fields.setdefault(k, {}).setdefault(value_text(c[k]), 0)
+                fields[k][value_text(c[k])] += 1
+        if isinstance(c.get("versions"), dict):
+            for k, v in c["versions"].items():
+                fields.setdefault(f"versions.{k}", {}).setdefault(value_text(v), 0)
+                fields[f"versions.{k}"][value_text(v)] += 1
+        if "cpu_flags" in c:
+            flags = c["cpu_flags"]
+            t = " ".join(flags) if isinstance(flags, list) else str(flags)
+            fields.setdefault("cpu_flags", {}).setdefault(t, 0)
+            fields["cpu_flags"][t] += 1
+        if isinstance(c.get("date"), str):
+            dates.append(c["date"])
+        cmd = command_text(c.get("command_line"))
+        if cmd:
+            commands[cmd] = commands.get(cmd, 0) + 1
+    return {"fields": fields, "dates": (min(dates), max(dates)) if dates else None, "commands": commands}

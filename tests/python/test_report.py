@@ -1,0 +1,467 @@
+"""Tests of scripts/report.py, scripts/compare.py and scripts/abresults.py on a fake sweep
+directory built here (no checked-in fixtures, no attnbench binary needed).
+
+Run with Debian's interpreter (python3-matplotlib):
+    /usr/bin/python3 -m unittest discover -s tests/python -p test_report.py
+"""
+import base64
+import copy
+import html
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "scripts"
+PYTHON = "/usr/bin/python3"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+sys.path.insert(0, str(SCRIPTS))
+import abresults  # noqa: E402
+import plots  # noqa: E402
+
+try:
+    import validate_run  # noqa: E402  (needs python3-jsonschema)
+except SystemExit:
+    validate_run = None
+
+# ---- the fake sweep: accuracies chosen so every expected figure can be computed by hand ----
+
+VARIANTS = ("softmax", "linear_elu", "performer", "nystrom")
+TASKS = ("listops", "text")
+SEEDS = (0, 1, 2)
+BASE = {("softmax", "listops"): 0.36, ("softmax", "text"): 0.64,
+        ("linear_elu", "listops"): 0.17, ("linear_elu", "text"): 0.66,
+        ("performer", "listops"): 0.18, ("performer", "text"): 0.65,
+        ("nystrom", "listops"): 0.37, ("nystrom", "text"): 0.65}
+CRASHED = ("performer", "text", 1)         # status error
+DIVERGED = ("linear_elu", "listops", 2)    # status diverged, partial curves
+OOM_ALL = ("nystrom", "text")              # every seed of this cell: oom -> no average
+CRASH_MESSAGE = "crashed: Segmentation fault (SIGSEGV); last output:\nstep 40 loss 2.1"
+DIVERGE_MESSAGE = "training diverged: loss is nan at step 30"
+OOM_MESSAGE = "out of memory: tracked peak would exceed the 4 GiB limit"
+SKIP_MESSAGE = "memory guard: predicted 9.0 GiB > limit 4.0 GiB"
+BENCH_LENGTHS = (256, 512, 1024)
+SKIPPED = ("linear_elu", 1024, "fwd_bwd")
+
+
+def accuracy(variant, task, seed):
+    return BASE[(variant, task)] + 0.01 * seed
+
+
+def context(command):
+    return {"date": "2026-11-23T19:24:48Z", "host": "vm", "cpu_model": "Example CPU", "logical_cpus": 2,
+            "threads": 2, "compiler": "GNU 12.2.0", "build_type": "Release", "git_revision": "d3d8f01c9767",
+            "command_line": command, "versions": {"attnbench": "0.1.0", "onednn": "2.6.3", "tbb": "2021.8"}}
+
+
+def train_run(variant, task, seed):
+    steps = [10, 20, 30, 40]
+    status = "ok"
+    if (variant, task, seed) == CRASHED:
+        status = "error"
+    elif (variant, task, seed) == DIVERGED:
+        status = "diverged"
+    elif (variant, task) == OOM_ALL:
+        status = "oom"
+    acc = accuracy(variant, task, seed)
+    doc = {
+        "schema": "attnbench.run/1", "kind": "train", "status": status,
+        "variant": {"name": variant, "params": {"dropout": 0.0}},
+        "task": {"name": task, "params": {"max_length": 256 if task == "listops" else 512}},
+        "model": {"d_model": 64, "layers": 2, "heads": 2}, "train": {"steps": 40, "lr": 1e-3},
+        "seed": seed,
+        "context": context(["attnbench", "train", "--variant", variant, "--task", task, "--seed", str(seed)]),
+        "some_future_key": {"ignored": True},
+    }
+    if status == "ok":
+        doc["metrics"] = {
+            "test_accuracy": acc, "best_valid_accuracy": acc + 0.005, "final_train_loss": 1.5,
+            "train_seconds": 10.0 + seed, "steps": 40, "tokens_per_second": 1000.0 * (1 + VARIANTS.index(variant)),
+            "peak_bytes": (100 + 50 * VARIANTS.index(variant)) * 2**20, "peak_rss_bytes": 300 * 2**20,
+            "curves": {"step": steps, "train_loss": [2.3, 2.0, 1.7, 1.5], "lr": [1e-3] * 4,
+                       "valid_step": steps, "valid_accuracy": [0.1, acc / 2, acc - 0.01, acc]}}
+    else:
+        doc["error"] = {"error": CRASH_MESSAGE, "diverged": DIVERGE_MESSAGE, "oom": OOM_MESSAGE}[status]
+        doc["metrics"] = {}
+        if status == "diverged":
+            doc["metrics"] = {"steps": 30, "curves": {"step": [10, 20, 30], "train_loss": [2.3, 9.0, 57.0],
+                                                      "lr": [1e-3] * 3, "valid_step": [10, 20],
+                                                      "valid_accuracy": [0.1, 0.05]}}
+    return doc
+
+
+def bench_time(variant, n, direction):
+    """ms: softmax quadratic, linear_elu linear in n."""
+    scale = 1.0 if direction == "fwd" else 3.0
+    return scale * (n / 256) ** 2 * 8.0 if variant == "softmax" else scale * (n / 256) * 6.0
+
+
+def bench_peak(variant, n):
+    return int((n / 256) ** 2 * 12 * 2**20) if variant == "softmax" else int((n / 256) * 5 * 2**20)
+
+
+def bench_run(variant):
+    entries, benchmarks = [], []
+    for direction in ("fwd", "fwd_bwd"):
+        for n in BENCH_LENGTHS:
+            if (variant, n, direction) == SKIPPED:
+                entries.append({"variant": variant, "seq_len": n, "direction": direction, "batch": 1,
+                                "status": "skipped", "error": SKIP_MESSAGE})
+                continue
+            t = bench_time(variant, n, direction)
+            entries.append({"variant": variant, "seq_len": n, "direction": direction, "batch": 1, "status": "ok",
+                            "median_ms": t, "min_ms": 0.97 * t, "max_ms": 1.04 * t, "repetitions": 3,
+                            "tokens_per_second": n / t * 1000, "peak_bytes": bench_peak(variant, n),
+                            "flops": 1e9, "gflops_per_second": 1e9 / t / 1e6})
+            benchmarks.append({"name": f"{variant}/{direction}/B:1/N:{n}/D:512/H:8/real_time_median",
+                               "run_type": "aggregate", "aggregate_name": "median", "real_time": t,
+                               "cpu_time": t, "time_unit": "ms"})
+    return {"schema": "attnbench.run/1", "kind": "bench", "status": "ok",
+            "variants": [{"name": variant, "params": {"dropout": 0.0}}], "task": None,
+            "model": {"batch": 1, "d_model": 512, "heads": 8, "causal": False}, "train": None, "seed": 0,
+            "metrics": {"entries": entries,
+                        "scaling": [{"variant": variant, "direction": "fwd",
+                                     "exponent": 2.0 if variant == "softmax" else 1.0, "lengths": 3}]},
+            "benchmarks": benchmarks, "context": context(["attnbench", "bench", "--variant", variant])}
+
+
+def write_json(path, doc):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+
+
+def make_sweep(root):
+    """A sweep directory: manifest.json, runs/<cell>.json; returns the list of documents."""
+    cells, docs = [], []
+    for variant in VARIANTS:
+        for task in TASKS:
+            for seed in SEEDS:
+                if (variant, task) == OOM_ALL and seed > 0:
+                    continue  # nystrom/text: one seed, oom
+                doc = train_run(variant, task, seed)
+                cid = f"{variant}.{task}.s{seed}.0123456789ab"
+                write_json(root / "runs" / f"{cid}.json", doc)
+                docs.append(doc)
+                cells.append({"id": cid, "kind": "train", "variant": variant, "task": task, "seed": seed,
+                              "set": {}, "status": doc["status"]})
+    for variant in ("softmax", "linear_elu"):
+        doc = bench_run(variant)
+        cid = f"bench.{variant}.0123456789ab"
+        write_json(root / "runs" / f"{cid}.json", doc)
+        docs.append(doc)
+        cells.append({"id": cid, "kind": "bench", "variant": variant, "task": "", "seed": 0, "set": {},
+                      "status": "ok"})
+    cells.append({"id": "softmax.text.s3.pending00000", "kind": "train", "variant": "softmax", "task": "text",
+                  "seed": 3, "set": {}, "status": "pending"})
+    write_json(root / "manifest.json", {"schema": "attnbench.sweep/1", "name": "fake-sweep", "spec": {},
+                                        "cells": cells})
+    (root / "logs").mkdir()
+    (root / "logs" / "x.log").write_text("log\n")
+    return docs
+
+
+def run_script(name, *args):
+    return subprocess.run([PYTHON, str(SCRIPTS / name), *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def element(page, tag, ident):
+    m = re.search(rf'<{tag}[^>]*id="{re.escape(ident)}"[^>]*>(.*?)</{tag}>', page, re.S)
+    return m.group(1) if m else None
+
+
+def td(table_html, variant, task):
+    m = re.search(rf'<td[^>]*data-variant="{re.escape(variant)}" data-task="{re.escape(task)}"[^>]*>(.*?)</td>',
+                  table_html, re.S)
+    return (m.group(0), html.unescape(re.sub(r"<[^>]+>", "", m.group(1)))) if m else (None, None)
+
+
+class ReportOnFakeSweep(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.dir = Path(cls.tmp.name)
+        cls.sweep = cls.dir / "sweep"
+        cls.docs = make_sweep(cls.sweep)
+        cls.out = cls.dir / "out" / "report.html"
+        cls.result = run_script("report.py", cls.sweep, "--out", cls.out, "--title", "Fake sweep")
+        cls.page = cls.out.read_text(encoding="utf-8") if cls.out.exists() else ""
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def test_fixtures_follow_the_schema(self):
+        if validate_run is None:
+            self.skipTest("python3-jsonschema not installed")
+        validator = validate_run.load_validator()
+        for doc in self.docs:
+            self.assertEqual(validate_run.errors_of(validator, doc), [], json.dumps(doc)[:200])
+
+    def test_exit_and_paths_printed(self):
+        self.assertEqual(self.result.returncode, 0, self.result.stderr)
+        printed = self.result.stdout.split()
+        self.assertIn(str(self.out), printed)
+        self.assertIn(str(self.out.with_suffix(".md")), printed)
+
+    def test_self_contained(self):
+        self.assertIn("<table", self.page)
+        self.assertNotRegex(self.page, r'<(link|script)\b')
+        self.assertNotRegex(self.page, r'src="(?!data:image/png;base64,)')
+
+    def test_every_image_is_a_png(self):
+        images = re.findall(r'<img[^>]*src="data:image/png;base64,([^"]+)"', self.page)
+        # time per direction (2), memory, accuracy vs throughput, curves per task (2)
+        self.assertGreaterEqual(len(images), 6)
+        self.assertEqual(len(images), len(re.findall(r"<img\b", self.page)))
+        for data in images:
+            self.assertTrue(base64.b64decode(data, validate=True).startswith(PNG_SIGNATURE))
+
+    def test_accuracy_table(self):
+        table = element(self.page, "table", "lra-accuracy")
+        self.assertIsNotNone(table, "no LRA Table 1")
+        for v in VARIANTS:
+            self.assertIn(f"<td class=\"label\">{v}</td>", table)
+        # an all-ok cell: mean and sample std of the three seeds, in percent
+        accs = [accuracy("softmax", "text", s) for s in SEEDS]
+        _, text = td(table, "softmax", "text")
+        self.assertIn(f"{100 * statistics.mean(accs):.2f} ± {100 * statistics.stdev(accs):.2f} (n=3)", text)
+
+    def test_failed_seed_shown_and_not_averaged(self):
+        table = element(self.page, "table", "lra-accuracy")
+        for (variant, task, bad), status, message in ((CRASHED, "error", CRASH_MESSAGE),
+                                                      (DIVERGED, "diverged", DIVERGE_MESSAGE)):
+            ok = [accuracy(variant, task, s) for s in SEEDS if s != bad]
+            raw, text = td(table, variant, task)
+            expected = f"{100 * statistics.mean(ok):.2f} ± {100 * statistics.stdev(ok):.2f} (n=2)"
+            self.assertIn(expected, text, f"{variant}/{task}: {text}")
+            self.assertIn(status, text)
+            self.assertIn(html.escape(message.splitlines()[0], quote=True), raw)  # tooltip
+            with_zero = statistics.mean(ok + [0.0])
+            self.assertNotIn(f"{100 * with_zero:.2f}", text)
+        # the average of performer: mean of its task means, the crashed seed left out
+        per_task = [statistics.mean(accuracy("performer", "listops", s) for s in SEEDS),
+                    statistics.mean(accuracy("performer", "text", s) for s in SEEDS if s != CRASHED[2])]
+        _, avg = td(table, "performer", "average")
+        self.assertIn(f"{100 * statistics.mean(per_task):.2f}", avg)
+        self.assertIn("†", avg)
+
+    def test_wholly_failed_cell_has_no_average(self):
+        table = element(self.page, "table", "lra-accuracy")
+        raw, text = td(table, *OOM_ALL)
+        self.assertIn("oom", text)
+        self.assertNotRegex(text, r"\d+\.\d\d")
+        _, avg = td(table, OOM_ALL[0], "average")
+        self.assertEqual(avg.strip(), "incomplete")
+
+    def test_best_per_column_marked(self):
+        table = element(self.page, "table", "lra-accuracy")
+        raw, _ = td(table, "nystrom", "listops")  # 0.37 + ... beats softmax's 0.36 + ...
+        self.assertIn("best", raw)
+        raw, _ = td(table, "softmax", "listops")
+        self.assertNotIn("best", raw)
+
+    def test_bench_tables(self):
+        ratios = element(self.page, "table", "ratios-1-fwd")
+        self.assertIsNotNone(ratios, "no fwd ratio table")
+        # speed-up = softmax time / variant time; memory = variant peak / softmax peak
+        for n in BENCH_LENGTHS:
+            s = bench_time("softmax", n, "fwd") / bench_time("linear_elu", n, "fwd")
+            m = bench_peak("linear_elu", n) / bench_peak("softmax", n)
+            found = re.search(rf'data-variant="linear_elu" data-seq-len="{n}"[^>]*data-speedup="([^"]+)"', ratios)
+            self.assertIsNotNone(found, f"no speed-up cell for N={n}")
+            self.assertAlmostEqual(float(found.group(1)), s, places=9)
+            self.assertIn(f"{s:.2f}×", ratios)
+            self.assertIn(f"{m:.2f}", ratios)
+        absolute = element(self.page, "table", "absolute-1-fwd")
+        self.assertIn(f"{bench_time('softmax', 512, 'fwd'):.1f}", absolute)
+        bwd = element(self.page, "table", "ratios-2-fwd-bwd")
+        self.assertIsNotNone(bwd, "no fwd_bwd ratio table")
+        self.assertIn("skipped", bwd)
+        self.assertIn(html.escape(SKIP_MESSAGE), bwd)
+
+    def test_failures_section(self):
+        table = element(self.page, "table", "failures-table")
+        self.assertIsNotNone(table)
+        for message in (CRASH_MESSAGE, DIVERGE_MESSAGE, OOM_MESSAGE, SKIP_MESSAGE):
+            self.assertIn(html.escape(message), table)
+        self.assertIn("pending", table)
+        self.assertIn("softmax.text.s3.pending00000", table)
+
+    def test_context_section(self):
+        table = element(self.page, "table", "context")
+        self.assertIsNotNone(table)
+        for text in ("Example CPU", "d3d8f01c9767", "2.6.3", "logical_cpus", "fake-sweep"):
+            self.assertIn(text, table)
+        self.assertIn("attnbench train --variant softmax --task listops --seed 0", self.page)
+
+    def test_markdown_twin(self):
+        md_path = self.out.with_suffix(".md")
+        self.assertTrue(md_path.exists())
+        md = md_path.read_text(encoding="utf-8")
+        self.assertIn("| variant | listops | text | Avg (2 tasks: listops, text) |", md)
+        refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+        self.assertGreaterEqual(len(refs), 6)
+        for ref in refs:
+            png = md_path.parent / ref
+            self.assertTrue(png.exists(), ref)
+            self.assertTrue(png.read_bytes().startswith(PNG_SIGNATURE))
+
+
+class Compare(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = Path(self.tmp.name)
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def bench_pair(self, factor):
+        a = bench_run("linear_elu")
+        b = copy.deepcopy(a)
+        for e in b["metrics"]["entries"]:
+            if e["seq_len"] == 512 and e["direction"] == "fwd":
+                for k in ("median_ms", "min_ms", "max_ms"):
+                    e[k] *= factor
+        write_json(self.dir / "a.json", a)
+        write_json(self.dir / "b.json", b)
+        return self.dir / "a.json", self.dir / "b.json"
+
+    def test_flags_injected_slowdown(self):
+        a, b = self.bench_pair(2.0)
+        r = run_script("compare.py", a, b, "--fail-if-regression")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        line = next(x for x in r.stdout.splitlines() if x.startswith("linear_elu") and " fwd " in x
+                    and " 512 " in x)
+        self.assertIn("slower", line)
+        self.assertIn("2.00x", line)
+        self.assertIn("1 regression(s) flagged", r.stdout)
+        r = run_script("compare.py", a, b)
+        self.assertEqual(r.returncode, 0, "without --fail-if-regression the exit status is 0")
+
+    def test_noise_is_not_a_regression(self):
+        a, b = self.bench_pair(1.05)  # within A's min..max spread
+        r = run_script("compare.py", a, b, "--fail-if-regression")
+        self.assertEqual(r.returncode, 0, r.stdout)
+
+    def test_identical_inputs(self):
+        sweep = self.dir / "s"
+        make_sweep(sweep)
+        r = run_script("compare.py", sweep, sweep, "--fail-if-regression")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("0 regression(s) flagged", r.stdout)
+
+    def test_accuracy_and_status_regressions(self):
+        a_dir, b_dir = self.dir / "a", self.dir / "b"
+        make_sweep(a_dir)
+        make_sweep(b_dir)
+        # B: softmax/listops lower on every seed (beyond the seed spread); softmax/text seed 0 oom
+        for s in SEEDS:
+            p = b_dir / "runs" / f"softmax.listops.s{s}.0123456789ab.json"
+            doc = json.loads(p.read_text())
+            doc["metrics"]["test_accuracy"] -= 0.1
+            write_json(p, doc)
+        p = b_dir / "runs" / "softmax.text.s0.0123456789ab.json"
+        doc = json.loads(p.read_text())
+        doc.update(status="oom", error=OOM_MESSAGE, metrics={})
+        write_json(p, doc)
+        # A has a cell B lacks
+        (b_dir / "runs" / "performer.listops.s0.0123456789ab.json").unlink()
+        r = run_script("compare.py", a_dir, b_dir, "--fail-if-regression")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        out = r.stdout
+        self.assertRegex(out, r"softmax\s+listops.*lower accuracy")
+        self.assertRegex(out, r"softmax\s+text.*seed 0: ok -> oom")
+        self.assertIn("Only in A (1):", out)
+        self.assertIn("performer on listops seed 0", out)
+
+    def test_usage_errors(self):
+        empty = self.dir / "empty"
+        empty.mkdir()
+        r = run_script("compare.py", empty, empty)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn(str(empty), r.stderr)
+        r = run_script("report.py", empty, "--out", self.dir / "r.html")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("no attnbench run files", r.stderr)
+        self.assertIn(str(empty), r.stderr)
+        r = run_script("report.py", self.dir / "nonexistent")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("nonexistent", r.stderr)
+
+
+class ReportWithBaseline(unittest.TestCase):
+    def test_comparison_section(self):
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            write_json(d / "a" / "bench.json", bench_run("softmax"))
+            slow = bench_run("softmax")
+            for e in slow["metrics"]["entries"]:
+                for k in ("median_ms", "min_ms", "max_ms"):
+                    e[k] *= 2
+            write_json(d / "b" / "bench.json", slow)
+            r = run_script("report.py", d / "b", "--baseline", d / "a", "--out", d / "r.html")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            page = (d / "r.html").read_text(encoding="utf-8")
+            table = element(page, "table", "compare-bench")
+            self.assertIsNotNone(table)
+            self.assertIn("REGRESSION: slower", table)
+            self.assertIn('class="regression"', table)
+            # a bench-only report has no accuracy table but still every image decodes
+            for data in re.findall(r'src="data:image/png;base64,([^"]+)"', page):
+                self.assertTrue(base64.b64decode(data).startswith(PNG_SIGNATURE))
+
+
+class Library(unittest.TestCase):
+    def test_load_skips_manifests_and_warns_on_unknown_versions(self):
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            write_json(d / "manifest.json", {"schema": "attnbench.sweep/1", "cells": []})
+            write_json(d / "other.json", {"hello": 1})
+            future = train_run("softmax", "listops", 0)
+            future["schema"] = "attnbench.run/2"
+            write_json(d / "sub" / "future.json", future)
+            write_json(d / "sub" / "now.json", train_run("softmax", "listops", 1))
+            r = subprocess.run([PYTHON, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import abresults;"
+                                "print(len(abresults.load([sys.argv[2]])))", str(SCRIPTS), str(d)],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.stdout.strip(), "2", r.stderr)
+            self.assertIn("unknown schema version 'attnbench.run/2'", r.stderr)
+
+    def test_failed_run_carries_no_accuracy(self):
+        doc = train_run(*CRASHED)
+        doc["metrics"]["test_accuracy"] = 0.0  # even if a writer got it wrong
+        doc["_path"], doc["_id"] = "x.json", "x"
+        (row,) = abresults.train_rows([doc])
+        self.assertIsNone(row["test_accuracy"])
+        self.assertEqual(row["status"], "error")
+
+    def test_failure_record_of_a_bench_cell(self):
+        doc = {"schema": "attnbench.run/1", "kind": "bench", "status": "timeout", "error": "exceeded 60 s",
+               "variants": [{"name": "performer", "params": {}}], "task": None,
+               "model": {"seq_len": [256, 512], "direction": ["fwd"], "batch": 1}, "train": None, "seed": 0,
+               "metrics": {}, "context": context("attnbench bench"), "_path": "f.json", "_id": "f"}
+        rows = abresults.bench_rows([doc])
+        self.assertEqual(sorted((r["seq_len"], r["direction"], r["status"]) for r in rows),
+                         [(256, "fwd", "timeout"), (512, "fwd", "timeout")])
+
+    def test_variant_colours_are_stable_and_distinct(self):
+        plots.set_variants(VARIANTS)
+        first = {v: plots.variant_style(v) for v in VARIANTS}
+        plots.set_variants(list(reversed(VARIANTS)))
+        self.assertEqual(first, {v: plots.variant_style(v) for v in VARIANTS})
+        labs = [plots._lab(tuple(int(c[i:i + 2], 16) / 255 for i in (1, 3, 5))) for c, _ in first.values()]
+        for i in range(len(labs)):
+            for j in range(i):
+                self.assertGreater(sum((a - b) ** 2 for a, b in zip(labs[i], labs[j])) ** 0.5, 20)
+        for c, _ in first.values():
+            self.assertRegex(c, r"^#[0-9a-f]{6}$")
+
+
+if __name__ == "__main__":
+    unittest.main()
