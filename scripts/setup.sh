@@ -12,6 +12,7 @@ PACKAGES=(
   libbenchmark-dev libgtest-dev
   libbenchmark-tools python3-scipy                  # Google Benchmark's compare.py (and its scipy)
   libopenmpi-dev openmpi-bin                        # multi-machine sweeps: attnbench sweep --mpi
+  chromium                                          # the report-rendering test takes a screenshot
   libfftw3-dev pkg-config                           # FFTW3 single precision (GPL-2.0-or-later)
   python3 python3-jsonschema python3-matplotlib    # scripts run with /usr/bin/python3
 )
