@@ -1,0 +1,83 @@
+// local_window — sliding-window attention: token i attends to the `window` keys around it,
+//   j in [i - (ceil(w/2) - 1), i + floor(w/2)]   (w keys in total: ceil(w/2) to the left including
+//   i itself, floor(w/2) to the right — the LRA Longformer convention).
+// Reference: Beltagy et al. 2020 (the sliding-window part of Longformer); LRA local attention;
+// xformers `local` (window_size), zoology `slide_attn`.
+// Kernel: block-sparse over the band of `block` x `block` tiles that meet the window, with an element
+// mask on the ragged edges (only the band is computed, ~ (w + block) keys per query).
+// Time O(B H N (w + b) d); memory O(B N D + B H N) saved for backward (no N x N buffer).
+// Capabilities: bidirectional; causal = the window intersected with j <= i (ceil(w/2) keys: the
+// past half; use twice the window for w past keys); key padding.
+// Caveats: window >= 2N - 1 covers every key, i.e. equals dense softmax attention.
+#include <algorithm>
+#include <cmath>
+
+#include "attnbench/block_sparse_attention.hpp"
+#include "attnbench/variant.hpp"
+
+namespace {
+
+ab::SparsePattern local_window_pattern(int64_t N, int64_t window, int64_t block) {
+  const int64_t left = (window + 1) / 2 - 1, right = window / 2;
+  ab::SparsePattern p;
+  p.length = N;
+  const auto bounds = ab::uniform_bounds(N, block);
+  p.segments.push_back(ab::build_segment(
+      N, {{}, {}, bounds, bounds}, 1,
+      [&](int64_t, int64_t qb, std::vector<int32_t>& kbs) {
+        const int64_t r0 = qb * block, r1 = std::min(N, r0 + block) - 1;
+        const int64_t lo = std::max<int64_t>(0, r0 - left), hi = std::min(N - 1, r1 + right);
+        for (int64_t kb = lo / block; kb <= hi / block; ++kb) kbs.push_back(static_cast<int32_t>(kb));
+      },
+      [&](int64_t, int64_t i, int64_t j) { return j >= i - left && j <= i + right; }));
+  return p;
+}
+
+class LocalWindow final : public ab::AttentionMixer {
+ public:
+  explicit LocalWindow(const ab::MixerConfig& cfg)
+      : AttentionMixer(cfg),
+        window_(cfg.params.at("window").get<int64_t>()),
+        block_(cfg.params.at("block").get<int64_t>()) {}
+
+  static ab::VariantSpec spec() {
+    ab::VariantSpec s;
+    s.name = "local_window";
+    s.family = "sparse";
+    s.summary = "sliding window of `window` keys around each token (block-sparse band kernel)";
+    s.reference = "Beltagy et al. 2020, Longformer (sliding window); Tay et al. 2021, LRA local attention";
+    s.params = {
+        ab::int_param("window", 128,
+                      "keys per query in total: ceil(w/2) to the left including the token, floor(w/2) to the right",
+                      1, 1e9),
+        ab::int_param("block", 64, "kernel tile in tokens (speed only: results are the same for any block)", 1, 4096)};
+    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true};
+    s.cost = [](const ab::CostArgs& a) {
+      const auto p = local_window_pattern(a.length, a.params->at("window").get<int64_t>(),
+                                          a.params->at("block").get<int64_t>());
+      const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
+      ab::Cost c;
+      c.flops = 8 * B * N * D * D + ab::block_sparse_attention_flops(p, a.batch, a.heads, a.d_model / a.heads, a.causal);
+      c.activation_bytes = ab::block_sparse_activation_bytes(B, N, D, H);
+      return c;
+    };
+    s.check_params = {{"window", 4}, {"block", 2}};
+    return s;
+  }
+
+  // q, k, v: [B, H, N, d] -> [B, H, N, d]
+  ab::Var attend(const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::MixerContext& ctx) override {
+    const int64_t N = q.dim(2);
+    auto pattern = cache_.get(N, [&] { return local_window_pattern(N, window_, block_); });
+    return ab::block_sparse_attention(q, k, v, pattern, 1.0f / std::sqrt(static_cast<float>(head_dim_)), ctx.causal,
+                                      ctx.key_mask);
+  }
+
+ private:
+  int64_t window_, block_;
+  ab::SparsePatternCache cache_;
+};
+
+}  // namespace
+
+ATTNBENCH_REGISTER_VARIANT(LocalWindow);
