@@ -144,7 +144,8 @@ struct AdamW {
 };
 
 // Accuracy of argmax(logits) over the scored labels of `count` examples (0 = the whole split).
-double evaluate(Model& model, const Task& task, Split split, int64_t count, int64_t batch_size) {
+// `step` is the training step whose parameters are evaluated (stochastic mixers key draws by it).
+double evaluate(Model& model, const Task& task, Split split, int64_t count, int64_t batch_size, int64_t step) {
   NoGrad ng;
   const int64_t n = count > 0 ? std::min(count, task.split_size(split)) : task.split_size(split);
   int64_t correct = 0, scored = 0;
@@ -152,7 +153,7 @@ double evaluate(Model& model, const Task& task, Split split, int64_t count, int6
     std::vector<int64_t> idx;
     for (int64_t i = start; i < std::min(n, start + batch_size); ++i) idx.push_back(i);
     const Batch b = make_batch(task, split, idx);
-    const Var logits = model.forward(b, false, 0);
+    const Var logits = model.forward(b, false, step);
     const int64_t C = logits.dim(1);
     const float* lp = logits.value().data();
     for (size_t r = 0; r < b.labels.size(); ++r) {
@@ -241,7 +242,7 @@ Json train_run(const RunConfig& cfg, bool progress) {
       loss_sum += last_loss;
       ++loss_count;
       if (step % eval_every == 0 || step == steps) {
-        const double acc = evaluate(model, *task, Split::valid, tp["valid_examples"], bs);
+        const double acc = evaluate(model, *task, Split::valid, tp["valid_examples"], bs, step);
         curves["step"].push_back(step);
         curves["train_loss"].push_back(loss_sum / static_cast<double>(loss_count));
         curves["lr"].push_back(lr);
@@ -282,7 +283,7 @@ Json train_run(const RunConfig& cfg, bool progress) {
       for (size_t k = 0; k < best.size(); ++k) opt.params[k].second.value_mut().copy_from(best[k]);
       metrics["best_valid_accuracy"] = best_valid;
       metrics["best_step"] = best_step;
-      metrics["test_accuracy"] = evaluate(model, *task, Split::test, tp["test_examples"], bs);
+      metrics["test_accuracy"] = evaluate(model, *task, Split::test, tp["test_examples"], bs, best_step);
     }
   } catch (const std::bad_alloc& e) {
     doc["status"] = "oom";
