@@ -96,6 +96,13 @@ std::vector<CheckResult> check_variant(const VariantSpec& spec, const Json& para
     NoGrad ng;
     return m.forward(Var(input), ctx).value();
   };
+  // Largest |a - b| over positions [0, upto) of every sequence of [B, N, D] tensors.
+  auto max_change_before = [&](const Tensor& a, const Tensor& b, int64_t upto) {
+    double worst = 0;
+    for (int64_t s = 0; s < B; ++s)
+      for (int64_t i = s * N * D; i < (s * N + upto) * D; ++i) worst = std::max(worst, double(std::fabs(a[i] - b[i])));
+    return worst;
+  };
   std::unique_ptr<Mixer> mixer;
   try {
     mixer = spec.make(cfg);
@@ -139,11 +146,7 @@ std::vector<CheckResult> check_variant(const VariantSpec& spec, const Json& para
     for (int64_t b = 0; b < B; ++b)
       for (int64_t n = t; n < N; ++n)
         for (int64_t d = 0; d < D; ++d) xp[(b * N + n) * D + d] += 1.0f + 0.1f * d;
-    const Tensor yp = run(*mixer, xp, c);
-    double worst = 0;
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t n = 0; n < t; ++n)
-        for (int64_t d = 0; d < D; ++d) worst = std::max(worst, double(std::fabs(yp[(b * N + n) * D + d] - base[(b * N + n) * D + d])));
+    const double worst = max_change_before(run(*mixer, xp, c), base, t);
     record("causal", worst <= 1e-5, fmt::format("max change before the edit point: {:.3g}", worst));
   }
 
@@ -161,11 +164,7 @@ std::vector<CheckResult> check_variant(const VariantSpec& spec, const Json& para
     for (int64_t b = 0; b < B; ++b)
       for (int64_t n = pad_from; n < N; ++n)
         for (int64_t d = 0; d < D; ++d) xp[(b * N + n) * D + d] = -3.0f + 0.5f * d;
-    const Tensor yp = run(*mixer, xp, c);
-    double worst = 0;
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t n = 0; n < pad_from; ++n)
-        for (int64_t d = 0; d < D; ++d) worst = std::max(worst, double(std::fabs(yp[(b * N + n) * D + d] - base[(b * N + n) * D + d])));
+    const double worst = max_change_before(run(*mixer, xp, c), base, pad_from);
     record("padding", worst <= 1e-5, fmt::format("max change at real positions: {:.3g}", worst));
   }
 

@@ -610,6 +610,16 @@ Var mean_dim(const Var& x, int dim) {
   return scale(sum_dim(x, dim), 1.f / static_cast<float>(std::max<int64_t>(n, 1)));
 }
 
+namespace {
+// Row maximum and sum of exp(r - max) in double: the stable log-sum-exp of one row of logits.
+std::pair<float, double> row_max_and_sum(const float* r, int64_t C) {
+  const float mx = *std::max_element(r, r + C);
+  double s = 0;
+  for (int64_t c = 0; c < C; ++c) s += std::exp(static_cast<double>(r[c] - mx));
+  return {mx, s};
+}
+}  // namespace
+
 Var cross_entropy(const Var& logits, const std::vector<int32_t>& labels, int32_t ignore_label) {
   if (logits.rank() != 2) shape_error("cross_entropy", "logits must be [M, C]");
   const int64_t M = logits.dim(0), C = logits.dim(1);
@@ -628,9 +638,7 @@ Var cross_entropy(const Var& logits, const std::vector<int32_t>& labels, int32_t
     for (int64_t i = b; i < e; ++i) {
       if (labels[i] == ignore_label) continue;
       const float* r = lp + i * C;
-      const float mx = *std::max_element(r, r + C);
-      double s = 0;
-      for (int64_t c = 0; c < C; ++c) s += std::exp(static_cast<double>(r[c] - mx));
+      const auto [mx, s] = row_max_and_sum(r, C);
       row_loss[i] = std::log(s) + mx - r[labels[i]];
     }
   });
@@ -646,9 +654,7 @@ Var cross_entropy(const Var& logits, const std::vector<int32_t>& labels, int32_t
       for (int64_t i = b; i < e; ++i) {
         if (labels[i] == ignore_label) continue;
         const float* r = lp + i * C;
-        const float mx = *std::max_element(r, r + C);
-        double s = 0;
-        for (int64_t c = 0; c < C; ++c) s += std::exp(static_cast<double>(r[c] - mx));
+        const auto [mx, s] = row_max_and_sum(r, C);
         for (int64_t c = 0; c < C; ++c) dp[i * C + c] = static_cast<float>(std::exp(r[c] - mx) / s) * k;
         dp[i * C + labels[i]] -= k;
       }
