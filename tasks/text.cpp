@@ -1,0 +1,300 @@
+// Text: byte-level sentiment documents standing in for LRA's IMDb task (Tay et al. 2021, §2.2.2):
+// long byte sequences whose label needs evidence gathered over the whole document.
+//
+// A document is a stream of pseudo-words (a fixed lexicon of 5,000 syllable words of 2-6 letters,
+// drawn with Zipf frequencies rank^-1.1, in sentences of 6-18 words with capitals, commas and full
+// stops) into which sentiment cue words are inserted at uniformly random places:
+//   positive: good nice great superb lovely amazing terrific charming wonderful brilliant
+//   negative: poor dull awful boring clumsy tedious horrible dreadful appalling miserable
+//   negations: not never hardly
+// (each positive cue has a negative partner of the same length, listed in the same place)
+// Scoring rule (what the label means; tests/test_tasks.cpp recounts it independently): the words are
+// the maximal runs of letters, lower-cased; reading left to right, a negation arms a flip for the
+// next `negation_window` words (3: "not good", "not very good", "never a b good"); the first cue
+// inside an armed window counts with flipped sign and disarms it; a new negation re-arms it; every
+// other cue counts +1 (positive) or -1 (negative). Label = 1 when the sum is positive, 0 when
+// negative; documents summing to 0 are redrawn. A cue is negated with probability 0.3 (0-2 filler
+// words between negation and cue) and stray negations with no cue in their window are added, so the
+// negation word alone says nothing. Classes are balanced exactly: in each pair of consecutive
+// indices one is positive, one negative (a random order); a document of the wrong sign has every
+// cue swapped with its partner (good <-> poor, great <-> awful, ...), which negates the sum and
+// keeps every byte offset.
+// Tokens are bytes + 1 (0 = padding; vocabulary 257), like LRA's byte encoder; `text` is the document.
+// One Philox stream per document, (seed, data, kTextStream, split).child(index); the lexicon comes
+// from a fixed stream, the same for every seed (a fixed "language", like IMDb's English).
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "attnbench/rng.hpp"
+#include "attnbench/task.hpp"
+
+namespace {
+
+using ab::Json;
+
+constexpr uint64_t kTextStream = 0x5465787453656Eull;  // "TextSen"
+constexpr uint64_t kLexiconKey = 0x4C657869636F6Eull;  // "Lexicon"
+constexpr int kLexiconSize = 5000;
+constexpr double kZipf = 1.1;
+constexpr std::array<const char*, 10> kPositive = {"good",    "nice",     "great",    "superb",    "lovely",
+                                                   "amazing", "terrific", "charming", "wonderful", "brilliant"};
+constexpr std::array<const char*, 10> kNegative = {"poor",    "dull",     "awful",    "boring",    "clumsy",
+                                                   "tedious", "horrible", "dreadful", "appalling", "miserable"};
+constexpr std::array<const char*, 3> kNegations = {"not", "never", "hardly"};
+
+int split_index(ab::Split s) {
+  switch (s) {
+    case ab::Split::train: return 0;
+    case ab::Split::valid: return 1;
+    case ab::Split::test: return 2;
+  }
+  throw std::out_of_range("task 'text': unknown split");
+}
+
+// Word kinds in a document: filler (index into the lexicon), cue (+-(i+1)), negation.
+struct Word {
+  enum Kind : uint8_t { filler, positive, negative, negation } kind;
+  int32_t id;  // lexicon index, cue index or negation index
+};
+
+class Text : public ab::Task {
+ public:
+  static ab::TaskSpec spec() {
+    ab::TaskSpec s;
+    s.name = "text";
+    s.summary = "Byte-level sentiment documents (IMDb stand-in): the sign of cue words summed over the document";
+    s.reference = "Tay et al. 2021, Long Range Arena (byte-level text classification); synthetic stand-in";
+    auto null_int = [](std::string name, std::string doc, double lo, double hi) {
+      return ab::ParamSpec{std::move(name), ab::ParamType::integer, Json(), std::move(doc), lo, hi, {}};
+    };
+    s.params = {
+        ab::enum_param("preset", "small", {"small", "lra"},
+                       "defaults of the null parameters: small = documents of 512-1,024 bytes, 20,000 / 2,000 / "
+                       "2,000; lra = 1,024-4,096 bytes (LRA's 4K setting), 25,000 / 2,000 / 25,000"),
+        null_int("min_length", "shortest document in bytes; null = 512 (small) / 1024 (lra)", 16, 1 << 24),
+        null_int("max_length", "longest document in bytes = seq_len; null = 1024 (small) / 4096 (lra)", 16, 1 << 24),
+        ab::num_param("cues_per_kb", 6.0, "average cue words per 1,000 bytes (each document draws 0.5x-1.5x this)",
+                      0.1, 200.0),
+        ab::num_param("negated_fraction", 0.3, "probability that a cue is preceded by a negation", 0.0, 1.0),
+        ab::int_param("negation_window", 3, "a negation flips the first cue among the next this many words", 1, 16),
+        null_int("train_size", "training documents; null = 20,000 (small) / 25,000 (lra)", 1, 1e10),
+        null_int("valid_size", "validation documents; null = 2,000", 1, 1e10),
+        null_int("test_size", "test documents; null = 2,000 (small) / 25,000 (lra)", 1, 1e10),
+    };
+    return s;
+  }
+
+  Text(const Json& p, uint64_t seed) : params_(p), seed_(seed) {
+    const bool lra = p.at("preset") == "lra";
+    auto pick = [&](const char* key, Json small, Json big) {
+      if (params_.at(key).is_null()) params_[key] = lra ? big : small;
+      return params_.at(key);
+    };
+    min_len_ = pick("min_length", 512, 1024).get<int64_t>();
+    max_len_ = pick("max_length", 1024, 4096).get<int64_t>();
+    sizes_ = {pick("train_size", 20000, 25000).get<int64_t>(), pick("valid_size", 2000, 2000).get<int64_t>(),
+              pick("test_size", 2000, 25000).get<int64_t>()};
+    cues_per_kb_ = p.at("cues_per_kb").get<double>();
+    negated_ = p.at("negated_fraction").get<double>();
+    window_ = static_cast<int>(p.at("negation_window").get<int64_t>());
+    if (min_len_ > max_len_)
+      throw ab::UsageError(fmt::format("task 'text': min_length = {} must be <= max_length = {}", min_len_, max_len_));
+    build_lexicon();
+  }
+
+  ab::TaskKind kind() const override { return ab::TaskKind::classify; }
+  int64_t vocab_size() const override { return 257; }
+  int64_t num_classes() const override { return 2; }
+  int64_t seq_len() const override { return max_len_; }
+  int64_t split_size(ab::Split s) const override { return sizes_[split_index(s)]; }
+  Json effective_params() const override { return params_; }
+  Json stats() const override {
+    return {{"positive_cues", kPositive}, {"negative_cues", kNegative}, {"negations", kNegations},
+            {"lexicon_size", kLexiconSize}};
+  }
+
+  ab::Example example(ab::Split s, int64_t index) const override {
+    const int k = split_index(s);
+    if (index < 0 || index >= sizes_[k])
+      throw std::out_of_range(fmt::format("task 'text': {} index {} is out of range [0, {})", ab::split_name(s), index,
+                                          sizes_[k]));
+    const ab::RngStream base(seed_, ab::Purpose::data, kTextStream, static_cast<uint64_t>(k));
+    // Balanced labels: in each pair of indices one document of each class, in random order.
+    ab::RngStream order = base.child(static_cast<uint64_t>(index / 2) | (uint64_t{1} << 63));
+    const int label = static_cast<int>((order.below(2) + static_cast<uint64_t>(index % 2)) % 2);
+    ab::RngStream rng = base.child(static_cast<uint64_t>(index));
+    // Punctuation has its own stream, so a re-rendered document keeps its layout.
+    const ab::RngStream layout = ab::RngStream(seed_, ab::Purpose::data, kTextStream, static_cast<uint64_t>(k), 1)
+                                     .child(static_cast<uint64_t>(index));
+    for (;;) {
+      std::vector<Word> words = draw_words(rng);
+      std::string doc = render(words, layout);
+      while (static_cast<int64_t>(doc.size()) > max_len_ && words.size() > 1) {  // trim at a word boundary
+        words.pop_back();
+        doc = render(words, layout);
+      }
+      const int score = score_of(words);
+      if (score == 0) continue;  // ties are redrawn
+      if ((score > 0) != (label == 1)) {
+        for (auto& w : words)
+          if (w.kind == Word::positive) w.kind = Word::negative;
+          else if (w.kind == Word::negative) w.kind = Word::positive;
+        doc = render(words, layout);  // same lengths, same layout
+      }
+      ab::Example ex;
+      ex.input.resize(doc.size());
+      for (size_t i = 0; i < doc.size(); ++i) ex.input[i] = static_cast<int32_t>(static_cast<uint8_t>(doc[i])) + 1;
+      ex.target = {label};
+      ex.text = std::move(doc);
+      return ex;
+    }
+  }
+
+ private:
+  static std::string syllable_word(ab::RngStream& rng, int syllables) {
+    static constexpr const char* kCons = "bcdfghjklmnprstvwz";
+    static constexpr const char* kVow = "aeiou";
+    std::string w;
+    for (int i = 0; i < syllables; ++i) {
+      w += kCons[rng.below(18)];
+      w += kVow[rng.below(5)];
+      if (rng.below(3) == 0) w += kCons[rng.below(18)];
+    }
+    return w;
+  }
+
+  void build_lexicon() {
+    ab::RngStream rng(0, ab::Purpose::data, kLexiconKey);
+    std::set<std::string> seen(kPositive.begin(), kPositive.end());
+    seen.insert(kNegative.begin(), kNegative.end());
+    seen.insert(kNegations.begin(), kNegations.end());
+    while (static_cast<int>(lexicon_.size()) < kLexiconSize) {
+      std::string w = syllable_word(rng, 1 + static_cast<int>(rng.below(3)));
+      if (w.size() > 6) w.resize(6);
+      if (seen.insert(w).second) lexicon_.push_back(w);
+    }
+    // Zipf CDF over ranks (frequent words first; the lexicon's order is its rank order).
+    cdf_.resize(kLexiconSize);
+    double acc = 0;
+    for (int r = 0; r < kLexiconSize; ++r) cdf_[r] = (acc += std::pow(r + 1.0, -kZipf));
+    for (auto& c : cdf_) c /= acc;
+  }
+
+  int32_t zipf_word(ab::RngStream& rng) const {
+    const double u = rng.uniform_double();
+    return static_cast<int32_t>(std::min<ptrdiff_t>(std::upper_bound(cdf_.begin(), cdf_.end(), u) - cdf_.begin(),
+                                                     kLexiconSize - 1));
+  }
+
+  // The rule in the header: the label's definition.
+  int score_of(const std::vector<Word>& words) const {
+    int score = 0, armed = 0;
+    for (const Word& w : words) {
+      if (w.kind == Word::negation) {
+        armed = window_;
+      } else if (w.kind == Word::positive || w.kind == Word::negative) {
+        const int v = w.kind == Word::positive ? 1 : -1;
+        score += armed > 0 ? -v : v;
+        armed = 0;
+      } else if (armed > 0) {
+        --armed;
+      }
+    }
+    return score;
+  }
+
+  std::string word_text(const Word& w) const {
+    switch (w.kind) {
+      case Word::filler: return lexicon_[static_cast<size_t>(w.id)];
+      case Word::positive: return kPositive[static_cast<size_t>(w.id)];
+      case Word::negative: return kNegative[static_cast<size_t>(w.id)];
+      case Word::negation: return kNegations[static_cast<size_t>(w.id)];
+    }
+    return {};
+  }
+
+  // Sentences of 6-18 words: a capital first letter, an occasional comma, a full stop.
+  std::string render(const std::vector<Word>& words, ab::RngStream rng) const {
+    std::string doc;
+    size_t i = 0;
+    while (i < words.size()) {
+      const size_t len = 6 + rng.below(13);
+      for (size_t j = 0; j < len && i < words.size(); ++j, ++i) {
+        std::string t = word_text(words[i]);
+        if (j == 0) t[0] = static_cast<char>(t[0] - 'a' + 'A');
+        if (!doc.empty()) doc += ' ';
+        doc += t;
+        if (j + 1 < len && i + 1 < words.size() && rng.below(9) == 0) doc += ',';
+      }
+      doc += '.';
+    }
+    return doc;
+  }
+
+  std::vector<Word> draw_words(ab::RngStream& rng) const {
+    const int64_t target = min_len_ + static_cast<int64_t>(rng.below(static_cast<uint64_t>(max_len_ - min_len_ + 1)));
+    // Filler words up to about the target length.
+    std::vector<Word> words;
+    int64_t bytes = 0;
+    while (bytes < target) {
+      const int32_t id = zipf_word(rng);
+      words.push_back({Word::filler, id});
+      bytes += static_cast<int64_t>(lexicon_[static_cast<size_t>(id)].size()) + 1;
+    }
+    // Cue events at uniformly random word positions, inserted from the back so positions stay valid.
+    const double mean = cues_per_kb_ * static_cast<double>(target) / 1000.0;
+    const int64_t cues = std::max<int64_t>(1, std::llround(mean * (0.5 + rng.uniform_double())));
+    std::vector<size_t> at(static_cast<size_t>(cues));
+    for (auto& a : at) a = static_cast<size_t>(rng.below(words.size() + 1));
+    std::sort(at.begin(), at.end());
+    for (auto it = at.rbegin(); it != at.rend(); ++it) {
+      const Word cue{rng.below(2) ? Word::positive : Word::negative, static_cast<int32_t>(rng.below(10))};
+      std::vector<Word> event;
+      if (rng.uniform_double() < negated_) {
+        event.push_back({Word::negation, static_cast<int32_t>(rng.below(kNegations.size()))});
+        const int gap = static_cast<int>(rng.below(static_cast<uint64_t>(std::min(window_, 3))));  // 0..2 fillers
+        for (int g = 0; g < gap; ++g) event.push_back({Word::filler, zipf_word(rng)});
+      }
+      event.push_back(cue);
+      words.insert(words.begin() + static_cast<ptrdiff_t>(*it), event.begin(), event.end());
+    }
+    // Stray negations with no cue in their window, which do not re-arm an earlier negation's window
+    // either (so "not" alone carries no label).
+    const int64_t strays = std::llround(static_cast<double>(cues) * negated_);
+    for (int64_t n = 0; n < strays; ++n) {
+      for (int tries = 0; tries < 20; ++tries) {
+        const size_t pos = static_cast<size_t>(rng.below(words.size() + 1));
+        bool clean = true;
+        for (size_t j = pos; j < std::min(words.size(), pos + static_cast<size_t>(window_)) && clean; ++j)
+          clean = words[j].kind == Word::filler;
+        for (size_t j = pos >= static_cast<size_t>(window_) ? pos - window_ : 0; j < pos && clean; ++j)
+          clean = words[j].kind != Word::negation;
+        if (!clean) continue;
+        words.insert(words.begin() + static_cast<ptrdiff_t>(pos),
+                     Word{Word::negation, static_cast<int32_t>(rng.below(kNegations.size()))});
+        break;
+      }
+    }
+    return words;
+  }
+
+  Json params_;
+  uint64_t seed_;
+  int64_t min_len_ = 0, max_len_ = 0;
+  double cues_per_kb_ = 6, negated_ = 0.3;
+  int window_ = 3;
+  std::array<int64_t, 3> sizes_{};
+  std::vector<std::string> lexicon_;
+  std::vector<double> cdf_;
+};
+
+}  // namespace
+
+ATTNBENCH_REGISTER_TASK(Text);
