@@ -8,6 +8,9 @@
 // (batch, head) with no per-position state (ab::linear_attention), backward by the reverse scan.
 // Capabilities: bidirectional, causal, padding mask (phi(k) is zeroed at padded keys, so they
 // enter neither the state nor the normaliser).
+#include <cmath>
+
+#include "attnbench/decode.hpp"
 #include "attnbench/linear_attention.hpp"
 #include "attnbench/variant.hpp"
 
@@ -25,7 +28,7 @@ class LinearElu final : public ab::AttentionMixer {
     s.summary = "linear attention with phi = elu + 1; causal by prefix sums";
     s.reference = "Katharopoulos et al. 2020, Transformers are RNNs (Linear Transformer)";
     s.params = {ab::num_param("eps", 1e-6, "added to the normaliser phi(q) . sum phi(k) (LRA: 1e-6)", 0.0, 1.0)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true};
+    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads, d = D / H;
       ab::Cost c;
@@ -33,6 +36,7 @@ class LinearElu final : public ab::AttentionMixer {
       c.flops = 2 * B * N * D * D * 4 + 4 * B * N * D * d + 2 * B * N * D;
       // Saved: q, k, v and the merged heads (4 B N D floats); bidirectional also S [B H d d] and z.
       c.activation_bytes = 4 * (4 * B * N * D + (a.causal ? 0 : B * H * (d * d + d)));
+      c.state_bytes = 4 * B * H * (d * d + d);  // S and z; constant in the length
       return c;
     };
     return s;
@@ -46,6 +50,20 @@ class LinearElu final : public ab::AttentionMixer {
     opt.eps = eps_;
     opt.key_mask = ctx.key_mask;
     return ab::linear_attention(q, k, v, opt);
+  }
+
+  // Decoding: the causal scan's running S and z, O(d^2) per token.
+  std::unique_ptr<ab::DecodeState> begin_decode(int64_t batch, const ab::MixerContext&) override {
+    return std::make_unique<ab::LinearAttentionState>(batch, heads_, head_dim_, head_dim_);
+  }
+  ab::Tensor attend_step(const ab::Tensor& q, const ab::Tensor& k, const ab::Tensor& v, ab::DecodeState& state,
+                         const ab::MixerContext&) override {
+    auto phi = [](const ab::Tensor& x) {
+      ab::Tensor f = ab::Tensor::empty(x.shape());
+      for (int64_t i = 0; i < x.numel(); ++i) f[i] = x[i] > 0.f ? x[i] + 1.f : std::exp(x[i]);
+      return f;
+    };
+    return static_cast<ab::LinearAttentionState&>(state).step(phi(q), phi(k), v, eps_);
   }
 
  private:

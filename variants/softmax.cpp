@@ -3,6 +3,7 @@
 // Time O(B H N^2 d); memory O(B H N^2) for the saved probabilities.
 #include <cmath>
 
+#include "attnbench/decode.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {
@@ -19,7 +20,7 @@ class Softmax final : public ab::AttentionMixer {
     s.summary = "exact softmax attention, N x N scores materialised (the reference)";
     s.reference = "Vaswani et al. 2017, Attention Is All You Need";
     s.params = {ab::num_param("dropout", 0.0, "dropout on the attention probabilities", 0.0, 0.95)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true};
+    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       const bool dropout = a.params->at("dropout").get<double>() > 0;
@@ -28,6 +29,7 @@ class Softmax final : public ab::AttentionMixer {
       // Saved for backward: scaled q, k, v and the merged heads (4 B N D floats), the
       // probabilities P (B H N^2), and P after dropout when dropout is on.
       c.activation_bytes = 4 * (4 * B * N * D + (dropout ? 2 : 1) * B * H * N * N);
+      c.state_bytes = 4 * 2 * B * N * D;  // the KV cache
       return c;
     };
     return s;
@@ -51,6 +53,17 @@ class Softmax final : public ab::AttentionMixer {
     ab::Var p = ab::softmax(scores, mask.defined() ? &mask : nullptr);
     p = ab::dropout(p, dropout_, ab::RngStream(ctx.seed, ab::Purpose::dropout, ctx.step, ctx.layer, 1), ctx.training);
     return ab::matmul(p, v);
+  }
+
+  // Decoding with a KV cache: O(t d) per token after t tokens.
+  std::unique_ptr<ab::DecodeState> begin_decode(int64_t batch, const ab::MixerContext&) override {
+    return std::make_unique<ab::KvCache>(batch, heads_, head_dim_);
+  }
+  ab::Tensor attend_step(const ab::Tensor& q, const ab::Tensor& k, const ab::Tensor& v, ab::DecodeState& state,
+                         const ab::MixerContext&) override {
+    auto& cache = static_cast<ab::KvCache&>(state);
+    cache.append(k, v);
+    return ab::softmax_attend_cached(q, cache, 1.0f / std::sqrt(static_cast<float>(head_dim_)));
   }
 
  private:

@@ -14,7 +14,7 @@ namespace {
 
 Json caps_json(const Capabilities& c) {
   return {{"causal", c.causal}, {"bidirectional", c.bidirectional}, {"padding_mask", c.padding_mask},
-          {"stochastic", c.stochastic}, {"length_dependent", c.length_dependent}};
+          {"stochastic", c.stochastic}, {"length_dependent", c.length_dependent}, {"decode", c.decode}};
 }
 
 std::string caps_text(const Capabilities& c) {
@@ -24,6 +24,7 @@ std::string caps_text(const Capabilities& c) {
   if (c.padding_mask) v.push_back("pad-mask");
   if (c.stochastic) v.push_back("stochastic");
   if (c.length_dependent) v.push_back("len-dependent");
+  if (c.decode) v.push_back("decode");
   return fmt::format("{}", fmt::join(v, ","));
 }
 

@@ -1,6 +1,7 @@
 #include "attnbench/check.hpp"
 
 #include <cmath>
+#include <stdexcept>
 
 #include <fmt/format.h>
 
@@ -148,6 +149,40 @@ std::vector<CheckResult> check_variant(const VariantSpec& spec, const Json& para
         for (int64_t d = 0; d < D; ++d) xp[(b * N + n) * D + d] += 1.0f + 0.1f * d;
     const double worst = max_change_before(run(*mixer, xp, c), base, t);
     record("causal", worst <= 1e-5, fmt::format("max change before the edit point: {:.3g}", worst));
+  }
+
+  // Decoding: token by token with the carried state gives the causal forward, and the state
+  // holds the bytes the cost model declares.
+  if (spec.caps.decode) {
+    MixerContext c = ctx;
+    c.causal = true;
+    try {
+      if (!spec.caps.causal) throw std::runtime_error("declares decode but no causal form");
+      const Tensor full = run(*mixer, x, c);
+      auto state = mixer->begin_decode(B, c);
+      double worst = 0, largest = 0;
+      for (int64_t t = 0; t < N; ++t) {
+        Tensor x_t = Tensor::empty({B, 1, D});
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t d = 0; d < D; ++d) x_t[b * D + d] = x[(b * N + t) * D + d];
+        const Tensor y_t = mixer->decode_step(x_t, *state, c);
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t d = 0; d < D; ++d) {
+            const float ref = full[(b * N + t) * D + d];
+            worst = std::max(worst, double(std::fabs(y_t[b * D + d] - ref)));
+            largest = std::max(largest, double(std::fabs(ref)));
+          }
+      }
+      record("decode", worst <= 1e-4 * std::max(1.0, largest),
+             fmt::format("max |decoded - causal forward| {:.3g} over {} tokens", worst, N));
+      const double declared = spec.cost ? spec.cost({B, N, D, H, &resolved, true}).state_bytes : 0;
+      const double held = static_cast<double>(state->bytes());
+      record("decode_state", std::fabs(held - declared) <= 0.25 * std::max(declared, 1.0),
+             fmt::format("declared {:.0f} vs held {:.0f} state bytes after {} tokens at B={} D={} H={}", declared, held,
+                         N, B, D, H));
+    } catch (const std::exception& e) {
+      record("decode", false, e.what());
+    }
   }
 
   // Padding: keys marked as padding have no effect on the outputs at real positions.

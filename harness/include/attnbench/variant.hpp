@@ -24,6 +24,7 @@ struct Capabilities {
   bool padding_mask = false;     // honours the key-padding mask
   bool stochastic = false;       // draws from the RNG stream in forward
   bool length_dependent = false; // parameter shapes depend on the maximum length
+  bool decode = false;           // decodes one token at a time with a carried state (causal)
 };
 
 // Arguments of the analytic cost model. activation_bytes is what a training-mode forward keeps
@@ -37,6 +38,10 @@ struct CostArgs {
 struct Cost {
   double flops = 0;             // forward FLOPs of the mixer (multiply-add = 2)
   double activation_bytes = 0;  // saved for backward
+  // Decode state of the whole batch after `length` tokens (KV cache, recurrent state, convolution
+  // history); 0 for variants that do not decode. `attnbench check` compares it with
+  // DecodeState::bytes().
+  double state_bytes = 0;
 };
 
 struct MixerConfig {
@@ -58,10 +63,24 @@ struct MixerContext {
   int layer = 0;
 };
 
+// What a decoding mixer carries from one token to the next, for a batch of sequences.
+class DecodeState {
+ public:
+  virtual ~DecodeState() = default;
+  virtual int64_t bytes() const = 0;  // bytes held now (Cost::state_bytes predicts it)
+};
+
 class Mixer : public Module {
  public:
   // x: [B, N, D] -> [B, N, D]
   virtual Var forward(const Var& x, const MixerContext& ctx) = 0;
+
+  // Causal decoding, for variants that declare caps.decode. begin_decode starts `batch` empty
+  // sequences; decode_step takes the next token of each, x_t [B, 1, D], and returns y_t [B, 1, D],
+  // equal (to float tolerance) to position t of forward(x, causal) over the tokens so far.
+  // Inference only: no tape is recorded. The defaults throw a UsageError.
+  virtual std::unique_ptr<DecodeState> begin_decode(int64_t batch, const MixerContext& ctx);
+  virtual Tensor decode_step(const Tensor& x_t, DecodeState& state, const MixerContext& ctx);
 };
 
 // Owns Wq, Wk, Wv, Wo (Xavier-uniform, no bias, as in LRA) and the head split.
@@ -71,6 +90,13 @@ class AttentionMixer : public Mixer {
   Var forward(const Var& x, const MixerContext& ctx) final;
   // q, k, v: [B, H, N, d] -> [B, H, N, d]
   virtual Var attend(const Var& q, const Var& k, const Var& v, const MixerContext& ctx) = 0;
+
+  // Decoding: projects x_t and hands the heads to attend_step (variants override begin_decode
+  // and attend_step).
+  Tensor decode_step(const Tensor& x_t, DecodeState& state, const MixerContext& ctx) final;
+  // q_t, k_t, v_t: [B, H, 1, d] -> o_t [B, H, 1, d]
+  virtual Tensor attend_step(const Tensor& q_t, const Tensor& k_t, const Tensor& v_t, DecodeState& state,
+                             const MixerContext& ctx);
 
  protected:
   int64_t d_model_, heads_, head_dim_;
