@@ -14,9 +14,14 @@
 namespace ab::cli {
 namespace {
 
-// scripts/ next to the source tree this binary was built from, or $ATTNBENCH_SCRIPTS.
+// $ATTNBENCH_SCRIPTS, else share/attnbench/scripts of an installed tree (next to bin/), else the
+// scripts/ folder of the source tree this binary was built from.
 std::filesystem::path scripts_dir() {
   if (const char* env = std::getenv("ATTNBENCH_SCRIPTS")) return env;
+  std::error_code ec;
+  const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  const auto installed = exe.parent_path().parent_path() / "share" / "attnbench" / "scripts";
+  if (!ec && std::filesystem::is_directory(installed, ec)) return installed;
   return std::filesystem::path(ATTNBENCH_SOURCE_DIR) / "scripts";
 }
 

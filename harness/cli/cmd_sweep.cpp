@@ -139,7 +139,7 @@ std::vector<std::pair<size_t, std::string>> CellRunner::poll(int wait_ms) {
       if (it->timed_out) st = "timeout", why = fmt::format("exceeded the time limit of {} s", time_limit_);
       else if (WIFSIGNALED(wstatus)) {
         const int sig = WTERMSIG(wstatus);
-        st = sig == SIGKILL ? "oom" : "error";
+        st = sig == SIGKILL ? "oom" : "crashed";
         why = fmt::format("crashed: {}{}", signal_text(sig), sig == SIGKILL ? " (the kernel's OOM killer?)" : "");
       } else {
         st = "error";

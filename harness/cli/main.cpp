@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "attnbench/params.hpp"
+#include "attnbench/plugin.hpp"
 #include "commands.hpp"
 
 namespace {
@@ -34,6 +35,38 @@ const Command kCommands[] = {
 void print_usage(std::FILE* to) {
   fmt::print(to, "usage: attnbench COMMAND [flags]   (attnbench COMMAND --help for details)\n\ncommands:\n");
   for (const auto& c : kCommands) fmt::print(to, "  {:<10} {}\n", c.name, c.summary);
+  fmt::print(to,
+             "\nwith every command:\n"
+             "  --plugin PATH  load variants and tasks from a plugin module (repeatable); the\n"
+             "                 environment variable ATTNBENCH_PLUGINS holds more, ':'-separated\n");
+}
+
+// Takes every `--plugin PATH` / `--plugin=PATH` out of argv and loads the plugins, those of
+// ATTNBENCH_PLUGINS too. The paths are added to ATTNBENCH_PLUGINS so that the child processes
+// of a sweep load the same plugins.
+int load_plugins(int argc, char** argv) {
+  std::vector<std::string> paths;
+  int out = 1;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--plugin") {
+      if (i + 1 >= argc) throw ab::UsageError("--plugin needs a path to a plugin module (.so)");
+      paths.push_back(argv[++i]);
+    } else if (a.rfind("--plugin=", 0) == 0) {
+      paths.push_back(a.substr(9));
+    } else {
+      argv[out++] = argv[i];
+    }
+  }
+  argv[out] = nullptr;
+  std::string env = std::getenv("ATTNBENCH_PLUGINS") ? std::getenv("ATTNBENCH_PLUGINS") : "";
+  for (const auto& p : paths) {
+    const ab::PluginInfo& info = ab::load_plugin(p);
+    env += (env.empty() ? "" : ":") + info.path;
+  }
+  if (!env.empty()) setenv("ATTNBENCH_PLUGINS", env.c_str(), 1);
+  ab::load_plugins_from_env();
+  return out;
 }
 
 }  // namespace
@@ -53,6 +86,11 @@ int main(int argc, char** argv) {
   std::vector<std::string> names;
   for (const auto& c : kCommands) names.push_back(c.name);
   try {
+    argc = load_plugins(argc, argv);
+    if (argc < 2) {
+      print_usage(stderr);
+      return 2;
+    }
     for (const auto& c : kCommands)
       if (argv[1] == std::string(c.name)) return c.run(argc, argv, 2);
     throw ab::UsageError(ab::unknown_name_message("command", argv[1], names));

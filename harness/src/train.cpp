@@ -18,6 +18,7 @@
 
 #include "attnbench/model.hpp"
 #include "attnbench/build_info.hpp"
+#include "attnbench/plugin.hpp"
 #include "kernels.hpp"
 
 namespace ab {
@@ -106,7 +107,7 @@ struct AdamW {
       v.push_back(Tensor::zeros(var.shape()));
     }
   }
-  // Returns the global gradient norm before clipping.
+  // Returns the global gradient norm before clipping; a non-finite norm updates nothing.
   double step(double lr, double clip) {
     double sq = 0;
     for (auto& [n, var] : params)
@@ -115,6 +116,7 @@ struct AdamW {
         for (int64_t i = 0; i < var.grad().numel(); ++i) sq += static_cast<double>(g[i]) * g[i];
       }
     const double norm = std::sqrt(sq);
+    if (!std::isfinite(norm)) return norm;
     const float gscale = clip > 0 && norm > clip ? static_cast<float>(clip / norm) : 1.f;
     ++t;
     const double bc1 = 1 - std::pow(beta1, t), bc2 = 1 - std::pow(beta2, t);
@@ -229,14 +231,17 @@ Json train_run(const RunConfig& cfg, bool progress) {
       Var loss = cross_entropy(model.forward(batch, true, step), batch.labels);
       loss.backward();
       const double lr = lr_at(tp, step);
-      opt.step(lr, tp["clip_norm"].get<double>());
+      const double grad_norm = opt.step(lr, tp["clip_norm"].get<double>());
       step_times.push_back(seconds_since(t0));
       train_seconds += step_times.back();
       tokens += batch.size * batch.length * (batch.tokens2.empty() ? 1 : 2);
       last_loss = loss.value()[0];
-      if (!std::isfinite(last_loss)) {
+      // Activation functions may squash a NaN into a finite loss; the gradients still carry it.
+      if (!std::isfinite(last_loss) || !std::isfinite(grad_norm)) {
         doc["status"] = "diverged";
-        doc["error"] = fmt::format("training loss became {} at step {}", last_loss, step);
+        doc["error"] = !std::isfinite(last_loss)
+                           ? fmt::format("training loss became {} at step {}", last_loss, step)
+                           : fmt::format("gradient norm became {} at step {} (loss {:.4g})", grad_norm, step, last_loss);
         break;
       }
       loss_sum += last_loss;
@@ -306,6 +311,9 @@ int64_t peak_rss_bytes() {
 }
 
 Json run_context(const std::vector<std::string>& command_line) {
+  Json plugins = Json::array();
+  for (const auto& p : loaded_plugins())
+    plugins.push_back({{"path", p.path}, {"abi_version", p.abi_version}, {"variants", p.variants}, {"tasks", p.tasks}});
   char host[256] = {0};
   gethostname(host, sizeof host - 1);
   std::string cpu = "unknown", flags;
@@ -340,7 +348,7 @@ Json run_context(const std::vector<std::string>& command_line) {
             {"nlohmann_json", fmt::format("{}.{}.{}", NLOHMANN_JSON_VERSION_MAJOR, NLOHMANN_JSON_VERSION_MINOR,
                                           NLOHMANN_JSON_VERSION_PATCH)}}},
           {"command_line", command_line},
-          {"plugins", Json::array()}};
+          {"plugins", plugins}};
 }
 
 void write_json_atomic(const std::string& path, const Json& doc) {

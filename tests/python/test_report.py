@@ -63,7 +63,7 @@ def train_run(variant, task, seed):
     steps = [10, 20, 30, 40]
     status = "ok"
     if (variant, task, seed) == CRASHED:
-        status = "error"
+        status = "crashed"
     elif (variant, task, seed) == DIVERGED:
         status = "diverged"
     elif (variant, task) == OOM_ALL:
@@ -86,7 +86,7 @@ def train_run(variant, task, seed):
             "curves": {"step": steps, "train_loss": [2.3, 2.0, 1.7, 1.5], "lr": [1e-3] * 4,
                        "valid_step": steps, "valid_accuracy": [0.1, acc / 2, acc - 0.01, acc]}}
     else:
-        doc["error"] = {"error": CRASH_MESSAGE, "diverged": DIVERGE_MESSAGE, "oom": OOM_MESSAGE}[status]
+        doc["error"] = {"crashed": CRASH_MESSAGE, "diverged": DIVERGE_MESSAGE, "oom": OOM_MESSAGE}[status]
         doc["metrics"] = {}
         if status == "diverged":
             doc["metrics"] = {"steps": 30, "curves": {"step": [10, 20, 30], "train_loss": [2.3, 9.0, 57.0],
@@ -234,7 +234,7 @@ class ReportOnFakeSweep(unittest.TestCase):
 
     def test_failed_seed_shown_and_not_averaged(self):
         table = element(self.page, "table", "lra-accuracy")
-        for (variant, task, bad), status, message in ((CRASHED, "error", CRASH_MESSAGE),
+        for (variant, task, bad), status, message in ((CRASHED, "crashed", CRASH_MESSAGE),
                                                       (DIVERGED, "diverged", DIVERGE_MESSAGE)):
             ok = [accuracy(variant, task, s) for s in SEEDS if s != bad]
             raw, text = td(table, variant, task)
@@ -439,7 +439,7 @@ class Library(unittest.TestCase):
         doc["_path"], doc["_id"] = "x.json", "x"
         (row,) = abresults.train_rows([doc])
         self.assertIsNone(row["test_accuracy"])
-        self.assertEqual(row["status"], "error")
+        self.assertEqual(row["status"], "crashed")
 
     def test_failure_record_of_a_bench_cell(self):
         doc = {"schema": "attnbench.run/1", "kind": "bench", "status": "timeout", "error": "exceeded 60 s",

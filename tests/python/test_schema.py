@@ -133,7 +133,7 @@ class SchemaTest(unittest.TestCase):
         self.assertValid(train_run())
 
     def test_failed_runs_are_valid(self):
-        for status in ("error", "oom", "timeout", "skipped", "unsupported", "diverged"):
+        for status in ("error", "oom", "timeout", "skipped", "unsupported", "diverged", "crashed"):
             with self.subTest(status=status):
                 self.assertValid(failed_run(status))
 
@@ -187,7 +187,7 @@ class SchemaTest(unittest.TestCase):
 
     def test_unknown_status(self):
         run = train_run()
-        run["status"] = "crashed"
+        run["status"] = "exploded"
         self.assertInvalid(run, '$.status')
 
     def test_bench_entry_missing_median_ms(self):

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "attnbench/params.hpp"
+#include "attnbench/plugin.hpp"
 
 namespace ab {
 
@@ -69,12 +70,19 @@ class TaskRegistry {
 
 namespace detail {
 template <class T>
+void register_task(const std::string& origin) {
+  TaskSpec s = T::spec();
+  s.make = [](const Json& p, uint64_t seed) -> std::unique_ptr<Task> { return std::make_unique<T>(p, seed); };
+  if (!origin.empty()) s.origin = origin;
+  TaskRegistry::instance().add(std::move(s));
+}
+template <class T>
 struct TaskRegistrar {
-  TaskRegistrar() {
-    TaskSpec s = T::spec();
-    s.make = [](const Json& p, uint64_t seed) -> std::unique_ptr<Task> { return std::make_unique<T>(p, seed); };
-    TaskRegistry::instance().add(std::move(s));
-  }
+#ifdef ATTNBENCH_PLUGIN
+  TaskRegistrar() { plugin_defer(&register_task<T>); }
+#else
+  TaskRegistrar() { register_task<T>(""); }
+#endif
 };
 }  // namespace detail
 

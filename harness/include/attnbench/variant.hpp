@@ -13,10 +13,9 @@
 #include "attnbench/module.hpp"
 #include "attnbench/ops.hpp"
 #include "attnbench/params.hpp"
+#include "attnbench/plugin.hpp"
 
 namespace ab {
-
-inline constexpr int kPluginAbiVersion = 1;
 
 struct Capabilities {
   bool causal = false;           // an exact causal (prefix-only) form exists
@@ -132,12 +131,19 @@ class VariantRegistry {
 
 namespace detail {
 template <class T>
+void register_variant(const std::string& origin) {
+  VariantSpec s = T::spec();
+  s.make = [](const MixerConfig& cfg) -> std::unique_ptr<Mixer> { return std::make_unique<T>(cfg); };
+  if (!origin.empty()) s.origin = origin;
+  VariantRegistry::instance().add(std::move(s));
+}
+template <class T>
 struct VariantRegistrar {
-  VariantRegistrar() {
-    VariantSpec s = T::spec();
-    s.make = [](const MixerConfig& cfg) -> std::unique_ptr<Mixer> { return std::make_unique<T>(cfg); };
-    VariantRegistry::instance().add(std::move(s));
-  }
+#ifdef ATTNBENCH_PLUGIN
+  VariantRegistrar() { plugin_defer(&register_variant<T>); }
+#else
+  VariantRegistrar() { register_variant<T>(""); }
+#endif
 };
 }  // namespace detail
 

@@ -1,0 +1,61 @@
+// my_variant — softmax attention with a tunable temperature: a starting point for your mixer.
+// Replace attend() with your algorithm, keep the spec honest (capabilities, cost model), then run
+//   attnbench check --plugin build/my_variant.so --variant my_variant
+// which checks shapes, determinism, causality and padding where declared, gradients by finite
+// differences, and the cost model's saved-for-backward bytes against the tracking allocator.
+// Time O(B H N^2 d); memory O(B H N^2) for the saved probabilities.
+#include <cmath>
+
+#include "attnbench/variant.hpp"
+
+namespace {
+
+class MyVariant final : public ab::AttentionMixer {
+ public:
+  explicit MyVariant(const ab::MixerConfig& cfg)
+      : AttentionMixer(cfg), temperature_(static_cast<float>(cfg.params.at("temperature").get<double>())) {}
+
+  static ab::VariantSpec spec() {
+    ab::VariantSpec s;
+    s.name = "my_variant";
+    s.family = "dense";
+    s.summary = "softmax attention with a temperature (plugin template)";
+    s.reference = "your paper here";
+    // Every parameter has a default, a doc string and a valid range; unknown keys are errors.
+    s.params = {ab::num_param("temperature", 1.0, "divides the scores q.k / sqrt(d)", 0.01, 100.0)};
+    // Declare only what the conformance checks confirm.
+    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true};
+    s.cost = [](const ab::CostArgs& a) {
+      const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
+      ab::Cost c;
+      c.flops = 2 * B * N * D * D * 4 + 4 * B * N * N * D;  // projections + QK^T + PV
+      // Saved for backward: scaled q, k, v and the merged heads (4 B N D floats) and the
+      // probabilities (B H N^2 floats).
+      c.activation_bytes = 4 * (4 * B * N * D + B * H * N * N);
+      return c;
+    };
+    return s;
+  }
+
+  // q, k, v: [B, H, N, d] -> [B, H, N, d]
+  ab::Var attend(const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::MixerContext& ctx) override {
+    const int64_t N = q.dim(2);
+    const ab::Var qs = ab::scale(q, 1.0f / (temperature_ * std::sqrt(static_cast<float>(head_dim_))));
+    const ab::Var scores = ab::matmul(qs, k, false, true);  // [B, H, N, N]
+    ab::Tensor mask;  // additive: 0 keep, -inf drop
+    if (ctx.causal) {
+      mask = ab::causal_mask(N);
+      if (ctx.key_mask) mask = ab::add(ab::Var(*ctx.key_mask), ab::Var(mask)).value();  // [B, 1, N, N]
+    } else if (ctx.key_mask) {
+      mask = *ctx.key_mask;  // [B, 1, 1, N]
+    }
+    return ab::matmul(ab::softmax(scores, mask.defined() ? &mask : nullptr), v);
+  }
+
+ private:
+  float temperature_;
+};
+
+}  // namespace
+
+ATTNBENCH_REGISTER_VARIANT(MyVariant);

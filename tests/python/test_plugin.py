@@ -1,0 +1,213 @@
+"""Plugins as a researcher outside our tree meets them: install attnbench, scaffold a plugin with
+scripts/new-variant, build it against the installed CMake package, and run check, bench, train and
+a sweep with it; the loader's refusals (missing file, not a plugin, ABI mismatch, duplicate name);
+and failing fixture plugins recorded per cell, never lost. Needs ATTNBENCH_BIN and
+ATTNBENCH_FIXTURE_PLUGIN (set by CTest), cmake, ninja and g++."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("ATTNBENCH_BIN", ROOT / "build" / "release" / "attnbench"))
+BUILD = BIN.parent
+FIXTURE = Path(os.environ.get("ATTNBENCH_FIXTURE_PLUGIN", BUILD / "tests" / "ab_fixture_faults.so"))
+sys.path.insert(0, str(ROOT / "scripts"))
+import validate_run  # noqa: E402
+
+TINY = ["--set", "task.max_length=32", "--set", "task.train_size=128", "--set", "task.valid_size=32",
+        "--set", "task.test_size=32", "--set", "model.layers=1", "--set", "model.d_model=16",
+        "--set", "model.heads=2", "--set", "train.steps=6", "--set", "train.eval_every=3",
+        "--threads", "1", "--quiet"]
+
+
+def sh(*args, env=None, cwd=None, timeout=600):
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=cwd)
+
+
+def abi_version():
+    text = (ROOT / "harness" / "include" / "attnbench" / "plugin.hpp").read_text()
+    return int(text.split("kPluginAbiVersion = ")[1].split(";")[0])
+
+
+def valid(test, path):
+    doc = json.loads(Path(path).read_text())
+    errors = validate_run.errors_of(validate_run.load_validator(), doc)
+    test.assertEqual(errors, [], path)
+    return doc
+
+
+class OutOfTreePlugin(unittest.TestCase):
+    """One installed attnbench and one scaffolded plugin, shared by the tests of this class."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        d = Path(cls.tmp.name)
+        cls.prefix = d / "prefix"
+        r = sh("cmake", "--install", BUILD, "--prefix", cls.prefix)
+        assert r.returncode == 0, r.stdout + r.stderr
+        cls.bin = cls.prefix / "bin" / "attnbench"
+        # The scaffold of the installed tree, as a user outside the source tree would run it.
+        cls.src = d / "lowtemp"
+        r = sh(cls.prefix / "share" / "attnbench" / "scripts" / "new-variant", "lowtemp", cls.src)
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = sh("cmake", "-S", cls.src, "-B", cls.src / "build", "-G", "Ninja",
+               f"-Dattnbench_DIR={cls.prefix / 'lib' / 'cmake' / 'attnbench'}")
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = sh("cmake", "--build", cls.src / "build")
+        assert r.returncode == 0, r.stdout + r.stderr
+        cls.plugin = cls.src / "build" / "lowtemp.so"
+        assert cls.plugin.exists()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def run_ab(self, *args, env=None):
+        return sh(self.bin, *args, env=env)
+
+    def test_scaffold_refuses_bad_names(self):
+        r = sh(self.prefix / "share" / "attnbench" / "scripts" / "new-variant", "Bad-Name", Path(self.tmp.name) / "x")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("Bad-Name", r.stderr)
+
+    def test_list_and_describe_show_the_plugin_and_its_origin(self):
+        r = self.run_ab("list", "variants", "--json", "--plugin", self.plugin)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        (entry,) = [v for v in json.loads(r.stdout) if v["name"] == "lowtemp"]
+        self.assertEqual(entry["origin"], str(self.plugin.resolve()))
+        r = self.run_ab("describe", "lowtemp", "--plugin", self.plugin)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("temperature", r.stdout)
+
+    def test_check_passes(self):
+        r = self.run_ab("check", "--plugin", self.plugin, "--variant", "lowtemp")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("0 failed", r.stdout)
+
+    def test_bench_and_train_write_valid_files(self):
+        with tempfile.TemporaryDirectory() as d:
+            b = Path(d) / "b.json"
+            r = self.run_ab("bench", "--plugin", self.plugin, "--variant", "lowtemp,softmax", "--seq-len", "64",
+                            "--direction", "fwd", "--d-model", "32", "--heads", "2", "--min-time", "0.01",
+                            "--repetitions", "2", "--no-calibration", "--out", b)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            doc = valid(self, b)
+            self.assertEqual({v["name"] for v in doc["variants"]}, {"lowtemp", "softmax"})
+            t = Path(d) / "t.json"
+            r = self.run_ab("train", "--plugin", self.plugin, "--variant", "lowtemp", "--task", "listops",
+                            "--set", "variant.temperature=2", *TINY, "--out", t)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            doc = valid(self, t)
+            self.assertEqual(doc["status"], "ok")
+            self.assertEqual(doc["variant"]["params"]["temperature"], 2)
+            (p,) = doc["context"]["plugins"]
+            self.assertEqual(p["path"], str(self.plugin.resolve()))
+            self.assertEqual(p["variants"], ["lowtemp"])
+
+    def test_sweep_children_load_the_plugin_from_the_environment(self):
+        with tempfile.TemporaryDirectory() as d:
+            spec = Path(d) / "spec.json"
+            spec.write_text(json.dumps({
+                "name": "plugin", "base": {"task": "listops", "threads": 1, "set": {
+                    "task.max_length": 32, "task.train_size": 128, "task.valid_size": 32, "task.test_size": 32,
+                    "model.layers": 1, "model.d_model": 16, "model.heads": 2, "train.steps": 6,
+                    "train.eval_every": 3}},
+                "grid": {"variant": ["lowtemp", "softmax"]}}))
+            env = dict(os.environ, ATTNBENCH_PLUGINS=str(self.plugin))
+            r = self.run_ab("sweep", spec, "--out", Path(d) / "out", env=env)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            docs = [valid(self, f) for f in sorted((Path(d) / "out" / "runs").glob("*.json"))]
+            self.assertEqual(sorted((x["variant"]["name"], x["status"]) for x in docs),
+                             [("lowtemp", "ok"), ("softmax", "ok")])
+
+    def test_a_second_copy_is_refused_naming_both_origins(self):
+        copy = Path(self.tmp.name) / "copy-of-lowtemp.so"
+        shutil.copy(self.plugin, copy)
+        r = self.run_ab("list", "variants", "--plugin", self.plugin, "--plugin", copy)
+        self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+        self.assertIn("registered twice", r.stderr)
+        self.assertIn(str(self.plugin.resolve()), r.stderr)
+        self.assertIn(str(copy.resolve()), r.stderr)
+
+
+class LoaderRefusals(unittest.TestCase):
+    def usage_error(self, *args, fragments=()):
+        r = sh(BIN, *args)
+        self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+        for f in fragments:
+            self.assertIn(f, r.stderr)
+        return r
+
+    def shared_object(self, d, name, source):
+        src = Path(d) / f"{name}.cpp"
+        src.write_text(source)
+        out = Path(d) / f"{name}.so"
+        r = sh("g++", "-shared", "-fPIC", "-o", out, src)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return out
+
+    def test_missing_plugin_names_the_nearest_file(self):
+        with tempfile.TemporaryDirectory() as d:
+            self.shared_object(d, "mixers", "int unused() { return 0; }\n")
+            self.usage_error("list", "variants", "--plugin", Path(d) / "mixer.so",
+                             fragments=("not found", "mixers.so"))
+
+    def test_a_library_without_the_entry_points_is_not_a_plugin(self):
+        with tempfile.TemporaryDirectory() as d:
+            so = self.shared_object(d, "plain", "int unused() { return 0; }\n")
+            self.usage_error("list", "variants", "--plugin", so, fragments=("not an attnbench plugin",))
+
+    def test_abi_mismatch_names_both_versions(self):
+        with tempfile.TemporaryDirectory() as d:
+            so = self.shared_object(d, "old", 'extern "C" int attnbench_plugin_abi_version() { return 999; }\n'
+                                              'extern "C" void attnbench_plugin_register(const char*) {}\n')
+            r = self.usage_error("list", "variants", "--plugin", so, fragments=("999",))
+            self.assertIn(f"version {abi_version()}", r.stderr)
+
+    def test_environment_list_is_loaded_and_checked(self):
+        env = dict(os.environ, ATTNBENCH_PLUGINS="/nonexistent/plugin.so")
+        r = sh(BIN, "list", "variants", env=env)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("/nonexistent/plugin.so", r.stderr)
+
+
+class FailingPlugins(unittest.TestCase):
+    """The fixture plugin's variants crash, throw or produce NaN; each failure is recorded."""
+
+    def test_sweep_records_crash_throw_and_nan_and_the_report_shows_them(self):
+        with tempfile.TemporaryDirectory() as d:
+            spec = Path(d) / "spec.json"
+            spec.write_text(json.dumps({
+                "name": "faults", "base": {"task": "listops", "threads": 1, "set": {
+                    "task.max_length": 32, "task.train_size": 128, "task.valid_size": 32, "task.test_size": 32,
+                    "model.layers": 1, "model.d_model": 16, "model.heads": 2, "train.steps": 6,
+                    "train.eval_every": 3}},
+                "grid": {"variant": ["softmax", "fault_crash", "fault_throw", "fault_nan"]}}))
+            out = Path(d) / "out"
+            r = sh(BIN, "sweep", spec, "--out", out, "--plugin", FIXTURE)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            docs = {x["variant"]["name"]: x for x in
+                    (valid(self, f) for f in sorted((out / "runs").glob("*.json")))}
+            self.assertEqual({k: v["status"] for k, v in docs.items()},
+                             {"softmax": "ok", "fault_crash": "crashed", "fault_throw": "error",
+                              "fault_nan": "diverged"})
+            self.assertIn("SIGSEGV", docs["fault_crash"]["error"].upper().replace("SEGMENTATION FAULT", "SIGSEGV"))
+            self.assertIn("failing on purpose", docs["fault_throw"]["error"])
+            for name in ("fault_crash", "fault_throw", "fault_nan"):
+                self.assertNotIn("test_accuracy", docs[name].get("metrics", {}), name)
+            r = sh(BIN, "report", out, "--out", Path(d) / "report.html")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            md = (Path(d) / "report.md").read_text()
+            for status in ("crashed", "error", "diverged"):
+                self.assertIn(status, md)
+
+
+if __name__ == "__main__":
+    unittest.main()
