@@ -133,6 +133,7 @@ int cmd_bench(int argc, char** argv, int first) {
   const int64_t reps = args.get_int("repetitions", 5, 1, 1000);
   const std::string min_time = args.get("min-time", "0.1");
   const int64_t limit = args.get_int("memory-limit", physical_memory_bytes() / 2, 1, INT64_MAX);
+  check_writable(out);
   const uint64_t seed = static_cast<uint64_t>(args.get_int("seed", 0, 0, INT64_MAX));
 
   // Resolve each variant's parameters once.

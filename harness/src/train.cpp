@@ -351,6 +351,20 @@ Json run_context(const std::vector<std::string>& command_line) {
           {"plugins", plugins}};
 }
 
+void check_writable(const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path target(path);
+  std::error_code ec;
+  if (target.has_parent_path()) fs::create_directories(target.parent_path(), ec);
+  if (fs::is_directory(target, ec)) throw std::runtime_error(fmt::format("cannot write '{}': it is a directory", path));
+  const std::string probe = path + fmt::format(".probe.{}", getpid());
+  {
+    std::ofstream out(probe);
+    if (!out) throw std::runtime_error(fmt::format("cannot write '{}': {}", path, std::strerror(errno)));
+  }
+  fs::remove(probe, ec);
+}
+
 void write_json_atomic(const std::string& path, const Json& doc) {
   namespace fs = std::filesystem;
   const fs::path target(path);

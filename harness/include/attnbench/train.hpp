@@ -32,6 +32,9 @@ Json train_run(const RunConfig& cfg, bool progress);
 // Run-file helpers.
 Json run_context(const std::vector<std::string>& command_line);
 void write_json_atomic(const std::string& path, const Json& doc);  // temp file + rename
+// Throws (naming the path and the reason) unless a file can be created at `path`; run before the
+// work whose result would go there, so that no hour of training ends in an unwritable path.
+void check_writable(const std::string& path);
 int64_t peak_rss_bytes();
 
 }  // namespace ab

@@ -1,0 +1,111 @@
+"""The bad-input catalogue: every entry is something a user gets wrong, and the expected outcome is
+a clear message naming what is wrong (and, where there is one, the nearest valid choice) with exit
+code 2 for usage errors and 1 for failures — never a crash, a hang or a silent default.
+Needs ATTNBENCH_BIN (set by CTest)."""
+import json
+import os
+import subprocess
+import tempfile
+import time
+import unittest
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = os.environ.get("ATTNBENCH_BIN", str(ROOT / "build" / "release" / "attnbench"))
+
+TRAIN = ["train", "--variant", "softmax", "--task", "listops", "--threads", "1", "--quiet"]
+
+
+def run(args, timeout=120):
+    return subprocess.run([BIN, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+class Catalogue(unittest.TestCase):
+    def expect(self, args, code, *fragments):
+        r = run(args)
+        self.assertEqual(r.returncode, code, f"{args}: exit {r.returncode}\n{r.stdout}{r.stderr}")
+        self.assertNotIn("terminate called", r.stderr)
+        for f in fragments:
+            self.assertIn(f, r.stderr, f"{args}: message lacks {f!r}:\n{r.stderr}")
+
+    def spec(self, d, text, name="spec.json"):
+        p = Path(d) / name
+        p.write_text(text if isinstance(text, str) else json.dumps(text))
+        return p
+
+    def test_sizes_zero_negative_and_beyond_limits(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d) / "r.json"
+            for setting, fragments in [
+                ("model.d_model=0", ["'d_model' = 0 is out of range", "nearest valid value: 1"]),
+                ("model.heads=-2", ["'heads' = -2 is out of range"]),
+                ("model.d_model=30", ["not a multiple of model.heads"]),
+                ("task.max_length=0", ["'max_length' = 0 is out of range", "nearest valid value: 8"]),
+                ("task.max_length=100000000", ["nearest valid value: 65536"]),
+                ("task.train_size=0", ["'train_size' = 0"]),
+                ("train.batch_size=0", ["'batch_size' = 0"]),
+                ("train.lr=-1", ["'lr' = -1", "out of range"]),
+                ("variant.dropout=1.5", ["nearest valid value: 0.95"]),
+            ]:
+                with self.subTest(setting):
+                    extra = ["--set", "model.heads=4"] if setting == "model.d_model=30" else []
+                    self.expect([*TRAIN, "--set", setting, *extra, "--out", out], 2, *fragments)
+            self.assertFalse(out.exists())
+
+    def test_task_constraints_name_the_fix(self):
+        self.expect(["data", "--task", "mqar", "--set", "task.num_kv_pairs=64", "--set", "task.seq_len=64",
+                     "--count", "1", "--out", "-"], 2, "num_kv_pairs (at most 16)")
+        self.expect(["data", "--task", "pathfinder", "--set", "task.resolution=33", "--count", "1", "--out", "-"], 2,
+                    "nearest valid value: 32")
+        self.expect(["data", "--task", "listops", "--count", "0", "--out", "-"], 2, "--count = 0")
+
+    def test_wrong_types_and_unknown_keys(self):
+        self.expect([*TRAIN, "--set", "model.layers=two", "--out", "x.json"], 2, "must be an integer")
+        self.expect([*TRAIN, "--set", "task.max_lenght=64", "--out", "x.json"], 2, "did you mean 'max_length'")
+        self.expect([*TRAIN, "--seed", "-1", "--out", "x.json"], 2, "--seed")
+        self.expect(["bench", "--variant", "softmax", "--seq-len", "0", "--out", "b.json"], 2, "--seq-len entry '0'")
+        self.expect(["bench", "--variant", "softmax", "--seq-len", "abc", "--out", "b.json"], 2, "--seq-len entry 'abc'")
+        self.expect(["bench", "--variant", "softmax", "--direction", "backwards", "--out", "b.json"], 2, "backwards")
+
+    def test_sweep_specs(self):
+        with tempfile.TemporaryDirectory() as d:
+            base = {"task": "listops", "variant": "softmax"}
+            for text, fragments in [
+                ('{"name": "x",\n  "grid": {"seed": [0, 1,]}\n}', ["line 2", "column"]),
+                ("[1, 2]", ["object"]),
+                ({"name": "x", "base": base, "grid": {"seed": []}}, ["empty list"]),
+                ({"name": "x", "base": base, "grid": {"seed": "0"}}, ["seed"]),
+                ({"name": "x", "base": base, "grdi": {"seed": [0]}}, ["did you mean 'grid'"]),
+                ({"name": "x", "base": dict(base, set={"model.layers": "two"}), "grid": {"seed": [0]}},
+                 ["must be an integer"]),
+                ({"name": "x", "base": base, "grid": {"model.layers": [0, -1]}}, ["model.layers=-1"]),
+                ({"name": "x", "base": dict(base, variant="sofmax"), "grid": {"seed": [0]}}, ["did you mean 'softmax'"]),
+            ]:
+                with self.subTest(text):
+                    self.expect(["sweep", self.spec(d, text), "--dry-run"], 2, *fragments)
+            self.expect(["sweep", Path(d) / "missing.json", "--dry-run"], 2, "missing.json")
+
+    def test_unwritable_outputs_fail_before_the_work(self):
+        # A default-size ListOps run would train for minutes: the output path is checked first.
+        start = time.monotonic()
+        self.expect([*TRAIN, "--out", "/proc/attnbench/run.json"], 1, "cannot write", "/proc/attnbench")
+        self.expect(["bench", "--variant", "softmax", "--seq-len", "64", "--out", "/proc/attnbench/b.json"], 1,
+                    "cannot write")
+        with tempfile.TemporaryDirectory() as d:
+            self.expect([*TRAIN, "--out", d], 1, "is a directory")
+        self.assertLess(time.monotonic() - start, 60)
+
+    def test_lra_files_with_bad_labels(self):
+        with tempfile.TemporaryDirectory() as d:
+            for split in ("train", "eval", "test"):
+                (Path(d) / f"new_aan_pairs.{split}.tsv").write_text("2\ta\tb\thello\tworld\n")
+            self.expect(["data", "--task", "retrieval", "--set", "task.source=lra_files", "--set", f"task.path={d}",
+                         "--count", "1", "--out", "-"], 2, "label '2' is not 0 or 1")
+
+    def test_missing_plugin(self):
+        self.expect(["list", "variants", "--plugin", "/nonexistent/plugin.so"], 2, "not found")
+        self.expect(["list", "variants", "--plugin"], 2, "--plugin needs a path")
+
+
+if __name__ == "__main__":
+    unittest.main()
