@@ -5,7 +5,9 @@
 #include <fmt/format.h>
 
 #include "args.hpp"
+#include "attnbench/png.hpp"
 #include "attnbench/task.hpp"
+#include "attnbench/train.hpp"
 #include "commands.hpp"
 
 namespace ab::cli {
@@ -18,10 +20,12 @@ int cmd_data(int argc, char** argv, int first) {
       {"split", "NAME", "train, valid or test (default train)"},
       {"count", "K", "number of examples (default 10)"},
       {"out", "FILE", "JSONL output file ('-' = standard output)"},
+      {"png", "FILE", "also draw the examples as a PNG grid with their labels (image tasks: image, pathfinder)"},
   });
   Args args(argc, argv, first, "data", flags);
   if (args.has("help")) {
-    fmt::print("{}", usage_text("data --task T [--set task.k=v] --count K --out FILE", "Dump generated examples.", flags));
+    fmt::print("{}", usage_text("data --task T [--set task.k=v] --count K --out FILE [--png FILE]",
+                                "Dump generated examples (and draw those of image tasks).", flags));
     return 0;
   }
   const std::string task_name = args.require("task"), out_path = args.require("out");
@@ -48,6 +52,13 @@ int cmd_data(int argc, char** argv, int first) {
   if (count > available)
     throw UsageError(fmt::format("data: --count {} exceeds the {} split's {} examples; nearest valid value: {}", count,
                                  split_text, available, available));
+  if (args.has("png")) {
+    check_writable(args.get("png", ""));
+    if (!write_preview_png(*task, split, count, args.get("png", "")))
+      throw UsageError(fmt::format("data: --png draws image tasks only, and '{}' has no images; image tasks: image, "
+                                   "pathfinder",
+                                   task_name));
+  }
   std::ofstream file;
   if (out_path != "-") {
     file.open(out_path);
@@ -64,6 +75,7 @@ int cmd_data(int argc, char** argv, int first) {
   }
   if (!out) throw std::runtime_error(fmt::format("writing '{}' failed", out_path));
   if (out_path != "-") fmt::print(stderr, "wrote {} {} examples of '{}' to {}\n", count, split_text, task_name, out_path);
+  if (args.has("png")) fmt::print(stderr, "drew them in {}\n", args.get("png", ""));
   return 0;
 }
 

@@ -1,4 +1,6 @@
 // `list` and `describe`: what is registered, with capabilities, defaults and cost models.
+#include <algorithm>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -78,18 +80,27 @@ int cmd_list(int argc, char** argv, int first) {
     Json all = Json::array();
     for (const auto& n : reg.names()) all.push_back(variant_json(reg.get(n), false));
     if (json) fmt::print("{}\n", all.dump(2));
-    else
+    else {
+      size_t wn = 0, wf = 0, wc = 0;  // column widths from the longest entry
       for (const auto& n : reg.names()) {
         const auto& s = reg.get(n);
-        fmt::print("{:<16} {:<12} {:<28} {}\n", s.name, s.family, caps_text(s.caps), s.summary);
+        wn = std::max(wn, s.name.size()), wf = std::max(wf, s.family.size()), wc = std::max(wc, caps_text(s.caps).size());
       }
+      for (const auto& n : reg.names()) {
+        const auto& s = reg.get(n);
+        fmt::print("{:<{}}  {:<{}}  {:<{}}  {}\n", s.name, wn, s.family, wf, caps_text(s.caps), wc, s.summary);
+      }
+    }
   } else if (what == "tasks") {
     auto& reg = TaskRegistry::instance();
     Json all = Json::array();
     for (const auto& n : reg.names()) all.push_back(task_json(reg.get(n)));
     if (json) fmt::print("{}\n", all.dump(2));
-    else
-      for (const auto& n : reg.names()) fmt::print("{:<16} {}\n", n, reg.get(n).summary);
+    else {
+      size_t wn = 0;
+      for (const auto& n : reg.names()) wn = std::max(wn, n.size());
+      for (const auto& n : reg.names()) fmt::print("{:<{}}  {}\n", n, wn, reg.get(n).summary);
+    }
   } else {
     throw UsageError("list: " + unknown_name_message("list", what, kinds));
   }

@@ -117,6 +117,19 @@ class Commands(unittest.TestCase):
                 self.assertLess(len(ex["input"]), 64)
                 self.assertIn(ex["target"], range(10))
                 self.assertEqual(len(ex["text"].split()), len(ex["input"]))
+        with tempfile.TemporaryDirectory() as d:
+            png = Path(d) / "grid.png"
+            r = run("data", "--task", "pathfinder", "--count", "6", "--out", str(Path(d) / "p.jsonl"),
+                    "--png", str(png))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            head = png.read_bytes()[:24]
+            self.assertEqual(head[:8], b"\x89PNG\r\n\x1a\n")
+            width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+            self.assertGreaterEqual(width * height, 6 * 64 * 64)  # six enlarged 32 px images
+            r = run("data", "--task", "listops", "--count", "2", "--out", "-", "--png", str(Path(d) / "no.png"))
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("image tasks", r.stderr)
+            self.assertFalse((Path(d) / "no.png").exists())
         r = run("data", "--task", "listops", "--set", "task.max_length=64", "--set", "task.test_size=3",
                 "--split", "test", "--count", "4", "--out", "-")
         self.assertEqual(r.returncode, 2)
