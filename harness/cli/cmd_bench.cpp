@@ -78,6 +78,7 @@ struct Cell {
   std::string status = "ok", error;
   double flops = 0;
   int64_t peak_rss = 0;
+  int64_t state_bytes = 0;  // decode cells
 };
 
 }  // namespace
@@ -86,7 +87,9 @@ int cmd_bench(int argc, char** argv, int first) {
   const auto flags = with_common({
       {"variant", "V[,V...]", "variants to measure (attnbench list variants)"},
       {"seq-len", "N[,N...]", "sequence lengths (default 1024,2048,4096)"},
-      {"direction", "D[,D...]", "fwd, fwd_bwd (mixer alone) and/or train_step (LRA-small model step); default fwd,fwd_bwd"},
+      {"direction", "D[,D...]",
+       "fwd, fwd_bwd (mixer alone), train_step (LRA-small model step), decode (per token after a context of "
+       "--seq-len, with the carried state); default fwd,fwd_bwd"},
       {"batch", "B", "batch size (default 1)"},
       {"d-model", "D", "model width of the mixer cells (default 512)"},
       {"heads", "H", "heads of the mixer cells (default 8)"},
@@ -181,18 +184,23 @@ int cmd_bench(int argc, char** argv, int first) {
         c->name = fmt::format("{}/{}/B:{}/N:{}/D:{}/H:{}", v, direction_name(d), base.batch, n, model ? 64 : base.d_model,
                               model ? 2 : base.heads);
         c->predicted = predicted_peak_bytes(reg.get(v), c->params, c->shape, d);
-        if (c->predicted > static_cast<double>(limit)) {
+        if (d == Direction::decode && !reg.get(v).caps.decode) {
+          c->status = "unsupported";
+          c->error = fmt::format("'{}' does not decode one token at a time (no 'decode' capability)", v);
+          fmt::print(stderr, "{:<60} unsupported: {}\n", c->name, c->error);
+        } else if (c->predicted > static_cast<double>(limit)) {
           c->status = "skipped";
           c->error = fmt::format("predicted {:.3g} bytes exceed the memory limit of {} bytes (--memory-limit)",
                                  c->predicted, limit);
           fmt::print(stderr, "{:<60} skipped: {}\n", c->name, c->error);
         } else {
           Cell* cell = c.get();
-          benchmark::RegisterBenchmark(c->name.c_str(), [cell, &reg, seed](benchmark::State& st) {
+          auto* b = benchmark::RegisterBenchmark(c->name.c_str(), [cell, &reg, seed](benchmark::State& st) {
             std::unique_ptr<BenchCell> work;
             try {
               work = make_bench_cell(reg.get(cell->variant), cell->params, cell->shape, cell->dir, seed);
               cell->flops = work->flops();
+              cell->state_bytes = work->state_bytes();
               reset_peak_rss();
               for (auto _ : st) work->run();
               cell->peak_rss = std::max(cell->peak_rss, peak_rss_bytes_now());
@@ -201,7 +209,9 @@ int cmd_bench(int argc, char** argv, int first) {
               cell->error = e.what();
               st.SkipWithError(e.what());
             }
-          })->UseRealTime()->Unit(benchmark::kMillisecond);
+          });
+          b->UseRealTime()->Unit(benchmark::kMillisecond);
+          if (d == Direction::decode) b->Iterations(kDecodeTokensPerRepetition);
         }
         cells.push_back(std::move(c));
       }
@@ -250,7 +260,9 @@ int cmd_bench(int argc, char** argv, int first) {
       auto& ts = t->second;
       std::sort(ts.begin(), ts.end());
       const double med = medians.count(c->name) ? medians[c->name] : ts[ts.size() / 2];
-      const double tokens = static_cast<double>(c->shape.batch * c->shape.length);
+      // A decode iteration is one token per sequence; the other directions do the whole sequence.
+      const bool decode = c->dir == Direction::decode;
+      const double tokens = static_cast<double>(c->shape.batch * (decode ? 1 : c->shape.length));
       e["status"] = "ok";
       e["median_ms"] = med;
       e["min_ms"] = ts.front();
@@ -260,6 +272,7 @@ int cmd_bench(int argc, char** argv, int first) {
       const auto m = collector.memory_.find(c->name);
       e["peak_bytes"] = m != collector.memory_.end() ? m->second : int64_t(0);
       e["peak_rss_bytes"] = c->peak_rss;
+      if (decode) e["state_bytes"] = c->state_bytes;
       e["flops"] = c->flops;
       e["gflops_per_second"] = c->flops / (med / 1e3) / 1e9;
       if (gemm > 0) e["fraction_of_gemm_peak"] = c->flops / (med / 1e3) / 1e9 / gemm;

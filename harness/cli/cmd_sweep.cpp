@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <sstream>
 #include <thread>
@@ -73,12 +74,7 @@ std::string signal_text(int sig) { return fmt::format("signal {} ({})", sig, str
 std::string run_status(const fs::path& p) {
   std::ifstream f(p);
   if (!f) return "";
-  try {
-    const Json j = Json::parse(f);
-    return j.value("status", "");
-  } catch (...) {
-    return "";
-  }
+  return run_file_status(std::string(std::istreambuf_iterator<char>(f), {}));
 }
 
 fs::path CellRunner::run_file(size_t cell) const { return dir_ / "runs" / (spec_.cells[cell].id + ".json"); }

@@ -20,6 +20,7 @@ const char* direction_name(Direction d) {
     case Direction::fwd: return "fwd";
     case Direction::fwd_bwd: return "fwd_bwd";
     case Direction::train_step: return "train_step";
+    case Direction::decode: return "decode";
   }
   return "?";
 }
@@ -28,8 +29,8 @@ Direction parse_direction(const std::string& s) {
   if (s == "fwd") return Direction::fwd;
   if (s == "fwd_bwd") return Direction::fwd_bwd;
   if (s == "train_step") return Direction::train_step;
-  if (s == "decode") throw UsageError("direction 'decode' is not implemented yet (valid: fwd, fwd_bwd, train_step)");
-  throw UsageError(unknown_name_message("direction", s, {"fwd", "fwd_bwd", "train_step"}));
+  if (s == "decode") return Direction::decode;
+  throw UsageError(unknown_name_message("direction", s, {"fwd", "fwd_bwd", "train_step", "decode"}));
 }
 
 namespace {
@@ -74,6 +75,46 @@ class MixerCell final : public BenchCell {
   std::unique_ptr<Mixer> mixer_;
   MixerContext ctx_;
   double flops_ = 0;
+};
+
+// Decoding after a context: time per generated token and the carried state's size.
+class DecodeCell final : public BenchCell {
+ public:
+  DecodeCell(const VariantSpec& spec, const Json& params, const BenchShape& s, uint64_t seed)
+      : token_(random_input({s.batch, 1, s.d_model}, seed + 1)) {
+    const int64_t capacity = s.length + kDecodeTokensPerRepetition + 1;
+    mixer_ = spec.make(MixerConfig{s.d_model, s.heads, capacity, 0, seed, params});
+    ctx_.causal = true;
+    ctx_.seed = seed;
+    NoGrad ng;
+    state_ = mixer_->begin_decode(s.batch, ctx_);
+    const Tensor context = random_input({s.batch, s.length, s.d_model}, seed);
+    Tensor x_t = Tensor::empty({s.batch, 1, s.d_model});
+    for (int64_t t = 0; t < s.length; ++t) {  // context [B, N, D] -> one [B, 1, D] token at a time
+      for (int64_t b = 0; b < s.batch; ++b)
+        std::copy_n(context.data() + (b * s.length + t) * s.d_model, s.d_model, x_t.data() + b * s.d_model);
+      mixer_->decode_step(x_t, *state_, ctx_);
+    }
+    state_bytes_ = state_->bytes();
+    // The marginal forward cost of one more token: what a decoder must do per token.
+    const Cost at = spec.cost(CostArgs{s.batch, s.length, s.d_model, s.heads, &params, true});
+    const Cost next = spec.cost(CostArgs{s.batch, s.length + 1, s.d_model, s.heads, &params, true});
+    flops_ = std::max(0.0, next.flops - at.flops);
+  }
+  void run() override {
+    NoGrad ng;
+    mixer_->decode_step(token_, *state_, ctx_);
+  }
+  double flops() const override { return flops_; }
+  int64_t state_bytes() const override { return state_bytes_; }
+
+ private:
+  Tensor token_;
+  std::unique_ptr<Mixer> mixer_;
+  std::unique_ptr<DecodeState> state_;
+  MixerContext ctx_;
+  double flops_ = 0;
+  int64_t state_bytes_ = 0;
 };
 
 // Random tokens of a fixed length: enough to drive the model for a timing.
@@ -151,6 +192,11 @@ class ModelStepCell final : public BenchCell {
 
 std::unique_ptr<BenchCell> make_bench_cell(const VariantSpec& spec, const Json& params, const BenchShape& shape,
                                            Direction dir, uint64_t seed) {
+  if (dir == Direction::decode) {
+    if (!spec.caps.decode)
+      throw UsageError(fmt::format("variant '{}' does not decode one token at a time (no 'decode' capability)", spec.name));
+    return std::make_unique<DecodeCell>(spec, params, shape, seed);
+  }
   if (shape.causal && !spec.caps.causal) throw UsageError(fmt::format("variant '{}' has no causal form", spec.name));
   if (!shape.causal && !spec.caps.bidirectional)
     throw UsageError(fmt::format("variant '{}' is causal only; benchmark it with --causal", spec.name));
@@ -159,6 +205,10 @@ std::unique_ptr<BenchCell> make_bench_cell(const VariantSpec& spec, const Json& 
 }
 
 double predicted_peak_bytes(const VariantSpec& spec, const Json& params, const BenchShape& s, Direction dir) {
+  if (dir == Direction::decode) {  // the state (grown by a few tokens) and one token's temporaries
+    const Cost c = spec.cost(CostArgs{s.batch, s.length + kDecodeTokensPerRepetition, s.d_model, s.heads, &params, true});
+    return c.state_bytes + 64.0 * s.batch * s.d_model * 4;
+  }
   const bool model = dir == Direction::train_step;
   const int64_t d = model ? 64 : s.d_model, h = model ? 2 : s.heads;
   const Cost c = spec.cost(CostArgs{s.batch, s.length, d, h, &params, s.causal});

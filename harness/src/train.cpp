@@ -351,6 +351,13 @@ Json run_context(const std::vector<std::string>& command_line) {
           {"plugins", plugins}};
 }
 
+std::string run_file_status(const std::string& text) {
+  const Json j = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || j.value("schema", Json()) != "attnbench.run/1") return "";
+  const auto it = j.find("status");
+  return it != j.end() && it->is_string() ? it->get<std::string>() : "";
+}
+
 void check_writable(const std::string& path) {
   namespace fs = std::filesystem;
   const fs::path target(path);

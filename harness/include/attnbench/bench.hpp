@@ -11,7 +11,7 @@
 
 namespace ab {
 
-enum class Direction { fwd, fwd_bwd, train_step };
+enum class Direction { fwd, fwd_bwd, train_step, decode };
 const char* direction_name(Direction d);
 Direction parse_direction(const std::string& s);  // UsageError naming the valid ones
 
@@ -22,13 +22,20 @@ struct BenchShape {
 
 // One prepared cell: construction allocates the mixer (or model) and the input; run() does one
 // iteration. fwd runs under NoGrad; fwd_bwd runs forward with the tape and backward from ones;
-// train_step runs the LRA-small model's forward, loss, backward and AdamW update.
+// train_step runs the LRA-small model's forward, loss, backward and AdamW update; decode feeds
+// a context of `length` tokens through the carried state at construction (untimed) and then
+// decodes one more token per iteration.
 class BenchCell {
  public:
   virtual ~BenchCell() = default;
   virtual void run() = 0;
   virtual double flops() const = 0;  // per iteration
+  virtual int64_t state_bytes() const { return 0; }  // decode: the carried state after the context
 };
+
+// Tokens decoded per timed repetition of a decode cell: few enough that the context stays
+// about `length` (a KV cache grows by one token per iteration).
+inline constexpr int64_t kDecodeTokensPerRepetition = 32;
 
 // variant_params: resolved. Throws UsageError for an unsupported direction or shape.
 std::unique_ptr<BenchCell> make_bench_cell(const VariantSpec& spec, const Json& variant_params, const BenchShape& shape,
