@@ -1,0 +1,105 @@
+// sigmoid — sigmoid attention: O = sigmoid(Q K^T / sqrt(d) + b) V, no row normalisation.
+// Ramapuram et al. 2025, "Theory, Analysis, and Best Practices for Sigmoid Self-Attention" (ICLR).
+// The scalar bias b = -log(n) makes the initial row sums about 1 (the paper's key stabiliser):
+//   bias = max_length (default): n = MixerConfig::max_length, a constant of the instance, so the
+//          token-by-token decode equals the causal forward at every length;
+//   bias = length: n = the actual N of each forward call (decode then uses max_length: it equals
+//          the forward only for sequences of max_length tokens);
+//   bias = none: b = 0.
+// Dense, with the N x N weights materialised (as `softmax`): time O(B H N^2 d), memory O(B H N^2)
+// for the saved sigmoid output. Masked entries (causal, padded keys) get -inf before the sigmoid,
+// i.e. weight exactly 0 and no gradient.
+// Capabilities: bidirectional, causal, padding mask, decode (KV cache; O(t d) per token).
+#include <cmath>
+
+#include <tbb/parallel_for.h>
+
+#include "attnbench/decode.hpp"
+#include "attnbench/variant.hpp"
+
+namespace {
+
+class Sigmoid final : public ab::AttentionMixer {
+ public:
+  explicit Sigmoid(const ab::MixerConfig& cfg)
+      : AttentionMixer(cfg), mode_(cfg.params.at("bias").get<std::string>()), max_length_(std::max<int64_t>(1, cfg.max_length)) {}
+
+  static ab::VariantSpec spec() {
+    ab::VariantSpec s;
+    s.name = "sigmoid";
+    s.family = "dense";
+    s.summary = "sigmoid(QK^T/sqrt(d) - log n) V, dense N x N weights without normalisation";
+    s.reference = "Ramapuram et al. 2025, Theory, Analysis, and Best Practices for Sigmoid Self-Attention";
+    s.params = {ab::enum_param("bias", "max_length", {"max_length", "length", "none"},
+                               "scalar bias b = -log n: n = max_length (decode-exact), n = the actual length, or b = 0")};
+    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    s.cost = [](const ab::CostArgs& a) {
+      const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
+      ab::Cost c;
+      c.flops = 2 * B * N * D * D * 4 + 4 * B * N * N * D + 4 * B * H * N * N;  // + bias and sigmoid
+      // Saved: scaled q, k, v and the merged heads (4 B N D) and the sigmoid weights (B H N^2).
+      c.activation_bytes = 4 * (4 * B * N * D + B * H * N * N);
+      c.state_bytes = 4 * 2 * B * N * D;  // the KV cache
+      return c;
+    };
+    return s;
+  }
+
+  float bias_for(int64_t n) const {
+    if (mode_ == "none") return 0.f;
+    return -static_cast<float>(std::log(static_cast<double>(mode_ == "length" ? std::max<int64_t>(1, n) : max_length_)));
+  }
+
+  // q, k, v: [B, H, N, d] -> [B, H, N, d]
+  ab::Var attend(const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::MixerContext& ctx) override {
+    const int64_t N = q.dim(2);
+    const ab::Var qs = ab::scale(q, 1.0f / std::sqrt(static_cast<float>(head_dim_)));
+    ab::Var scores = ab::matmul(qs, k, false, true);  // [B, H, N, N]
+    ab::Tensor mask;
+    if (ctx.causal) {
+      mask = ab::causal_mask(N);
+      if (ctx.key_mask) mask = ab::add(ab::Var(*ctx.key_mask), ab::Var(mask)).value();  // [B, 1, N, N]
+    } else if (ctx.key_mask) {
+      mask = *ctx.key_mask;  // [B, 1, 1, N]
+    }
+    if (mask.defined()) scores = ab::add(scores, ab::Var(mask));
+    const float b = bias_for(N);
+    if (b != 0.f) scores = ab::add_scalar(scores, b);
+    return ab::matmul(ab::sigmoid(scores), v);
+  }
+
+  std::unique_ptr<ab::DecodeState> begin_decode(int64_t batch, const ab::MixerContext&) override {
+    return std::make_unique<ab::KvCache>(batch, heads_, head_dim_);
+  }
+  // q, k, v: [B, H, 1, d] -> [B, H, 1, d]: o = sum_j sigmoid(q . k_j / sqrt(d) + b) v_j over the cache.
+  ab::Tensor attend_step(const ab::Tensor& q, const ab::Tensor& k, const ab::Tensor& v, ab::DecodeState& state,
+                         const ab::MixerContext&) override {
+    auto& cache = static_cast<ab::KvCache&>(state);
+    cache.append(k, v);
+    const int64_t B = q.dim(0), H = q.dim(1), d = head_dim_, L = cache.length();
+    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+    const float b = mode_ == "none" ? 0.f : -static_cast<float>(std::log(static_cast<double>(max_length_)));
+    ab::Tensor out = ab::Tensor::zeros(q.shape());
+    tbb::parallel_for(int64_t{0}, B * H, [&](int64_t bh) {
+      const float* qq = q.data() + bh * d;
+      const float* K = cache.keys(bh / H, bh % H);
+      const float* V = cache.values(bh / H, bh % H);
+      float* o = out.data() + bh * d;
+      for (int64_t j = 0; j < L; ++j) {
+        float dot = 0.f;
+        for (int64_t c = 0; c < d; ++c) dot += qq[c] * K[j * d + c];
+        const float w = 1.f / (1.f + std::exp(-(dot * scale + b)));
+        for (int64_t c = 0; c < d; ++c) o[c] += w * V[j * d + c];
+      }
+    });
+    return out;
+  }
+
+ private:
+  std::string mode_;
+  int64_t max_length_;
+};
+
+}  // namespace
+
+ATTNBENCH_REGISTER_VARIANT(Sigmoid);

@@ -1,0 +1,119 @@
+// transnormer — TransNormer: DiagAttention in the lower layers, NormAttention in the upper ones.
+// Qin et al. 2022, "The Devil in Linear Transformer" (EMNLP).
+//  * DiagAttention (layers < diag_layers): softmax attention inside non-overlapping blocks of
+//    `block` tokens (the `local_block` pattern, ab::block_sparse_attention; scale 1/sqrt(d)).
+//  * NormAttention (the other layers): linear attention WITHOUT the denominator, followed by a
+//    LayerNorm over each head's d channels (learned gamma, beta [d], shared by the heads):
+//      O = LayerNorm(phi(Q) (phi(K)^T V)),  phi = 1 + elu (default) or relu;
+//    bidirectional by two GEMMs through the [d, d] state, causal by the prefix scan
+//    ab::causal_linear_numerator (no [N, d, d] buffer).
+// The layer index is MixerConfig::layer; the mixer does not know the model depth, so the split is
+// the parameter diag_layers (default 1 = the first half of the default 2-layer model; set it to
+// model.layers / 2 for other depths; 0 = NormAttention everywhere).
+// Time: Diag O(B H N block d); Norm O(B H N d^2). Memory O(B N D) saved for backward in both.
+// Cost model: the analytic cost takes no layer index, so it describes layer 0 (DiagAttention when
+// diag_layers >= 1, NormAttention when diag_layers = 0).
+// Capabilities: bidirectional, causal, padding mask (Diag: masked keys; Norm: padded keys are
+// zeroed in phi(K), so they leave the state). No decode.
+#include <cmath>
+
+#include "attnbench/block_sparse_attention.hpp"
+#include "attnbench/prefix_scan_attention.hpp"
+#include "attnbench/variant.hpp"
+
+namespace {
+
+ab::SparsePattern diag_pattern(int64_t N, int64_t block) {
+  ab::SparsePattern p;
+  p.length = N;
+  const auto bounds = ab::uniform_bounds(N, block);
+  p.segments.push_back(ab::build_segment(N, {{}, {}, bounds, bounds}, 1,
+                                         [](int64_t, int64_t qb, std::vector<int32_t>& kbs) {
+                                           kbs.push_back(static_cast<int32_t>(qb));
+                                         }));
+  return p;
+}
+
+class TransNormer final : public ab::AttentionMixer {
+ public:
+  explicit TransNormer(const ab::MixerConfig& cfg)
+      : AttentionMixer(cfg),
+        block_(cfg.params.at("block").get<int64_t>()),
+        diag_(cfg.layer < cfg.params.at("diag_layers").get<int64_t>()),
+        relu_(cfg.params.at("feature").get<std::string>() == "relu") {
+    if (!diag_) {
+      gamma_ = add_param("norm.gamma", ab::Tensor::full({head_dim_}, 1.f));
+      beta_ = add_param("norm.beta", ab::Tensor::zeros({head_dim_}));
+    }
+  }
+
+  static ab::VariantSpec spec() {
+    ab::VariantSpec s;
+    s.name = "transnormer";
+    s.family = "kernel";
+    s.summary = "block softmax (DiagAttention) in lower layers, normalised linear attention (NormAttention) above";
+    s.reference = "Qin et al. 2022, The Devil in Linear Transformer (TransNormer)";
+    s.params = {
+        ab::int_param("block", 64, "DiagAttention block length in tokens", 1, 65536),
+        ab::int_param("diag_layers", 1, "layers 0 .. diag_layers-1 use DiagAttention, the rest NormAttention", 0, 1024),
+        ab::enum_param("feature", "elu", {"elu", "relu"}, "NormAttention feature map: 1 + elu(x) or relu(x)")};
+    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true};
+    s.cost = [](const ab::CostArgs& a) {
+      const double B = a.batch, N = a.length, D = a.d_model, H = a.heads, d = D / H;
+      const bool diag = a.params->at("diag_layers").get<int64_t>() > 0;  // layer 0
+      ab::Cost c;
+      if (diag) {
+        const auto p = diag_pattern(a.length, a.params->at("block").get<int64_t>());
+        c.flops = 8 * B * N * D * D + ab::block_sparse_attention_flops(p, a.batch, a.heads, a.d_model / a.heads, a.causal);
+        c.activation_bytes = ab::block_sparse_activation_bytes(B, N, D, H);
+      } else {
+        // projections + state + readout + features and norm
+        c.flops = 8 * B * N * D * D + 4 * B * N * D * d + 10 * B * N * D;
+        // Saved: the feature map's input/output for q and k (2 B N D), the features (2 B N D), v,
+        // the numerator (the norm's input), the merged heads (3 B N D); bidirectional also the
+        // [d, d] state per head.
+        c.activation_bytes = 4 * (7 * B * N * D + 2 * B * H * N + (a.causal ? 0 : B * H * d * d));
+      }
+      return c;
+    };
+    s.check_params = {{"block", 4}};
+    return s;
+  }
+
+  // q, k, v: [B, H, N, d] -> [B, H, N, d]
+  ab::Var attend(const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::MixerContext& ctx) override {
+    const int64_t N = q.dim(2);
+    if (diag_) {
+      auto pattern = cache_.get(N, [&] { return diag_pattern(N, block_); });
+      return ab::block_sparse_attention(q, k, v, pattern, 1.0f / std::sqrt(static_cast<float>(head_dim_)),
+                                        ctx.causal, ctx.key_mask);
+    }
+    auto phi = [&](const ab::Var& x) { return relu_ ? ab::relu(x) : ab::add_scalar(ab::elu(x), 1.f); };
+    const ab::Var fq = phi(q);
+    ab::Var fk = phi(k);
+    ab::Var num;
+    if (ctx.causal) {
+      num = ab::causal_linear_numerator(fq, fk, v, ctx.key_mask);  // [B, H, N, d]
+    } else {
+      if (ctx.key_mask) {  // zero the features of padded keys: [B, 1, N, 1]
+        const int64_t B = q.dim(0);
+        ab::Tensor keep = ab::Tensor::empty({B, 1, N, 1});
+        for (int64_t i = 0; i < B * N; ++i) keep[i] = (*ctx.key_mask)[i] > -1e30f ? 1.f : 0.f;
+        fk = ab::mul(fk, ab::Var(keep));
+      }
+      const ab::Var state = ab::matmul(fk, v, true, false);  // [B, H, d, d]
+      num = ab::matmul(fq, state);                           // [B, H, N, d]
+    }
+    return ab::layer_norm(num, gamma_, beta_);
+  }
+
+ private:
+  int64_t block_;
+  bool diag_, relu_;
+  ab::Var gamma_, beta_;
+  ab::SparsePatternCache cache_;
+};
+
+}  // namespace
+
+ATTNBENCH_REGISTER_VARIANT(TransNormer);
