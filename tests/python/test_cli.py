@@ -162,6 +162,25 @@ class Commands(unittest.TestCase):
                 "--out", str(out), *extra)
         return r, (json.loads(out.read_text()) if out.exists() else None)
 
+    def test_bench_decode_and_fidelity(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d) / "b.json"
+            r = run("bench", "--variant", "softmax,linear_elu,fnet", "--seq-len", "16,64", "--d-model", "32",
+                    "--heads", "4", "--repetitions", "2", "--no-calibration", "--threads", "2",
+                    "--direction", "fwd,decode", "--fidelity", "--out", str(out))
+            doc = json.loads(out.read_text())
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertEqual(validate_run.errors_of(validate_run.load_validator(), doc), [])
+            decode = {(e["variant"], e["seq_len"]): e for e in doc["metrics"]["entries"] if e["direction"] == "decode"}
+            # The KV cache holds 2 x length x d_model floats; the linear state is constant.
+            self.assertEqual(decode[("softmax", 64)]["state_bytes"], 2 * 64 * 32 * 4)
+            self.assertEqual(decode[("linear_elu", 16)]["state_bytes"], decode[("linear_elu", 64)]["state_bytes"])
+            self.assertEqual(decode[("fnet", 16)]["status"], "unsupported")
+            fid = {(f["variant"], f["seq_len"]): f["relative_error"] for f in doc["metrics"]["fidelity"]}
+            self.assertLess(fid[("softmax", 64)], 1e-5)
+            self.assertGreater(fid[("linear_elu", 64)], 1e-2)
+            self.assertNotIn(("fnet", 64), fid)  # not attention-style
+
     def test_bench_writes_a_valid_file_that_compare_py_reads(self):
         with tempfile.TemporaryDirectory() as d:
             r, doc = self.bench(d, "--direction", "fwd,fwd_bwd,train_step")
