@@ -15,17 +15,6 @@
 
 namespace {
 
-ab::SparsePattern local_block_pattern(int64_t N, int64_t block) {
-  ab::SparsePattern p;
-  p.length = N;
-  const auto bounds = ab::uniform_bounds(N, block);
-  p.segments.push_back(ab::build_segment(N, {{}, {}, bounds, bounds}, 1,
-                                         [](int64_t, int64_t qb, std::vector<int32_t>& kbs) {
-                                           kbs.push_back(static_cast<int32_t>(qb));
-                                         }));
-  return p;
-}
-
 class LocalBlock final : public ab::AttentionMixer {
  public:
   explicit LocalBlock(const ab::MixerConfig& cfg)
@@ -40,7 +29,7 @@ class LocalBlock final : public ab::AttentionMixer {
     s.params = {ab::int_param("block", 64, "block length in tokens (LRA: 50 text/ListOps, 64 image/Pathfinder)", 1, 65536)};
     s.caps = {.causal = true, .bidirectional = true, .padding_mask = true};
     s.cost = [](const ab::CostArgs& a) {
-      const auto p = local_block_pattern(a.length, a.params->at("block").get<int64_t>());
+      const auto p = ab::block_diagonal_pattern(a.length, a.params->at("block").get<int64_t>());
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       ab::Cost c;
       c.flops = 8 * B * N * D * D + ab::block_sparse_attention_flops(p, a.batch, a.heads, a.d_model / a.heads, a.causal);
@@ -54,7 +43,7 @@ class LocalBlock final : public ab::AttentionMixer {
   // q, k, v: [B, H, N, d] -> [B, H, N, d]
   ab::Var attend(const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::MixerContext& ctx) override {
     const int64_t N = q.dim(2);
-    auto pattern = cache_.get(N, [&] { return local_block_pattern(N, block_); });
+    auto pattern = cache_.get(N, [&] { return ab::block_diagonal_pattern(N, block_); });
     return ab::block_sparse_attention(q, k, v, pattern, 1.0f / std::sqrt(static_cast<float>(head_dim_)), ctx.causal,
                                       ctx.key_mask);
   }

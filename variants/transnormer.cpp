@@ -23,17 +23,6 @@
 
 namespace {
 
-ab::SparsePattern diag_pattern(int64_t N, int64_t block) {
-  ab::SparsePattern p;
-  p.length = N;
-  const auto bounds = ab::uniform_bounds(N, block);
-  p.segments.push_back(ab::build_segment(N, {{}, {}, bounds, bounds}, 1,
-                                         [](int64_t, int64_t qb, std::vector<int32_t>& kbs) {
-                                           kbs.push_back(static_cast<int32_t>(qb));
-                                         }));
-  return p;
-}
-
 class TransNormer final : public ab::AttentionMixer {
  public:
   explicit TransNormer(const ab::MixerConfig& cfg)
@@ -63,7 +52,7 @@ class TransNormer final : public ab::AttentionMixer {
       const bool diag = a.params->at("diag_layers").get<int64_t>() > 0;  // layer 0
       ab::Cost c;
       if (diag) {
-        const auto p = diag_pattern(a.length, a.params->at("block").get<int64_t>());
+        const auto p = ab::block_diagonal_pattern(a.length, a.params->at("block").get<int64_t>());
         c.flops = 8 * B * N * D * D + ab::block_sparse_attention_flops(p, a.batch, a.heads, a.d_model / a.heads, a.causal);
         c.activation_bytes = ab::block_sparse_activation_bytes(B, N, D, H);
       } else {
@@ -84,7 +73,7 @@ class TransNormer final : public ab::AttentionMixer {
   ab::Var attend(const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::MixerContext& ctx) override {
     const int64_t N = q.dim(2);
     if (diag_) {
-      auto pattern = cache_.get(N, [&] { return diag_pattern(N, block_); });
+      auto pattern = cache_.get(N, [&] { return ab::block_diagonal_pattern(N, block_); });
       return ab::block_sparse_attention(q, k, v, pattern, 1.0f / std::sqrt(static_cast<float>(head_dim_)),
                                         ctx.causal, ctx.key_mask);
     }

@@ -815,4 +815,15 @@ Var block_sparse_attention(const Var& q, const Var& k, const Var& v, std::shared
                         });
 }
 
+SparsePattern block_diagonal_pattern(int64_t length, int64_t block) {
+  SparsePattern p;
+  p.length = length;
+  const auto bounds = uniform_bounds(length, block);
+  p.segments.push_back(build_segment(length, {{}, {}, bounds, bounds}, 1,
+                                     [](int64_t, int64_t qb, std::vector<int32_t>& kbs) {
+                                       kbs.push_back(static_cast<int32_t>(qb));
+                                     }));
+  return p;
+}
+
 }  // namespace ab

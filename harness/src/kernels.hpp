@@ -2,9 +2,14 @@
 // Internal compute layer. oneDNN does GEMM, softmax, layer norm and eltwise (primitives cached by
 // shape); TBB runs the loops oneDNN has nothing for. oneDNN is never called inside a TBB region.
 #include <cstdint>
+#include <vector>
 
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
+
+namespace ab {
+class Tensor;
+}
 
 namespace ab::kernels {
 
@@ -20,6 +25,10 @@ void parallel_for(int64_t n, int64_t grain, F&& f) {
 }
 
 inline constexpr int64_t kGrain = 1 << 14;  // elements per task for streaming loops
+
+// Keep flags [B * N] (1 real key, 0 padded) from an additive key mask [B, 1, 1, N] (0 keep, -inf
+// drop); empty when mask is null. Throws std::invalid_argument naming `op` for another shape.
+std::vector<float> key_keep_flags(const Tensor* mask, int64_t B, int64_t N, const char* op);
 
 void add_inplace(float* y, const float* x, int64_t n);  // y += x
 

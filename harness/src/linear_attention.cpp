@@ -23,16 +23,6 @@ void require(bool ok, const std::string& op, const std::string& what) {
   if (!ok) throw std::invalid_argument(fmt::format("{}: {}", op, what));
 }
 
-// Per-key keep flags (1 real, 0 padded) from an additive mask [B, 1, 1, N]; empty = no mask.
-std::vector<float> key_keep(const Tensor* mask, int64_t B, int64_t N, const char* op) {
-  if (!mask) return {};
-  const Shape& s = mask->shape();
-  require(s.size() == 4 && s[0] == B && s[1] == 1 && s[2] == 1 && s[3] == N, op,
-          fmt::format("key mask {} must be [{}, 1, 1, {}]", shape_str(s), B, N));
-  std::vector<float> keep(static_cast<size_t>(B * N));
-  for (int64_t i = 0; i < B * N; ++i) keep[i] = (*mask)[i] > -1e30f ? 1.f : 0.f;
-  return keep;
-}
 
 // dphi/dx from x and phi(x) (unmasked): elu + 1 has derivative min(phi, 1) = exp(x) for x <= 0.
 inline float feature_grad(FeatureMap f, float x, float phi) {
@@ -88,7 +78,7 @@ Dims check_shapes(const Var& q, const Var& k, const Var& v) {
 Var linear_attention_bidirectional(const Var& q, const Var& k, const Var& v, const LinearAttentionOptions& opt) {
   const Dims dims = check_shapes(q, k, v);
   const int64_t B = dims.B, H = dims.H, N = dims.N, m = dims.m, dv = dims.dv, BH = B * H;
-  const std::vector<float> keep = key_keep(opt.key_mask, B, N, "linear_attention");
+  const std::vector<float> keep = kernels::key_keep_flags(opt.key_mask, B, N, "linear_attention");
   const FeatureMap f = opt.feature;
   const float feps = opt.feature_eps, eps = opt.eps;
   const bool map_q = f != FeatureMap::identity, map_k = map_q || !keep.empty();
@@ -137,7 +127,7 @@ Var linear_attention_bidirectional(const Var& q, const Var& k, const Var& v, con
   // Captures the inputs, the [m, dv] state and the mask; the features are recomputed.
   return make_op_result(std::move(out), {q, k, v}, [gq, gk, gv, qv, kv, vv, S, z, mask_t, B, H, N, m, dv, BH, f,
                                                      feps, eps, map_q, map_k](const Tensor& g) {
-    const std::vector<float> keep = key_keep(mask_t.defined() ? &mask_t : nullptr, B, N, "linear_attention");
+    const std::vector<float> keep = kernels::key_keep_flags(mask_t.defined() ? &mask_t : nullptr, B, N, "linear_attention");
     const Tensor fq = map_q ? map_features(qv, f, feps, {}, H) : qv;
     const Tensor fk = map_k ? map_features(kv, f, feps, keep, H) : kv;
     // G = g / den [BH, N, dv]; T = G S^T [BH, N, m]; c_i = (T_i . fq_i) / den_i = G_i . out_i
@@ -238,7 +228,7 @@ Var linear_attention_bidirectional(const Var& q, const Var& k, const Var& v, con
 Var linear_attention_causal(const Var& q, const Var& k, const Var& v, const LinearAttentionOptions& opt) {
   const Dims dims = check_shapes(q, k, v);
   const int64_t B = dims.B, H = dims.H, N = dims.N, m = dims.m, dv = dims.dv, BH = B * H;
-  const std::vector<float> keep = key_keep(opt.key_mask, B, N, "linear_attention");
+  const std::vector<float> keep = kernels::key_keep_flags(opt.key_mask, B, N, "linear_attention");
   const FeatureMap f = opt.feature;
   const float feps = opt.feature_eps, eps = opt.eps;
   const bool map_q = f != FeatureMap::identity, map_k = map_q || !keep.empty();
@@ -414,7 +404,7 @@ Var favor_features(const Var& x, const Tensor& w, const FavorOptions& opt) {
   const float s4 = std::pow(static_cast<float>(d), -0.25f);
   const float ratio = 1.f / std::sqrt(static_cast<float>(mo));
   const float stab = opt.stabilizer, reps = opt.relu_eps;
-  const std::vector<float> keep = opt.is_query ? std::vector<float>() : key_keep(opt.key_mask, B, N, op);
+  const std::vector<float> keep = opt.is_query ? std::vector<float>() : kernels::key_keep_flags(opt.key_mask, B, N, op);
   // u = x^ w^T [rows, m]
   Tensor u = Tensor::empty({rows, m});
   kernels::matmul(x.value().data(), w.data(), u.data(), 1, 1, rows, m, d, false, true);

@@ -664,6 +664,16 @@ Var cross_entropy(const Var& logits, const std::vector<int32_t>& labels, int32_t
 }
 
 // ---- non-differentiable helpers ----
+std::vector<float> kernels::key_keep_flags(const Tensor* mask, int64_t B, int64_t N, const char* op) {
+  if (!mask) return {};
+  const Shape& s = mask->shape();
+  if (!(s.size() == 4 && s[0] == B && s[1] == 1 && s[2] == 1 && s[3] == N))
+    throw std::invalid_argument(fmt::format("{}: key mask {} must be [{}, 1, 1, {}]", op, shape_str(s), B, N));
+  std::vector<float> keep(static_cast<size_t>(B * N));
+  for (int64_t i = 0; i < B * N; ++i) keep[i] = (*mask)[i] > -1e30f ? 1.f : 0.f;
+  return keep;
+}
+
 Tensor key_padding_mask(const std::vector<int32_t>& tokens, int64_t batch, int64_t length, int32_t pad_id) {
   Tensor m = Tensor::empty({batch, 1, 1, length});
   for (int64_t i = 0; i < batch * length; ++i)

@@ -24,16 +24,6 @@ void require(bool ok, const char* op, const std::string& what) {
   if (!ok) throw std::invalid_argument(fmt::format("{}: {}", op, what));
 }
 
-// Keep flags [B * N] (1 real, 0 padded) from an additive mask [B, 1, 1, N]; empty = no mask.
-std::vector<float> keep_flags(const Tensor* mask, int64_t B, int64_t N, const char* op) {
-  if (!mask) return {};
-  const Shape& s = mask->shape();
-  require(s.size() == 4 && s[0] == B && s[1] == 1 && s[2] == 1 && s[3] == N, op,
-          fmt::format("key mask {} must be [{}, 1, 1, {}]", shape_str(s), B, N));
-  std::vector<float> keep(static_cast<size_t>(B * N));
-  for (int64_t i = 0; i < B * N; ++i) keep[i] = (*mask)[i] > -1e30f ? 1.f : 0.f;
-  return keep;
-}
 
 // ---- prefix softmax attention ----
 constexpr int64_t kChunk = 256;  // positions per scan chunk
@@ -135,7 +125,7 @@ Var prefix_softmax_attention(const Var& s, const Var& v, const Tensor* key_mask)
           fmt::format("s {} must be [B, H, N] and v {} [B, H, N, dv]", shape_str(s.shape()), shape_str(v.shape())));
   const int64_t B = s.dim(0), H = s.dim(1), N = s.dim(2), dv = v.dim(3);
   const ScanDims d{B, H, N, dv, B * H, std::max<int64_t>(1, (N + kChunk - 1) / kChunk)};
-  const std::vector<float> keep = keep_flags(key_mask, B, N, op);
+  const std::vector<float> keep = kernels::key_keep_flags(key_mask, B, N, op);
   Tensor out = Tensor::empty({B, H, N, dv}), L = Tensor::empty({B, H, N});
   prefix_softmax_forward(d, s.value().data(), v.value().data(), keep, out.data(), L.data());
   const GradSink gs = s.sink(), gv = v.sink();
@@ -233,7 +223,7 @@ Var causal_linear_numerator(const Var& q, const Var& k, const Var& v, const Tens
           op, fmt::format("q {}, k {} must be [B, H, N, m] and v {} [B, H, N, dv]", shape_str(q.shape()),
                           shape_str(k.shape()), shape_str(v.shape())));
   const int64_t B = q.dim(0), H = q.dim(1), N = q.dim(2), m = q.dim(3), dv = v.dim(3), BH = B * H;
-  const std::vector<float> keep = keep_flags(key_mask, B, N, op);
+  const std::vector<float> keep = kernels::key_keep_flags(key_mask, B, N, op);
   Tensor out = Tensor::empty({B, H, N, dv});
   {
     const float* qp = q.value().data();

@@ -97,6 +97,10 @@ using ElementRule = std::function<bool(int64_t head, int64_t i, int64_t j)>;
 SparseSegment build_segment(int64_t length, SegmentAxes axes, int64_t heads, const BlockLister& blocks,
                             const ElementRule& rule = {});
 
+// Block-local attention: query block i sees key block i only (blocks of `block` positions; the
+// last may be shorter). local_block's pattern, and TransNormer's DiagAttention.
+SparsePattern block_diagonal_pattern(int64_t length, int64_t block);
+
 // ---- the op ----
 // q, k, v: [B, H, N, d] -> [B, H, N, d]. Differentiable in q, k, v (not in the mask).
 // key_mask: additive [B or 1, 1, 1, N] (0 keep, -inf drop; finite values are added as a bias) or null.

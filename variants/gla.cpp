@@ -1,0 +1,160 @@
+// gla — gated linear attention with a data-dependent decay per key dimension.
+// Yang et al. 2024, "Gated Linear Attention Transformers with Hardware-Efficient Training" (ICML);
+// defaults of flash-linear-attention's GatedLinearAttention (expand_k 0.5, expand_v 1, low-rank
+// gate 16, gate_logit_normalizer 16, output gate swish).
+//   q = x Wq dk^-1/2, k = x Wk (heads of dk = expand_k D / H), v = x Wv (heads of dv = expand_v D / H),
+//   log alpha_t = logsigmoid(x_t W1 W2 + b) / tau  in (-inf, 0]^dk  (alpha = sigmoid(.)^(1/tau)),
+//   S_t = diag(alpha_t) S_{t-1} + k_t v_t^T, o_t = S_t^T q_t,
+//   y = (Norm_head(o) * swish(x Wg)) Wo.
+// The per-head norm is a LayerNorm over dv with an affine shared by the heads (fla: RMSNorm).
+// Forms (parameter `form`): chunked (default, O(N C dk + N dk dv) time; decays relative to the
+// chunk start, so no exp of a cumulative gate can overflow), parallel (O(N^2 dk), N x N buffer),
+// recurrent (O(N dk dv)); ab::gated_linear_attention saves only q, k, v and the gates: O(B N D)
+// memory. The gate gradient comes from the reverse cumulative sum of q * dq - k * dk.
+// Capabilities: causal with decoding (state S [B, H, dk, dv]); bidirectional = causal scan plus
+// anti-causal scan summed (not in the paper; the token's own term counts twice); padding mask
+// (padded keys are zeroed and their gates set to 1, so they neither add to nor decay the state).
+#include <cmath>
+#include <string>
+
+#include "attnbench/gated_linear_attention.hpp"
+#include "attnbench/variant.hpp"
+
+namespace {
+
+class Gla final : public ab::Mixer {
+ public:
+  explicit Gla(const ab::MixerConfig& cfg) : d_model_(cfg.d_model), heads_(cfg.heads) {
+    const auto& p = cfg.params;
+    const int64_t D = d_model_;
+    const int64_t Dk = std::llround(D * p.at("expand_k").get<double>()), Dv = std::llround(D * p.at("expand_v").get<double>());
+    if (heads_ <= 0 || Dk % heads_ != 0 || Dv % heads_ != 0 || Dk == 0 || Dv == 0)
+      throw ab::UsageError(fmt_dims(D, Dk, Dv));
+    dk_ = Dk / heads_;
+    dv_ = Dv / heads_;
+    rank_ = p.at("gate_low_rank").get<int64_t>();
+    inv_tau_ = static_cast<float>(1.0 / p.at("gate_normalizer").get<double>());
+    opt_.form = ab::gla_form_from_string(p.at("form").get<std::string>());
+    opt_.chunk = p.at("chunk").get<int64_t>();
+    auto stream = [&](uint64_t which) { return ab::RngStream(cfg.seed, ab::Purpose::init, 1000 + cfg.layer, which); };
+    wq_ = add_param("wq", ab::init_xavier_uniform(D, Dk, stream(0)));
+    wk_ = add_param("wk", ab::init_xavier_uniform(D, Dk, stream(1)));
+    wv_ = add_param("wv", ab::init_xavier_uniform(D, Dv, stream(2)));
+    wg_ = add_param("wg", ab::init_xavier_uniform(D, Dv, stream(3)));
+    wo_ = add_param("wo", ab::init_xavier_uniform(Dv, D, stream(4)));
+    w1_ = add_param("gate_w1", ab::init_xavier_uniform(D, rank_, stream(5)));
+    w2_ = add_param("gate_w2", ab::init_xavier_uniform(rank_, Dk, stream(6)));
+    b_ = add_param("gate_bias", ab::Tensor::zeros({Dk}));
+    norm_w_ = add_param("norm_weight", ab::Tensor::full({dv_}, 1.f));
+    norm_b_ = add_param("norm_bias", ab::Tensor::zeros({dv_}));
+  }
+
+  static ab::VariantSpec spec() {
+    ab::VariantSpec s;
+    s.name = "gla";
+    s.family = "recurrent";
+    s.summary = "gated linear attention: data-dependent decay per key dimension, chunked scan";
+    s.reference = "Yang et al. 2024, Gated Linear Attention Transformers with Hardware-Efficient Training";
+    s.params = {
+        ab::enum_param("form", "chunked", {"chunked", "parallel", "recurrent"},
+                       "computation of the recurrence: chunked (production), parallel (N x N), recurrent; equal results"),
+        ab::int_param("chunk", 64, "chunk length of the chunked form", 1, 4096),
+        ab::num_param("expand_k", 0.5, "key width as a fraction of d_model (fla: 0.5); expand_k D / heads must be whole",
+                      0.0625, 4),
+        ab::num_param("expand_v", 1.0, "value width as a fraction of d_model (fla: 1); expand_v D / heads must be whole",
+                      0.0625, 4),
+        ab::int_param("gate_low_rank", 16, "rank of the gate projection W1 W2 (fla: 16)", 1, 1024),
+        ab::num_param("gate_normalizer", 16.0, "tau: log alpha = logsigmoid(.) / tau (fla: 16)", 1.0, 1024.0),
+    };
+    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    s.check_params = ab::Json{{"chunk", 3}};  // several chunks, the last one partial, at N = 8
+    s.cost = [](const ab::CostArgs& a) {
+      const auto& p = *a.params;
+      const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
+      const double Dk = std::round(D * p.at("expand_k").get<double>()), Dv = std::round(D * p.at("expand_v").get<double>());
+      const double dk = Dk / H, dv = Dv / H, r = double(p.at("gate_low_rank").get<int64_t>());
+      const std::string form = p.at("form").get<std::string>();
+      const double C = std::min<double>(N, double(p.at("chunk").get<int64_t>()));
+      const double dirs = a.causal ? 1 : 2;
+      double mix = 0;  // per (batch, head, direction); the intra-chunk scores take dk decays each
+      if (form == "parallel") mix = N * N * (2 * dk + dv);
+      else if (form == "recurrent") mix = 4 * N * dk * dv;
+      else mix = N * C * (2 * dk + dv) + 4 * N * dk * dv;
+      ab::Cost c;
+      c.flops = 2 * B * N * (D * (2 * Dk + 2 * Dv) + Dv * D + D * r + r * Dk) + dirs * B * H * mix + 10 * B * N * (Dk + Dv);
+      // Saved: q, k, the gates and the logsigmoid's input (4 B N Dk), the low-rank activations
+      // (B N r), v, the output before and after the norm, the swish gate's input and output, the
+      // gated output (6 B N Dv) and the norm's mean and variance (2 B N H).
+      c.activation_bytes = 4 * (4 * B * N * Dk + B * N * r + 6 * B * N * Dv + 2 * B * N * H);
+      c.state_bytes = 4 * B * H * dk * dv;
+      return c;
+    };
+    return s;
+  }
+
+  // x: [B, N, D] -> [B, N, D]
+  ab::Var forward(const ab::Var& x, const ab::MixerContext& ctx) override {
+    Proj p = project(x, ctx.key_mask);
+    const ab::Var o = ab::gated_linear_attention_mix(p.q, p.k, p.v, p.log_alpha, opt_, ctx.causal);  // [B, H, N, dv]
+    return output(o, p.gate);
+  }
+
+  std::unique_ptr<ab::DecodeState> begin_decode(int64_t batch, const ab::MixerContext&) override {
+    return std::make_unique<ab::GatedLinearState>(batch, heads_, dk_, dv_);
+  }
+  // x_t: [B, 1, D] -> [B, 1, D]
+  ab::Tensor decode_step(const ab::Tensor& x_t, ab::DecodeState& state, const ab::MixerContext&) override {
+    ab::NoGrad ng;
+    Proj p = project(ab::Var(x_t), nullptr);
+    const ab::Tensor o = static_cast<ab::GatedLinearState&>(state).step(p.q.value(), p.k.value(), p.v.value(),
+                                                                        p.log_alpha.value());
+    return output(ab::Var(o), p.gate).value();
+  }
+
+ private:
+  static std::string fmt_dims(int64_t D, int64_t Dk, int64_t Dv) {
+    return "gla: expand_k * d_model = " + std::to_string(Dk) + " and expand_v * d_model = " + std::to_string(Dv) +
+           " must be positive multiples of model.heads (d_model = " + std::to_string(D) + ")";
+  }
+
+  struct Proj {
+    ab::Var q, k, v;   // [B, H, N, dk], [B, H, N, dk], [B, H, N, dv]
+    ab::Var log_alpha;  // [B, H, N, dk]
+    ab::Var gate;       // swish(x Wg) [B, N, H dv]
+  };
+
+  Proj project(const ab::Var& x, const ab::Tensor* key_mask) {
+    const int64_t B = x.dim(0), N = x.dim(1);
+    auto heads = [&](const ab::Var& t, int64_t d) {
+      return ab::permute(ab::reshape(t, {B, N, heads_, d}), {0, 2, 1, 3});
+    };
+    Proj p;
+    p.q = ab::scale(heads(ab::linear(x, wq_), dk_), 1.0f / std::sqrt(static_cast<float>(dk_)));
+    p.k = heads(ab::linear(x, wk_), dk_);
+    p.v = heads(ab::linear(x, wv_), dv_);
+    p.log_alpha = heads(ab::log_sigmoid(ab::linear(ab::linear(x, w1_), w2_, b_), inv_tau_), dk_);
+    if (key_mask) {
+      const ab::Var keep(ab::keep_flags(*key_mask).reshape({B, 1, N, 1}));
+      p.k = ab::mul(p.k, keep);
+      p.log_alpha = ab::mul(p.log_alpha, keep);
+    }
+    p.gate = ab::silu(ab::linear(x, wg_));
+    return p;
+  }
+
+  // o: [B, H, N, dv], gate [B, N, H dv] -> [B, N, D]
+  ab::Var output(const ab::Var& o, const ab::Var& gate) {
+    const int64_t B = o.dim(0), N = o.dim(2);
+    const ab::Var on = ab::layer_norm(ab::permute(o, {0, 2, 1, 3}), norm_w_, norm_b_);  // [B, N, H, dv]
+    return ab::linear(ab::mul(ab::reshape(on, {B, N, heads_ * dv_}), gate), wo_);
+  }
+
+  int64_t d_model_, heads_, dk_ = 0, dv_ = 0, rank_ = 0;
+  float inv_tau_ = 1.f / 16;
+  ab::GatedLinearAttentionOptions opt_;
+  ab::Var wq_, wk_, wv_, wg_, wo_, w1_, w2_, b_, norm_w_, norm_b_;
+};
+
+}  // namespace
+
+ATTNBENCH_REGISTER_VARIANT(Gla);
