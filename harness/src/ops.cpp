@@ -398,7 +398,8 @@ Var slice(const Var& a, int dim, int64_t start, int64_t length) {
     shape_error("slice", fmt::format("[{}, {}) outside dimension {} of size {}", start, start + length, dim, n));
   Shape out_shape = a.shape();
   out_shape[dim] = length;
-  auto [outer, inner] = outer_inner(a.shape(), dim);
+  const auto oi = outer_inner(a.shape(), dim);
+  const int64_t outer = oi.first, inner = oi.second;  // named: clang 14 cannot capture bindings
   Tensor y = Tensor::empty(out_shape);
   copy_block(a.value().data(), n, start, y.data(), length, 0, outer, length, inner);
   return make_op_result(std::move(y), {a}, [ga = a.sink(), sa = a.shape(), start, length, n, outer, inner](const Tensor& g) {
@@ -423,7 +424,8 @@ Var concat(const std::vector<Var>& parts, int dim) {
     if (s != ref) shape_error("concat", fmt::format("shapes differ outside dimension {}", dim));
     out_shape[dim] += n;
   }
-  auto [outer, inner] = outer_inner(out_shape, dim);
+  const auto oi = outer_inner(out_shape, dim);
+  const int64_t outer = oi.first, inner = oi.second;  // named: clang 14 cannot capture bindings
   const int64_t total = out_shape[dim];
   Tensor y = Tensor::empty(out_shape);
   int64_t at = 0;
@@ -587,7 +589,8 @@ Var mean(const Var& x) { return scale(sum(x), 1.f / static_cast<float>(std::max<
 
 Var sum_dim(const Var& x, int dim) {
   dim = norm_dim(dim, x.rank(), "sum_dim");
-  auto [outer, inner] = outer_inner(x.shape(), dim);
+  const auto oi = outer_inner(x.shape(), dim);
+  const int64_t outer = oi.first, inner = oi.second;  // named: clang 14 cannot capture bindings
   const int64_t n = x.dim(dim);
   Shape out_shape = x.shape();
   out_shape.erase(out_shape.begin() + dim);
