@@ -116,7 +116,8 @@ std::vector<std::string> SweepCell::command(const std::string& out) const {
   return a;
 }
 
-SweepSpec parse_sweep_spec(const std::string& text, const std::string& origin) {
+namespace {
+SweepSpec parse_and_expand(const std::string& text, const std::string& origin) {
   Json spec;
   try {
     spec = Json::parse(text);
@@ -128,6 +129,14 @@ SweepSpec parse_sweep_spec(const std::string& text, const std::string& origin) {
   }
   require_keys(spec, {"name", "description", "base", "grid", "per_variant", "per_task", "exclude", "limits", "bench"},
                "the spec");
+  const std::pair<const char*, Json::value_t> kinds[] = {
+      {"name", Json::value_t::string},   {"description", Json::value_t::string}, {"base", Json::value_t::object},
+      {"grid", Json::value_t::object},   {"per_variant", Json::value_t::object}, {"per_task", Json::value_t::object},
+      {"exclude", Json::value_t::array}, {"limits", Json::value_t::object},      {"bench", Json::value_t::object}};
+  for (const auto& [key, kind] : kinds)
+    if (spec.contains(key) && spec[key].type() != kind)
+      throw UsageError(fmt::format("sweep spec {}: '{}' must be of type {}, got {}", origin, key, Json(kind).type_name(),
+                                   spec[key].type_name()));
   SweepSpec out;
   out.raw = spec;
   out.name = spec.value("name", "sweep");
@@ -227,6 +236,16 @@ SweepSpec parse_sweep_spec(const std::string& text, const std::string& origin) {
   }
   if (out.cells.empty()) throw UsageError("sweep spec: every cell is excluded: the sweep has nothing to run");
   return out;
+}
+
+}  // namespace
+
+SweepSpec parse_sweep_spec(const std::string& text, const std::string& origin) {
+  try {
+    return parse_and_expand(text, origin);
+  } catch (const Json::exception& e) {  // a value of the wrong type somewhere deeper
+    throw UsageError(fmt::format("sweep spec {}: a value has the wrong type: {}", origin, e.what()));
+  }
 }
 
 SweepSpec load_sweep_spec(const std::string& path) {
