@@ -123,7 +123,8 @@ Tensor naive_long_conv(const Tensor& v, const Tensor& k, const Tensor* k_rev) {
 class LongConv : public ::testing::TestWithParam<std::tuple<int, bool>> {};
 
 TEST_P(LongConv, MonarchDftConvolutionEqualsTheDirectSum) {
-  const auto [N, bidirectional] = GetParam();
+  const int64_t N = std::get<0>(GetParam());
+  const bool bidirectional = std::get<1>(GetParam());  // named: clang 14 cannot capture bindings
   const int64_t B = 2, C = 3;
   Var v(rand_t({B, N, C}, 5), true), k(rand_t({N, C}, 6, 0.5f), true), kr(rand_t({N, C}, 7, 0.5f), true);
   Tensor y;

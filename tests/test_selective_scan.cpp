@@ -81,7 +81,9 @@ struct ScanInputs {
 class SelectiveScan : public ::testing::TestWithParam<std::tuple<bool, bool, int>> {};
 
 TEST_P(SelectiveScan, EqualsMaterialisedMatrixAndGradientsMatchFiniteDifferences) {
-  const auto [softplus, reverse, chunk] = GetParam();
+  const auto softplus = std::get<0>(GetParam());  // named: clang 14 cannot capture bindings
+  const auto reverse = std::get<1>(GetParam());
+  const auto chunk = std::get<2>(GetParam());
   const int64_t B = 2, N = 11, C = 5, n = 3;
   ScanInputs in(B, N, C, n);
   if (!softplus) {  // positive steps without the softplus

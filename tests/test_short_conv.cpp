@@ -38,7 +38,8 @@ Tensor naive(const Tensor& x, const Tensor& w, const Tensor& bias, bool causal) 
 class ShortConv : public ::testing::TestWithParam<std::tuple<bool, int>> {};
 
 TEST_P(ShortConv, ForwardMatchesNaiveAndGradientsMatchFiniteDifferences) {
-  const auto [causal, K] = GetParam();
+  const bool causal = std::get<0>(GetParam());  // named: clang 14 cannot capture bindings
+  const int K = std::get<1>(GetParam());
   const int64_t B = 2, N = 9, C = 5;
   Var x(rand_t({B, N, C}, 1), true), w(rand_t({C, K}, 2), true), bias(rand_t({C}, 3), true);
   Tensor y;
