@@ -186,9 +186,14 @@ int cmd_bench(int argc, char** argv, int first) {
         c->name = fmt::format("{}/{}/B:{}/N:{}/D:{}/H:{}", v, direction_name(d), base.batch, n, model ? 64 : base.d_model,
                               model ? 2 : base.heads);
         c->predicted = predicted_peak_bytes(reg.get(v), c->params, c->shape, d);
-        if (d == Direction::decode && !reg.get(v).caps.decode) {
+        const Capabilities& caps = reg.get(v).caps;
+        const bool form_missing = d != Direction::decode && (base.causal ? !caps.causal : !caps.bidirectional);
+        if ((d == Direction::decode && !caps.decode) || form_missing) {
           c->status = "unsupported";
-          c->error = fmt::format("'{}' does not decode one token at a time (no 'decode' capability)", v);
+          c->error = d == Direction::decode
+                         ? fmt::format("'{}' does not decode one token at a time (no 'decode' capability)", v)
+                         : fmt::format("'{}' has no {} form{}", v, base.causal ? "causal" : "bidirectional",
+                                       base.causal ? "" : " (measure it with --causal)");
           fmt::print(stderr, "{:<60} unsupported: {}\n", c->name, c->error);
         } else if (c->predicted > static_cast<double>(limit)) {
           c->status = "skipped";
