@@ -50,4 +50,6 @@ TEST(Decode, TransNormerDiagAttentionAcrossBlockBoundaries) {
   EXPECT_LT(decode_gap("transnormer", {{"block", 4}, {"diag_layers", 1}}, 0), 1e-4);
 }
 
+TEST(Decode, FlowformerCausalForm) { EXPECT_LT(decode_gap("flowformer", Json::object(), 0), 1e-4); }
+
 }  // namespace

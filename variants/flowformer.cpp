@@ -17,10 +17,15 @@
 // N x N and no [N, d, d] buffer; bidirectional also the [d, d] state per head).
 // Capabilities: bidirectional, causal, padding mask (padded tokens are neither sources nor sinks:
 // their features are zeroed and their competition weight is 0; M counts the real keys in the
-// bidirectional form; the causal normaliser n_i counts positions, exact when padding is at the end).
-// No decode.
+// bidirectional form; the causal normaliser n_i counts positions, exact when padding is at the end),
+// decode (the causal form's prefix sums per head: sum phi(q), sum phi(k), sum phi(k) O,
+// sum phi(q) I, the competition's running sum and the [d, d] state; constant in the length).
+#include <algorithm>
 #include <cmath>
+#include <memory>
+#include <vector>
 
+#include "attnbench/decode.hpp"
 #include "attnbench/prefix_scan_attention.hpp"
 #include "attnbench/variant.hpp"
 
@@ -38,7 +43,7 @@ class Flowformer final : public ab::AttentionMixer {
     s.summary = "Flow-Attention: sigmoid linear attention with conserved flows (competition + allocation)";
     s.reference = "Wu et al. 2022, Flowformer: Linearizing Transformers with Conservation Flows";
     s.params = {ab::num_param("eps", 1e-6, "added to the features and flow sums", 1e-12, 1.0)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true};
+    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads, d = D / H;
       ab::Cost c;
@@ -47,6 +52,7 @@ class Flowformer final : public ab::AttentionMixer {
       // Measured composition: the ops keep about 9 B N D + 6 B H N floats (bidirectional, plus the
       // [d, d] state per head) and 13 B N D + 10 B H N (causal: prefix sums and their products).
       c.activation_bytes = 4 * (a.causal ? 13 * B * N * D + 10 * B * H * N : 9 * B * N * D + 6 * B * H * N + B * H * d * d);
+      c.state_bytes = 4 * B * H * (d * d + 4 * d + 1);
       return c;
     };
     return s;
@@ -65,6 +71,61 @@ class Flowformer final : public ab::AttentionMixer {
     }
     const ab::Var fqe = ab::add_scalar(fq, eps_), fke = ab::add_scalar(fk, eps_);
     return ctx.causal ? causal(fq, fk, fqe, fke, v, keep) : bidirectional(fq, fk, fqe, fke, v, keep, ctx);
+  }
+
+  // Decoding: the causal form's prefix sums, one token at a time.
+  struct State final : ab::DecodeState {
+    ab::Tensor sums;     // [B, H, 4, d]: sum phi(q), sum phi(k), sum phi(k) O, sum phi(q) I
+    ab::Tensor running;  // [B, H]: sum of exp(source) over the sources so far
+    ab::Tensor s;        // [B, H, d, d]: sum phi(k) (c v)^T
+    int64_t n = 0;       // tokens so far
+    int64_t bytes() const override { return sums.bytes() + running.bytes() + s.bytes(); }
+  };
+  std::unique_ptr<ab::DecodeState> begin_decode(int64_t batch, const ab::MixerContext&) override {
+    auto st = std::make_unique<State>();
+    st->sums = ab::Tensor::zeros({batch, heads_, 4, head_dim_});
+    st->running = ab::Tensor::zeros({batch, heads_});
+    st->s = ab::Tensor::zeros({batch, heads_, head_dim_, head_dim_});
+    return st;
+  }
+  // q, k, v: [B, H, 1, d] -> [B, H, 1, d]; the per-token form of causal() above.
+  ab::Tensor attend_step(const ab::Tensor& q, const ab::Tensor& k, const ab::Tensor& v, ab::DecodeState& state,
+                         const ab::MixerContext&) override {
+    auto& st = static_cast<State&>(state);
+    const int64_t d = head_dim_, BH = q.dim(0) * heads_;
+    const float n = static_cast<float>(++st.n);
+    auto sig = [](float x) { return 1.f / (1.f + std::exp(-x)); };
+    ab::Tensor out = ab::Tensor::empty(q.shape());
+    std::vector<float> fq(static_cast<size_t>(d)), fk(static_cast<size_t>(d));
+    for (int64_t bh = 0; bh < BH; ++bh) {
+      float* sq = st.sums.data() + bh * 4 * d;
+      float *sk = sq + d, *sko = sq + 2 * d, *sqi = sq + 3 * d;
+      float* S = st.s.data() + bh * d * d;
+      const float *qr = q.data() + bh * d, *kr = k.data() + bh * d, *vr = v.data() + bh * d;
+      for (int64_t c = 0; c < d; ++c) fq[c] = sig(qr[c]), fk[c] = sig(kr[c]), sq[c] += fq[c], sk[c] += fk[c];
+      float dot_in = 0, dot_out = 0;
+      for (int64_t c = 0; c < d; ++c) dot_in += (fq[c] + eps_) * (sk[c] + eps_), dot_out += (fk[c] + eps_) * (sq[c] + eps_);
+      const float incoming = n / dot_in, outgoing = n / dot_out;
+      float sink = 0, source = 0;
+      for (int64_t c = 0; c < d; ++c) {
+        sko[c] += fk[c] * outgoing;
+        sqi[c] += fq[c] * incoming;
+        sink += (fq[c] + eps_) * (sko[c] + eps_);
+        source += (fk[c] + eps_) * (sqi[c] + eps_);
+      }
+      const float allocation = sig(sink / n), e = std::exp(std::clamp(source / n, -1.f, 1.f));
+      st.running[bh] += e;
+      const float competition = e / st.running[bh] * n;
+      float* o = out.data() + bh * d;
+      for (int64_t a = 0; a < d; ++a)
+        for (int64_t c = 0; c < d; ++c) S[a * d + c] += fk[a] * vr[c] * competition;
+      for (int64_t c = 0; c < d; ++c) {
+        float acc = 0;
+        for (int64_t a = 0; a < d; ++a) acc += fq[a] * S[a * d + c];
+        o[c] = acc * incoming / n * allocation;
+      }
+    }
+    return out;
   }
 
  private:
