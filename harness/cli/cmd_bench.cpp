@@ -32,15 +32,20 @@ std::vector<std::string> split_list(const std::string& s) {
   return out;
 }
 
-// Peak tracked bytes of the extra iteration Google Benchmark runs with a memory manager.
+// Peak tracked bytes of the extra iteration Google Benchmark runs with a memory manager. The peak
+// goes to the cell being run (`current`, set by the cell's benchmark function): Google Benchmark
+// 1.7 keeps its memory results in a vector that reallocates, so Run::memory_result may dangle by
+// the time runs are reported (AddressSanitizer caught the use after free).
 class TrackingMemoryManager final : public benchmark::MemoryManager {
  public:
+  int64_t* current = nullptr;
   void Start() override {
     allocs_ = memory_stats().allocations;
     scope_ = std::make_unique<PeakScope>();
   }
   void Stop(Result& r) override {
     r.max_bytes_used = scope_->peak_bytes();
+    if (current) *current = std::max<int64_t>(*current, r.max_bytes_used);
     r.num_allocs = memory_stats().allocations - allocs_;
     scope_.reset();
   }
@@ -58,15 +63,13 @@ class Collector final : public benchmark::BenchmarkReporter {
   void ReportRuns(const std::vector<Run>& runs) override {
     for (const auto& r : runs) {
       runs_.push_back(r);
-      // The memory result lives only while the runner reports: copy it now.
-      if (r.memory_result) memory_[r.run_name.function_name] = r.memory_result->max_bytes_used;
+      runs_.back().memory_result = nullptr;  // may dangle (see TrackingMemoryManager)
       if (r.run_type == Run::RT_Aggregate && r.aggregate_name == "median")
         fmt::print(stderr, "{:<60} {:>10.3f} ms (median)\n", r.run_name.function_name, r.GetAdjustedRealTime());
       if (r.error_occurred) fmt::print(stderr, "{:<60} error: {}\n", r.benchmark_name(), r.error_message);
     }
   }
   std::vector<Run> runs_;
-  std::map<std::string, int64_t> memory_;
 };
 
 struct Cell {
@@ -78,6 +81,7 @@ struct Cell {
   std::string status = "ok", error;
   double flops = 0;
   int64_t peak_rss = 0;
+  int64_t peak_bytes = 0;  // tracked, from the memory manager's iteration
   int64_t state_bytes = 0;  // decode cells
 };
 
@@ -173,6 +177,7 @@ int cmd_bench(int argc, char** argv, int first) {
   const double gemm = context.value("gemm_gflops_fp32", 0.0);
 
   std::vector<std::unique_ptr<Cell>> cells;
+  TrackingMemoryManager mm;
   for (const auto& v : variants)
     for (Direction d : dirs)
       for (int64_t n : lengths) {
@@ -202,7 +207,8 @@ int cmd_bench(int argc, char** argv, int first) {
           fmt::print(stderr, "{:<60} skipped: {}\n", c->name, c->error);
         } else {
           Cell* cell = c.get();
-          auto* b = benchmark::RegisterBenchmark(c->name.c_str(), [cell, &reg, seed](benchmark::State& st) {
+          auto* b = benchmark::RegisterBenchmark(c->name.c_str(), [cell, &reg, &mm, seed](benchmark::State& st) {
+            mm.current = &cell->peak_bytes;
             std::unique_ptr<BenchCell> work;
             try {
               work = make_bench_cell(reg.get(cell->variant), cell->params, cell->shape, cell->dir, seed);
@@ -223,7 +229,6 @@ int cmd_bench(int argc, char** argv, int first) {
         cells.push_back(std::move(c));
       }
 
-  TrackingMemoryManager mm;
   benchmark::RegisterMemoryManager(&mm);
   Collector collector;
   benchmark::RunSpecifiedBenchmarks(&collector);
@@ -243,7 +248,8 @@ int cmd_bench(int argc, char** argv, int first) {
     if (r.run_type == benchmark::BenchmarkReporter::Run::RT_Aggregate) j["aggregate_name"] = r.aggregate_name;
     else j["repetition_index"] = r.repetition_index;
     if (r.error_occurred) j["error_occurred"] = true, j["error_message"] = r.error_message;
-    if (auto m = collector.memory_.find(name); m != collector.memory_.end()) j["max_bytes_used"] = m->second;
+    for (const auto& c : cells)
+      if (c->name == name && c->peak_bytes > 0) j["max_bytes_used"] = c->peak_bytes;
     if (!r.error_occurred) {
       if (r.run_type == benchmark::BenchmarkReporter::Run::RT_Iteration) times[name].push_back(r.GetAdjustedRealTime());
       else if (r.aggregate_name == "median") medians[name] = r.GetAdjustedRealTime();
@@ -276,8 +282,7 @@ int cmd_bench(int argc, char** argv, int first) {
       e["max_ms"] = ts.back();
       e["repetitions"] = ts.size();
       e["tokens_per_second"] = tokens / (med / 1e3);
-      const auto m = collector.memory_.find(c->name);
-      e["peak_bytes"] = m != collector.memory_.end() ? m->second : int64_t(0);
+      e["peak_bytes"] = c->peak_bytes;
       e["peak_rss_bytes"] = c->peak_rss;
       if (decode) e["state_bytes"] = c->state_bytes;
       e["flops"] = c->flops;

@@ -132,11 +132,24 @@ std::vector<std::pair<size_t, std::string>> CellRunner::poll(int wait_ms) {
     std::string st = run_status(out);
     if (st.empty()) {
       std::string why;
+      // Under a sanitizer a crash or an allocator failure ends in a report and exit code 1, not a
+      // signal: the child's log tells them apart.
+      const std::string log_tail = tail_of(log, 200);
+      const bool says_oom = log_tail.find("out of memory") != std::string::npos ||
+                            log_tail.find("bad_alloc") != std::string::npos ||
+                            log_tail.find("(errno: 12)") != std::string::npos;  // ENOMEM: the memory limit
+      const bool says_crash = log_tail.find("Sanitizer: SEGV") != std::string::npos ||
+                              log_tail.find("Sanitizer: BUS") != std::string::npos ||
+                              log_tail.find("ERROR: AddressSanitizer") != std::string::npos;
       if (it->timed_out) st = "timeout", why = fmt::format("exceeded the time limit of {} s", time_limit_);
       else if (WIFSIGNALED(wstatus)) {
         const int sig = WTERMSIG(wstatus);
-        st = sig == SIGKILL ? "oom" : "crashed";
+        st = sig == SIGKILL || says_oom ? "oom" : "crashed";
         why = fmt::format("crashed: {}{}", signal_text(sig), sig == SIGKILL ? " (the kernel's OOM killer?)" : "");
+      } else if (says_oom || says_crash) {
+        st = says_oom ? "oom" : "crashed";
+        why = fmt::format("{} (exit code {}, sanitizer report in the log)", says_oom ? "out of memory" : "crashed",
+                          WEXITSTATUS(wstatus));
       } else {
         st = "error";
         why = fmt::format("exited with code {} without a run file", WEXITSTATUS(wstatus));
