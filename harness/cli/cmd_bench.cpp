@@ -236,6 +236,8 @@ int cmd_bench(int argc, char** argv, int first) {
   benchmark::Shutdown();
 
   // Gather per-repetition times and the aggregates per cell.
+  std::map<std::string, const Cell*> by_name;
+  for (const auto& c : cells) by_name[c->name] = c.get();
   Json gb = Json::array();
   std::map<std::string, std::vector<double>> times;
   std::map<std::string, double> medians;
@@ -248,8 +250,8 @@ int cmd_bench(int argc, char** argv, int first) {
     if (r.run_type == benchmark::BenchmarkReporter::Run::RT_Aggregate) j["aggregate_name"] = r.aggregate_name;
     else j["repetition_index"] = r.repetition_index;
     if (r.error_occurred) j["error_occurred"] = true, j["error_message"] = r.error_message;
-    for (const auto& c : cells)
-      if (c->name == name && c->peak_bytes > 0) j["max_bytes_used"] = c->peak_bytes;
+    if (auto c = by_name.find(name); c != by_name.end() && c->second->peak_bytes > 0)
+      j["max_bytes_used"] = c->second->peak_bytes;
     if (!r.error_occurred) {
       if (r.run_type == benchmark::BenchmarkReporter::Run::RT_Iteration) times[name].push_back(r.GetAdjustedRealTime());
       else if (r.aggregate_name == "median") medians[name] = r.GetAdjustedRealTime();

@@ -1,5 +1,6 @@
 #include "attnbench/check.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -59,6 +60,20 @@ GradCheckReport grad_check(const std::function<Var()>& f, const std::vector<Var>
     }
   }
   return rep;
+}
+
+Tensor decode_sequence(Mixer& mixer, const Tensor& x, const MixerContext& ctx, std::unique_ptr<DecodeState>* state) {
+  // x: [B, N, D] -> one [B, 1, D] token at a time -> y: [B, N, D]
+  const int64_t B = x.dim(0), N = x.dim(1), D = x.dim(2);
+  std::unique_ptr<DecodeState> st = mixer.begin_decode(B, ctx);
+  Tensor y = Tensor::empty(x.shape()), x_t = Tensor::empty({B, 1, D});
+  for (int64_t t = 0; t < N; ++t) {
+    for (int64_t b = 0; b < B; ++b) std::copy_n(x.data() + (b * N + t) * D, D, x_t.data() + b * D);
+    const Tensor y_t = mixer.decode_step(x_t, *st, ctx);
+    for (int64_t b = 0; b < B; ++b) std::copy_n(y_t.data() + b * D, D, y.data() + (b * N + t) * D);
+  }
+  if (state) *state = std::move(st);
+  return y;
 }
 
 MemoryMeasure measure_mixer_memory(const VariantSpec& spec, const Json& resolved, int64_t B, int64_t N, int64_t D,
@@ -159,19 +174,12 @@ std::vector<CheckResult> check_variant(const VariantSpec& spec, const Json& para
     try {
       if (!spec.caps.causal) throw std::runtime_error("declares decode but no causal form");
       const Tensor full = run(*mixer, x, c);
-      auto state = mixer->begin_decode(B, c);
+      std::unique_ptr<DecodeState> state;
+      const Tensor decoded = decode_sequence(*mixer, x, c, &state);
       double worst = 0, largest = 0;
-      for (int64_t t = 0; t < N; ++t) {
-        Tensor x_t = Tensor::empty({B, 1, D});
-        for (int64_t b = 0; b < B; ++b)
-          for (int64_t d = 0; d < D; ++d) x_t[b * D + d] = x[(b * N + t) * D + d];
-        const Tensor y_t = mixer->decode_step(x_t, *state, c);
-        for (int64_t b = 0; b < B; ++b)
-          for (int64_t d = 0; d < D; ++d) {
-            const float ref = full[(b * N + t) * D + d];
-            worst = std::max(worst, double(std::fabs(y_t[b * D + d] - ref)));
-            largest = std::max(largest, double(std::fabs(ref)));
-          }
+      for (int64_t i = 0; i < full.numel(); ++i) {
+        worst = std::max(worst, double(std::fabs(decoded[i] - full[i])));
+        largest = std::max(largest, double(std::fabs(full[i])));
       }
       record("decode", worst <= 1e-4 * std::max(1.0, largest),
              fmt::format("max |decoded - causal forward| {:.3g} over {} tokens", worst, N));

@@ -2,6 +2,7 @@
 // Correctness checks shared by `attnbench check`, the test suite and plugin authors:
 // central finite-difference gradient checks, and the registry-wide conformance suite (DESIGN §9).
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,11 @@ struct MemoryMeasure {
   int64_t saved_bytes = 0;
   int64_t peak_bytes = 0;
 };
+// Feeds x [B, N, D] through mixer.decode_step one position at a time from a fresh begin_decode
+// (no tape) and returns the outputs [B, N, D]; the state is left in *state when given.
+Tensor decode_sequence(Mixer& mixer, const Tensor& x, const MixerContext& ctx,
+                       std::unique_ptr<DecodeState>* state = nullptr);
+
 MemoryMeasure measure_mixer_memory(const VariantSpec& spec, const Json& resolved_params, int64_t batch,
                                    int64_t length, int64_t d_model, int64_t heads, bool causal, uint64_t seed = 1);
 
