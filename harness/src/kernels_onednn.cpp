@@ -2,6 +2,7 @@
 // in this file. Scratchpads come from the tracking allocator so that they count in peak bytes.
 #include <omp.h>
 
+#include <algorithm>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -74,17 +75,20 @@ memory::desc md2(int64_t rows, int64_t cols) { return memory::desc({rows, cols},
 
 }  // namespace
 
-void matmul(const float* a, const float* b, float* c, int64_t batch, int64_t b_batch, int64_t M, int64_t N,
-            int64_t K, bool trans_a, bool trans_b, const float* bias, bool accumulate) {
-  if (batch == 0 || M == 0 || N == 0) return;
-  const memory::desc a_md({batch, M, K}, dt::f32,
-                          trans_a ? memory::dims{M * K, 1, M} : memory::dims{M * K, K, 1});
-  const memory::desc b_md({b_batch, K, N}, dt::f32,
-                          trans_b ? memory::dims{N * K, 1, K} : memory::dims{N * K, N, 1});
+namespace {
+
+// One oneDNN matmul with explicit leading dimensions (lda, ldb: the stored row length of a and b;
+// c is contiguous). `single` marks a call made inside our own OpenMP region: its primitive is
+// created there too, so that oneDNN plans it for one thread, and it is cached apart.
+void matmul_one(const float* a, const float* b, float* c, int64_t batch, int64_t b_batch, int64_t M, int64_t N,
+                int64_t K, bool trans_a, bool trans_b, const float* bias, bool accumulate, int64_t lda, int64_t ldb,
+                bool single) {
+  const memory::desc a_md({batch, M, K}, dt::f32, trans_a ? memory::dims{M * K, 1, lda} : memory::dims{M * K, lda, 1});
+  const memory::desc b_md({b_batch, K, N}, dt::f32, trans_b ? memory::dims{N * K, 1, ldb} : memory::dims{N * K, ldb, 1});
   const memory::desc c_md({batch, M, N}, dt::f32, memory::dims{M * N, N, 1});
   const memory::desc bias_md({1, 1, N}, dt::f32, memory::dims{N, N, 1});
-  const std::string key = fmt::format("mm {} {} {} {} {} {}{} {}{}", batch, b_batch, M, N, K, trans_a, trans_b,
-                                      bias != nullptr, accumulate);
+  const std::string key = fmt::format("mm{} {} {} {} {} {} {}{} {}{} {} {}", single ? "1" : "", batch, b_batch, M, N, K,
+                                      trans_a, trans_b, bias != nullptr, accumulate, lda, ldb);
   const Cached& p = cached(key, [&] {
     auto attr = user_scratchpad();
     if (accumulate) {
@@ -99,6 +103,73 @@ void matmul(const float* a, const float* b, float* c, int64_t batch, int64_t b_b
       {DNNL_ARG_SRC, mem(a_md, a)}, {DNNL_ARG_WEIGHTS, mem(b_md, b)}, {DNNL_ARG_DST, mem(c_md, c)}};
   if (bias) args.emplace(DNNL_ARG_BIAS, mem(bias_md, bias));
   run(p, std::move(args));
+}
+
+// oneDNN 2.6 runs the skinny GEMMs of a linear layer (rows = batch * length in the tens of
+// thousands, 64-128 columns, K = 64-128) on two threads hardly faster than on one, and a weight
+// gradient (K = rows) slower. These are split here instead: by rows of c, or, when c is too small
+// to split, by K into per-thread partials summed in a fixed order; each piece is one
+// single-threaded primitive inside an OpenMP region. The split depends only on the shape and the
+// thread count, so results are identical run to run for a given thread count.
+constexpr int64_t kRowSplitMin = 2048;   // rows of c per thread, at least
+constexpr int64_t kKSplitMin = 4096;     // reduction length per thread, at least
+constexpr double kSplitFlopsMin = 1 << 23;
+
+int64_t round16(int64_t x) { return (x + 15) / 16 * 16; }
+
+}  // namespace
+
+void matmul(const float* a, const float* b, float* c, int64_t batch, int64_t b_batch, int64_t M, int64_t N,
+            int64_t K, bool trans_a, bool trans_b, const float* bias, bool accumulate) {
+  if (batch == 0 || M == 0 || N == 0) return;
+  const int64_t lda = trans_a ? M : K, ldb = trans_b ? K : N;
+  const int T = threads();
+  const double flops = 2.0 * static_cast<double>(batch) * M * N * K;
+#if ATTNBENCH_PLAIN_THREADS
+  constexpr bool may_split = false;  // TSan build: oneDNN stays on one OpenMP thread
+#else
+  constexpr bool may_split = true;
+#endif
+  if (may_split && T > 1 && batch == 1 && K > 0 && flops >= kSplitFlopsMin && !omp_in_parallel()) {
+    if (M >= kRowSplitMin * T) {
+      // c rows [m0, m0 + mc) from a's rows (or, transposed, columns) [m0, m0 + mc).
+      const int64_t chunk = round16((M + T - 1) / T);
+#pragma omp parallel num_threads(T)
+      {
+        const int64_t m0 = std::min<int64_t>(M, omp_get_thread_num() * chunk), mc = std::min(chunk, M - m0);
+        if (mc > 0)
+          matmul_one(trans_a ? a + m0 : a + m0 * K, b, c + m0 * N, 1, 1, mc, N, K, trans_a, trans_b, bias, accumulate,
+                     lda, ldb, true);
+      }
+      return;
+    }
+    if (K >= kKSplitMin * T && M * N <= (1 << 16)) {
+      // Partial products over K [k0, k0 + kc), then c (+)= sum of the partials in thread order.
+      const int64_t chunk = round16((K + T - 1) / T);
+      Tensor partials = Tensor::empty({static_cast<int64_t>(T), M * N});
+      float* part = partials.data();
+#pragma omp parallel num_threads(T)
+      {
+        const int t = omp_get_thread_num();
+        const int64_t k0 = std::min<int64_t>(K, t * chunk), kc = std::min(chunk, K - k0);
+        float* out = part + static_cast<int64_t>(t) * M * N;
+        if (kc > 0)
+          matmul_one(trans_a ? a + k0 * M : a + k0, trans_b ? b + k0 : b + k0 * N, out, 1, 1, M, N, kc, trans_a,
+                     trans_b, nullptr, false, lda, ldb, true);
+        else
+          std::fill(out, out + M * N, 0.f);
+      }
+      const int64_t n = M * N;
+      for (int64_t i = 0; i < n; ++i) {
+        float v = part[i];
+        for (int t = 1; t < T; ++t) v += part[static_cast<int64_t>(t) * n + i];
+        if (bias) v += bias[i % N];
+        c[i] = accumulate ? c[i] + v : v;
+      }
+      return;
+    }
+  }
+  matmul_one(a, b, c, batch, b_batch, M, N, K, trans_a, trans_b, bias, accumulate, lda, ldb, false);
 }
 
 void softmax_forward(const float* x, float* y, int64_t rows, int64_t cols) {
@@ -223,12 +294,26 @@ int g_threads = 0;
 void set_threads(int n) {
   if (n <= 0) n = omp_get_num_procs();
   g_threads = n;
+#if ATTNBENCH_PLAIN_THREADS
+  omp_set_num_threads(1);  // TSan build: oneDNN's uninstrumented OpenMP stays single-threaded
+#else
   omp_set_num_threads(n);
+#endif
   tbb_limit() = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism,
                                                       static_cast<size_t>(n));
 }
 
+#if ATTNBENCH_PLAIN_THREADS
+// OMP_NUM_THREADS is read once as our loops' default; oneDNN's OpenMP is then held to one thread.
+const int g_default_threads = [] {
+  const int n = omp_get_max_threads();
+  omp_set_num_threads(1);
+  return n;
+}();
+int threads() { return g_threads > 0 ? g_threads : g_default_threads; }
+#else
 int threads() { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
+#endif
 
 const char* onednn_version() {
   static std::string v = [] {

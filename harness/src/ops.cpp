@@ -541,6 +541,31 @@ Var embedding(const std::vector<int32_t>& ids, const Shape& ids_shape, const Var
   });
 }
 
+namespace {
+
+// Dropout's keep/drop draws: element i of chunk c = i / kDropChunk is decided by a 32-bit integer
+// hash of (i mod kDropChunk) keyed by the 4 Philox words of block c of the stream. One Philox
+// evaluation per chunk instead of one per 4 elements; the hash is plain 32-bit integer arithmetic
+// the compiler vectorises. A draw depends only on the stream and the element index (never on the
+// thread count or the chunking of the loop), so backward recomputes the forward's mask.
+constexpr int64_t kDropChunk = 1024;
+
+inline uint32_t drop_hash(uint32_t j, uint32_t k0, uint32_t k1, uint32_t k2) {
+  uint32_t h = j * 0x9E3779B9u + k0;
+  h ^= h >> 16;
+  h *= 0x7FEB352Du;
+  h ^= h >> 15;
+  h ^= k1;
+  h *= 0x846CA68Bu;
+  h ^= h >> 16;
+  h += k2;
+  h *= 0x21F0AAADu;
+  h ^= h >> 15;
+  return h;
+}
+
+}  // namespace
+
 Var dropout(const Var& x, float p, const RngStream& stream, bool training) {
   if (!training || p <= 0.f) return x;
   if (p >= 1.f) throw std::invalid_argument(fmt::format("dropout: p = {} must be below 1", p));
@@ -549,16 +574,23 @@ Var dropout(const Var& x, float p, const RngStream& stream, bool training) {
     Tensor out = Tensor::empty(in.shape());
     const float* ip = in.data();
     float* op = out.data();
-    // Element i keeps its value iff word i of the stream, as a uniform in [0, 1), is >= p.
+    // Element i keeps its value iff its draw, as a uniform in [0, 1) (top 24 bits), is >= p.
     const uint32_t threshold = static_cast<uint32_t>(static_cast<double>(p) * 16777216.0);
     const int64_t n = in.numel();
-    parallel_for((n + 3) / 4, kGrain / 4, [&](int64_t b, int64_t e) {
-      uint32_t words[4];
-      for (int64_t blk = b; blk < e; ++blk) {
-        stream.block(static_cast<uint64_t>(blk), words);
-        for (int64_t j = 0; j < 4 && blk * 4 + j < n; ++j) {
-          const int64_t i = blk * 4 + j;
-          op[i] = (words[j] >> 8) < threshold ? 0.f : ip[i] * keep_scale;
+    const int64_t chunks = (n + kDropChunk - 1) / kDropChunk;
+    parallel_for(chunks, std::max<int64_t>(1, kGrain / kDropChunk), [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) {
+        uint32_t key[4];
+        stream.block(static_cast<uint64_t>(c), key);
+        const int64_t i0 = c * kDropChunk, m = std::min(kDropChunk, n - i0);
+        const float* __restrict src = ip + i0;
+        float* __restrict dst = op + i0;
+        const uint32_t k0 = key[0], k1 = key[1], k2 = key[2] ^ key[3], thr = threshold;
+        const float ks = keep_scale;
+        const uint32_t mu = static_cast<uint32_t>(m);
+        for (uint32_t j = 0; j < mu; ++j) {  // a select on 32-bit lanes: vectorises
+          const uint32_t u = drop_hash(j, k0, k1, k2) >> 8;
+          dst[j] = u < thr ? 0.f : src[j] * ks;  // exactly 0 when dropped, even for inf / NaN
         }
       }
     });
