@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the dependencies, then configures and builds one CMake preset (default: release).
-# Usage: scripts/build.sh [release|debug|ci|sanitize]
+# Usage: scripts/build.sh [release|debug|ci|sanitize|tsan]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

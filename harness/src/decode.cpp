@@ -1,4 +1,5 @@
 #include "attnbench/decode.hpp"
+#include "attnbench/parallel.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -6,7 +7,6 @@
 #include <vector>
 
 #include <fmt/format.h>
-#include <tbb/parallel_for.h>
 
 namespace ab {
 
@@ -70,26 +70,28 @@ Tensor softmax_attend_cached(const Tensor& q_t, const KvCache& cache, float scal
   // q_t: [B, H, 1, d] -> [B, H, 1, d]
   const int64_t B = q_t.dim(0), H = q_t.dim(1), d = q_t.dim(3), L = cache.length();
   Tensor out = Tensor::zeros(q_t.shape());
-  tbb::parallel_for(int64_t{0}, B * H, [&](int64_t bh) {
-    const int64_t b = bh / H, h = bh % H;
-    const float* q = q_t.data() + bh * d;
-    const float *K = cache.keys(b, h), *V = cache.values(b, h);
-    std::vector<float> s(static_cast<size_t>(L));
-    float m = -INFINITY;
-    for (int64_t j = 0; j < L; ++j) {
-      float dot = 0;
-      for (int64_t c = 0; c < d; ++c) dot += q[c] * K[j * d + c];
-      s[j] = scale * dot;
-      m = std::max(m, s[j]);
+  ab::parallel_for(B * H, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t bh = lo; bh < hi; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      const float* q = q_t.data() + bh * d;
+      const float *K = cache.keys(b, h), *V = cache.values(b, h);
+      std::vector<float> s(static_cast<size_t>(L));
+      float m = -INFINITY;
+      for (int64_t j = 0; j < L; ++j) {
+        float dot = 0;
+        for (int64_t c = 0; c < d; ++c) dot += q[c] * K[j * d + c];
+        s[j] = scale * dot;
+        m = std::max(m, s[j]);
+      }
+      float total = 0;
+      float* o = out.data() + bh * d;
+      for (int64_t j = 0; j < L; ++j) {
+        const float p = std::exp(s[j] - m);
+        total += p;
+        for (int64_t c = 0; c < d; ++c) o[c] += p * V[j * d + c];
+      }
+      for (int64_t c = 0; c < d && total > 0; ++c) o[c] /= total;
     }
-    float total = 0;
-    float* o = out.data() + bh * d;
-    for (int64_t j = 0; j < L; ++j) {
-      const float p = std::exp(s[j] - m);
-      total += p;
-      for (int64_t c = 0; c < d; ++c) o[c] += p * V[j * d + c];
-    }
-    for (int64_t c = 0; c < d && total > 0; ++c) o[c] /= total;
   });
   return out;
 }
@@ -109,24 +111,26 @@ Tensor LinearAttentionState::step(const Tensor& phi_q, const Tensor& phi_k, cons
                                  "values, got {4}, {5}, {6}", batch_, heads_, m_, dv_, shape_str(phi_q.shape()),
                                  shape_str(phi_k.shape()), shape_str(v.shape())));
   Tensor out = Tensor::zeros({batch_, heads_, 1, dv_});
-  tbb::parallel_for(int64_t{0}, BH, [&](int64_t bh) {
-    float* S = s_.data() + bh * m_ * dv_;
-    float* z = z_.data() + bh * m_;
-    const float *q = phi_q.data() + bh * m_, *k = phi_k.data() + bh * m_, *vv = v.data() + bh * dv_;
-    float* o = out.data() + bh * dv_;
-    float den = 0;
-    for (int64_t a = 0; a < m_; ++a) {
-      z[a] += k[a];
-      den += q[a] * z[a];
-      for (int64_t c = 0; c < dv_; ++c) {
-        S[a * dv_ + c] += k[a] * vv[c];
-        o[c] += q[a] * S[a * dv_ + c];
+  ab::parallel_for(BH, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t bh = lo; bh < hi; ++bh) {
+      float* S = s_.data() + bh * m_ * dv_;
+      float* z = z_.data() + bh * m_;
+      const float *q = phi_q.data() + bh * m_, *k = phi_k.data() + bh * m_, *vv = v.data() + bh * dv_;
+      float* o = out.data() + bh * dv_;
+      float den = 0;
+      for (int64_t a = 0; a < m_; ++a) {
+        z[a] += k[a];
+        den += q[a] * z[a];
+        for (int64_t c = 0; c < dv_; ++c) {
+          S[a * dv_ + c] += k[a] * vv[c];
+          o[c] += q[a] * S[a * dv_ + c];
+        }
       }
-    }
-    if (den == 0.f) {
-      for (int64_t c = 0; c < dv_; ++c) o[c] = 0.f;
-    } else {
-      for (int64_t c = 0; c < dv_; ++c) o[c] /= den + eps;
+      if (den == 0.f) {
+        for (int64_t c = 0; c < dv_; ++c) o[c] = 0.f;
+      } else {
+        for (int64_t c = 0; c < dv_; ++c) o[c] /= den + eps;
+      }
     }
   });
   return out;

@@ -1,6 +1,7 @@
 // The FFT service (fft.hpp): FFTW3 single precision, guru64 plans cached by layout and alignment,
 // batches split into fixed-size chunks run with TBB.
 #include "attnbench/fft.hpp"
+#include "attnbench/parallel.hpp"
 
 #include <fftw3.h>
 
@@ -11,8 +12,6 @@
 #include <stdexcept>
 
 #include <fmt/format.h>
-#include <tbb/blocked_range.h>
-#include <tbb/parallel_for.h>
 
 namespace ab::fft {
 
@@ -118,8 +117,8 @@ void execute(Kind kind, Direction dir, const void* in_c, void* out, const Layout
     return;
   }
   const int64_t count = l.loops[split].count, tasks = (count + chunk - 1) / chunk;
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, tasks, 1), [&](const tbb::blocked_range<int64_t>& r) {
-    for (int64_t t = r.begin(); t < r.end(); ++t) {
+  ab::parallel_for(tasks, 1, [&](int64_t r_begin, int64_t r_end) {
+    for (int64_t t = r_begin; t < r_end; ++t) {
       const int64_t start = t * chunk, len = std::min(chunk, count - start);
       Layout part = l;
       part.loops[split].count = len;
@@ -132,8 +131,8 @@ void execute(Kind kind, Direction dir, const void* in_c, void* out, const Layout
 
 template <class T>
 void scale_inplace(T* x, int64_t n, float s) {
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, n, kTaskElements), [&](const tbb::blocked_range<int64_t>& r) {
-    for (int64_t i = r.begin(); i < r.end(); ++i) x[i] *= s;
+  ab::parallel_for(n, kTaskElements, [&](int64_t r_begin, int64_t r_end) {
+    for (int64_t i = r_begin; i < r_end; ++i) x[i] *= s;
   });
 }
 
@@ -198,8 +197,8 @@ Tensor fourier_mix_values(const Tensor& x, float scale) {
   // Columns above D/2 by Hermitian symmetry of a real input: Y[n, d] = conj(Y[-n mod N, D - d]).
   Tensor y = Tensor::empty({B, N, D});
   float* yp = y.data();
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, B * N, 16), [&](const tbb::blocked_range<int64_t>& r) {
-    for (int64_t row = r.begin(); row < r.end(); ++row) {
+  ab::parallel_for(B * N, 16, [&](int64_t r_begin, int64_t r_end) {
+    for (int64_t row = r_begin; row < r_end; ++row) {
       const int64_t b = row / N, n = row % N, mirror = b * N + (N - n) % N;
       const fft::cfloat* src = c + row * Dh;
       const fft::cfloat* msrc = c + mirror * Dh;

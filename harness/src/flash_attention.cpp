@@ -22,6 +22,7 @@
 #endif
 
 #include "attnbench/flash_attention.hpp"
+#include "attnbench/parallel.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -31,10 +32,6 @@
 #include <stdexcept>
 
 #include <fmt/format.h>
-#include <tbb/blocked_range.h>
-#include <tbb/global_control.h>
-#include <tbb/parallel_for.h>
-#include <tbb/task_arena.h>
 
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -395,8 +392,8 @@ void forward_impl(const Problem& pb, const float* q, const float* k, const float
   // k of every (head, key block) packed once into panels: [B H, nkb, ldS / 64, d, 64].
   Tensor kpacked = Tensor::empty({std::max<int64_t>(pb.B * pb.H * nkb * ldS * d, 1)});
   float* kpack = kpacked.data();
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, pb.B * pb.H * nkb, 1), [&](const tbb::blocked_range<int64_t>& r) {
-    for (int64_t item = r.begin(); item < r.end(); ++item) {
+  ab::parallel_for(pb.B * pb.H * nkb, 1, [&](int64_t r_begin, int64_t r_end) {
+    for (int64_t item = r_begin; item < r_end; ++item) {
       const int64_t bh = item / nkb, k0 = (item % nkb) * Bc;
       pack_panels(k + (bh * Nk + k0) * d, std::min(Bc, Nk - k0), d, kpack + item * ldS * d);
     }
@@ -416,12 +413,12 @@ void forward_impl(const Problem& pb, const float* q, const float* k, const float
     layout(cv, &t[0], &t[1], &t[2], &t[3], &t[4], &t[5]);
     scratch_floats = cv.used;
   }
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, pb.B * pb.H * nqb, 1), [&](const tbb::blocked_range<int64_t>& r) {
+  ab::parallel_for(pb.B * pb.H * nqb, 1, [&](int64_t r_begin, int64_t r_end) {
     tls_scratch.reserve(scratch_floats);
     Carver cv{tls_scratch.data()};
     float *qs, *oacc, *S, *bias, *m, *l;
     layout(cv, &qs, &oacc, &S, &bias, &m, &l);
-    for (int64_t item = r.begin(); item < r.end(); ++item) {
+    for (int64_t item = r_begin; item < r_end; ++item) {
       const int64_t bh = item / nqb, q0 = (item % nqb) * Br, mq = std::min(Br, Nq - q0);
       const float* qh = q + (bh * Nq + q0) * d;
       const float* vh = v + bh * Nk * d;
@@ -482,8 +479,8 @@ void backward_impl(const Problem& pb, const float* q, const float* k, const floa
   Tensor rowD = Tensor::empty({std::max<int64_t>(BH * Nq, 1)}), lse2 = Tensor::empty({std::max<int64_t>(BH * Nq, 1)});
   float* Dp = rowD.data();
   float* L2 = lse2.data();
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, BH * Nq, 256), [&](const tbb::blocked_range<int64_t>& r) {
-    for (int64_t i = r.begin(); i < r.end(); ++i) {
+  ab::parallel_for(BH * Nq, 256, [&](int64_t r_begin, int64_t r_end) {
+    for (int64_t i = r_begin; i < r_end; ++i) {
       float acc[kLane] = {};
       const float* a = dout + i * d;
       const float* b = o + i * d;
@@ -500,9 +497,7 @@ void backward_impl(const Problem& pb, const float* q, const float* k, const floa
 
   // Work items (head, group of key blocks g, g + G, ...). One group per head when there are
   // enough heads; else several groups, each with its own dQ partial, summed in a fixed order.
-  const auto allowed = tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism);
-  const int64_t T =
-      std::max<int64_t>(1, std::min<int64_t>(tbb::this_task_arena::max_concurrency(), static_cast<int64_t>(allowed)));
+  const int64_t T = std::max<int64_t>(ab::parallel_threads(), 1);
   const int64_t G = BH >= 2 * T ? 1 : std::max<int64_t>(1, std::min(nkb, ceil_div(2 * T, std::max<int64_t>(BH, 1))));
   Tensor partial;
   float* dq_acc = dq;
@@ -531,12 +526,12 @@ void backward_impl(const Problem& pb, const float* q, const float* k, const floa
     layout(cv, &t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6], &t[7]);
     scratch_floats = cv.used;
   }
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, BH * G, 1), [&](const tbb::blocked_range<int64_t>& r) {
+  ab::parallel_for(BH * G, 1, [&](int64_t r_begin, int64_t r_end) {
     tls_scratch.reserve(scratch_floats);
     Carver cv{tls_scratch.data()};
     float *qs, *S, *dP, *kp, *vp, *dka, *dva, *bias;
     layout(cv, &qs, &S, &dP, &kp, &vp, &dka, &dva, &bias);
-    for (int64_t item = r.begin(); item < r.end(); ++item) {
+    for (int64_t item = r_begin; item < r_end; ++item) {
       const int64_t bh = item / G, g = item % G;
       const float* qh = q + bh * Nq * d;
       const float* kh = k + bh * Nk * d;
@@ -594,8 +589,8 @@ void backward_impl(const Problem& pb, const float* q, const float* k, const floa
   if (G > 1) {
     const int64_t n = BH * Nq * d;
     const float* part = partial.data();
-    tbb::parallel_for(tbb::blocked_range<int64_t>(0, n, 1 << 14), [&](const tbb::blocked_range<int64_t>& r) {
-      for (int64_t i = r.begin(); i < r.end(); ++i) {
+    ab::parallel_for(n, 1 << 14, [&](int64_t r_begin, int64_t r_end) {
+      for (int64_t i = r_begin; i < r_end; ++i) {
         float s = part[i];
         for (int64_t g = 1; g < G; ++g) s += part[g * n + i];
         dq[i] = s;

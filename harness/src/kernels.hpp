@@ -1,11 +1,10 @@
 #pragma once
 // Internal compute layer. oneDNN does GEMM, softmax, layer norm and eltwise (primitives cached by
-// shape); TBB runs the loops oneDNN has nothing for. oneDNN is never called inside a TBB region.
+// shape); ab::parallel_for (TBB) runs the loops oneDNN has nothing for. oneDNN is never called inside a TBB region.
 #include <cstdint>
 #include <vector>
 
-#include <tbb/blocked_range.h>
-#include <tbb/parallel_for.h>
+#include "attnbench/parallel.hpp"
 
 namespace ab {
 class Tensor;
@@ -13,16 +12,7 @@ class Tensor;
 
 namespace ab::kernels {
 
-// Runs f(begin, end) over [0, n) in chunks of at least `grain`; serial when small.
-template <class F>
-void parallel_for(int64_t n, int64_t grain, F&& f) {
-  if (n <= grain) {
-    if (n > 0) f(int64_t(0), n);
-    return;
-  }
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, n, grain),
-                    [&](const tbb::blocked_range<int64_t>& r) { f(r.begin(), r.end()); });
-}
+using ab::parallel_for;  // the house parallel loop (attnbench/parallel.hpp)
 
 inline constexpr int64_t kGrain = 1 << 14;  // elements per task for streaming loops
 
