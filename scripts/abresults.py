@@ -28,7 +28,8 @@ TRAIN_METRICS = ("test_accuracy", "best_valid_accuracy", "final_train_loss", "tr
                  "tokens_per_second", "peak_bytes", "peak_rss_bytes", "parameters", "best_step",
                  "step_seconds_median", "tokens_per_second_median_step")
 BENCH_FIGURES = ("median_ms", "min_ms", "max_ms", "tokens_per_second", "peak_bytes", "peak_rss_bytes",
-                 "flops", "gflops_per_second", "repetitions", "predicted_bytes")
+                 "flops", "gflops_per_second", "repetitions", "predicted_bytes", "predicted_peak_bytes",
+                 "setup_bytes")
 
 
 def warn(message):

@@ -63,6 +63,10 @@ class Aaren final : public ab::Mixer {
       // Saved: v and the merged heads (2 B N D), scores and log-sum-exp (2 B H N).
       c.activation_bytes = 4 * (2 * B * N * D + 2 * B * H * N);
       c.state_bytes = 4 * B * H * (D / H + 2);
+      // Peak in the prefix scan's backward: y, v, the upstream gradient per head, the recomputed
+      // output, dv (5 B N D), s, L, their recomputation and ds (4 B H N), and dWo. (With 2 threads,
+      // oneDNN's packing of x^T in a weight-gradient GEMM adds about one B N D at small sizes.)
+      c.peak_bytes = 4 * (5 * B * N * D + 4 * B * H * N + D * D);
       return c;
     };
     return s;

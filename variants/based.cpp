@@ -86,6 +86,10 @@ class Based final : public ab::Mixer {
           4 * ((K > 0 ? 1 : 0) * B * N * D + 2 * B * H * N * f + 2 * B * H * N * F + 2 * B * N * D +
                (a.causal ? 0 : B * H * (F * d + F)));
       c.state_bytes = 4 * (B * H * (F * d + F) + (K > 0 ? B * (K - 1) * D : 0));
+      // Peak at the end of the linear-attention backward: the Taylor features of q and k, dq~ and
+      // dk~ (4 B H N F), y, u, v, the upstream gradient per head, G, dv (6 B N D; 5 without the
+      // conv), the scaled q, k (2 B H N f), 1 / den and c (2 B H N) and dWo.
+      c.peak_bytes = 4 * (4 * B * H * N * F + (K > 0 ? 6 : 5) * B * N * D + 2 * B * H * N * f + 2 * B * H * N + D * D);
       return c;
     };
     return s;

@@ -61,6 +61,10 @@ class Cosformer final : public ab::AttentionMixer {
       // (2 B N D); bidirectional also S [2d, d] and z [2d] per head.
       c.activation_bytes = 4 * (8 * B * N * D + (a.causal ? 0 : B * H * (2 * d * d + 2 * d)));
       c.state_bytes = 4 * B * H * (2 * d * d + 2 * d);
+      // Peak at the end of the linear-attention backward: y, the saved relu inputs and doubled
+      // features (6 B N D), v, the upstream gradient per head, G, dq' and dk' (doubled: 4 B N D),
+      // dv; 1 / den and c (2 B H N); dWo. Causal: no G buffer.
+      c.peak_bytes = 4 * ((a.causal ? 14 : 15) * B * N * D + 2 * B * H * N + D * D);
       return c;
     };
     return s;

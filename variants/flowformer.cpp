@@ -53,6 +53,9 @@ class Flowformer final : public ab::AttentionMixer {
       // [d, d] state per head) and 13 B N D + 10 B H N (causal: prefix sums and their products).
       c.activation_bytes = 4 * (a.causal ? 13 * B * N * D + 10 * B * H * N : 9 * B * N * D + 6 * B * H * N + B * H * d * d);
       c.state_bytes = 4 * B * H * (d * d + 4 * d + 1);
+      // Peak in the flow op's backward: the saved tensors with y, the upstream gradient per head,
+      // dq, dk, dv (5 B N D) and dWo.
+      c.peak_bytes = c.activation_bytes + 4 * (5 * B * N * D + D * D);
       return c;
     };
     return s;

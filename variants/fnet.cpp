@@ -38,6 +38,8 @@ class FNet final : public ab::Mixer {
       c.flops = B * N * 2.5 * D * std::log2(std::max(D, 2.0)) + B * (D / 2 + 1) * 5 * N * std::log2(std::max(N, 2.0)) +
                 B * N * D;
       c.activation_bytes = 0;  // linear and self-adjoint: backward needs no saved values
+      // Peak in backward: y, the complex spectrum of the 2-D FFT (B N (D/2 + 1) complex) and dx.
+      c.peak_bytes = 4 * 2 * B * N * D + 8 * B * N * (D / 2 + 1);
       return c;
     };
     return s;

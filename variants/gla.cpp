@@ -87,6 +87,12 @@ class Gla final : public ab::Mixer {
       // gated output (6 B N Dv) and the norm's mean and variance (2 B N H).
       c.activation_bytes = 4 * (4 * B * N * Dk + B * N * r + 6 * B * N * Dv + 2 * B * N * H);
       c.state_bytes = 4 * B * H * dk * dv;
+      // Peak in the scan's backward, per direction: dq, dk, the gates' and the log-sigmoid's
+      // gradients (about 5 B N Dk, key-width), part of dv (B N Dv) on top of the saved tensors,
+      // and the projections' gradients; parallel: also the [N, N] scores and their gradient of
+      // each running (batch, head) task (two).
+      c.peak_bytes = c.activation_bytes + 4 * dirs * (5 * B * N * Dk + 0.75 * B * N * Dv + D * D);
+      if (form == "parallel") c.peak_bytes += 4 * 2 * N * N;
       return c;
     };
     return s;

@@ -159,6 +159,9 @@ class Hyena final : public ab::Mixer {
       // the decay window [N, Dk] and the kernel spectrum [M/2+1, D] complex.
       c.activation_bytes = 4 * (9 * B * N * D + 3 * (I + 1) * N * F + N * E + N * Dk + 2 * Mh * D);
       c.state_bytes = 4 * B * N * D + 4 * B * (K - 1) * 3 * D;  // u history + short-conv window
+      // Peak in the FFT convolution's backward: the saved tensors, its per-sequence workspaces
+      // (about 8 M D), y and du (2 B N D) and the out projection's gradient.
+      c.peak_bytes = c.activation_bytes + 4 * (2 * B * N * D + 8 * M * D + D * D);
       return c;
     };
     return s;

@@ -37,6 +37,10 @@ class LinearElu final : public ab::AttentionMixer {
       // Saved: q, k, v and the merged heads (4 B N D floats); bidirectional also S [B H d d] and z.
       c.activation_bytes = 4 * (4 * B * N * D + (a.causal ? 0 : B * H * (d * d + d)));
       c.state_bytes = 4 * B * H * (d * d + d);  // S and z; constant in the length
+      // Peak at the end of the op's backward: y, q, k, v, the upstream gradient per head, dq, dk, dv
+      // (8 B N D), and bidirectional also the recomputed features phi(q), phi(k) and G = g / den
+      // (3 B N D; causal: the per-row scan needs G only); 1 / den and c (2 B H N); dWo.
+      c.peak_bytes = 4 * ((a.causal ? 10 : 11) * B * N * D + 2 * B * H * N + D * D);
       return c;
     };
     return s;

@@ -52,6 +52,12 @@ class Linformer final : public ab::AttentionMixer {
       // Saved: q scaled, k and v transposed (inputs of the projections), merged heads (4 B N D);
       // K_, V_ [B H d k] each; probabilities [B H N k].
       c.activation_bytes = 4 * (4 * B * N * D + 2 * B * D * k + B * H * N * k);
+      // Peak at the softmax backward: P, dP, dS (3 B H N k), y, scaled q, the transposed k (input
+      // of E), dx from the value branch (4 B N D), K_ and dV_ (B D k), dF [N, k], dWo and dWv.
+      // For a small k the forward peaks instead: q, k, v heads (held by the attention frame until
+      // it returns), the transposed k and v, the output heads, merged heads and y (about 9 B N D).
+      c.peak_bytes = std::max(4 * (3 * B * H * N * k + 4 * B * N * D + B * D * k + N * k + 2 * D * D),
+                              4 * (9 * B * N * D + 2 * D * D));
       return c;
     };
     s.check_params = {{"k", 4}};

@@ -87,6 +87,9 @@ class Longformer final : public ab::AttentionMixer {
       ab::Cost c;
       c.flops = 8 * B * N * D * D + ab::block_sparse_attention_flops(p, a.batch, a.heads, a.d_model / a.heads, a.causal);
       c.activation_bytes = ab::block_sparse_activation_bytes(B, N, D, H);
+      // Peak in the block-sparse backward: y, q, k, v, O, the upstream gradient per head, dq, dk,
+      // dv (9 B N D), the log-sum-exp and dWo.
+      c.peak_bytes = 4 * (9 * B * N * D + B * H * N + D * D);
       return c;
     };
     s.check_params = {{"window", 3}, {"global_tokens", 1}, {"block", 2}};

@@ -152,6 +152,9 @@ class M2 final : public ab::Mixer {
       // (B (K-1) 3D) and the filter taps (N D).
       c.state_bytes = 4 * (B * N * D + B * (K - 1) * 3 * D + N * D);
       c.activation_bytes = 4 * (9 * B * N * D + dirs * ((1 + inner) * 3 * N * order + N * D) + N * emb + N * D);
+      // Peak in the Monarch long convolution's backward: the saved tensors, its padded (2N) complex
+      // workspaces and gradients (about 20 B N D), the filters' gradients (3 N D) and dWout.
+      c.peak_bytes = c.activation_bytes + 4 * (20 * B * N * D + 3 * N * D + D * D);
       return c;
     };
     return s;

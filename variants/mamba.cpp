@@ -163,6 +163,9 @@ class Mamba final : public ab::Mixer {
                       4 * 2 * Di * n) +
           4 * 4 * B * N * Di;
       c.state_bytes = 4 * B * Di * (K - 1 + n);  // conv history + h
+      // Peak in the scan's backward: the saved tensors with du, ddelta and the gate's gradient
+      // ((branches + 1) B N D_in) and the in/out projections' gradients (2 D D_in).
+      c.peak_bytes = c.activation_bytes + 4 * ((branches + 1) * B * N * Di + 2 * D * Di);
       return c;
     };
     return s;

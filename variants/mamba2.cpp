@@ -131,6 +131,12 @@ class Mamba2 final : public ab::Mixer {
       // permuted xs) and the norm's statistics (2 B N).
       c.activation_bytes = 4 * (3 * B * N * (Di + 2 * ds) + 4 * B * N * H + 6 * B * N * Di + 2 * B * N);
       c.state_bytes = 4 * B * (H * ds * P + (K - 1) * (Di + 2 * ds));
+      // Peak in the SSD backward, per direction: a D_in-wide gradient and the gradient of the
+      // per-head broadcast B or C ([B, H, N, d_state]) on top of the saved tensors, and the
+      // projections' gradients; parallel: also the [N, N] scores and their gradient of each
+      // running (batch, head) task (two).
+      c.peak_bytes = c.activation_bytes + 4 * (dirs * (B * N * Di + B * H * N * ds) + 4 * D * D);
+      if (form == "parallel") c.peak_bytes += 4 * 2 * N * N;
       return c;
     };
     return s;

@@ -73,6 +73,9 @@ class Nystrom final : public ab::AttentionMixer {
       // partial products per iteration, and the final Z: 3 + 5 it in all).
       c.activation_bytes =
           4 * (4 * B * N * D + 2 * B * H * N * m + 4 * B * H * m * d + (3 + 5 * it) * B * H * m * m);
+      // Peak: the saved tensors, with the gradients of the two N x m kernels (2 B H N m), y, the
+      // upstream gradient per head, dv and dWo.
+      c.peak_bytes = c.activation_bytes + 4 * (3 * B * N * D + 2 * B * H * N * m + D * D);
       return c;
     };
     s.check_params = {{"landmarks", 4}, {"conv_kernel", 3}};

@@ -129,6 +129,9 @@ class Performer final : public ab::AttentionMixer {
       // bidirectional: the state S [B H m' d] and z [B H m'].
       c.activation_bytes =
           4 * (4 * B * N * D + (relu ? 0 : 2 * B * H * N * mf) + (a.causal ? 0 : B * H * (mf * d + mf)));
+      // Peak in the key features' backward: phi(q), phi(k), their gradients and the FAVOR+ scratch
+      // t (5 B H N m'), and y, q, k, v, dv, dx (6 B N D); relu: like linear attention (11 B N D).
+      c.peak_bytes = relu ? 4 * (11 * B * N * D + 2 * B * H * N + D * D) : 4 * (5 * B * H * N * mf + 6 * B * N * D + D * D);
       return c;
     };
     s.check_params = {{"num_features", 16}};

@@ -66,6 +66,9 @@ class PoNet final : public ab::Mixer {
       // Saved: K heads (both GA matmuls), the local-pool argmax, G + s and O (the product), the
       // combined output (W_out input): 5 BND; the attention weights B H N; the segment argmax.
       c.activation_bytes = 4 * (5 * B * N * D + B * H * N + B * segments * D);
+      // The forward's peak dominates: the saved tensors (5 B N D) with y and the projections and
+      // poolings still being combined (3 B N D more), the attention weights and dW of one projection.
+      c.peak_bytes = 4 * (9 * B * N * D + B * H * N + D * D);
       return c;
     };
     return s;

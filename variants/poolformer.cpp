@@ -15,9 +15,8 @@
 #include <vector>
 
 #include <fmt/format.h>
-#include <tbb/blocked_range.h>
-#include <tbb/parallel_for.h>
 
+#include "attnbench/parallel.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {
@@ -30,9 +29,8 @@ struct Window {
 // y = avg(x) - x over the window; keep: [B * N] (1 real, 0 padded) or empty.
 // x, y: [B, N, D]
 void pool_forward(const float* x, float* y, const std::vector<float>& keep, int64_t B, int64_t N, int64_t D, Window w) {
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, B * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(D, 1))),
-                    [&](const tbb::blocked_range<int64_t>& r) {
-                      for (int64_t row = r.begin(); row < r.end(); ++row) {
+  ab::parallel_for(B * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(D, 1)), [&](int64_t r_begin, int64_t r_end) {
+                      for (int64_t row = r_begin; row < r_end; ++row) {
                         const int64_t b = row / N, t = row % N;
                         float* yr = y + row * D;
                         std::fill(yr, yr + D, 0.f);
@@ -59,9 +57,8 @@ void pool_backward(const float* g, float* dx, const std::vector<float>& keep, in
       c += keep.empty() ? 1.f : keep[b * N + s];
     return c;
   };
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, B * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(D, 1))),
-                    [&](const tbb::blocked_range<int64_t>& r) {
-                      for (int64_t row = r.begin(); row < r.end(); ++row) {
+  ab::parallel_for(B * N, std::max<int64_t>(1, 4096 / std::max<int64_t>(D, 1)), [&](int64_t r_begin, int64_t r_end) {
+                      for (int64_t row = r_begin; row < r_end; ++row) {
                         const int64_t b = row / N, s = row % N;
                         float* dr = dx + row * D;
                         const float* gr = g + row * D;
@@ -135,6 +132,7 @@ class PoolFormer final : public ab::Mixer {
       c.flops = B * N * D * (k + 2);  // k - 1 adds, a scale and a subtraction per element
       c.activation_bytes = 0;         // linear in x: nothing saved (the mask only when given)
       c.state_bytes = 4 * B * (k - 1) * D;
+      c.peak_bytes = 4 * 2 * B * N * D;  // y and dx: backward is the same pooling of the gradient
       return c;
     };
     return s;

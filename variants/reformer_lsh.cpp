@@ -30,9 +30,8 @@
 #include <vector>
 
 #include <fmt/format.h>
-#include <tbb/blocked_range.h>
-#include <tbb/parallel_for.h>
 
+#include "attnbench/parallel.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {
@@ -175,12 +174,12 @@ void lsh_forward(const LshConfig& cf, const Tensor& q, const Tensor& v, const Te
   const int64_t B = q.dim(0), H = q.dim(1), N = q.dim(2), d = q.dim(3);
   const int64_t R = cf.n_hashes, nb = cf.n_buckets, half = nb / 2, clen = cf.chunk_len;
   const int64_t nc = (N + clen - 1) / clen;
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, B * H, 1), [&](const tbb::blocked_range<int64_t>& range) {
+  ab::parallel_for(B * H, 1, [&](int64_t range_begin, int64_t range_end) {
     std::vector<int32_t> bucket(N);
     std::vector<int64_t> count(nb + 2);
     std::vector<float> proj(half), rnorm(N), mrun(N), lrun(N);
     Tile tile;
-    for (int64_t u = range.begin(); u < range.end(); ++u) {
+    for (int64_t u = range_begin; u < range_end; ++u) {
       const int64_t b = u / H, h = u % H;
       const float* qu = q.data() + u * N * d;
       const float* vu = v.data() + u * N * d;
@@ -238,10 +237,10 @@ void lsh_backward(const LshConfig& cf, const Tensor& g, const Tensor& q, const T
                   const Tensor& lse, const Tensor& perm_t, const std::vector<uint8_t>& pad, Tensor& dq, Tensor& dv) {
   const int64_t B = q.dim(0), H = q.dim(1), N = q.dim(2), d = q.dim(3);
   const int64_t R = cf.n_hashes, clen = cf.chunk_len, nc = (N + clen - 1) / clen;
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, B * H, 1), [&](const tbb::blocked_range<int64_t>& range) {
+  ab::parallel_for(B * H, 1, [&](int64_t range_begin, int64_t range_end) {
     std::vector<float> rnorm(N), delta(N), dp;
     Tile tile;
-    for (int64_t u = range.begin(); u < range.end(); ++u) {
+    for (int64_t u = range_begin; u < range_end; ++u) {
       const int64_t b = u / H;
       const float* qu = q.data() + u * N * d;
       const float* vu = v.data() + u * N * d;
@@ -387,6 +386,10 @@ class ReformerLSH final : public ab::Mixer {
       // Saved: q and v heads, the output, the merged heads of the output projection (4 B N D floats),
       // the log-sum-exp (B H N) and the permutations (B H r N int32).
       cost.activation_bytes = 4 * (4 * B * N * D + B * H * N * (1 + r));
+      // Peak in the chunked attention's backward: the saved tensors, y, the upstream gradient and
+      // dqk, dv (3 B N D more) and dWo. (With 2 threads, oneDNN's packing of x^T in a
+      // weight-gradient GEMM adds about one B N D at small sizes.)
+      cost.peak_bytes = cost.activation_bytes + 4 * (3 * B * N * D + D * D);
       return cost;
     };
     s.check_params = {{"chunk_len", 4}, {"n_buckets", 2}};

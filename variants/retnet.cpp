@@ -79,6 +79,12 @@ class RetNet final : public ab::Mixer {
       // (2 B N H) and the log decays (B H N).
       c.activation_bytes = 4 * (2 * B * N * D + 6 * B * N * Dv + 3 * B * N * H);
       c.state_bytes = 4 * B * H * d * dv;
+      // Peak in the retention backward: the saved tensors, the gradients of the value-width tensors
+      // (2.5 B N Dv causal, 4 bidirectional: both directions' partial gradients) and the gradients
+      // of the value-width projections.
+      c.peak_bytes = c.activation_bytes + 4 * ((a.causal ? 2.5 : 4.0) * B * N * Dv + dirs * D * Dv);
+      // parallel: the [N, N] scores and their gradient of each running (batch, head) task (two).
+      if (form == "parallel") c.peak_bytes += 4 * 2 * N * N;
       return c;
     };
     return s;

@@ -81,6 +81,11 @@ class S4d final : public ab::Mixer {
       // kernel spectrum [M/2+1, D] complex.
       c.activation_bytes = 4 * (4 * B * N * D + 2 * Mh * D);
       c.state_bytes = 8 * B * D * n;  // complex state
+      // Peak in the FFT convolution's backward: its per-sequence workspaces (padded signal, the
+      // gradient's and input's spectra, the kernel-gradient accumulator, the inverse output, the
+      // reduction: about 8 M D) and the saved spectrum (M D), with the saved GELU/GLU tensors, y,
+      // du (4 B N D) and the output linear's gradient (2 D^2).
+      c.peak_bytes = 4 * (4 * B * N * D + 9 * M * D + 2 * D * D);
       return c;
     };
     // Finite differences in log dt (step 1e-2) are only accurate while the phase l dt Im(A) of the

@@ -12,9 +12,9 @@
 // Capabilities: bidirectional, causal, padding mask, decode (KV cache; O(t d) per token).
 #include <cmath>
 
-#include <tbb/parallel_for.h>
 
 #include "attnbench/decode.hpp"
+#include "attnbench/parallel.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {
@@ -40,6 +40,9 @@ class Sigmoid final : public ab::AttentionMixer {
       // Saved: scaled q, k, v and the merged heads (4 B N D) and the sigmoid weights (B H N^2).
       c.activation_bytes = 4 * (4 * B * N * D + B * H * N * N);
       c.state_bytes = 4 * 2 * B * N * D;  // the KV cache
+      // Peak at the sigmoid's backward: the weights, their gradient and the scores' gradient
+      // (3 B H N^2), y, scaled q, k, the gradient of x and the gradients of Wo and Wv.
+      c.peak_bytes = 4 * (3 * B * H * N * N + 4 * B * N * D + 2 * D * D);
       return c;
     };
     return s;
@@ -80,16 +83,18 @@ class Sigmoid final : public ab::AttentionMixer {
     const float scale = 1.0f / std::sqrt(static_cast<float>(d));
     const float b = mode_ == "none" ? 0.f : -static_cast<float>(std::log(static_cast<double>(max_length_)));
     ab::Tensor out = ab::Tensor::zeros(q.shape());
-    tbb::parallel_for(int64_t{0}, B * H, [&](int64_t bh) {
-      const float* qq = q.data() + bh * d;
-      const float* K = cache.keys(bh / H, bh % H);
-      const float* V = cache.values(bh / H, bh % H);
-      float* o = out.data() + bh * d;
-      for (int64_t j = 0; j < L; ++j) {
-        float dot = 0.f;
-        for (int64_t c = 0; c < d; ++c) dot += qq[c] * K[j * d + c];
-        const float w = 1.f / (1.f + std::exp(-(dot * scale + b)));
-        for (int64_t c = 0; c < d; ++c) o[c] += w * V[j * d + c];
+    ab::parallel_for(B * H, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t bh = lo; bh < hi; ++bh) {
+        const float* qq = q.data() + bh * d;
+        const float* K = cache.keys(bh / H, bh % H);
+        const float* V = cache.values(bh / H, bh % H);
+        float* o = out.data() + bh * d;
+        for (int64_t j = 0; j < L; ++j) {
+          float dot = 0.f;
+          for (int64_t c = 0; c < d; ++c) dot += qq[c] * K[j * d + c];
+          const float w = 1.f / (1.f + std::exp(-(dot * scale + b)));
+          for (int64_t c = 0; c < d; ++c) o[c] += w * V[j * d + c];
+        }
       }
     });
     return out;

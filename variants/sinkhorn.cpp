@@ -33,9 +33,8 @@
 #include <vector>
 
 #include <fmt/format.h>
-#include <tbb/blocked_range.h>
-#include <tbb/parallel_for.h>
 
+#include "attnbench/parallel.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {
@@ -64,8 +63,8 @@ inline void axpy(float* __restrict y, const float* __restrict x, float a, int64_
 
 template <class F>
 void for_units(int64_t units, F&& f) {
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, units, 1), [&](const tbb::blocked_range<int64_t>& r) {
-    for (int64_t u = r.begin(); u < r.end(); ++u) f(u);
+  ab::parallel_for(units, 1, [&](int64_t r_begin, int64_t r_end) {
+    for (int64_t u = r_begin; u < r_end; ++u) f(u);
   });
 }
 
@@ -443,6 +442,11 @@ class Sinkhorn final : public ab::AttentionMixer {
       // combine = sum also keeps the local term of the output (B N D).
       c.activation_bytes = 4 * ((sum ? 6 : 5) * B * N * D + (sum ? 2 : 1) * B * H * N + B * H * nb * d +
                                 (sink ? 2 : 1) * B * H * nb * nb);
+      // Peak in the attention backward: the saved tensors, y, the upstream gradient per head, dq,
+      // dk, dv, the local and sorted halves' gradients (8 B N D more) and dWo.
+      c.peak_bytes = c.activation_bytes + 4 * (8 * B * N * D + D * D);
+      // sort = sinkhorn: each iteration's normalised [N_b, N_b] matrices and their gradients.
+      if (sink) c.peak_bytes += 4 * 2 * p.at("sinkhorn_iters").get<double>() * B * H * nb * nb;
       return c;
     };
     s.check_params = {{"block_size", 4}};

@@ -30,6 +30,10 @@ class Softmax final : public ab::AttentionMixer {
       // probabilities P (B H N^2), and P after dropout when dropout is on.
       c.activation_bytes = 4 * (4 * B * N * D + (dropout ? 2 : 1) * B * H * N * N);
       c.state_bytes = 4 * 2 * B * N * D;  // the KV cache
+      // Peak (measured at the softmax backward): P, dP and dS (3 B H N^2; the recomputed dropout
+      // mask needs no buffer), y, the scaled q, k, the gradient of x (already formed by the value
+      // branch, which backward reaches first) and the gradients of Wo and Wv.
+      c.peak_bytes = 4 * (3 * B * H * N * N + 4 * B * N * D + 2 * D * D);
       return c;
     };
     return s;

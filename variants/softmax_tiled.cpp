@@ -46,6 +46,9 @@ class SoftmaxTiled final : public ab::AttentionMixer {
       // Saved for backward: q, k, v and the output O per head, the merged heads (input of the
       // output projection), 5 B N D floats, and one log-sum-exp per query row and head (B H N).
       c.activation_bytes = 4 * (5 * B * N * D + B * H * N);
+      // Peak in the tiled backward: y, q, k, v, O, the upstream gradient per head, dq, dk, dv
+      // (9 B N D), the log-sum-exp and dWo; the tiles' scores are per-thread scratch.
+      c.peak_bytes = 4 * (9 * B * N * D + B * H * N + D * D);
       return c;
     };
     // The conformance checks run at N = 8: small tiles so that several query and key tiles, the

@@ -117,6 +117,9 @@ class SparseFixed final : public ab::AttentionMixer {
       ab::Cost c;
       c.flops = 8 * B * N * D * D + ab::block_sparse_attention_flops(p, a.batch, a.heads, a.d_model / a.heads, causal);
       c.activation_bytes = ab::block_sparse_activation_bytes(B, N, D, H);
+      // Peak in the block-sparse backward: y, q, k, v, O, the upstream gradient per head, dq, dk,
+      // dv (9 B N D), the log-sum-exp and dWo.
+      c.peak_bytes = 4 * (9 * B * N * D + B * H * N + D * D);
       return c;
     };
     s.check_params = {{"stride", 4}, {"summary", 2}};

@@ -100,6 +100,14 @@ class Synthesizer final : public ab::Mixer {
       // at N = max_length (R1, R2 or R are parameters; shorter sequences add their slices).
       if (mode == Mode::dense) c.activation_bytes = 4 * (4 * B * N * D + B * H * N * N);
       else c.activation_bytes = 4 * (2 * B * N * D + H * N * N);
+      // Peak at the softmax backward: the weights, their gradient and the logits' gradient
+      // (3 H N^2 for the random modes, shared by the batch; 3 B H N^2 dense), y and dx (dense also
+      // q, k) and two weight gradients.
+      // Fixed random logits: the weights are a constant (one H N^2 buffer, no gradient of their
+      // own), and y, the value branch's tensors and gradients dominate the rest (5 B N D).
+      if (mode == Mode::dense) c.peak_bytes = 4 * (3 * B * H * N * N + 4 * B * N * D + 2 * D * D);
+      else if (a.params->at("fixed").get<bool>()) c.peak_bytes = 4 * (H * N * N + 5 * B * N * D + 4 * D * D);
+      else c.peak_bytes = 4 * (3 * H * N * N + 2 * B * N * D + 2 * D * D);
       return c;
     };
     return s;

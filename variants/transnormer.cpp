@@ -62,6 +62,9 @@ class TransNormer final : public ab::AttentionMixer {
         c.activation_bytes = ab::block_sparse_activation_bytes(B, N, D, H);
         const int64_t block = a.params->at("block").get<int64_t>(), held = a.length % block ? a.length % block : block;
         c.state_bytes = 4.0 * 2 * B * D * static_cast<double>(std::min<int64_t>(held, a.length));
+        // Peak in the block-sparse backward: y, q, k, v, O, the upstream gradient per head, dq, dk,
+        // dv (9 B N D), the log-sum-exp and dWo.
+        c.peak_bytes = 4 * (9 * B * N * D + B * H * N + D * D);
       } else {
         // projections + state + readout + features and norm
         c.flops = 8 * B * N * D * D + 4 * B * N * D * d + 10 * B * N * D;
@@ -70,6 +73,9 @@ class TransNormer final : public ab::AttentionMixer {
         // [d, d] state per head.
         c.activation_bytes = 4 * (7 * B * N * D + 2 * B * H * N + (a.causal ? 0 : B * H * d * d));
         c.state_bytes = 4 * B * H * d * d;
+        // Peak at the end of the linear-attention backward: the saved tensors, y, the upstream
+        // gradient per head and dv (3 B N D more; dq, dk replace the features' inputs) and dWo.
+        c.peak_bytes = c.activation_bytes + 4 * (3 * B * N * D + D * D);
       }
       return c;
     };

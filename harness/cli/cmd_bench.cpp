@@ -8,11 +8,13 @@
 #include <cmath>
 #include <map>
 #include <memory>
+#include <set>
 
 #include <fmt/format.h>
 
 #include "args.hpp"
 #include "attnbench/bench.hpp"
+#include "attnbench/fidelity.hpp"
 #include "attnbench/train.hpp"
 #include "commands.hpp"
 
@@ -50,6 +52,14 @@ class TrackingMemoryManager final : public benchmark::MemoryManager {
     scope_.reset();
   }
   void Stop(Result* r) override { Stop(*r); }
+  // Restarts the peak from what is live now, inside the measured run: a mixer cell calls it once
+  // prepared, so that its peak is that of the iterations above x, the upstream gradient and the
+  // parameters (what Cost::peak_bytes declares). No-op outside the memory manager's run.
+  void rebase() {
+    if (!scope_) return;
+    scope_.reset();
+    scope_ = std::make_unique<PeakScope>();
+  }
 
  private:
   std::unique_ptr<PeakScope> scope_;
@@ -77,11 +87,13 @@ struct Cell {
   Json params;
   BenchShape shape;
   Direction dir;
-  double predicted = 0;
+  double predicted = 0;          // the memory guard's figure (predicted_peak_bytes)
+  double predicted_peak = 0;     // fwd_bwd: Cost::peak_bytes, comparable with peak_bytes
   std::string status = "ok", error;
   double flops = 0;
   int64_t peak_rss = 0;
   int64_t peak_bytes = 0;  // tracked, from the memory manager's iteration
+  int64_t setup_bytes = 0;  // tracked bytes the prepared cell holds (inputs, parameters, model, context)
   int64_t state_bytes = 0;  // decode cells
 };
 
@@ -104,7 +116,11 @@ int cmd_bench(int argc, char** argv, int first) {
       {"memory-limit", "BYTES", "skip cells predicted to need more (default: half the physical memory)"},
       {"no-calibration", "", "skip the oneDNN GEMM calibration"},
       {"fidelity", "", "also the relative error of each attention-style variant's output against exact softmax "
-                       "attention on the same random q, k, v, per length"},
+                       "attention on the same q, k, v, per length"},
+      {"fidelity-inputs", "KIND",
+       "random (q, k, v ~ N(0, 1) at the mixer shape; default), trained (q, k, v of the first attention layer of a "
+       "softmax model trained for 300 steps on the text task at length 512, captured at each length; d_model 64, "
+       "2 heads) or both; implies --fidelity"},
       {"seed", "S", "seed of the inputs and parameters (default 0)"},
       {"out", "FILE", "where to write the run file (JSON)"},
   });
@@ -144,6 +160,14 @@ int cmd_bench(int argc, char** argv, int first) {
   const int64_t limit = args.get_int("memory-limit", physical_memory_bytes() / 2, 1, INT64_MAX);
   check_writable(out);
   const uint64_t seed = static_cast<uint64_t>(args.get_int("seed", 0, 0, INT64_MAX));
+  const bool want_fidelity = args.has("fidelity") || args.has("fidelity-inputs");
+  std::set<std::string> fidelity_kinds;
+  if (const std::string k = args.get("fidelity-inputs", "random"); k == "both")
+    fidelity_kinds = {"random", "trained"};
+  else if (k == "random" || k == "trained")
+    fidelity_kinds = {k};
+  else
+    throw UsageError(unknown_name_message("--fidelity-inputs", k, {"random", "trained", "both"}));
 
   // Resolve each variant's parameters once.
   std::map<std::string, Json> params;
@@ -191,6 +215,9 @@ int cmd_bench(int argc, char** argv, int first) {
         c->name = fmt::format("{}/{}/B:{}/N:{}/D:{}/H:{}", v, direction_name(d), base.batch, n, model ? 64 : base.d_model,
                               model ? 2 : base.heads);
         c->predicted = predicted_peak_bytes(reg.get(v), c->params, c->shape, d);
+        if (d == Direction::fwd_bwd && reg.get(v).cost)
+          c->predicted_peak =
+              reg.get(v).cost(CostArgs{base.batch, n, base.d_model, base.heads, &c->params, base.causal}).peak_bytes;
         const Capabilities& caps = reg.get(v).caps;
         const bool form_missing = d != Direction::decode && (base.causal ? !caps.causal : !caps.bidirectional);
         if ((d == Direction::decode && !caps.decode) || form_missing) {
@@ -211,7 +238,12 @@ int cmd_bench(int argc, char** argv, int first) {
             mm.current = &cell->peak_bytes;
             std::unique_ptr<BenchCell> work;
             try {
+              const int64_t live_before = memory_stats().live_bytes;
               work = make_bench_cell(reg.get(cell->variant), cell->params, cell->shape, cell->dir, seed);
+              cell->setup_bytes = memory_stats().live_bytes - live_before;
+              // Mixer cells: the peak of the work alone (the model step and decoding keep the
+              // peak above what was live before the cell was prepared).
+              if (cell->dir == Direction::fwd || cell->dir == Direction::fwd_bwd) mm.rebase();
               cell->flops = work->flops();
               cell->state_bytes = work->state_bytes();
               reset_peak_rss();
@@ -265,6 +297,9 @@ int cmd_bench(int argc, char** argv, int first) {
   for (const auto& c : cells) {
     Json e = {{"variant", c->variant}, {"seq_len", c->shape.length}, {"direction", direction_name(c->dir)},
               {"batch", c->shape.batch}, {"predicted_bytes", c->predicted}};
+    // The declared peak of the mixer's forward+backward, on the same footing as peak_bytes (the
+    // tracked peak above x, the upstream gradient and the parameters).
+    if (c->dir == Direction::fwd_bwd && c->predicted_peak > 0) e["predicted_peak_bytes"] = c->predicted_peak;
     auto t = times.find(c->name);
     if (c->status == "ok" && (t == times.end() || t->second.empty())) c->status = "error", c->error = "no timing was recorded";
     if (c->status != "ok") {
@@ -285,6 +320,7 @@ int cmd_bench(int argc, char** argv, int first) {
       e["repetitions"] = ts.size();
       e["tokens_per_second"] = tokens / (med / 1e3);
       e["peak_bytes"] = c->peak_bytes;
+      e["setup_bytes"] = c->setup_bytes;
       e["peak_rss_bytes"] = c->peak_rss;
       if (decode) e["state_bytes"] = c->state_bytes;
       e["flops"] = c->flops;
@@ -306,25 +342,48 @@ int cmd_bench(int argc, char** argv, int first) {
                            {"lengths", xs.size()}});
     }
 
-  // Approximation fidelity against exact attention, per variant and length (mixer shape).
-  Json fidelity = Json::array();
-  if (args.has("fidelity"))
-    for (const auto& v : variants)
-      for (int64_t n : lengths) {
-        BenchShape shape = base;
-        shape.length = n;
-        Json f = {{"variant", v}, {"seq_len", n}, {"inputs", "random"}};
+  // Approximation fidelity against exact attention, per variant, length and kind of input.
+  Json fidelity = Json::array(), fidelity_source;
+  if (want_fidelity) {
+    std::unique_ptr<TrainedAttentionSource> trained;
+    if (fidelity_kinds.count("trained")) {
+      fmt::print("training the softmax model whose attention inputs the fidelity uses (300 steps, text, length 512)\n");
+      trained = std::make_unique<TrainedAttentionSource>("text", 512, 300, seed);
+      fidelity_source = trained->description();
+    }
+    for (int64_t n : lengths)
+      for (const std::string kind : {"random", "trained"}) {
+        if (!fidelity_kinds.count(kind)) continue;
+        AttentionInputs in;
+        Json where = {{"seq_len", n}, {"inputs", kind}};
         try {
-          const double err = attention_fidelity(reg.get(v), params[v], shape, seed);
-          if (std::isnan(err)) continue;  // not attention-style
-          f["relative_error"] = err;
-          for (auto& e : entries)
-            if (e["variant"] == v && e["seq_len"] == n && e["direction"] != "train_step") e["relative_error_vs_softmax"] = err;
+          in = kind == "random"
+                   ? random_attention_inputs(base.batch, base.heads, n, base.d_model / base.heads, seed)
+                   : trained->capture(n, base.batch, 0);
         } catch (const std::exception& e) {
-          f["error"] = e.what();
+          where["error"] = e.what();
+          fidelity.push_back(std::move(where));
+          continue;
         }
-        fidelity.push_back(std::move(f));
+        where["d_model"] = in.q.dim(1) * in.q.dim(3);
+        where["heads"] = in.q.dim(1);
+        for (const auto& v : variants) {
+          Json f = where;
+          f["variant"] = v;
+          try {
+            const double err = attention_fidelity(reg.get(v), params[v], in, base.causal, seed);
+            if (std::isnan(err)) continue;  // not attention-style
+            f["relative_error"] = err;
+            const char* key = kind == "random" ? "relative_error_vs_softmax" : "relative_error_vs_softmax_trained";
+            for (auto& e : entries)
+              if (e["variant"] == v && e["seq_len"] == n && e["direction"] != "train_step") e[key] = err;
+          } catch (const std::exception& e) {
+            f["error"] = e.what();
+          }
+          fidelity.push_back(std::move(f));
+        }
       }
+  }
 
   Json doc;
   doc["schema"] = "attnbench.run/1";
@@ -339,7 +398,8 @@ int cmd_bench(int argc, char** argv, int first) {
   doc["train"] = nullptr;
   doc["seed"] = seed;
   doc["metrics"] = {{"entries", entries}, {"scaling", scaling}};
-  if (args.has("fidelity")) doc["metrics"]["fidelity"] = fidelity;
+  if (want_fidelity) doc["metrics"]["fidelity"] = fidelity;
+  if (!fidelity_source.is_null()) doc["metrics"]["fidelity_source"] = fidelity_source;
   doc["benchmarks"] = gb;
   doc["context"] = context;
   write_json_atomic(out, doc);

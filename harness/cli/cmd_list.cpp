@@ -39,7 +39,7 @@ Json variant_json(const VariantSpec& s, bool with_cost) {
     for (int64_t n : {1024, 2048, 4096, 8192}) {
       const Cost c = s.cost({1, n, 512, 8, &defaults, false});
       cost.push_back({{"batch", 1}, {"seq_len", n}, {"d_model", 512}, {"heads", 8}, {"flops", c.flops},
-                      {"activation_bytes", c.activation_bytes}});
+                      {"activation_bytes", c.activation_bytes}, {"peak_bytes", c.peak_bytes}});
     }
     j["cost_examples"] = cost;
   }
@@ -147,8 +147,9 @@ int cmd_describe(int argc, char** argv, int first) {
   if (j.contains("cost_examples")) {
     fmt::print("cost model (forward, per layer; B=1, D=512, H=8):\n");
     for (const auto& c : j["cost_examples"])
-      fmt::print("  N={:<6} {:>10.3g} FLOP  {:>10.3g} bytes saved for backward\n", c["seq_len"].get<int64_t>(),
-                 c["flops"].get<double>(), c["activation_bytes"].get<double>());
+      fmt::print("  N={:<6} {:>10.3g} FLOP  {:>10.3g} bytes saved for backward  {:>10.3g} bytes peak fwd+bwd\n",
+                 c["seq_len"].get<int64_t>(), c["flops"].get<double>(), c["activation_bytes"].get<double>(),
+                 c["peak_bytes"].get<double>());
   }
   return 0;
 }

@@ -1,6 +1,7 @@
 #include <fmt/format.h>
 
 #include "attnbench/variant.hpp"
+#include "attention_probe.hpp"
 
 namespace ab {
 
@@ -19,7 +20,12 @@ Var AttentionMixer::forward(const Var& x, const MixerContext& ctx) {
   // x: [B, N, D] -> q, k, v: [B, H, N, d]
   const int64_t B = x.dim(0), N = x.dim(1);
   auto heads = [&](const Var& w) { return permute(reshape(linear(x, w), {B, N, heads_, head_dim_}), {0, 2, 1, 3}); };
-  Var o = attend(heads(wq_), heads(wk_), heads(wv_), ctx);  // [B, H, N, d]
+  Var o;
+  {  // q, k, v die before the output projection, as they would as temporaries
+    const Var q = heads(wq_), k = heads(wk_), v = heads(wv_);
+    if (const auto& probe = attention_probe()) probe(ctx.layer, q.value(), k.value(), v.value());
+    o = attend(q, k, v, ctx);  // [B, H, N, d]
+  }
   return linear(reshape(permute(o, {0, 2, 1, 3}), {B, N, d_model_}), wo_);
 }
 

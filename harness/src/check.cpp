@@ -85,12 +85,15 @@ MemoryMeasure measure_mixer_memory(const VariantSpec& spec, const Json& resolved
   ctx.seed = seed;
   ctx.causal = causal;
   ctx.training = true;
+  // The upstream gradient is the caller's, as in a model (the next layer's) and in the bench
+  // (allocated once per cell): it exists before the forward and is not counted.
+  const Tensor ones = Tensor::full({B, N, D}, 1.f);
   MemoryMeasure m;
   PeakScope peak;
   const int64_t before = memory_stats().live_bytes;
   Var y = mixer->forward(x, ctx);
   m.saved_bytes = memory_stats().live_bytes - before - y.value().bytes();
-  y.backward(Tensor::full(y.shape(), 1.f));
+  y.backward(ones);
   m.peak_bytes = peak.peak_bytes();
   return m;
 }
@@ -243,6 +246,26 @@ std::vector<CheckResult> check_variant(const VariantSpec& spec, const Json& para
     record("memory_model", rel <= 0.25,
            fmt::format("declared {:.0f} vs measured {} bytes saved for backward at B={} N={} D={} H={} ({:+.1f}%)",
                        declared, mm.saved_bytes, mb, mn, md, mh, 100.0 * (mm.saved_bytes - declared) / std::max(declared, 1.0)));
+    // Declared forward+backward peak (Cost::peak_bytes) against the tracking allocator at two
+    // lengths, so that the model's growth with N is tested as well as its level: the N = 256
+    // measurement above (B = 2) and one at N = 1024 (B = 1, which also tests the batch factor).
+    {
+      const int64_t pb = 1, pn = 1024;
+      const MemoryMeasure big = measure_mixer_memory(spec, defaults, pb, pn, md, mh, mcausal, seed);
+      const double d1 = spec.cost({mb, mn, md, mh, &defaults, mcausal}).peak_bytes;
+      const double d2 = spec.cost({pb, pn, md, mh, &defaults, mcausal}).peak_bytes;
+      auto off = [](double measured, double decl) { return (measured - decl) / std::max(decl, 1.0); };
+      const double e1 = off(static_cast<double>(mm.peak_bytes), d1), e2 = off(static_cast<double>(big.peak_bytes), d2);
+      if (d1 <= 0 || d2 <= 0)
+        record("peak_model", false,
+               fmt::format("the cost model declares no peak_bytes (measured {} bytes at B={} N={} D={} H={})",
+                           mm.peak_bytes, mb, mn, md, mh));
+      else
+        record("peak_model", std::fabs(e1) <= 0.25 && std::fabs(e2) <= 0.25,
+               fmt::format("declared {:.0f} vs measured {} peak bytes of forward+backward at B={} N={} ({:+.1f}%); "
+                           "declared {:.0f} vs measured {} at B={} N={} ({:+.1f}%); D={} H={}",
+                           d1, mm.peak_bytes, mb, mn, 100.0 * e1, d2, big.peak_bytes, pb, pn, 100.0 * e2, md, mh));
+    }
   } else {
     record("cost_model", false, "the variant declares no cost model");
   }

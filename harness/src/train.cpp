@@ -183,7 +183,7 @@ Json run_header(const RunConfig& cfg) {
   return doc;
 }
 
-Json train_run(const RunConfig& cfg, bool progress) {
+Json train_run(const RunConfig& cfg, bool progress, const std::function<void(Model&, const Task&)>& on_trained) {
   Json doc = run_header(cfg);
   Json metrics = Json::object();
   Json curves = {{"step", Json::array()}, {"train_loss", Json::array()}, {"lr", Json::array()},
@@ -289,6 +289,7 @@ Json train_run(const RunConfig& cfg, bool progress) {
       metrics["best_valid_accuracy"] = best_valid;
       metrics["best_step"] = best_step;
       metrics["test_accuracy"] = evaluate(model, *task, Split::test, tp["test_examples"], bs, best_step);
+      if (on_trained) on_trained(model, *task);
     }
   } catch (const std::bad_alloc& e) {
     doc["status"] = "oom";

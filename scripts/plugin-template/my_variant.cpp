@@ -2,7 +2,7 @@
 // Replace attend() with your algorithm, keep the spec honest (capabilities, cost model), then run
 //   attnbench check --plugin build/my_variant.so --variant my_variant
 // which checks shapes, determinism, causality and padding where declared, gradients by finite
-// differences, and the cost model's saved-for-backward bytes against the tracking allocator.
+// differences, and the cost model's saved-for-backward and peak bytes against the tracking allocator.
 // Time O(B H N^2 d); memory O(B H N^2) for the saved probabilities.
 #include <cmath>
 
@@ -32,6 +32,10 @@ class MyVariant final : public ab::AttentionMixer {
       // Saved for backward: scaled q, k, v and the merged heads (4 B N D floats) and the
       // probabilities (B H N^2 floats).
       c.activation_bytes = 4 * (4 * B * N * D + B * H * N * N);
+      // Peak of forward + backward (checked the same way, at two lengths): at the softmax backward
+      // the probabilities, their gradient and the scores' gradient (3 B H N^2 floats) are alive
+      // with y, scaled q, k, the gradient of x and two weight gradients.
+      c.peak_bytes = 4 * (3 * B * H * N * N + 4 * B * N * D + 2 * D * D);
       return c;
     };
     return s;

@@ -30,7 +30,12 @@ class FaultMixer final : public ab::Mixer {
     s.params = {ab::int_param("at_step", 0, "training step from which the fault happens", 0, 1 << 30)};
     s.caps = {.causal = true, .bidirectional = true};
     s.cost = [](const ab::CostArgs& a) {
-      return ab::Cost{static_cast<double>(a.batch * a.length * a.d_model), 4.0 * a.batch * a.length * a.d_model};
+      const double bnd = static_cast<double>(a.batch * a.length * a.d_model);
+      ab::Cost c;
+      c.flops = bnd;
+      c.activation_bytes = 4 * bnd;
+      c.peak_bytes = 4 * 3 * bnd;  // y, dx and the full-size product before the reduction to dw
+      return c;
     };
     return s;
   }

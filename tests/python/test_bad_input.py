@@ -66,6 +66,8 @@ class Catalogue(unittest.TestCase):
         self.expect(["bench", "--variant", "softmax", "--seq-len", "0", "--out", "b.json"], 2, "--seq-len entry '0'")
         self.expect(["bench", "--variant", "softmax", "--seq-len", "abc", "--out", "b.json"], 2, "--seq-len entry 'abc'")
         self.expect(["bench", "--variant", "softmax", "--direction", "backwards", "--out", "b.json"], 2, "backwards")
+        self.expect(["bench", "--variant", "softmax", "--fidelity-inputs", "learned", "--out", "b.json"], 2,
+                    "--fidelity-inputs", "trained")
 
     def test_sweep_specs(self):
         with tempfile.TemporaryDirectory() as d:

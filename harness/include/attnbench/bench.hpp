@@ -49,12 +49,6 @@ int64_t physical_memory_bytes();
 void reset_peak_rss();     // resets the kernel's high-water mark (VmHWM) of this process
 int64_t peak_rss_bytes_now();  // VmHWM
 
-// Approximation fidelity of an attention-style variant: ||o - o_exact|| / ||o_exact|| over the
-// whole output of attend() against exact softmax attention (the tiled kernel, so no N x N buffer)
-// on the same q, k, v ~ N(0, 1) [batch, heads, length, d_model / heads], bidirectional or causal
-// as the shape says. NaN for variants that are not attention-style (they have no attend()).
-double attention_fidelity(const VariantSpec& spec, const Json& variant_params, const BenchShape& shape, uint64_t seed);
-
 // GFLOP/s of a square fp32 oneDNN matmul (n x n x n), the median of `reps` timed runs.
 double calibrate_gemm_gflops(int64_t n = 2048, int reps = 5);
 

@@ -39,7 +39,8 @@ struct CheckResult {
 };
 
 // Bytes a training-mode forward of the mixer keeps alive for backward, excluding x and y
-// (measured with the tracking allocator), and the peak of a forward+backward above x.
+// (measured with the tracking allocator), and the peak of a forward+backward above x and the
+// upstream gradient (Cost::peak_bytes declares it).
 struct MemoryMeasure {
   int64_t saved_bytes = 0;
   int64_t peak_bytes = 0;

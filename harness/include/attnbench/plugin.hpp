@@ -16,7 +16,8 @@ namespace ab {
 
 // Bumped whenever a public class layout, virtual table or registration signature changes.
 // 2: Mixer gained begin_decode / decode_step, Cost gained state_bytes.
-inline constexpr int kPluginAbiVersion = 2;
+// 3: Cost gained peak_bytes (its layout changed).
+inline constexpr int kPluginAbiVersion = 3;
 
 struct PluginInfo {
   std::string path;  // absolute

@@ -1,9 +1,15 @@
 #pragma once
 // Training and evaluation of one (variant, task) cell, producing the run file of DESIGN §7.
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "attnbench/params.hpp"
+
+namespace ab {
+class Model;
+class Task;
+}  // namespace ab
 
 namespace ab {
 
@@ -27,7 +33,9 @@ Json run_header(const RunConfig& cfg);
 
 // Trains and evaluates; never throws for a failure of the run itself: the returned run document
 // carries status "error"/"diverged" and the message. `progress` prints a line per evaluation.
-Json train_run(const RunConfig& cfg, bool progress);
+// `on_trained`, when given, sees the model with its selected (best-validation) weights.
+Json train_run(const RunConfig& cfg, bool progress,
+               const std::function<void(Model&, const Task&)>& on_trained = nullptr);
 
 // Run-file helpers.
 Json run_context(const std::vector<std::string>& command_line);

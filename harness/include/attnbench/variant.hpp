@@ -41,6 +41,16 @@ struct Cost {
   // history); 0 for variants that do not decode. `attnbench check` compares it with
   // DecodeState::bytes().
   double state_bytes = 0;
+  // Peak of a training-mode forward followed by a backward from an upstream gradient of ones, in
+  // bytes above what was live before the forward, as the tracking allocator counts them (sizes
+  // rounded up to its granules). Out: x, the mixer's parameters and the upstream gradient (all
+  // allocated before). In: y, everything the forward saves for backward, the transient buffers of
+  // the op that is running at the worst moment, the gradient of x and the parameter gradients
+  // (held to the end). Usually the worst moment is early in backward: saved activations plus the
+  // first gradient buffers. `attnbench check` (peak_model) compares it with
+  // measure_mixer_memory().peak_bytes at two lengths (within 25%); `attnbench bench` uses it to
+  // predict fwd_bwd cells. 0 = not declared (the bench then falls back to a heuristic).
+  double peak_bytes = 0;
 };
 
 struct MixerConfig {
