@@ -2,6 +2,10 @@
 // bitwise determinism of a run for a seed.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
+#include <fmt/format.h>
+
 #include "attnbench/check.hpp"
 #include "attnbench/model.hpp"
 #include "attnbench/train.hpp"
@@ -95,6 +99,20 @@ TEST(Model, PerPositionHeadGradients) {
   opt.max_elements = 6;
   const auto rep = grad_check([&] { return cross_entropy(model.forward(batch, false, 0), batch.labels); }, leaves, opt);
   EXPECT_TRUE(rep.passed) << rep.detail;
+}
+
+TEST(Model, TwoDimensionalPositionsNeedASquareLength) {
+  auto build = [](int64_t length, int64_t d) {
+    const RunConfig c = config({fmt::format("task.length={}", length), "model.positions=sinusoidal2d",
+                                fmt::format("model.d_model={}", d), "model.heads=2", "model.layers=1"});
+    auto task = TaskRegistry::instance().get(c.task).make(c.task_params, 1);
+    Model model(c.model_params, VariantRegistry::instance().get("softmax"), c.variant_params, *task, 1);
+    return model.forward(make_batch(*task, Split::train, {0, 1}), false, 0).value();
+  };
+  const Tensor logits = build(16, 8);  // a 4 x 4 raster
+  for (int64_t i = 0; i < logits.numel(); ++i) EXPECT_TRUE(std::isfinite(logits[i]));
+  EXPECT_THROW(build(12, 8), UsageError);  // not a square
+  EXPECT_THROW(build(16, 6), UsageError);  // d_model not a multiple of 4
 }
 
 TEST(Training, LearnsATrivialTask) {

@@ -6,14 +6,25 @@
 
 namespace ab {
 
+namespace {
+// Transformer sinusoids of position `pos` over `dim` channels: sin and cos pairs of falling frequency.
+void sinusoid_row(float* out, int64_t pos, int64_t dim, double base) {
+  for (int64_t i = 0; i < dim; ++i) {
+    const double freq = std::pow(base, -static_cast<double>(2 * (i / 2)) / static_cast<double>(dim));
+    out[i] = static_cast<float>(i % 2 == 0 ? std::sin(pos * freq) : std::cos(pos * freq));
+  }
+}
+}  // namespace
+
 std::vector<ParamSpec> model_param_specs() {
   return {
       int_param("d_model", 64, "width of the residual stream", 1, 65536),
       int_param("layers", 2, "number of encoder blocks", 0, 256),
       int_param("heads", 4, "attention heads (d_model must be a multiple)", 1, 1024),
       int_param("mlp_dim", 128, "hidden width of each block's MLP and of the classifier head", 1, 1 << 20),
-      enum_param("positions", "sinusoidal", {"none", "sinusoidal", "learned"},
-                 "position information added to the token embedding (LRA: sinusoidal)"),
+      enum_param("positions", "sinusoidal", {"none", "sinusoidal", "learned", "sinusoidal2d"},
+                 "position information added to the token embedding (LRA: sinusoidal); sinusoidal2d encodes "
+                 "row and column of a square image raster in half the channels each (image tasks)"),
       enum_param("pooling", "mean", {"mean", "cls"},
                  "sequence summary for classification: masked mean over tokens, or a learned CLS token "
                  "prepended (LRA)"),
@@ -77,11 +88,21 @@ Model::Model(const Json& mp, const VariantSpec& variant, const Json& variant_par
     pos_emb_ = add_param("pos_emb", init_normal({model_length_, d_}, 0.02f, init(2)));
   } else if (mp.at("positions") == "sinusoidal") {
     sinusoid_ = Tensor::empty({model_length_, d_});
-    for (int64_t n = 0; n < model_length_; ++n)
-      for (int64_t i = 0; i < d_; ++i) {
-        const double freq = std::pow(10000.0, -static_cast<double>(2 * (i / 2)) / static_cast<double>(d_));
-        sinusoid_[n * d_ + i] = static_cast<float>(i % 2 == 0 ? std::sin(n * freq) : std::cos(n * freq));
-      }
+    for (int64_t n = 0; n < model_length_; ++n) sinusoid_row(sinusoid_.data() + n * d_, n, d_, 10000.0);
+  } else if (mp.at("positions") == "sinusoidal2d") {
+    // Pixel p of a W x W raster: row p / W in the first half of the channels, column p % W in the
+    // second; base 100 so that the frequencies span a grid of tens of pixels. The CLS row stays 0.
+    const auto W = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(task_length_))));
+    if (W * W != task_length_ || d_ % 4 != 0)
+      throw UsageError(fmt::format("model.positions=sinusoidal2d needs a square sequence length and a d_model that is "
+                                   "a multiple of 4 (got length {}, d_model {}); use positions=sinusoidal",
+                                   task_length_, d_));
+    sinusoid_ = Tensor::zeros({model_length_, d_});
+    for (int64_t p = 0; p < task_length_; ++p) {
+      float* row = sinusoid_.data() + (p + (cls_ ? 1 : 0)) * d_;
+      sinusoid_row(row, p / W, d_ / 2, 100.0);
+      sinusoid_row(row + d_ / 2, p % W, d_ / 2, 100.0);
+    }
   }
   if (cls_) cls_emb_ = add_param("cls", Tensor::zeros({1, 1, d_}));
 
