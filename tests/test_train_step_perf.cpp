@@ -5,11 +5,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include <fmt/format.h>
 
 #include "attnbench/ops.hpp"
+#include "attnbench/params.hpp"
 #include "attnbench/rng.hpp"
 
 using namespace ab;
@@ -159,6 +161,47 @@ TEST(TrainStepGemm, SplitMatmulsMatchNaiveReferenceAtOneAndTwoThreads) {
     }
   }
   set_num_threads(before);
+}
+
+// bf16 inputs: a product of two bf16 numbers is exact in fp32, so the result equals the double
+// reference on inputs rounded to bf16 (nearest even), up to the fp32 summation order.
+Tensor rounded_to_bf16(const Tensor& x) {
+  Tensor y = x.clone();
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    uint32_t u;
+    std::memcpy(&u, &y[i], 4);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    std::memcpy(&y[i], &u, 4);
+  }
+  return y;
+}
+
+TEST(TrainStepGemm, Bf16InputsMatchAReferenceOnRoundedInputs) {
+  struct Case {
+    int64_t M, N, K;
+    bool ta, tb;
+  };
+  const Case cases[] = {{8209, 48, 64, false, false}, {40, 40, 9000, false, true}, {33, 17, 200, true, true}};
+  const int before = num_threads();
+  for (const Case& cs : cases) {
+    const Tensor a = filled(cs.ta ? Shape{cs.K, cs.M} : Shape{cs.M, cs.K}, 1);
+    const Tensor b = filled(cs.tb ? Shape{cs.N, cs.K} : Shape{cs.K, cs.N}, 2);
+    const auto want = naive_mm(rounded_to_bf16(a), rounded_to_bf16(b), cs.M, cs.N, cs.K, cs.ta, cs.tb);
+    const auto exact = naive_mm(a, b, cs.M, cs.N, cs.K, cs.ta, cs.tb);
+    for (int t : {1, 2}) {
+      set_num_threads(t);
+      set_matmul_precision("bf16");
+      const Tensor c = matmul(Var(a), Var(b), cs.ta, cs.tb).value();
+      set_matmul_precision("fp32");
+      const std::string what = fmt::format("M {} N {} K {} threads {}", cs.M, cs.N, cs.K, t);
+      expect_close(c, want, what);
+      double worst = 0;  // and it is not the fp32 product: bf16 keeps 8 significant bits
+      for (int64_t i = 0; i < c.numel(); ++i) worst = std::max(worst, std::abs(c[i] - exact[i]));
+      EXPECT_GT(worst, 1e-4) << what;
+    }
+  }
+  set_num_threads(before);
+  EXPECT_THROW(set_matmul_precision("fp16"), UsageError);
 }
 
 TEST(TrainStepGemm, LinearLayerGradientsMatchNaiveReferenceAtTwoThreads) {

@@ -121,6 +121,8 @@ int cmd_bench(int argc, char** argv, int first) {
        "random (q, k, v ~ N(0, 1) at the mixer shape; default), trained (q, k, v of the first attention layer of a "
        "softmax model trained for 300 steps on the text task at length 512, captured at each length; d_model 64, "
        "2 heads) or both; implies --fidelity"},
+      {"matmul-precision", "P", "fp32 (default) or bf16: inputs of the oneDNN GEMMs rounded to bfloat16, fp32 "
+                                "accumulation; hand-written kernels stay fp32"},
       {"seed", "S", "seed of the inputs and parameters (default 0)"},
       {"out", "FILE", "where to write the run file (JSON)"},
   });
@@ -160,6 +162,8 @@ int cmd_bench(int argc, char** argv, int first) {
   const int64_t limit = args.get_int("memory-limit", physical_memory_bytes() / 2, 1, INT64_MAX);
   check_writable(out);
   const uint64_t seed = static_cast<uint64_t>(args.get_int("seed", 0, 0, INT64_MAX));
+  const std::string precision = args.get("matmul-precision", "fp32");
+  set_matmul_precision(precision);
   const bool want_fidelity = args.has("fidelity") || args.has("fidelity-inputs");
   std::set<std::string> fidelity_kinds;
   if (const std::string k = args.get("fidelity-inputs", "random"); k == "both")
@@ -394,6 +398,7 @@ int cmd_bench(int argc, char** argv, int first) {
   doc["variants"] = variants_json;
   doc["task"] = nullptr;
   doc["model"] = {{"batch", base.batch}, {"d_model", base.d_model}, {"heads", base.heads}, {"causal", base.causal},
+                  {"matmul_precision", precision},
                   {"train_step_model", {{"layers", 2}, {"d_model", 64}, {"heads", 2}, {"mlp_dim", 128}}}};
   doc["train"] = nullptr;
   doc["seed"] = seed;

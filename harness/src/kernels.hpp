@@ -30,6 +30,13 @@ void add_inplace(float* y, const float* x, int64_t n);  // y += x
 void matmul(const float* a, const float* b, float* c, int64_t batch, int64_t b_batch, int64_t M, int64_t N,
             int64_t K, bool trans_a, bool trans_b, const float* bias = nullptr, bool accumulate = false);
 
+// Input precision of matmul (process-wide; default fp32). bf16 rounds a and b to bfloat16 and
+// lets oneDNN multiply them with fp32 accumulation and output (AVX512_BF16 / AMX hardware).
+// Hand-written kernels (flash attention, scans) stay fp32.
+enum class MatmulPrecision { fp32, bf16 };
+void set_matmul_precision(MatmulPrecision p);
+MatmulPrecision matmul_precision();
+
 // Row softmax of x[rows, cols] -> y; backward from y and dy.
 void softmax_forward(const float* x, float* y, int64_t rows, int64_t cols);
 void softmax_backward(const float* y, const float* dy, float* dx, int64_t rows, int64_t cols);

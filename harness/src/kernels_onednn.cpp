@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -12,6 +13,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 #include <tbb/global_control.h>
 
+#include "attnbench/params.hpp"
 #include "attnbench/tensor.hpp"
 #include "kernels.hpp"
 
@@ -80,15 +82,17 @@ namespace {
 // One oneDNN matmul with explicit leading dimensions (lda, ldb: the stored row length of a and b;
 // c is contiguous). `single` marks a call made inside our own OpenMP region: its primitive is
 // created there too, so that oneDNN plans it for one thread, and it is cached apart.
-void matmul_one(const float* a, const float* b, float* c, int64_t batch, int64_t b_batch, int64_t M, int64_t N,
+// a and b hold fp32, or bf16 (as uint16_t) when `in` says so; c and bias are fp32.
+void matmul_one(const void* a, const void* b, float* c, int64_t batch, int64_t b_batch, int64_t M, int64_t N,
                 int64_t K, bool trans_a, bool trans_b, const float* bias, bool accumulate, int64_t lda, int64_t ldb,
-                bool single) {
-  const memory::desc a_md({batch, M, K}, dt::f32, trans_a ? memory::dims{M * K, 1, lda} : memory::dims{M * K, lda, 1});
-  const memory::desc b_md({b_batch, K, N}, dt::f32, trans_b ? memory::dims{N * K, 1, ldb} : memory::dims{N * K, ldb, 1});
+                bool single, dt in) {
+  const memory::desc a_md({batch, M, K}, in, trans_a ? memory::dims{M * K, 1, lda} : memory::dims{M * K, lda, 1});
+  const memory::desc b_md({b_batch, K, N}, in, trans_b ? memory::dims{N * K, 1, ldb} : memory::dims{N * K, ldb, 1});
   const memory::desc c_md({batch, M, N}, dt::f32, memory::dims{M * N, N, 1});
   const memory::desc bias_md({1, 1, N}, dt::f32, memory::dims{N, N, 1});
-  const std::string key = fmt::format("mm{} {} {} {} {} {} {}{} {}{} {} {}", single ? "1" : "", batch, b_batch, M, N, K,
-                                      trans_a, trans_b, bias != nullptr, accumulate, lda, ldb);
+  const std::string key = fmt::format("mm{}{} {} {} {} {} {} {}{} {}{} {} {}", single ? "1" : "",
+                                      in == dt::bf16 ? "h" : "", batch, b_batch, M, N, K, trans_a, trans_b,
+                                      bias != nullptr, accumulate, lda, ldb);
   const Cached& p = cached(key, [&] {
     auto attr = user_scratchpad();
     if (accumulate) {
@@ -117,11 +121,52 @@ constexpr double kSplitFlopsMin = 1 << 23;
 
 int64_t round16(int64_t x) { return (x + 15) / 16 * 16; }
 
+MatmulPrecision g_precision = MatmulPrecision::fp32;
+
+// fp32 -> bf16, rounding to nearest even (NaN stays NaN); into a tracked buffer of n uint16_t.
+Tensor to_bf16(const float* x, int64_t n) {
+  Tensor out = Tensor::empty({(n + 1) / 2});
+  auto* y = reinterpret_cast<uint16_t*>(out.data());
+  parallel_for(n, kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      uint32_t u;
+      std::memcpy(&u, x + i, 4);
+      const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+      y[i] = static_cast<uint16_t>(nan ? (u >> 16) | 0x40u : (u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
-void matmul(const float* a, const float* b, float* c, int64_t batch, int64_t b_batch, int64_t M, int64_t N,
+void set_matmul_precision(MatmulPrecision p) {
+  if (p == MatmulPrecision::bf16) {  // refuse here, not later inside an OpenMP region
+    const memory::desc md({1, 16, 16}, dt::bf16, memory::dims{256, 16, 1}), out({1, 16, 16}, dt::f32, memory::dims{256, 16, 1});
+    try {
+      dnnl::matmul::primitive_desc(dnnl::matmul::desc(md, md, out), engine());
+    } catch (const dnnl::error&) {
+      throw UsageError("oneDNN 2.6 has no bf16 matmul on this CPU (it needs AVX512_BF16 or AMX); use fp32");
+    }
+  }
+  g_precision = p;
+}
+MatmulPrecision matmul_precision() { return g_precision; }
+
+void matmul(const float* a_f32, const float* b_f32, float* c, int64_t batch, int64_t b_batch, int64_t M, int64_t N,
             int64_t K, bool trans_a, bool trans_b, const float* bias, bool accumulate) {
   if (batch == 0 || M == 0 || N == 0) return;
+  // bf16: both inputs rounded once here; oneDNN accumulates in fp32 and writes fp32.
+  const bool half = g_precision == MatmulPrecision::bf16 && K > 0;
+  Tensor a16, b16;
+  if (half) {
+    a16 = to_bf16(a_f32, batch * M * K);
+    b16 = to_bf16(b_f32, b_batch * K * N);
+  }
+  const dt in = half ? dt::bf16 : dt::f32;
+  const int64_t es = half ? 2 : 4;  // bytes per input element
+  const char* a = half ? reinterpret_cast<const char*>(a16.data()) : reinterpret_cast<const char*>(a_f32);
+  const char* b = half ? reinterpret_cast<const char*>(b16.data()) : reinterpret_cast<const char*>(b_f32);
   const int64_t lda = trans_a ? M : K, ldb = trans_b ? K : N;
   const int T = threads();
   const double flops = 2.0 * static_cast<double>(batch) * M * N * K;
@@ -138,8 +183,8 @@ void matmul(const float* a, const float* b, float* c, int64_t batch, int64_t b_b
       {
         const int64_t m0 = std::min<int64_t>(M, omp_get_thread_num() * chunk), mc = std::min(chunk, M - m0);
         if (mc > 0)
-          matmul_one(trans_a ? a + m0 : a + m0 * K, b, c + m0 * N, 1, 1, mc, N, K, trans_a, trans_b, bias, accumulate,
-                     lda, ldb, true);
+          matmul_one(a + es * (trans_a ? m0 : m0 * K), b, c + m0 * N, 1, 1, mc, N, K, trans_a, trans_b, bias,
+                     accumulate, lda, ldb, true, in);
       }
       return;
     }
@@ -154,8 +199,8 @@ void matmul(const float* a, const float* b, float* c, int64_t batch, int64_t b_b
         const int64_t k0 = std::min<int64_t>(K, t * chunk), kc = std::min(chunk, K - k0);
         float* out = part + static_cast<int64_t>(t) * M * N;
         if (kc > 0)
-          matmul_one(trans_a ? a + k0 * M : a + k0, trans_b ? b + k0 : b + k0 * N, out, 1, 1, M, N, kc, trans_a,
-                     trans_b, nullptr, false, lda, ldb, true);
+          matmul_one(a + es * (trans_a ? k0 * M : k0), b + es * (trans_b ? k0 : k0 * N), out, 1, 1, M, N, kc, trans_a,
+                     trans_b, nullptr, false, lda, ldb, true, in);
         else
           std::fill(out, out + M * N, 0.f);
       }
@@ -169,7 +214,7 @@ void matmul(const float* a, const float* b, float* c, int64_t batch, int64_t b_b
       return;
     }
   }
-  matmul_one(a, b, c, batch, b_batch, M, N, K, trans_a, trans_b, bias, accumulate, lda, ldb, false);
+  matmul_one(a, b, c, batch, b_batch, M, N, K, trans_a, trans_b, bias, accumulate, lda, ldb, false, in);
 }
 
 void softmax_forward(const float* x, float* y, int64_t rows, int64_t cols) {

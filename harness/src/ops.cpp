@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include "attnbench/params.hpp"
 #include "kernels.hpp"
 
 namespace ab {
@@ -724,6 +725,12 @@ Tensor causal_mask(int64_t length) {
 }
 
 void set_num_threads(int threads) { kernels::set_threads(threads); }
+
+void set_matmul_precision(const std::string& precision) {
+  if (precision != "fp32" && precision != "bf16")
+    throw UsageError(unknown_name_message("matmul precision", precision, {"fp32", "bf16"}));
+  kernels::set_matmul_precision(precision == "bf16" ? kernels::MatmulPrecision::bf16 : kernels::MatmulPrecision::fp32);
+}
 int num_threads() { return kernels::threads(); }
 
 }  // namespace ab

@@ -36,6 +36,9 @@ std::vector<ParamSpec> train_param_specs() {
       enum_param("schedule", "cosine", {"cosine", "rsqrt", "linear", "constant"},
                  "decay after warm-up: cosine to 0, rsqrt (LRA text tasks), linear to 0, or constant"),
       num_param("clip_norm", 1.0, "clip the global gradient norm to this (0 = off)", 0.0, 1e9),
+      enum_param("matmul_precision", "fp32", {"fp32", "bf16"},
+                 "inputs of the oneDNN GEMMs (projections, MLPs, dense attention): bf16 rounds them to bfloat16 "
+                 "with fp32 accumulation (AVX512_BF16 / AMX); hand-written kernels stay fp32"),
       int_param("eval_every", 100, "steps between validations (the last step is always validated)", 1, 1e9),
       int_param("valid_examples", 1000, "validation examples per evaluation (0 = the whole split)", 0, 1e9),
       int_param("test_examples", 0, "test examples for the final evaluation (0 = the whole split)", 0, 1e9),
@@ -189,7 +192,13 @@ Json train_run(const RunConfig& cfg, bool progress, const std::function<void(Mod
   Json curves = {{"step", Json::array()}, {"train_loss", Json::array()}, {"lr", Json::array()},
                  {"valid_step", Json::array()}, {"valid_accuracy", Json::array()}};
   const Json& tp = cfg.train_params;
+  struct PrecisionScope {  // the setting is process-wide: restore it after the run
+    kernels::MatmulPrecision saved = kernels::matmul_precision();
+    ~PrecisionScope() { kernels::set_matmul_precision(saved); }
+  } precision_scope;
   try {
+    kernels::set_matmul_precision(tp.value("matmul_precision", "fp32") == "bf16" ? kernels::MatmulPrecision::bf16
+                                                                                  : kernels::MatmulPrecision::fp32);
     const VariantSpec& vs = VariantRegistry::instance().get(cfg.variant);
     const auto t_gen = Clock::now();
     auto task = TaskRegistry::instance().get(cfg.task).make(cfg.task_params, cfg.seed);

@@ -66,6 +66,9 @@ Tensor causal_mask(int64_t length);
 
 // Threads for oneDNN's OpenMP runtime and TBB together; 0 = all cores.
 void set_num_threads(int threads);
+// Input precision of the oneDNN GEMMs, process-wide: "fp32" (default) or "bf16" (rounded inputs,
+// fp32 accumulation). UsageError for another name or a CPU without a bf16 matmul.
+void set_matmul_precision(const std::string& precision);
 int num_threads();
 
 }  // namespace ab
