@@ -179,9 +179,11 @@ void matmul(const float* a_f32, const float* b_f32, float* c, int64_t batch, int
     if (M >= kRowSplitMin * T) {
       // c rows [m0, m0 + mc) from a's rows (or, transposed, columns) [m0, m0 + mc).
       const int64_t chunk = round16((M + T - 1) / T);
-#pragma omp parallel num_threads(T)
-      {
-        const int64_t m0 = std::min<int64_t>(M, omp_get_thread_num() * chunk), mc = std::min(chunk, M - m0);
+      // One piece per loop index, not per thread number: where the OpenMP pragmas are not compiled
+      // (clang with -fopenmp=libgomp, the sanitizer presets) the loop still does every piece.
+#pragma omp parallel for num_threads(T) schedule(static, 1)
+      for (int t = 0; t < T; ++t) {
+        const int64_t m0 = std::min<int64_t>(M, t * chunk), mc = std::min(chunk, M - m0);
         if (mc > 0)
           matmul_one(a + es * (trans_a ? m0 : m0 * K), b, c + m0 * N, 1, 1, mc, N, K, trans_a, trans_b, bias,
                      accumulate, lda, ldb, true, in);
@@ -193,9 +195,8 @@ void matmul(const float* a_f32, const float* b_f32, float* c, int64_t batch, int
       const int64_t chunk = round16((K + T - 1) / T);
       Tensor partials = Tensor::empty({static_cast<int64_t>(T), M * N});
       float* part = partials.data();
-#pragma omp parallel num_threads(T)
-      {
-        const int t = omp_get_thread_num();
+#pragma omp parallel for num_threads(T) schedule(static, 1)
+      for (int t = 0; t < T; ++t) {
         const int64_t k0 = std::min<int64_t>(K, t * chunk), kc = std::min(chunk, K - k0);
         float* out = part + static_cast<int64_t>(t) * M * N;
         if (kc > 0)
