@@ -1,6 +1,7 @@
 #pragma once
 // Internal compute layer. oneDNN does GEMM, softmax, layer norm and eltwise (primitives cached by
-// shape); ab::parallel_for (TBB) runs the loops oneDNN has nothing for. oneDNN is never called inside a TBB region.
+// shape); ab::parallel_for (TBB) runs the loops oneDNN has nothing for. oneDNN is never called
+// inside a parallel_for body.
 #include <cstdint>
 #include <vector>
 
