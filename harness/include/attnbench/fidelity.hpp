@@ -30,8 +30,6 @@ class TrainedAttentionSource {
   TrainedAttentionSource(std::string task, int64_t train_length, int64_t steps, uint64_t seed);
   // q, k, v of `layer` for `batch` test examples of exactly `length` tokens.
   AttentionInputs capture(int64_t length, int64_t batch, int layer) const;
-  int64_t heads() const { return 2; }
-  int64_t d_model() const { return 64; }
   const Json& description() const { return description_; }  // task, length, steps, accuracy
 
  private:
