@@ -327,7 +327,9 @@ def _shape(model, direction, entry):
         shape = {"batch": None, "layers": m.get("layers"), "d_model": m.get("d_model"), "heads": m.get("heads"),
                  "mlp_dim": m.get("mlp_dim")}
     else:
-        shape = {"batch": None, "d_model": model.get("d_model"), "heads": model.get("heads")}
+        # scope "attend": attend(q, k, v) timed without the projections (bench --attend-only).
+        shape = {"batch": None, "d_model": model.get("d_model"), "heads": model.get("heads"),
+                 "scope": entry.get("scope", "mixer")}
     shape["batch"] = entry.get("batch", model.get("batch"))
     shape["causal"] = bool(model["causal"]) if "causal" in model else None
     return shape
@@ -340,9 +342,12 @@ def shape_compatible(a, b):
 
 def shape_text(shape):
     names = {"batch": "B", "layers": "layers", "d_model": "D", "heads": "H", "mlp_dim": "mlp"}
-    parts = [f"{names.get(k, k)}={value_text(v)}" for k, v in shape.items() if k != "causal" and v is not None]
+    parts = [f"{names.get(k, k)}={value_text(v)}" for k, v in shape.items()
+             if k not in ("causal", "scope") and v is not None]
     if shape.get("causal"):
         parts.append("causal")
+    if shape.get("scope") == "attend":
+        parts.append("attend(q, k, v) alone")
     return " ".join(parts) or "shape not recorded"
 
 

@@ -110,6 +110,9 @@ int cmd_bench(int argc, char** argv, int first) {
       {"d-model", "D", "model width of the mixer cells (default 512)"},
       {"heads", "H", "heads of the mixer cells (default 8)"},
       {"causal", "", "measure the causal form"},
+      {"attend-only", "", "fwd / fwd_bwd of attention-style variants: time attend(q, k, v) alone on random q, k, v "
+                          "[B, H, N, d], without the q/k/v/output projections (FLOPs likewise); other variants "
+                          "are recorded as unsupported"},
       {"set", "variant.KEY=VALUE", "a variant parameter (only with a single variant)", true},
       {"repetitions", "R", "timed repetitions per cell; the median is reported (default 5)"},
       {"min-time", "SECONDS", "minimum time per repetition (default 0.1)"},
@@ -155,6 +158,12 @@ int cmd_bench(int argc, char** argv, int first) {
   base.d_model = args.get_int("d-model", 512, 1, 1 << 16);
   base.heads = args.get_int("heads", 8, 1, 1 << 12);
   base.causal = args.has("causal");
+  base.attend_only = args.has("attend-only");
+  for (Direction d : dirs)
+    if (base.attend_only && d != Direction::fwd && d != Direction::fwd_bwd)
+      throw UsageError(fmt::format("bench: --attend-only measures the directions fwd and fwd_bwd, not '{}'; drop "
+                                   "--attend-only or use --direction fwd,fwd_bwd",
+                                   direction_name(d)));
   if (base.d_model % base.heads)
     throw UsageError(fmt::format("bench: --d-model {} is not a multiple of --heads {}", base.d_model, base.heads));
   const int64_t reps = args.get_int("repetitions", 5, 1, 1000);
@@ -204,6 +213,10 @@ int cmd_bench(int argc, char** argv, int first) {
   }
   const double gemm = context.value("gemm_gflops_fp32", 0.0);
 
+  std::map<std::string, bool> attention_style;
+  if (base.attend_only)
+    for (const auto& v : variants) attention_style[v] = is_attention_style(reg.get(v), params[v], base);
+
   std::vector<std::unique_ptr<Cell>> cells;
   TrackingMemoryManager mm;
   for (const auto& v : variants)
@@ -216,20 +229,23 @@ int cmd_bench(int argc, char** argv, int first) {
         c->shape.length = n;
         c->dir = d;
         const bool model = d == Direction::train_step;
-        c->name = fmt::format("{}/{}/B:{}/N:{}/D:{}/H:{}", v, direction_name(d), base.batch, n, model ? 64 : base.d_model,
-                              model ? 2 : base.heads);
+        c->name = fmt::format("{}/{}{}/B:{}/N:{}/D:{}/H:{}", v, direction_name(d), base.attend_only ? "/attend" : "",
+                              base.batch, n, model ? 64 : base.d_model, model ? 2 : base.heads);
         c->predicted = predicted_peak_bytes(reg.get(v), c->params, c->shape, d);
-        if (d == Direction::fwd_bwd && reg.get(v).cost)
+        if (d == Direction::fwd_bwd && reg.get(v).cost && !base.attend_only)
           c->predicted_peak =
               reg.get(v).cost(CostArgs{base.batch, n, base.d_model, base.heads, &c->params, base.causal}).peak_bytes;
         const Capabilities& caps = reg.get(v).caps;
         const bool form_missing = d != Direction::decode && (base.causal ? !caps.causal : !caps.bidirectional);
-        if ((d == Direction::decode && !caps.decode) || form_missing) {
+        const bool not_attention = base.attend_only && !attention_style.at(v);
+        if ((d == Direction::decode && !caps.decode) || form_missing || not_attention) {
           c->status = "unsupported";
           c->error = d == Direction::decode
                          ? fmt::format("'{}' does not decode one token at a time (no 'decode' capability)", v)
-                         : fmt::format("'{}' has no {} form{}", v, base.causal ? "causal" : "bidirectional",
-                                       base.causal ? "" : " (measure it with --causal)");
+                     : form_missing
+                         ? fmt::format("'{}' has no {} form{}", v, base.causal ? "causal" : "bidirectional",
+                                       base.causal ? "" : " (measure it with --causal)")
+                         : fmt::format("'{}' is not attention-style (no attend(q, k, v)): drop --attend-only", v);
           fmt::print(stderr, "{:<60} unsupported: {}\n", c->name, c->error);
         } else if (c->predicted > static_cast<double>(limit)) {
           c->status = "skipped";
@@ -301,6 +317,7 @@ int cmd_bench(int argc, char** argv, int first) {
   for (const auto& c : cells) {
     Json e = {{"variant", c->variant}, {"seq_len", c->shape.length}, {"direction", direction_name(c->dir)},
               {"batch", c->shape.batch}, {"predicted_bytes", c->predicted}};
+    if (c->shape.attend_only) e["scope"] = "attend";
     // The declared peak of the mixer's forward+backward, on the same footing as peak_bytes (the
     // tracked peak above x, the upstream gradient and the parameters).
     if (c->dir == Direction::fwd_bwd && c->predicted_peak > 0) e["predicted_peak_bytes"] = c->predicted_peak;
@@ -398,7 +415,7 @@ int cmd_bench(int argc, char** argv, int first) {
   doc["variants"] = variants_json;
   doc["task"] = nullptr;
   doc["model"] = {{"batch", base.batch}, {"d_model", base.d_model}, {"heads", base.heads}, {"causal", base.causal},
-                  {"matmul_precision", precision},
+                  {"scope", base.attend_only ? "attend" : "mixer"}, {"matmul_precision", precision},
                   {"train_step_model", {{"layers", 2}, {"d_model", 64}, {"heads", 2}, {"mlp_dim", 128}}}};
   doc["train"] = nullptr;
   doc["seed"] = seed;

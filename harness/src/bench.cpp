@@ -46,34 +46,56 @@ Tensor random_input(const Shape& s, uint64_t seed) {
 class MixerCell final : public BenchCell {
  public:
   MixerCell(const VariantSpec& spec, const Json& params, const BenchShape& s, Direction dir, uint64_t seed)
-      : dir_(dir), x_(random_input({s.batch, s.length, s.d_model}, seed), dir == Direction::fwd_bwd) {
+      : dir_(dir) {
     mixer_ = spec.make(MixerConfig{s.d_model, s.heads, s.length, 0, seed, params});
     ctx_.causal = s.causal;
     ctx_.seed = seed;
     ctx_.training = false;  // dropout off: the timing is of the mixer's algorithm
+    const bool grad = dir == Direction::fwd_bwd;
     const Cost c = spec.cost(CostArgs{s.batch, s.length, s.d_model, s.heads, &params, s.causal});
+    double fwd_flops = c.flops;
+    if (s.attend_only) {
+      attn_ = dynamic_cast<AttentionMixer*>(mixer_.get());
+      if (!attn_)
+        throw UsageError(fmt::format("variant '{}' is not attention-style (no attend(q, k, v)); measure it "
+                                     "without --attend-only", spec.name));
+      // q, k, v: [B, H, N, d], three independent draws.
+      const Shape qs = {s.batch, s.heads, s.length, s.d_model / s.heads};
+      for (int i = 0; i < 3; ++i) qkv_.emplace_back(random_input(qs, seed + 11 + i), grad);
+      ones_ = Tensor::full(qs, 1.f);
+      // Every attention-style cost model counts the four D x D projections (2 B N D^2 each).
+      fwd_flops = std::max(0.0, c.flops - 8.0 * s.batch * s.length * s.d_model * s.d_model);
+    } else {
+      x_ = Var(random_input({s.batch, s.length, s.d_model}, seed), grad);
+      ones_ = Tensor::full({s.batch, s.length, s.d_model}, 1.f);
+    }
     // A backward costs about twice a forward (two products per forward product).
-    flops_ = dir == Direction::fwd ? c.flops : 3.0 * c.flops;
-    ones_ = Tensor::full({s.batch, s.length, s.d_model}, 1.f);
+    flops_ = dir == Direction::fwd ? fwd_flops : 3.0 * fwd_flops;
   }
   void run() override {
+    auto forward = [&] { return attn_ ? attn_->attend(qkv_[0], qkv_[1], qkv_[2], ctx_) : mixer_->forward(x_, ctx_); };
     if (dir_ == Direction::fwd) {
       NoGrad ng;
-      mixer_->forward(x_, ctx_);
+      forward();
       return;
     }
-    Var y = mixer_->forward(x_, ctx_);
+    Var y = forward();
     y.backward(ones_);
-    x_.zero_grad();
+    if (attn_)
+      for (auto& t : qkv_) t.zero_grad();
+    else
+      x_.zero_grad();
     for (auto& [n, p] : mixer_->parameters()) p.zero_grad();
   }
   double flops() const override { return flops_; }
 
  private:
   Direction dir_;
-  Var x_;
+  Var x_;                 // [B, N, D]: the mixer's input
+  std::vector<Var> qkv_;  // attend-only: q, k, v [B, H, N, d]
   Tensor ones_;
   std::unique_ptr<Mixer> mixer_;
+  AttentionMixer* attn_ = nullptr;  // attend-only: the mixer as an attention mixer
   MixerContext ctx_;
   double flops_ = 0;
 };
@@ -201,8 +223,15 @@ std::unique_ptr<BenchCell> make_bench_cell(const VariantSpec& spec, const Json& 
   if (shape.causal && !spec.caps.causal) throw UsageError(fmt::format("variant '{}' has no causal form", spec.name));
   if (!shape.causal && !spec.caps.bidirectional)
     throw UsageError(fmt::format("variant '{}' is causal only; benchmark it with --causal", spec.name));
+  if (shape.attend_only && dir != Direction::fwd && dir != Direction::fwd_bwd)
+    throw UsageError(fmt::format("--attend-only measures the fwd and fwd_bwd directions, not {}", direction_name(dir)));
   if (dir == Direction::train_step) return std::make_unique<ModelStepCell>(spec, params, shape, seed);
   return std::make_unique<MixerCell>(spec, params, shape, dir, seed);
+}
+
+bool is_attention_style(const VariantSpec& spec, const Json& params, const BenchShape& s) {
+  const auto m = spec.make(MixerConfig{s.d_model, s.heads, s.length, 0, 0, params});
+  return dynamic_cast<const AttentionMixer*>(m.get()) != nullptr;
 }
 
 double predicted_peak_bytes(const VariantSpec& spec, const Json& params, const BenchShape& s, Direction dir) {

@@ -204,6 +204,30 @@ class Commands(unittest.TestCase):
                 self.assertEqual(c.returncode, 0, c.stdout + c.stderr)
                 self.assertIn("OVERALL_GEOMEAN", c.stdout)
 
+    def test_bench_attend_only_times_the_kernel_without_projections(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d) / "b.json"
+            common = ["--seq-len", "32", "--d-model", "32", "--heads", "4", "--repetitions", "2", "--min-time",
+                      "0.005", "--no-calibration", "--threads", "2", "--direction", "fwd,fwd_bwd"]
+            r = run("bench", "--variant", "softmax_tiled,fnet", *common, "--attend-only", "--out", str(out))
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            doc = json.loads(out.read_text())
+            self.assertEqual(validate_run.errors_of(validate_run.load_validator(), doc), [])
+            self.assertEqual(doc["model"]["scope"], "attend")
+            got = {(e["variant"], e["direction"]): e for e in doc["metrics"]["entries"]}
+            self.assertEqual(got[("fnet", "fwd")]["status"], "unsupported")
+            self.assertIn("not attention-style", got[("fnet", "fwd")]["error"])
+            tiled = got[("softmax_tiled", "fwd")]
+            self.assertEqual((tiled["status"], tiled["scope"]), ("ok", "attend"))
+            # FLOPs of QK^T and PV alone: 4 B N^2 D, without the 8 B N D^2 of the projections.
+            self.assertEqual(tiled["flops"], 4 * 32 * 32 * 32)
+            self.assertEqual(got[("softmax_tiled", "fwd_bwd")]["flops"], 3 * 4 * 32 * 32 * 32)
+            self.assertTrue(any("/fwd/attend/" in b["name"] for b in doc["benchmarks"]))
+            r = run("bench", "--variant", "softmax_tiled", *common[:-2], "--direction", "train_step", "--attend-only",
+                    "--out", str(out))
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("--attend-only measures the directions fwd and fwd_bwd", r.stderr)
+
     def test_bench_memory_guard_skips_instead_of_running(self):
         with tempfile.TemporaryDirectory() as d:
             r, doc = self.bench(d, "--memory-limit", "1000")

@@ -18,6 +18,9 @@ Direction parse_direction(const std::string& s);  // UsageError naming the valid
 struct BenchShape {
   int64_t batch = 1, length = 1024, d_model = 512, heads = 8;
   bool causal = false;
+  // fwd / fwd_bwd of attention-style variants only: time attend(q, k, v) on q, k, v [B, H, N, d]
+  // alone, without the mixer's q/k/v/output projections (the attention kernel's own speed).
+  bool attend_only = false;
 };
 
 // One prepared cell: construction allocates the mixer (or model) and the input; run() does one
@@ -36,6 +39,9 @@ class BenchCell {
 // Tokens decoded per timed repetition of a decode cell: few enough that the context stays
 // about `length` (a KV cache grows by one token per iteration).
 inline constexpr int64_t kDecodeTokensPerRepetition = 32;
+
+// Whether the variant derives from AttentionMixer (has attend(q, k, v)); builds one at the shape.
+bool is_attention_style(const VariantSpec& spec, const Json& variant_params, const BenchShape& shape);
 
 // variant_params: resolved. Throws UsageError for an unsupported direction or shape.
 std::unique_ptr<BenchCell> make_bench_cell(const VariantSpec& spec, const Json& variant_params, const BenchShape& shape,
