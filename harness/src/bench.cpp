@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include "attnbench/fidelity.hpp"
 #include "attnbench/model.hpp"
 #include "attnbench/train.hpp"
 #include "kernels.hpp"
@@ -59,10 +60,10 @@ class MixerCell final : public BenchCell {
       if (!attn_)
         throw UsageError(fmt::format("variant '{}' is not attention-style (no attend(q, k, v)); measure it "
                                      "without --attend-only", spec.name));
-      // q, k, v: [B, H, N, d], three independent draws.
-      const Shape qs = {s.batch, s.heads, s.length, s.d_model / s.heads};
-      for (int i = 0; i < 3; ++i) qkv_.emplace_back(random_input(qs, seed + 11 + i), grad);
-      ones_ = Tensor::full(qs, 1.f);
+      // q, k, v: [B, H, N, d], the same draws as the fidelity's random inputs.
+      AttentionInputs in = random_attention_inputs(s.batch, s.heads, s.length, s.d_model / s.heads, seed);
+      for (Tensor* t : {&in.q, &in.k, &in.v}) qkv_.emplace_back(*t, grad);
+      ones_ = Tensor::full(in.q.shape(), 1.f);
       // Every attention-style cost model counts the four D x D projections (2 B N D^2 each).
       fwd_flops = std::max(0.0, c.flops - 8.0 * s.batch * s.length * s.d_model * s.d_model);
     } else {
