@@ -625,6 +625,14 @@ def section_context(doc, runs, manifests, paths):
         d.pre("\n".join(f"{c}" + (f"    # ×{n}" if n > 1 else "") for c, n in sorted(cmds.items())))
     doc.details(f"Command lines ({len(cmds)} distinct)", commands)
 
+    def load_text(c):
+        """The 1-minute load average at the start, with its share of the cores: timings beside
+        other work are slower and noisier."""
+        load, cpus = c.get("load_avg"), abresults.number(c.get("logical_cpus"))
+        if not isinstance(load, list) or not load or abresults.number(load[0]) is None:
+            return ""
+        return f"{load[0]:.2f}" + (f" ({load[0] / cpus:.0%} of {cpus:g} cores)" if cpus else "")
+
     def run_list(d):
         rows = []
         for r in sorted(runs, key=lambda r: r["_path"]):
@@ -637,8 +645,8 @@ def section_context(doc, runs, manifests, paths):
                 task = abresults._name_params(r.get("task"))[0]
             rows.append([Cell(r["_path"]), r.get("kind", "?"), Cell(what, cls="label"), Cell(task, cls="label"),
                          str(r.get("seed", "")), abresults.status_of(r), str(c.get("date", "")),
-                         str(c.get("git_revision", "")), str(c.get("threads", ""))])
-        d.table(["file", "kind", "variant(s)", "task", "seed", "status", "date", "revision", "threads"], rows,
+                         str(c.get("git_revision", "")), str(c.get("threads", "")), load_text(c)])
+        d.table(["file", "kind", "variant(s)", "task", "seed", "status", "date", "revision", "threads", "load"], rows,
                 table_id="run-files")
     doc.details(f"Run files ({len(runs)})", run_list)
 

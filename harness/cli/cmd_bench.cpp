@@ -206,6 +206,13 @@ int cmd_bench(int argc, char** argv, int first) {
   benchmark::Initialize(&gb_argc, gb_argv.data());
 
   Json context = run_context(std::vector<std::string>(argv, argv + argc));
+  // Half the cores busy already (1-minute average): worth a word, since the figures will show it.
+  const Json& load = context["load_avg"];
+  if (!load.empty() && 2 * load[0].get<double>() >= context["logical_cpus"].get<double>()) {
+    fmt::print(stderr, "note: load average {:.2f} on {} logical CPUs as the bench starts; timings taken beside other "
+                       "work are slower and noisier (recorded as context.load_avg)\n",
+               load[0].get<double>(), context["logical_cpus"].get<int64_t>());
+  }
   if (!args.has("no-calibration")) {
     const double g = calibrate_gemm_gflops();
     context["gemm_gflops_fp32"] = g;

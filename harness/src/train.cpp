@@ -336,6 +336,10 @@ Json run_context(const std::vector<std::string>& command_line) {
   Json cpu_flags = Json::array();
   for (const char* f : {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile"})
     if ((" " + flags + " ").find(std::string(" ") + f + " ") != std::string::npos) cpu_flags.push_back(f);
+  // Load averages when the run starts: timings taken beside other work are slower and noisier.
+  Json load_avg = Json::array();
+  std::ifstream loadavg("/proc/loadavg");
+  for (double x; load_avg.size() < 3 && loadavg >> x;) load_avg.push_back(x);
   const std::time_t now = std::time(nullptr);
   char date[64];
   std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
@@ -344,11 +348,12 @@ Json run_context(const std::vector<std::string>& command_line) {
           {"cpu_model", cpu},
           {"cpu_flags", cpu_flags},
           {"logical_cpus", sysconf(_SC_NPROCESSORS_ONLN)},
+          {"load_avg", load_avg},
           {"threads", kernels::threads()},
           {"compiler", build::compiler},
           {"cxx_flags", build::cxx_flags},
           {"build_type", build::build_type},
-          {"git_revision", build::git_revision},
+          {"git_revision", build::git_revision()},
           {"versions",
            {{"attnbench", build::version},
             {"onednn", kernels::onednn_version()},

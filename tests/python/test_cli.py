@@ -195,6 +195,13 @@ class Commands(unittest.TestCase):
                 self.assertGreater(e["peak_bytes"], 0)
                 self.assertGreater(e["flops"], 0)
             self.assertEqual({s["direction"] for s in doc["metrics"]["scaling"]}, {"fwd", "fwd_bwd", "train_step"})
+            # The revision is taken at build time (a stale configure-time one would name the wrong commit).
+            self.assertRegex(doc["context"]["git_revision"], r"^([0-9a-f]{12}(\+dirty)?|unknown)$")
+            head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+            if head.returncode == 0 and Path(BIN).resolve().is_relative_to(ROOT.resolve()):
+                self.assertEqual(doc["context"]["git_revision"].split("+")[0], head.stdout.strip(),
+                                 "the binary names another commit than HEAD: rebuild it")
+            self.assertEqual(len(doc["context"]["load_avg"]), 3)
             medians = [b for b in doc["benchmarks"] if b.get("aggregate_name") == "median"]
             self.assertEqual(len(medians), 6)
             compare = Path("/usr/share/benchmark/compare.py")
