@@ -122,8 +122,11 @@ int cmd_bench(int argc, char** argv, int first) {
                        "attention on the same q, k, v, per length"},
       {"fidelity-inputs", "KIND",
        "random (q, k, v ~ N(0, 1) at the mixer shape; default), trained (q, k, v of the first attention layer of a "
-       "softmax model trained for 300 steps on the text task at length 512, captured at each length; d_model 64, "
+       "softmax model trained for --fidelity-steps steps on the text task at length 512, captured at each length; "
+       "d_model 64, "
        "2 heads) or both; implies --fidelity"},
+      {"fidelity-steps", "S", "training steps (batch 16) of the model behind --fidelity-inputs trained (default 300); "
+                              "longer training gives more peaked attention"},
       {"matmul-precision", "P", "fp32 (default) or bf16: inputs of the oneDNN GEMMs rounded to bfloat16, fp32 "
                                 "accumulation; hand-written kernels stay fp32"},
       {"seed", "S", "seed of the inputs and parameters (default 0)"},
@@ -174,6 +177,7 @@ int cmd_bench(int argc, char** argv, int first) {
   const std::string precision = args.get("matmul-precision", "fp32");
   set_matmul_precision(precision);
   const bool want_fidelity = args.has("fidelity") || args.has("fidelity-inputs");
+  const int64_t fidelity_steps = args.get_int("fidelity-steps", 300, 1, 1000000);
   std::set<std::string> fidelity_kinds;
   if (const std::string k = args.get("fidelity-inputs", "random"); k == "both")
     fidelity_kinds = {"random", "trained"};
@@ -375,8 +379,9 @@ int cmd_bench(int argc, char** argv, int first) {
   if (want_fidelity) {
     std::unique_ptr<TrainedAttentionSource> trained;
     if (fidelity_kinds.count("trained")) {
-      fmt::print("training the softmax model whose attention inputs the fidelity uses (300 steps, text, length 512)\n");
-      trained = std::make_unique<TrainedAttentionSource>("text", 512, 300, seed);
+      fmt::print("training the softmax model whose attention inputs the fidelity uses ({} steps, text, length 512)\n",
+                 fidelity_steps);
+      trained = std::make_unique<TrainedAttentionSource>("text", 512, fidelity_steps, seed);
       fidelity_source = trained->description();
     }
     for (int64_t n : lengths)

@@ -68,6 +68,8 @@ class Catalogue(unittest.TestCase):
         self.expect(["bench", "--variant", "softmax", "--direction", "backwards", "--out", "b.json"], 2, "backwards")
         self.expect(["bench", "--variant", "softmax", "--fidelity-inputs", "learned", "--out", "b.json"], 2,
                     "--fidelity-inputs", "trained")
+        self.expect(["bench", "--variant", "softmax", "--fidelity-inputs", "trained", "--fidelity-steps", "0", "--out",
+                     "b.json"], 2, "--fidelity-steps")
 
     def test_sweep_specs(self):
         with tempfile.TemporaryDirectory() as d:
