@@ -108,6 +108,7 @@ std::vector<std::string> SweepCell::command(const std::string& out) const {
         a.push_back(flag), a.push_back(value_text(bench[k]));
       }
     if (bench.value("causal", false)) a.push_back("--causal");
+    if (bench.value("attend_only", false)) a.push_back("--attend-only");
     for (const auto& [k, v] : set.items()) a.push_back("--set"), a.push_back(k + "=" + value_text(v));
   }
   if (threads > 0) a.push_back("--threads"), a.push_back(std::to_string(threads));
@@ -212,8 +213,11 @@ SweepSpec parse_and_expand(const std::string& text, const std::string& origin) {
   if (spec.contains("bench")) {
     const Json& b = spec["bench"];
     require_keys(b, {"variants", "seq_len", "direction", "batch", "d_model", "heads", "repetitions", "min_time", "causal",
-                     "threads", "seed"},
+                     "attend_only", "threads", "seed"},
                  "bench");
+    for (const char* k : {"causal", "attend_only"})
+      if (b.contains(k) && !b[k].is_boolean())
+        throw UsageError(fmt::format("sweep spec: bench.{} must be true or false (got {})", k, b[k].dump()));
     if (!b.contains("variants") || !b["variants"].is_array() || b["variants"].empty())
       throw UsageError("sweep spec: bench.variants must be a non-empty list of variant names");
     for (const char* k : {"seq_len", "direction"})

@@ -62,6 +62,17 @@ class Sweep(unittest.TestCase):
             # Ids are content hashes: the same spec gives the same ids.
             self.assertEqual(cell_ids(p), cell_ids(p))
 
+    def test_bench_cells_pass_their_settings_on(self):
+        with tempfile.TemporaryDirectory() as d:
+            bench = {"variants": ["softmax_tiled"], "seq_len": [64], "direction": ["fwd"], "attend_only": True,
+                     "causal": True}
+            r = sweep(spec(d, {"seed": [0]}, bench=bench), "--dry-run")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("--causal --attend-only", r.stdout)
+            r = sweep(spec(d, {"seed": [0]}, bench=dict(bench, attend_only="yes")), "--dry-run")
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("bench.attend_only must be true or false", r.stderr)
+
     def test_bad_specs_are_usage_errors(self):
         with tempfile.TemporaryDirectory() as d:
             bad = Path(d) / "bad.json"
