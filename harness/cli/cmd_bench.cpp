@@ -123,8 +123,7 @@ int cmd_bench(int argc, char** argv, int first) {
       {"fidelity-inputs", "KIND",
        "random (q, k, v ~ N(0, 1) at the mixer shape; default), trained (q, k, v of the first attention layer of a "
        "softmax model trained for --fidelity-steps steps on the text task at length 512, captured at each length; "
-       "d_model 64, "
-       "2 heads) or both; implies --fidelity"},
+       "d_model 64, 2 heads) or both; implies --fidelity"},
       {"fidelity-steps", "S", "training steps (batch 16) of the model behind --fidelity-inputs trained (default 300); "
                               "longer training gives more peaked attention"},
       {"matmul-precision", "P", "fp32 (default) or bf16: inputs of the oneDNN GEMMs rounded to bfloat16, fp32 "
@@ -185,6 +184,9 @@ int cmd_bench(int argc, char** argv, int first) {
     fidelity_kinds = {k};
   else
     throw UsageError(unknown_name_message("--fidelity-inputs", k, {"random", "trained", "both"}));
+  if (args.has("fidelity-steps") && !fidelity_kinds.count("trained"))
+    throw UsageError("bench: --fidelity-steps trains the model behind --fidelity-inputs trained (or both); add that "
+                     "option or drop --fidelity-steps");
 
   // Resolve each variant's parameters once.
   std::map<std::string, Json> params;

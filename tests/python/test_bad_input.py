@@ -70,6 +70,8 @@ class Catalogue(unittest.TestCase):
                     "--fidelity-inputs", "trained")
         self.expect(["bench", "--variant", "softmax", "--fidelity-inputs", "trained", "--fidelity-steps", "0", "--out",
                      "b.json"], 2, "--fidelity-steps")
+        self.expect(["bench", "--variant", "softmax", "--fidelity-steps", "50", "--out", "b.json"], 2,
+                    "--fidelity-inputs trained")
 
     def test_sweep_specs(self):
         with tempfile.TemporaryDirectory() as d:
