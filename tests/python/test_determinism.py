@@ -18,12 +18,13 @@ TINY = ["--set", "task.max_length=32", "--set", "task.train_size=128", "--set", 
 
 
 def timing_free(doc):
-    """The run file without what may differ between identical runs: times, dates, the output path."""
+    """The run file without what may differ between identical runs: times, dates, the machine's load
+    and the output path."""
     doc = json.loads(json.dumps(doc))
     for k in list(doc["metrics"]):
         if "second" in k or k == "peak_rss_bytes":
             del doc["metrics"][k]
-    for k in ("date", "command_line"):
+    for k in ("date", "command_line", "load_avg"):
         doc["context"].pop(k, None)
     return doc
 
