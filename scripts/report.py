@@ -626,12 +626,16 @@ def section_context(doc, runs, manifests, paths):
     doc.details(f"Command lines ({len(cmds)} distinct)", commands)
 
     def load_text(c):
-        """The 1-minute load average at the start, with its share of the cores: timings beside
-        other work are slower and noisier."""
-        load, cpus = c.get("load_avg"), abresults.number(c.get("logical_cpus"))
-        if not isinstance(load, list) or not load or abresults.number(load[0]) is None:
-            return ""
-        return f"{load[0]:.2f}" + (f" ({load[0] / cpus:.0%} of {cpus:g} cores)" if cpus else "")
+        """Other runnable threads at the start (a snapshot) and the 1-minute load average (which
+        includes earlier work, e.g. a sweep's previous cells): timings beside other work are
+        slower and noisier."""
+        load, others = c.get("load_avg"), abresults.number(c.get("runnable_at_start"))
+        parts = []
+        if others is not None:
+            parts.append(f"{others:g} other runnable")
+        if isinstance(load, list) and load and abresults.number(load[0]) is not None:
+            parts.append(f"1-min load {load[0]:.2f}")
+        return ", ".join(parts)
 
     def run_list(d):
         rows = []

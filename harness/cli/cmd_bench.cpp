@@ -212,12 +212,13 @@ int cmd_bench(int argc, char** argv, int first) {
   benchmark::Initialize(&gb_argc, gb_argv.data());
 
   Json context = run_context(std::vector<std::string>(argv, argv + argc));
-  // Half the cores busy already (1-minute average): worth a word, since the figures will show it.
-  const Json& load = context["load_avg"];
-  if (!load.empty() && 2 * load[0].get<double>() >= context["logical_cpus"].get<double>()) {
-    fmt::print(stderr, "note: load average {:.2f} on {} logical CPUs as the bench starts; timings taken beside other "
-                       "work are slower and noisier (recorded as context.load_avg)\n",
-               load[0].get<double>(), context["logical_cpus"].get<int64_t>());
+  // Other threads already wanting half the cores (and at least two: one passing thread is the
+  // usual background of a quiet machine): worth a word, since the figures will show it.
+  if (const int64_t others = context.value("runnable_at_start", int64_t{0}), cpus = context["logical_cpus"].get<int64_t>();
+      others >= std::max<int64_t>(cpus / 2, 2)) {
+    fmt::print(stderr, "note: {} other runnable threads on {} logical CPUs as the bench starts; timings taken beside "
+                       "other work are slower and noisier (recorded as context.runnable_at_start and load_avg)\n",
+               others, cpus);
   }
   if (!args.has("no-calibration")) {
     const double g = calibrate_gemm_gflops();

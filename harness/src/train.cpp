@@ -336,14 +336,18 @@ Json run_context(const std::vector<std::string>& command_line) {
   Json cpu_flags = Json::array();
   for (const char* f : {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile"})
     if ((" " + flags + " ").find(std::string(" ") + f + " ") != std::string::npos) cpu_flags.push_back(f);
-  // Load averages when the run starts: timings taken beside other work are slower and noisier.
+  // The machine's load when the run starts: timings taken beside other work are slower and
+  // noisier. /proc/loadavg: three load averages (which include this machine's earlier work, e.g.
+  // the previous cell of a sweep), then "runnable/total" threads right now (this one included).
   Json load_avg = Json::array();
+  int64_t runnable_others = -1;
   std::ifstream loadavg("/proc/loadavg");
   for (double x; load_avg.size() < 3 && loadavg >> x;) load_avg.push_back(x);
+  if (int64_t running = 0; load_avg.size() == 3 && loadavg >> running) runnable_others = std::max<int64_t>(running - 1, 0);
   const std::time_t now = std::time(nullptr);
   char date[64];
   std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-  return {{"date", date},
+  Json context = {{"date", date},
           {"host", host},
           {"cpu_model", cpu},
           {"cpu_flags", cpu_flags},
@@ -364,6 +368,8 @@ Json run_context(const std::vector<std::string>& command_line) {
                                           NLOHMANN_JSON_VERSION_PATCH)}}},
           {"command_line", command_line},
           {"plugins", plugins}};
+  if (runnable_others >= 0) context["runnable_at_start"] = runnable_others;
+  return context;
 }
 
 std::string run_file_status(const std::string& text) {

@@ -202,6 +202,7 @@ class Commands(unittest.TestCase):
                 self.assertEqual(doc["context"]["git_revision"].split("+")[0], head.stdout.strip(),
                                  "the binary names another commit than HEAD: rebuild it")
             self.assertEqual(len(doc["context"]["load_avg"]), 3)
+            self.assertGreaterEqual(doc["context"]["runnable_at_start"], 0)
             medians = [b for b in doc["benchmarks"] if b.get("aggregate_name") == "median"]
             self.assertEqual(len(medians), 6)
             compare = Path("/usr/share/benchmark/compare.py")

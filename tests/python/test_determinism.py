@@ -24,7 +24,7 @@ def timing_free(doc):
     for k in list(doc["metrics"]):
         if "second" in k or k == "peak_rss_bytes":
             del doc["metrics"][k]
-    for k in ("date", "command_line", "load_avg"):
+    for k in ("date", "command_line", "load_avg", "runnable_at_start"):
         doc["context"].pop(k, None)
     return doc
 
