@@ -197,8 +197,7 @@ Json train_run(const RunConfig& cfg, bool progress, const std::function<void(Mod
     ~PrecisionScope() { kernels::set_matmul_precision(saved); }
   } precision_scope;
   try {
-    kernels::set_matmul_precision(tp.value("matmul_precision", "fp32") == "bf16" ? kernels::MatmulPrecision::bf16
-                                                                                  : kernels::MatmulPrecision::fp32);
+    set_matmul_precision(tp.value("matmul_precision", "fp32"));  // the name -> kernels mapping of ops.cpp
     const VariantSpec& vs = VariantRegistry::instance().get(cfg.variant);
     const auto t_gen = Clock::now();
     auto task = TaskRegistry::instance().get(cfg.task).make(cfg.task_params, cfg.seed);
