@@ -22,7 +22,7 @@
 
 #include <fmt/format.h>
 
-#include "attnbench/png.hpp"
+#include "io/png.hpp"
 #include "attnbench/rng.hpp"
 #include "attnbench/task.hpp"
 

@@ -60,8 +60,8 @@
 
 #include <fmt/format.h>
 
-#include "attnbench/lra_loaders.hpp"
-#include "attnbench/png.hpp"
+#include "io/lra_loaders.hpp"
+#include "io/png.hpp"
 #include "attnbench/rng.hpp"
 #include "attnbench/task.hpp"
 

@@ -32,7 +32,7 @@
 
 #include <fmt/format.h>
 
-#include "attnbench/lra_loaders.hpp"
+#include "io/lra_loaders.hpp"
 #include "attnbench/rng.hpp"
 #include "attnbench/task.hpp"
 

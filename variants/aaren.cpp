@@ -16,7 +16,7 @@
 #include <cmath>
 #include <limits>
 
-#include "attnbench/prefix_scan_attention.hpp"
+#include "attnbench/kernels/prefix_scan_attention.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {

@@ -17,9 +17,9 @@
 // [1 + f + f^2, d] linear-attention state and the last conv_taps - 1 inputs).
 #include <cmath>
 
-#include "attnbench/decode.hpp"
-#include "attnbench/linear_attention.hpp"
-#include "attnbench/short_conv.hpp"
+#include "attnbench/kernels/decode.hpp"
+#include "attnbench/kernels/linear_attention.hpp"
+#include "attnbench/kernels/short_conv.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {

@@ -18,7 +18,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "attnbench/block_sparse_attention.hpp"
+#include "attnbench/kernels/block_sparse_attention.hpp"
 #include "attnbench/rng.hpp"
 #include "attnbench/variant.hpp"
 

@@ -19,8 +19,8 @@
 #include <cmath>
 #include <numbers>
 
-#include "attnbench/decode.hpp"
-#include "attnbench/linear_attention.hpp"
+#include "attnbench/kernels/decode.hpp"
+#include "attnbench/kernels/linear_attention.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {

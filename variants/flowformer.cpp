@@ -25,8 +25,8 @@
 #include <memory>
 #include <vector>
 
-#include "attnbench/decode.hpp"
-#include "attnbench/prefix_scan_attention.hpp"
+#include "attnbench/kernels/decode.hpp"
+#include "attnbench/kernels/prefix_scan_attention.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {

@@ -12,7 +12,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "attnbench/fft.hpp"
+#include "attnbench/kernels/fft.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {

@@ -17,7 +17,7 @@
 #include <cmath>
 #include <string>
 
-#include "attnbench/gated_linear_attention.hpp"
+#include "attnbench/kernels/gated_linear_attention.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {

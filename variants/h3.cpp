@@ -21,8 +21,8 @@
 #include <cmath>
 #include <numbers>
 
-#include "attnbench/fft_conv.hpp"
-#include "attnbench/short_conv.hpp"
+#include "attnbench/kernels/fft_conv.hpp"
+#include "attnbench/kernels/short_conv.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {

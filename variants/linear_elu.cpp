@@ -10,8 +10,8 @@
 // enter neither the state nor the normaliser).
 #include <cmath>
 
-#include "attnbench/decode.hpp"
-#include "attnbench/linear_attention.hpp"
+#include "attnbench/kernels/decode.hpp"
+#include "attnbench/kernels/linear_attention.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {

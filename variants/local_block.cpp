@@ -10,7 +10,7 @@
 // result). A query whose whole block is padding outputs 0.
 #include <cmath>
 
-#include "attnbench/block_sparse_attention.hpp"
+#include "attnbench/kernels/block_sparse_attention.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {

@@ -17,7 +17,7 @@
 #include <cmath>
 #include <numeric>
 
-#include "attnbench/block_sparse_attention.hpp"
+#include "attnbench/kernels/block_sparse_attention.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {

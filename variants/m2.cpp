@@ -29,8 +29,8 @@
 #include <map>
 #include <numbers>
 
-#include "attnbench/monarch.hpp"
-#include "attnbench/short_conv.hpp"
+#include "attnbench/kernels/monarch.hpp"
+#include "attnbench/kernels/short_conv.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {

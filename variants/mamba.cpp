@@ -30,8 +30,8 @@
 
 #include <fmt/format.h>
 
-#include "attnbench/selective_scan.hpp"
-#include "attnbench/short_conv.hpp"
+#include "attnbench/kernels/selective_scan.hpp"
+#include "attnbench/kernels/short_conv.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {

@@ -23,8 +23,8 @@
 #include <functional>
 #include <string>
 
-#include "attnbench/gated_linear_attention.hpp"
-#include "attnbench/short_conv.hpp"
+#include "attnbench/kernels/gated_linear_attention.hpp"
+#include "attnbench/kernels/short_conv.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {

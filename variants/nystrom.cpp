@@ -26,7 +26,7 @@
 #include <cmath>
 #include <vector>
 
-#include "attnbench/linear_attention.hpp"
+#include "attnbench/kernels/linear_attention.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {

@@ -16,7 +16,7 @@
 // owned by the mixer (the LRA code applies it in the attention wrapper).
 #include <cmath>
 
-#include "attnbench/monarch.hpp"
+#include "attnbench/kernels/monarch.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {

@@ -16,7 +16,7 @@
 // twice; not in the paper); padding mask (padded keys are zeroed and do not decay the state).
 #include <cmath>
 
-#include "attnbench/gated_linear_attention.hpp"
+#include "attnbench/kernels/gated_linear_attention.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {

@@ -18,7 +18,7 @@
 #include <cmath>
 #include <numbers>
 
-#include "attnbench/fft_conv.hpp"
+#include "attnbench/kernels/fft_conv.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {

@@ -13,7 +13,7 @@
 #include <cmath>
 
 
-#include "attnbench/decode.hpp"
+#include "attnbench/kernels/decode.hpp"
 #include "attnbench/parallel.hpp"
 #include "attnbench/variant.hpp"
 

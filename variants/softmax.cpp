@@ -3,7 +3,7 @@
 // Time O(B H N^2 d); memory O(B H N^2) for the saved probabilities.
 #include <cmath>
 
-#include "attnbench/decode.hpp"
+#include "attnbench/kernels/decode.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {

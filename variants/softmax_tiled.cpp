@@ -11,7 +11,7 @@
 // (the dense variant would give NaN there).
 #include <cmath>
 
-#include "attnbench/flash_attention.hpp"
+#include "attnbench/kernels/flash_attention.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {

@@ -21,7 +21,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "attnbench/block_sparse_attention.hpp"
+#include "attnbench/kernels/block_sparse_attention.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {

@@ -21,9 +21,9 @@
 #include <cmath>
 #include <memory>
 
-#include "attnbench/block_sparse_attention.hpp"
-#include "attnbench/decode.hpp"
-#include "attnbench/prefix_scan_attention.hpp"
+#include "attnbench/kernels/block_sparse_attention.hpp"
+#include "attnbench/kernels/decode.hpp"
+#include "attnbench/kernels/prefix_scan_attention.hpp"
 #include "attnbench/variant.hpp"
 
 namespace {

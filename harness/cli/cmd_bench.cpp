@@ -13,9 +13,9 @@
 #include <fmt/format.h>
 
 #include "args.hpp"
-#include "attnbench/bench.hpp"
-#include "attnbench/fidelity.hpp"
-#include "attnbench/train.hpp"
+#include "bench/bench.hpp"
+#include "eval/fidelity.hpp"
+#include "train/train.hpp"
 #include "commands.hpp"
 
 namespace ab::cli {

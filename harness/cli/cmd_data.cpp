@@ -5,9 +5,9 @@
 #include <fmt/format.h>
 
 #include "args.hpp"
-#include "attnbench/png.hpp"
+#include "io/png.hpp"
 #include "attnbench/task.hpp"
-#include "attnbench/train.hpp"
+#include "train/train.hpp"
 #include "commands.hpp"
 
 namespace ab::cli {

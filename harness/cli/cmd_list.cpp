@@ -5,9 +5,9 @@
 #include <fmt/ranges.h>
 
 #include "args.hpp"
-#include "attnbench/model.hpp"
+#include "model/model.hpp"
 #include "attnbench/task.hpp"
-#include "attnbench/train.hpp"
+#include "train/train.hpp"
 #include "attnbench/variant.hpp"
 #include "commands.hpp"
 

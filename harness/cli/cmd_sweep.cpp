@@ -21,150 +21,16 @@
 #include <fmt/format.h>
 
 #include "args.hpp"
-#include "attnbench/sweep.hpp"
-#include "attnbench/train.hpp"
+#include "sweep/sweep.hpp"
+#include "train/train.hpp"
 #include "attnbench/variant.hpp"
 #include "commands.hpp"
-#include "sweep_runner.hpp"
+#include "sweep/runner.hpp"
 
 namespace ab::cli {
-namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-std::string tail_of(const fs::path& log, size_t lines) {
-  std::ifstream f(log);
-  std::vector<std::string> all;
-  for (std::string l; std::getline(f, l);) all.push_back(l);
-  std::string out;
-  for (size_t i = all.size() > lines ? all.size() - lines : 0; i < all.size(); ++i) out += all[i] + "\n";
-  return out;
-}
-
-// A record for a cell whose child died without writing its run file.
-Json failure_record(const SweepCell& c, const std::string& status, const std::string& error,
-                    const std::vector<std::string>& argv) {
-  Json doc;
-  if (c.kind == "train") {
-    std::vector<std::string> sets;
-    for (const auto& [k, v] : c.set.items()) sets.push_back(k + "=" + (v.is_string() ? v.get<std::string>() : v.dump()));
-    doc = run_header(resolve_run_config(c.variant, c.task, sets, c.seed, c.threads));
-  } else {
-    doc = {{"schema", "attnbench.run/1"}, {"kind", "bench"},
-           {"variants", Json::array({{{"name", c.variant}, {"params", Json::object()}}})},
-           {"task", nullptr}, {"train", nullptr}, {"seed", c.seed}};
-    // The same shape fields an ok bench run records, so reports can place the failed cells.
-    doc["model"] = {{"batch", c.bench.value("batch", 1)}, {"d_model", c.bench.value("d_model", 512)},
-                    {"heads", c.bench.value("heads", 8)}, {"causal", c.bench.value("causal", false)},
-                    {"train_step_model", {{"layers", 2}, {"d_model", 64}, {"heads", 2}, {"mlp_dim", 128}}}};
-  }
-  doc["status"] = status;
-  doc["error"] = error;
-  doc["metrics"] = Json::object();
-  doc["context"] = run_context(argv);
-  doc["context"]["threads"] = c.threads > 0 ? c.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-  return doc;
-}
-
-std::string signal_text(int sig) { return fmt::format("signal {} ({})", sig, strsignal(sig)); }
-
-}  // namespace
-
-std::string run_status(const fs::path& p) {
-  std::ifstream f(p);
-  if (!f) return "";
-  return run_file_status(std::string(std::istreambuf_iterator<char>(f), {}));
-}
-
-fs::path CellRunner::run_file(size_t cell) const { return dir_ / "runs" / (spec_.cells[cell].id + ".json"); }
-
-void CellRunner::start(size_t cell) {
-  const SweepCell& c = spec_.cells[cell];
-  const fs::path out = run_file(cell), log = dir_ / "logs" / (c.id + ".log");
-  std::error_code ec;
-  fs::remove(out, ec);
-  std::vector<std::string> args = c.command(out.string());
-  args.insert(args.begin(), "attnbench");
-  const pid_t pid = fork();
-  if (pid < 0) throw std::runtime_error(fmt::format("fork failed: {}", std::strerror(errno)));
-  if (pid == 0) {
-    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) dup2(fd, 1), dup2(fd, 2), close(fd);
-    setpgid(0, 0);  // the cell and anything it starts can be killed together
-    // If the sweep itself dies (killed, crashed), its cells die too: a resumed sweep re-runs them
-    // instead of racing orphans for the same run file.
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (memory_limit_ > 0) {
-      // RLIMIT_DATA covers heap and anonymous mappings: an allocation beyond it fails cleanly.
-      rlimit rl{static_cast<rlim_t>(memory_limit_), static_cast<rlim_t>(memory_limit_)};
-      setrlimit(RLIMIT_DATA, &rl);
-    }
-    std::vector<char*> cargv;
-    for (auto& a : args) cargv.push_back(a.data());
-    cargv.push_back(nullptr);
-    execv("/proc/self/exe", cargv.data());
-    _exit(127);
-  }
-  running_.push_back({pid, cell, Clock::now()});
-}
-
-std::vector<std::pair<size_t, std::string>> CellRunner::poll(int wait_ms) {
-  std::vector<std::pair<size_t, std::string>> ended;
-  const auto until = Clock::now() + std::chrono::milliseconds(wait_ms);
-  do {
-    int wstatus = 0;
-    const pid_t pid = waitpid(-1, &wstatus, WNOHANG);
-    auto it = std::find_if(running_.begin(), running_.end(), [&](const Child& r) { return r.pid == pid; });
-    if (pid <= 0 || it == running_.end()) {
-      for (auto& r : running_)
-        if (time_limit_ > 0 && !r.timed_out &&
-            std::chrono::duration<double>(Clock::now() - r.start).count() > time_limit_) {
-          kill(-r.pid, SIGKILL);
-          r.timed_out = true;
-        }
-      if (!ended.empty()) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      continue;
-    }
-    const SweepCell& c = spec_.cells[it->cell];
-    const fs::path out = run_file(it->cell), log = dir_ / "logs" / (c.id + ".log");
-    std::string st = run_status(out);
-    if (st.empty()) {
-      std::string why;
-      // Under a sanitizer a crash or an allocator failure ends in a report and exit code 1, not a
-      // signal: the child's log tells them apart.
-      const std::string log_tail = tail_of(log, 200);
-      const bool says_oom = log_tail.find("out of memory") != std::string::npos ||
-                            log_tail.find("bad_alloc") != std::string::npos ||
-                            log_tail.find("(errno: 12)") != std::string::npos;  // ENOMEM: the memory limit
-      const bool says_crash = log_tail.find("Sanitizer: SEGV") != std::string::npos ||
-                              log_tail.find("Sanitizer: BUS") != std::string::npos ||
-                              log_tail.find("ERROR: AddressSanitizer") != std::string::npos;
-      if (it->timed_out) st = "timeout", why = fmt::format("exceeded the time limit of {} s", time_limit_);
-      else if (WIFSIGNALED(wstatus)) {
-        const int sig = WTERMSIG(wstatus);
-        st = sig == SIGKILL || says_oom ? "oom" : "crashed";
-        why = fmt::format("crashed: {}{}", signal_text(sig), sig == SIGKILL ? " (the kernel's OOM killer?)" : "");
-      } else if (says_oom || says_crash) {
-        st = says_oom ? "oom" : "crashed";
-        why = fmt::format("{} (exit code {}, sanitizer report in the log)", says_oom ? "out of memory" : "crashed",
-                          WEXITSTATUS(wstatus));
-      } else {
-        st = "error";
-        why = fmt::format("exited with code {} without a run file", WEXITSTATUS(wstatus));
-      }
-      const std::string tail = tail_of(log, 8);
-      if (!tail.empty()) why += "; last output:\n" + tail;
-      std::vector<std::string> cmd = c.command(out.string());
-      cmd.insert(cmd.begin(), "attnbench");
-      write_json_atomic(out.string(), failure_record(c, st, why, cmd));
-    }
-    ended.emplace_back(it->cell, st);
-    running_.erase(it);
-  } while (Clock::now() < until);
-  return ended;
-}
 
 int cmd_sweep(int argc, char** argv, int first) {
   const auto flags = with_common({

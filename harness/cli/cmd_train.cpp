@@ -2,7 +2,7 @@
 #include <fmt/format.h>
 
 #include "args.hpp"
-#include "attnbench/train.hpp"
+#include "train/train.hpp"
 #include "commands.hpp"
 
 namespace ab::cli {

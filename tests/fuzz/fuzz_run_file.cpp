@@ -1,5 +1,5 @@
 // The run-file reader a resumed sweep uses to decide which cells are done.
-#include "attnbench/train.hpp"
+#include "train/train.hpp"
 #include "fuzz_common.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

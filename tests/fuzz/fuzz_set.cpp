@@ -3,7 +3,7 @@
 #include <sstream>
 
 #include "attnbench/task.hpp"
-#include "attnbench/train.hpp"
+#include "train/train.hpp"
 #include "attnbench/variant.hpp"
 #include "fuzz_common.hpp"
 

@@ -1,5 +1,5 @@
 // The sweep-spec parser and grid expansion on arbitrary text.
-#include "attnbench/sweep.hpp"
+#include "sweep/sweep.hpp"
 #include "fuzz_common.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

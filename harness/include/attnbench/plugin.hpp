@@ -17,7 +17,10 @@ namespace ab {
 // Bumped whenever a public class layout, virtual table or registration signature changes.
 // 2: Mixer gained begin_decode / decode_step, Cost gained state_bytes.
 // 3: Cost gained peak_bytes (its layout changed).
-inline constexpr int kPluginAbiVersion = 3;
+// 4: the SDK holds only what a plugin may use: fused kernels moved to attnbench/kernels/ (the old
+//    paths forward there until ABI 5), DecodeState to decode_state.hpp; the application headers
+//    (train, bench, sweep, model, fidelity, PNG, LRA loaders) left it.
+inline constexpr int kPluginAbiVersion = 4;
 
 struct PluginInfo {
   std::string path;  // absolute

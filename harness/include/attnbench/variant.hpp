@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "attnbench/decode_state.hpp"
 #include "attnbench/module.hpp"
 #include "attnbench/ops.hpp"
 #include "attnbench/params.hpp"
@@ -70,13 +71,6 @@ struct MixerContext {
   uint64_t seed = 0;
   int64_t step = 0;  // training step (stochastic mixers key their draws with it)
   int layer = 0;
-};
-
-// What a decoding mixer carries from one token to the next, for a batch of sequences.
-class DecodeState {
- public:
-  virtual ~DecodeState() = default;
-  virtual int64_t bytes() const = 0;  // bytes held now (Cost::state_bytes predicts it)
 };
 
 class Mixer : public Module {

@@ -1,0 +1,323 @@
+// FFT long convolution and the diagonal-SSM (S4D) kernel (fft_conv.hpp).
+#include "attnbench/kernels/fft_conv.hpp"
+#include "attnbench/params.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "attnbench/kernels/fft.hpp"
+#include "core/backend/onednn.hpp"
+
+namespace ab {
+
+namespace {
+
+using cfloat = fft::cfloat;
+using cdouble = std::complex<double>;
+
+void require(bool ok, const char* op, const std::string& what) {
+  if (!ok) throw std::invalid_argument(std::string(op) + ": " + what);
+}
+
+cfloat* as_complex(Tensor& t) { return reinterpret_cast<cfloat*>(t.data()); }
+const cfloat* as_complex(const Tensor& t) { return reinterpret_cast<const cfloat*>(t.data()); }
+
+// Geometry of one fft_conv call.
+struct ConvGeom {
+  int64_t B, N, C, G, L, Le, M, Mh, r;  // r = channels per kernel row
+};
+
+// Spectrum of one sequence: src [N, C] (row-major, zero-padded to M rows in `pad` [M, C], whose
+// rows N..M-1 must be zero) -> spec [Mh, C] complex.
+void forward_spectrum(const float* src, Tensor& pad, Tensor& spec, const ConvGeom& g) {
+  std::memcpy(pad.data(), src, static_cast<size_t>(g.N * g.C) * sizeof(float));
+  fft::r2c(pad.data(), as_complex(spec), fft::Layout{g.M, g.C, g.C, {{g.C, 1, 1}}});
+}
+
+// spec [Mh, C] complex *= kspec[f, g(c)] (or its conjugate) in place.
+void multiply_by_kernel(Tensor& spec, const Tensor& kspec, bool conjugate, const ConvGeom& g) {
+  cfloat* sp = as_complex(spec);
+  const cfloat* kp = as_complex(kspec);
+  kernels::parallel_for(g.Mh, std::max<int64_t>(1, kernels::kGrain / (4 * g.C)), [&](int64_t f0, int64_t f1) {
+    for (int64_t f = f0; f < f1; ++f) {
+      cfloat* row = sp + f * g.C;
+      const cfloat* krow = kp + f * g.G;
+      for (int64_t c = 0; c < g.C; ++c) {
+        const cfloat k = conjugate ? std::conj(krow[c / g.r]) : krow[c / g.r];
+        row[c] *= k;
+      }
+    }
+  });
+}
+
+// Inverse transform of spec [Mh, C] into `out` [M, C] and copy rows [0, N) to dst [N, C].
+void inverse_to(const Tensor& spec, Tensor& out, float* dst, const ConvGeom& g) {
+  fft::c2r(as_complex(spec), out.data(), fft::Layout{g.M, g.C, g.C, {{g.C, 1, 1}}});
+  std::memcpy(dst, out.data(), static_cast<size_t>(g.N * g.C) * sizeof(float));
+}
+
+// Frequency-domain kernel (K_fwd + conj(K_bwd)) / M, transposed to [Mh, G] complex.
+Tensor kernel_spectrum(const Tensor& kf, const Tensor* kb, const ConvGeom& g) {
+  Tensor pad = Tensor::zeros({g.G, g.M});
+  Tensor spec = Tensor::empty({g.G, g.Mh, 2});
+  Tensor out = Tensor::zeros({g.Mh, g.G, 2});
+  const float inv = 1.0f / static_cast<float>(g.M);
+  for (int pass = 0; pass < (kb ? 2 : 1); ++pass) {
+    const Tensor& k = pass == 0 ? kf : *kb;
+    for (int64_t row = 0; row < g.G; ++row)
+      std::memcpy(pad.data() + row * g.M, k.data() + row * g.L, static_cast<size_t>(g.Le) * sizeof(float));
+    fft::r2c(pad.data(), as_complex(spec), fft::Layout{g.M, 1, 1, {{g.G, g.M, g.Mh}}});
+    const cfloat* sp = as_complex(spec);
+    cfloat* op = as_complex(out);
+    for (int64_t row = 0; row < g.G; ++row)
+      for (int64_t f = 0; f < g.Mh; ++f) {
+        const cfloat v = sp[row * g.Mh + f] * inv;
+        op[f * g.G + row] += pass == 0 ? v : std::conj(v);
+      }
+  }
+  return out;
+}
+
+}  // namespace
+
+int64_t fft_conv_length(int64_t n, int64_t taps) { return fft::good_size(n + std::min(taps, n) - 1); }
+
+Var fft_conv(const Var& u, const Var& k_fwd, const Var& k_bwd) {
+  const char* op = "fft_conv";
+  require(u.rank() == 3, op, fmt::format("u {} must be [B, N, C]", shape_str(u.shape())));
+  require(k_fwd.rank() == 2 && k_fwd.dim(0) >= 1 && k_fwd.dim(1) >= 1, op,
+          fmt::format("k_fwd {} must be [G, L]", shape_str(k_fwd.shape())));
+  require(!k_bwd.defined() || k_bwd.shape() == k_fwd.shape(), op,
+          fmt::format("k_bwd {} must have the shape of k_fwd {}", shape_str(k_bwd.shape()), shape_str(k_fwd.shape())));
+  ConvGeom g;
+  g.B = u.dim(0), g.N = u.dim(1), g.C = u.dim(2), g.G = k_fwd.dim(0), g.L = k_fwd.dim(1);
+  require(g.C % g.G == 0, op, fmt::format("kernel rows {} must divide the channels {}", g.G, g.C));
+  g.r = g.C / g.G;
+  g.Le = std::min(g.L, g.N);
+  g.M = fft_conv_length(g.N, g.L);
+  g.Mh = fft::rfft_length(g.M);
+  const bool two_sided = k_bwd.defined();
+
+  Tensor kspec = kernel_spectrum(k_fwd.value(), two_sided ? &k_bwd.value() : nullptr, g);  // [Mh, G] complex
+  Tensor y = Tensor::empty({g.B, g.N, g.C});
+  {
+    Tensor pad = Tensor::zeros({g.M, g.C});
+    Tensor spec = Tensor::empty({g.Mh, g.C, 2});
+    Tensor out = Tensor::empty({g.M, g.C});
+    for (int64_t b = 0; b < g.B; ++b) {
+      // u_b [N, C] -> U_b [Mh, C] -> U_b K -> y_b [N, C]
+      forward_spectrum(u.value().data() + b * g.N * g.C, pad, spec, g);
+      multiply_by_kernel(spec, kspec, false, g);
+      inverse_to(spec, out, y.data() + b * g.N * g.C, g);
+    }
+  }
+
+  const GradSink gu = u.sink(), gkf = k_fwd.sink(), gkb = two_sided ? k_bwd.sink() : GradSink();
+  const bool want_k = gkf.wanted() || gkb.wanted();
+  const Tensor uv = want_k ? u.value() : Tensor();
+  if (!gu.wanted()) kspec = Tensor();
+  std::vector<Var> inputs{u, k_fwd};
+  if (two_sided) inputs.push_back(k_bwd);
+  return make_op_result(std::move(y), inputs, [gu, gkf, gkb, uv, kspec, g, want_k](const Tensor& dy) {
+    Tensor pad = Tensor::zeros({g.M, g.C});
+    Tensor gspec = Tensor::empty({g.Mh, g.C, 2});
+    Tensor uspec, acc, out;
+    if (want_k) {
+      uspec = Tensor::empty({g.Mh, g.C, 2});
+      acc = Tensor::zeros({g.Mh, g.C, 2});
+    }
+    Tensor du;
+    if (gu.wanted()) {
+      du = Tensor::empty({g.B, g.N, g.C});
+      out = Tensor::empty({g.M, g.C});
+    }
+    for (int64_t b = 0; b < g.B; ++b) {
+      // dy_b [N, C] -> DY_b [Mh, C]
+      forward_spectrum(dy.data() + b * g.N * g.C, pad, gspec, g);
+      if (want_k) {  // acc += conj(U_b) DY_b
+        forward_spectrum(uv.data() + b * g.N * g.C, pad, uspec, g);
+        cfloat* ap = as_complex(acc);
+        const cfloat* up = as_complex(uspec);
+        const cfloat* gp = as_complex(gspec);
+        kernels::parallel_for(g.Mh * g.C, kernels::kGrain, [&](int64_t i0, int64_t i1) {
+          for (int64_t i = i0; i < i1; ++i) ap[i] += std::conj(up[i]) * gp[i];
+        });
+      }
+      if (gu.wanted()) {  // du_b = DY_b conj(K) -> [N, C]
+        multiply_by_kernel(gspec, kspec, true, g);
+        inverse_to(gspec, out, du.data() + b * g.N * g.C, g);
+      }
+    }
+    if (gu.wanted()) gu.accumulate(du);
+    if (want_k) {
+      // Sum the channels of each kernel row: [Mh, C] -> [G, Mh], then one inverse transform per row.
+      Tensor red = Tensor::zeros({g.G, g.Mh, 2});
+      cfloat* rp = as_complex(red);
+      const cfloat* ap = as_complex(acc);
+      for (int64_t f = 0; f < g.Mh; ++f)
+        for (int64_t c = 0; c < g.C; ++c) rp[(c / g.r) * g.Mh + f] += ap[f * g.C + c];
+      Tensor p = Tensor::empty({g.G, g.M});
+      fft::c2r(rp, p.data(), fft::Layout{g.M, 1, 1, {{g.G, g.Mh, g.M}}});
+      const float inv = 1.0f / static_cast<float>(g.M);
+      // p[l] = sum_t dy[t] u[t - l] (circular), so dk_fwd[l] = p[l] and dk_bwd[l] = p[-l mod M].
+      if (gkf.wanted()) {
+        Tensor dk = Tensor::zeros({g.G, g.L});
+        for (int64_t row = 0; row < g.G; ++row)
+          for (int64_t l = 0; l < g.Le; ++l) dk[row * g.L + l] = p[row * g.M + l] * inv;
+        gkf.accumulate(dk);
+      }
+      if (gkb.wanted()) {
+        Tensor dk = Tensor::zeros({g.G, g.L});
+        for (int64_t row = 0; row < g.G; ++row)
+          for (int64_t l = 0; l < g.Le; ++l) dk[row * g.L + l] = p[row * g.M + (g.M - l) % g.M] * inv;
+        gkb.accumulate(dk);
+      }
+    }
+  });
+}
+
+// ---- diagonal SSM kernel ----------------------------------------------------------------------
+
+namespace {
+
+struct ModeParams {
+  double dt;
+  cdouble A, z, E, C, W;  // z = exp(dt A), E = (z - 1) / A, W = C E
+};
+
+ModeParams mode_params(const float* log_dt, const float* lar, const float* aim, const float* cp, int64_t c, int64_t n,
+                       int64_t modes) {
+  ModeParams m;
+  const int64_t i = c * modes + n;
+  m.dt = std::exp(static_cast<double>(log_dt[c]));
+  m.A = cdouble(-std::exp(static_cast<double>(lar[i])), static_cast<double>(aim[i]));
+  m.z = std::exp(m.dt * m.A);
+  m.E = (m.z - 1.0) / m.A;
+  m.C = cdouble(cp[2 * i], cp[2 * i + 1]);
+  m.W = m.C * m.E;
+  return m;
+}
+
+// Re-anchor the power recurrence p_l = p_{l-1} z with an exact exp every kAnchor steps.
+constexpr int64_t kAnchor = 64;
+
+}  // namespace
+
+Var ssm_diag_kernel(const Var& log_dt, const Var& log_a_re, const Var& a_im, const Var& c, int64_t length) {
+  const char* op = "ssm_diag_kernel";
+  require(log_dt.rank() == 1, op, fmt::format("log_dt {} must be [C]", shape_str(log_dt.shape())));
+  const int64_t C = log_dt.dim(0);
+  require(log_a_re.rank() == 2 && log_a_re.dim(0) == C, op,
+          fmt::format("log_a_re {} must be [C = {}, n]", shape_str(log_a_re.shape()), C));
+  const int64_t n = log_a_re.dim(1);
+  require(a_im.shape() == log_a_re.shape(), op, fmt::format("a_im {} must be [{}, {}]", shape_str(a_im.shape()), C, n));
+  require(c.rank() == 3 && c.dim(0) == C && c.dim(1) == n && c.dim(2) == 2, op,
+          fmt::format("c {} must be [{}, {}, 2]", shape_str(c.shape()), C, n));
+  require(length >= 1, op, "length must be positive");
+  const int64_t L = length;
+  const Tensor tdt = log_dt.value(), tlar = log_a_re.value(), taim = a_im.value(), tc = c.value();
+
+  Tensor K = Tensor::empty({C, L});
+  kernels::parallel_for(C, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<double> acc(static_cast<size_t>(L));
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t m = 0; m < n; ++m) {
+        const ModeParams p = mode_params(tdt.data(), tlar.data(), taim.data(), tc.data(), ch, m, n);
+        cdouble pw = 0;
+        for (int64_t l = 0; l < L; ++l) {
+          pw = l % kAnchor == 0 ? p.W * std::exp(static_cast<double>(l) * p.dt * p.A) : pw * p.z;
+          acc[l] += 2.0 * pw.real();
+        }
+      }
+      for (int64_t l = 0; l < L; ++l) K[ch * L + l] = static_cast<float>(acc[l]);
+    }
+  });
+
+  const GradSink gdt = log_dt.sink(), glar = log_a_re.sink(), gaim = a_im.sink(), gc = c.sink();
+  return make_op_result(std::move(K), {log_dt, log_a_re, a_im, c},
+                        [gdt, glar, gaim, gc, tdt, tlar, taim, tc, C, n, L](const Tensor& G) {
+    Tensor ddt = Tensor::zeros({C}), dlar = Tensor::zeros({C, n}), daim = Tensor::zeros({C, n}),
+           dc = Tensor::zeros({C, n, 2});
+    kernels::parallel_for(C, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        const float* g = G.data() + ch * L;
+        double dlogdt = 0;
+        for (int64_t m = 0; m < n; ++m) {
+          const ModeParams p = mode_params(tdt.data(), tlar.data(), taim.data(), tc.data(), ch, m, n);
+          // S = sum_l g_l z^l, S1 = sum_l g_l l z^l
+          cdouble S = 0, S1 = 0, pw = 0;
+          for (int64_t l = 0; l < L; ++l) {
+            pw = l % kAnchor == 0 ? std::exp(static_cast<double>(l) * p.dt * p.A) : pw * p.z;
+            const cdouble t = static_cast<double>(g[l]) * pw;
+            S += t;
+            S1 += static_cast<double>(l) * t;
+          }
+          // L = 2 Re(Phi), Phi = sum_l g_l W z^l, a holomorphic function of C, A and dt.
+          const cdouble dPhi_dC = p.E * S;
+          const cdouble dPhi_dA = p.C * (p.dt * p.z / p.A - (p.z - 1.0) / (p.A * p.A)) * S + p.W * p.dt * S1;
+          const cdouble dPhi_ddt = p.C * p.z * S + p.W * p.A * S1;
+          const int64_t i = ch * n + m;
+          dc[2 * i] = static_cast<float>(2.0 * dPhi_dC.real());
+          dc[2 * i + 1] = static_cast<float>(-2.0 * dPhi_dC.imag());
+          dlar[i] = static_cast<float>(2.0 * dPhi_dA.real() * p.A.real());  // dA_re/dlar = A_re
+          daim[i] = static_cast<float>(-2.0 * dPhi_dA.imag());
+          dlogdt += 2.0 * dPhi_ddt.real() * p.dt;
+        }
+        ddt[ch] = static_cast<float>(dlogdt);
+      }
+    });
+    gdt.accumulate(ddt);
+    glar.accumulate(dlar);
+    gaim.accumulate(daim);
+    gc.accumulate(dc);
+  });
+}
+
+DiagSsmModes diag_ssm_modes(const Tensor& log_dt, const Tensor& log_a_re, const Tensor& a_im, const Tensor& c) {
+  DiagSsmModes m;
+  m.channels = log_dt.numel();
+  m.modes = log_a_re.numel() / std::max<int64_t>(m.channels, 1);
+  const size_t total = static_cast<size_t>(m.channels * m.modes);
+  m.abar.resize(total), m.bbar.resize(total), m.c.resize(total);
+  for (int64_t ch = 0; ch < m.channels; ++ch)
+    for (int64_t n = 0; n < m.modes; ++n) {
+      const ModeParams p = mode_params(log_dt.data(), log_a_re.data(), a_im.data(), c.data(), ch, n, m.modes);
+      const size_t i = static_cast<size_t>(ch * m.modes + n);
+      m.abar[i] = std::complex<float>(p.z);
+      m.bbar[i] = std::complex<float>(p.E);
+      m.c[i] = std::complex<float>(p.C);
+    }
+  return m;
+}
+
+DiagSsmState::DiagSsmState(int64_t batch, int64_t channels, int64_t modes)
+    : batch_(batch), channels_(channels), modes_(modes), x_(static_cast<size_t>(batch * channels * modes)) {}
+
+Tensor DiagSsmState::step(const Tensor& u, const DiagSsmModes& m) {
+  if (u.numel() != batch_ * channels_ || m.modes != modes_ || m.channels < 1 || channels_ % m.channels != 0)
+    throw UsageError(fmt::format("DiagSsmState::step: input of {} values for batch {} x {} channels, {} modes "
+                                 "({} mode rows)",
+                                 u.numel(), batch_, channels_, m.modes, m.channels));
+  const int64_t r = channels_ / m.channels;
+  Tensor y = Tensor::empty({batch_, channels_});
+  for (int64_t b = 0; b < batch_; ++b)
+    for (int64_t s = 0; s < channels_; ++s) {
+      const float in = u[b * channels_ + s];
+      std::complex<float>* x = x_.data() + (b * channels_ + s) * modes_;
+      const int64_t row = (s / r) * modes_;
+      float acc = 0;
+      for (int64_t n = 0; n < modes_; ++n) {
+        x[n] = m.abar[row + n] * x[n] + m.bbar[row + n] * in;
+        acc += (m.c[row + n] * x[n]).real();
+      }
+      y[b * channels_ + s] = 2.f * acc;
+    }
+  return y;
+}
+
+}  // namespace ab

@@ -1,0 +1,692 @@
+// Exact attention with an online softmax over key blocks (FlashAttention forward, FlashAttention-2
+// backward). No N x N buffer: per thread, one or two score tiles [Br, Bc] and a few [Br or Bc, d]
+// blocks; k packed into panels once per call (the size of k).
+//
+// Forward, per (batch*head, query block of Br rows), for each key block of Bc keys:
+//   S = (q * scale * log2 e) k^T  (+ mask * log2 e, causal -inf)      [Br, Bc], base-2 logits
+//   m' = max(m, rowmax S);  P = 2^(S - m');  l = l 2^(m - m') + rowsum P;  O = O 2^(m - m') + P v
+// then O /= l and lse = (m + log2 l) ln 2 (natural log of the softmax denominator).
+// Backward, per (batch*head, key block), for each query block (P recomputed from lse):
+//   P = 2^(S - lse log2 e);  dV += P^T dO;  dP = dO V^T;  dS = P o (dP - D) * scale,
+//   D = rowsum(dO o O);  dQ += dS K;  dK += dS^T Q.
+// GEMMs on tiles go through one micro-kernel interface C[M, N] (+)= A[M, K] B[K, N] where A is
+// addressed with arbitrary row/column strides (so P^T and dS^T need no transposition) and B rows
+// are contiguous: k and v blocks are packed into 64-column panels [d][64] where they are the
+// transposed operand. With AVX-512: register-blocked broadcast-FMA kernels (6 x 64 for d = 64)
+// and a degree-5 polynomial exp2; otherwise plain loops the compiler vectorises.
+
+// GCC 12 reports a false -Wmaybe-uninitialized inside its own AVX-512 headers
+// (_mm512_undefined_ps in _mm512_max_ps) once they are inlined; it must be off where they are read.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+#include "attnbench/kernels/flash_attention.hpp"
+#include "attnbench/parallel.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+namespace ab {
+
+namespace {
+
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2 = 0.693147180559945309f;
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr int64_t kPanel = 64;  // columns of a packed k / v panel
+constexpr int64_t kLane = 16;   // row widths of score tiles are multiples of this
+
+// 2^f on [-0.5, 0.5]: degree-5 fit for relative error (max 2.4e-7 in fp32 Horner).
+constexpr float kE0 = 1.000000119e+00f, kE1 = 6.931469440e-01f, kE2 = 2.402212024e-01f,
+                kE3 = 5.550713092e-02f, kE4 = 9.675540961e-03f, kE5 = 1.327647129e-03f;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t round_up(int64_t a, int64_t m) { return ceil_div(a, m) * m; }
+
+// Per-thread scratch reused across calls (fresh pages are expensive here); carved into
+// 64-byte-aligned pieces.
+class Scratch {
+ public:
+  ~Scratch() { std::free(data_); }
+  void reserve(int64_t floats) {
+    if (floats <= cap_) return;
+    std::free(data_);
+    const auto bytes = static_cast<size_t>(round_up(floats, kLane) * 4);
+    data_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!data_) throw std::bad_alloc();
+    cap_ = floats;
+  }
+  float* data() { return data_; }
+
+ private:
+  float* data_ = nullptr;
+  int64_t cap_ = 0;
+};
+thread_local Scratch tls_scratch;
+
+// Hands out consecutive aligned pieces of one buffer; first call with base = nullptr only counts.
+struct Carver {
+  float* base;
+  int64_t used = 0;
+  float* take(int64_t n) {
+    float* p = base ? base + used : nullptr;
+    used += round_up(std::max<int64_t>(n, 1), kLane);
+    return p;
+  }
+};
+
+// Packs rows [0, n) of src [n, d] into panels dst[ceil(n/64)][d][64] (dst[p][c][j] = src[64p+j][c]),
+// zero beyond n.
+void pack_panels(const float* src, int64_t n, int64_t d, float* dst) {
+  const int64_t npan = ceil_div(n, kPanel);
+  for (int64_t p = 0; p < npan; ++p) {
+    float* panel = dst + p * kPanel * d;
+    const int64_t j0 = p * kPanel, nj = std::min(kPanel, n - j0);
+    for (int64_t j = 0; j < nj; ++j) {
+      const float* row = src + (j0 + j) * d;
+      for (int64_t c = 0; c < d; ++c) panel[c * kPanel + j] = row[c];
+    }
+    if (nj < kPanel)
+      for (int64_t c = 0; c < d; ++c) std::fill(panel + c * kPanel + nj, panel + (c + 1) * kPanel, 0.f);
+  }
+}
+
+// ---- portable kernels: plain loops, 16-lane partial reductions the compiler can vectorise ----
+struct Portable {
+  static float exp2(float x) {
+    x = std::min(std::max(x, -127.f), 127.f);
+    const float n = std::floor(x + 0.5f);
+    const float f = x - n;
+    float p = kE5;
+    p = p * f + kE4;
+    p = p * f + kE3;
+    p = p * f + kE2;
+    p = p * f + kE1;
+    p = p * f + kE0;
+    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, 4);
+    return x < -126.f ? 0.f : p * scale;
+  }
+
+  // C[M, N] (+)= A[M, K] B[K, N]; A(i, k) = a[i * a_rs + k * a_cs]; B row k at b + k * ldb.
+  static void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int64_t a_cs, const float* b,
+                   int64_t ldb, float* c, int64_t ldc, bool acc) {
+    for (int64_t i = 0; i < M; ++i) {
+      float* __restrict crow = c + i * ldc;
+      if (!acc) std::fill(crow, crow + N, 0.f);
+      for (int64_t k = 0; k < K; ++k) {
+        const float av = a[i * a_rs + k * a_cs];
+        const float* __restrict brow = b + k * ldb;
+        for (int64_t j = 0; j < N; ++j) crow[j] += av * brow[j];
+      }
+    }
+  }
+
+  // s[j] += bias[j] (bias may be null: 0) for j < lim, -inf for lim <= j < w (w a multiple of 16);
+  // returns the max.
+  static float mask_max(float* s, const float* bias, int64_t w, int64_t lim) {
+    float mx[kLane];
+    std::fill(mx, mx + kLane, -kInf);
+    for (int64_t j0 = 0; j0 < w; j0 += kLane)
+      for (int64_t l = 0; l < kLane; ++l) {
+        const int64_t j = j0 + l;
+        const float x = j < lim ? s[j] + (bias ? bias[j] : 0.f) : -kInf;
+        s[j] = x;
+        mx[l] = mx[l] > x ? mx[l] : x;
+      }
+    float m = -kInf;
+    for (float x : mx) m = std::max(m, x);
+    return m;
+  }
+
+  // s[j] = 2^(s[j] - m) for j < w; returns the sum.
+  static float exp_sum(float* s, int64_t w, float m) {
+    float acc[kLane] = {};
+    for (int64_t j0 = 0; j0 < w; j0 += kLane)
+      for (int64_t l = 0; l < kLane; ++l) {
+        const float p = exp2(s[j0 + l] - m);
+        s[j0 + l] = p;
+        acc[l] += p;
+      }
+    float t = 0;
+    for (float x : acc) t += x;
+    return t;
+  }
+
+  // s[j] = 2^(s[j] + bias[j] - lse2) for j < lim (bias may be null: 0), 0 for lim <= j < w.
+  static void probs(float* s, const float* bias, int64_t w, int64_t lim, float lse2) {
+    for (int64_t j = 0; j < w; ++j) s[j] = j < lim ? exp2(s[j] + (bias ? bias[j] : 0.f) - lse2) : 0.f;
+  }
+
+  // dp[j] = p[j] * (dp[j] - D) * scale for j < w.
+  static void dsoftmax(const float* p, float* dp, int64_t w, float D, float scale) {
+    for (int64_t j = 0; j < w; ++j) dp[j] = p[j] * (dp[j] - D) * scale;
+  }
+
+  static void scale_row(float* x, int64_t n, float a) {
+    for (int64_t j = 0; j < n; ++j) x[j] *= a;
+  }
+};
+
+#ifdef __AVX512F__
+// ---- AVX-512 kernels ----
+struct Avx512 {
+  static __m512 exp2v(__m512 x) {
+    // Below -200 the result is exactly 0 (also for -inf); scalef handles the whole exponent range.
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-200.f)), _mm512_set1_ps(128.f));
+    const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(kE5);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kE4));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kE3));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kE2));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kE1));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kE0));
+    return _mm512_scalef_ps(p, n);
+  }
+
+  static __mmask16 tail_mask(int64_t n) {  // low n bits (n in 1..16)
+    return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1u);
+  }
+
+  // The micro-kernel: C[MR, 16 NV] (+)= A[MR, K] B[K, 16 NV], the last 16 columns masked by `tail`.
+  template <int MR, int NV>
+  static void micro(int64_t K, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb, float* c,
+                    int64_t ldc, __mmask16 tail, bool acc) {
+    __m512 cr[MR][NV];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        const float* cp = c + i * ldc + 16 * v;
+        cr[i][v] = !acc ? _mm512_setzero_ps() : v == NV - 1 ? _mm512_maskz_loadu_ps(tail, cp) : _mm512_loadu_ps(cp);
+      }
+    const float* ar[MR];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) ar[i] = a + i * a_rs;
+    for (int64_t k = 0; k < K; ++k) {
+      const float* bk = b + k * ldb;
+      __m512 bv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v)
+        bv[v] = v == NV - 1 ? _mm512_maskz_loadu_ps(tail, bk + 16 * v) : _mm512_loadu_ps(bk + 16 * v);
+      const int64_t ak = k * a_cs;
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        const __m512 av = _mm512_set1_ps(ar[i][ak]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) cr[i][v] = _mm512_fmadd_ps(av, bv[v], cr[i][v]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        float* cp = c + i * ldc + 16 * v;
+        if (v == NV - 1)
+          _mm512_mask_storeu_ps(cp, tail, cr[i][v]);
+        else
+          _mm512_storeu_ps(cp, cr[i][v]);
+      }
+  }
+
+  // Rows per micro-kernel call for NV vectors of columns: at most 24 accumulators.
+  static constexpr int rows_for(int nv) { return nv == 4 ? 6 : nv == 3 ? 8 : 12; }
+
+  template <int NV, int R>
+  static void micro_tail(int r, int64_t K, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb,
+                         float* c, int64_t ldc, __mmask16 tail, bool acc) {
+    if constexpr (R > 0) {
+      if (r == R)
+        micro<R, NV>(K, a, a_rs, a_cs, b, ldb, c, ldc, tail, acc);
+      else
+        micro_tail<NV, R - 1>(r, K, a, a_rs, a_cs, b, ldb, c, ldc, tail, acc);
+    }
+  }
+
+  template <int NV>
+  static void column_block(int64_t M, int64_t K, const float* a, int64_t a_rs, int64_t a_cs, const float* b,
+                           int64_t ldb, float* c, int64_t ldc, __mmask16 tail, bool acc) {
+    constexpr int MR = rows_for(NV);
+    int64_t i = 0;
+    for (; i + MR <= M; i += MR) micro<MR, NV>(K, a + i * a_rs, a_rs, a_cs, b, ldb, c + i * ldc, ldc, tail, acc);
+    if (i < M)
+      micro_tail<NV, MR - 1>(static_cast<int>(M - i), K, a + i * a_rs, a_rs, a_cs, b, ldb, c + i * ldc, ldc, tail, acc);
+  }
+
+  static void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int64_t a_cs, const float* b,
+                   int64_t ldb, float* c, int64_t ldc, bool acc) {
+    for (int64_t n0 = 0; n0 < N; n0 += 64) {
+      const int64_t nn = std::min<int64_t>(64, N - n0);
+      const int nv = static_cast<int>(ceil_div(nn, 16));
+      const __mmask16 tail = tail_mask(nn - 16 * (nv - 1));
+      switch (nv) {
+        case 4: column_block<4>(M, K, a, a_rs, a_cs, b + n0, ldb, c + n0, ldc, tail, acc); break;
+        case 3: column_block<3>(M, K, a, a_rs, a_cs, b + n0, ldb, c + n0, ldc, tail, acc); break;
+        case 2: column_block<2>(M, K, a, a_rs, a_cs, b + n0, ldb, c + n0, ldc, tail, acc); break;
+        default: column_block<1>(M, K, a, a_rs, a_cs, b + n0, ldb, c + n0, ldc, tail, acc); break;
+      }
+    }
+  }
+
+  static __m512 lim_mask(__m512 x, int64_t j, int64_t lim) {
+    if (j + 16 <= lim) return x;
+    const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(j)),
+                                         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    const __mmask16 keep = _mm512_cmplt_epi32_mask(idx, _mm512_set1_epi32(static_cast<int>(lim)));
+    return _mm512_mask_mov_ps(_mm512_set1_ps(-kInf), keep, x);
+  }
+
+  static float mask_max(float* s, const float* bias, int64_t w, int64_t lim) {
+    __m512 mx0 = _mm512_set1_ps(-kInf), mx1 = mx0;
+    if (!bias) {  // unmasked keys: only the causal / ragged end needs writing
+      int64_t j = 0;
+      for (; j + 32 <= std::min(w, lim); j += 32) {
+        mx0 = _mm512_max_ps(mx0, _mm512_loadu_ps(s + j));
+        mx1 = _mm512_max_ps(mx1, _mm512_loadu_ps(s + j + 16));
+      }
+      for (; j < w; j += 16) {
+        __m512 x = _mm512_loadu_ps(s + j);
+        if (j + 16 > lim) {
+          x = lim_mask(x, j, lim);
+          _mm512_storeu_ps(s + j, x);
+        }
+        mx0 = _mm512_max_ps(mx0, x);
+      }
+    } else {
+      for (int64_t j = 0; j < w; j += 16) {
+        const __m512 x = lim_mask(_mm512_add_ps(_mm512_loadu_ps(s + j), _mm512_loadu_ps(bias + j)), j, lim);
+        _mm512_storeu_ps(s + j, x);
+        mx0 = _mm512_max_ps(mx0, x);
+      }
+    }
+    return _mm512_reduce_max_ps(_mm512_max_ps(mx0, mx1));
+  }
+
+  static float exp_sum(float* s, int64_t w, float m) {
+    const __m512 mv = _mm512_set1_ps(m);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t j = 0; j < w; j += 16) {
+      const __m512 p = exp2v(_mm512_sub_ps(_mm512_loadu_ps(s + j), mv));
+      _mm512_storeu_ps(s + j, p);
+      acc = _mm512_add_ps(acc, p);
+    }
+    return _mm512_reduce_add_ps(acc);
+  }
+
+  static void probs(float* s, const float* bias, int64_t w, int64_t lim, float lse2) {
+    const __m512 lv = _mm512_set1_ps(lse2);
+    for (int64_t j = 0; j < w; j += 16) {
+      __m512 x = _mm512_loadu_ps(s + j);
+      if (bias) x = _mm512_add_ps(x, _mm512_loadu_ps(bias + j));
+      _mm512_storeu_ps(s + j, exp2v(_mm512_sub_ps(lim_mask(x, j, lim), lv)));
+    }
+  }
+
+  static void dsoftmax(const float* p, float* dp, int64_t w, float D, float scale) {
+    const __m512 dv = _mm512_set1_ps(D), sv = _mm512_set1_ps(scale);
+    for (int64_t j = 0; j < w; j += 16) {
+      const __m512 t = _mm512_mul_ps(_mm512_loadu_ps(p + j), _mm512_sub_ps(_mm512_loadu_ps(dp + j), dv));
+      _mm512_storeu_ps(dp + j, _mm512_mul_ps(t, sv));
+    }
+  }
+
+  static void scale_row(float* x, int64_t n, float a) {
+    const __m512 av = _mm512_set1_ps(a);
+    for (int64_t j = 0; j < n; j += 16) {
+      const __mmask16 m = tail_mask(n - j);
+      _mm512_mask_storeu_ps(x + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + j), av));
+    }
+  }
+};
+#endif
+
+// Bias of keys [k0, k0 + n) in base-2 units: mask * log2 e (then -inf up to w, a multiple of 16).
+// Returns the bias to add, nullptr when it is 0 for every key (no mask, or nothing masked here),
+// and sets `all_masked` when no key of the block is visible.
+const float* key_bias(const float* mask_row, int64_t k0, int64_t n, int64_t w, float* bias, bool& all_masked) {
+  all_masked = n <= 0;
+  if (!mask_row) return nullptr;
+  bool any_visible = false, any_bias = false;
+  for (int64_t j = 0; j < w; ++j) {
+    bias[j] = j >= n ? -kInf : mask_row[k0 + j] * kLog2e;
+    any_visible = any_visible || (j < n && bias[j] != -kInf);
+    any_bias = any_bias || (j < n && bias[j] != 0.f);
+  }
+  all_masked = !any_visible;
+  return any_bias ? bias : nullptr;
+}
+
+struct Problem {
+  int64_t B, H, Nq, Nk, d;
+  const float* mask;  // [mask_batch, Nk] or null
+  int64_t mask_batch;
+  float scale;
+  bool causal;
+  const float* mask_row(int64_t bh) const {
+    return mask ? mask + (mask_batch == 1 ? 0 : bh / H) * Nk : nullptr;
+  }
+};
+
+template <class KR>
+void forward_impl(const Problem& pb, const float* q, const float* k, const float* v, float* o, float* lse,
+                  int64_t Br, int64_t Bc) {
+  const int64_t d = pb.d, Nq = pb.Nq, Nk = pb.Nk;
+  Br = std::min(Br, std::max<int64_t>(Nq, 1));
+  Bc = std::min(Bc, std::max<int64_t>(Nk, 1));
+  const int64_t nqb = ceil_div(Nq, Br), nkb = ceil_div(Nk, Bc);
+  const int64_t ldS = round_up(Bc, kPanel);
+  const float c = pb.scale * kLog2e;
+  // k of every (head, key block) packed once into panels: [B H, nkb, ldS / 64, d, 64].
+  Tensor kpacked = Tensor::empty({std::max<int64_t>(pb.B * pb.H * nkb * ldS * d, 1)});
+  float* kpack = kpacked.data();
+  ab::parallel_for(pb.B * pb.H * nkb, 1, [&](int64_t r_begin, int64_t r_end) {
+    for (int64_t item = r_begin; item < r_end; ++item) {
+      const int64_t bh = item / nkb, k0 = (item % nkb) * Bc;
+      pack_panels(k + (bh * Nk + k0) * d, std::min(Bc, Nk - k0), d, kpack + item * ldS * d);
+    }
+  });
+  auto layout = [&](Carver& cv, float** qs, float** oacc, float** S, float** bias, float** m, float** l) {
+    *qs = cv.take(Br * d);
+    *oacc = cv.take(Br * d);
+    *S = cv.take(Br * ldS);
+    *bias = cv.take(ldS);
+    *m = cv.take(Br);
+    *l = cv.take(Br);
+  };
+  int64_t scratch_floats;
+  {
+    Carver cv{nullptr};
+    float* t[6];
+    layout(cv, &t[0], &t[1], &t[2], &t[3], &t[4], &t[5]);
+    scratch_floats = cv.used;
+  }
+  ab::parallel_for(pb.B * pb.H * nqb, 1, [&](int64_t r_begin, int64_t r_end) {
+    tls_scratch.reserve(scratch_floats);
+    Carver cv{tls_scratch.data()};
+    float *qs, *oacc, *S, *bias, *m, *l;
+    layout(cv, &qs, &oacc, &S, &bias, &m, &l);
+    for (int64_t item = r_begin; item < r_end; ++item) {
+      const int64_t bh = item / nqb, q0 = (item % nqb) * Br, mq = std::min(Br, Nq - q0);
+      const float* qh = q + (bh * Nq + q0) * d;
+      const float* vh = v + bh * Nk * d;
+      const float* mrow = pb.mask_row(bh);
+      for (int64_t i = 0; i < mq * d; ++i) qs[i] = qh[i] * c;  // [mq, d], base-2 logits scale
+      std::fill(oacc, oacc + mq * d, 0.f);
+      std::fill(m, m + mq, -kInf);
+      std::fill(l, l + mq, 0.f);
+      for (int64_t kb = 0; kb < nkb; ++kb) {
+        const int64_t k0 = kb * Bc;
+        if (pb.causal && k0 > q0 + mq - 1) break;
+        const int64_t nk = std::min(Bc, Nk - k0);
+        const int64_t ncols = pb.causal ? std::min(nk, q0 + mq - k0) : nk;  // keys any row of the block sees
+        const int64_t w = round_up(ncols, kLane);
+        bool all_masked;
+        const float* kbias = key_bias(mrow, k0, ncols, w, bias, all_masked);
+        if (all_masked) continue;
+        const float* kp = kpack + (bh * nkb + kb) * ldS * d;  // [ceil(nk/64), d, 64]
+        for (int64_t p = 0; p * kPanel < ncols; ++p)  // S[mq, ncols] = qs kp^T
+          KR::gemm(mq, kPanel, d, qs, d, 1, kp + p * kPanel * d, kPanel, S + p * kPanel, ldS, false);
+        for (int64_t i = 0; i < mq; ++i) {
+          const int64_t lim = pb.causal ? std::clamp<int64_t>(q0 + i - k0 + 1, 0, ncols) : ncols;
+          float* srow = S + i * ldS;
+          const float mnew = std::max(m[i], KR::mask_max(srow, kbias, w, lim));
+          const float msafe = mnew == -kInf ? 0.f : mnew;
+          const float alpha = std::exp2(m[i] - msafe);
+          const float sum = KR::exp_sum(srow, w, msafe);
+          l[i] = l[i] * alpha + sum;
+          m[i] = mnew;
+          if (alpha != 1.f) KR::scale_row(oacc + i * d, d, alpha);
+        }
+        // oacc[mq, d] += P[mq, ncols] v[k0 : k0 + ncols, d]
+        KR::gemm(mq, d, ncols, S, ldS, 1, vh + k0 * d, d, oacc, d, true);
+      }
+      float* oh = o + (bh * Nq + q0) * d;
+      float* lh = lse + bh * Nq + q0;
+      for (int64_t i = 0; i < mq; ++i) {
+        const bool seen = l[i] > 0.f;
+        const float inv = seen ? 1.f / l[i] : 0.f;
+        for (int64_t j = 0; j < d; ++j) oh[i * d + j] = oacc[i * d + j] * inv;
+        lh[i] = seen ? (m[i] + std::log2(l[i])) * kLn2 : kInf;
+      }
+    }
+  });
+}
+
+template <class KR>
+void backward_impl(const Problem& pb, const float* q, const float* k, const float* v, const float* o,
+                   const float* lse, const float* dout, float* dq, float* dk, float* dv, int64_t Br, int64_t Bc) {
+  const int64_t d = pb.d, Nq = pb.Nq, Nk = pb.Nk, BH = pb.B * pb.H;
+  Br = std::min(Br, std::max<int64_t>(Nq, 1));
+  Bc = std::min(Bc, std::max<int64_t>(Nk, 1));
+  const int64_t nkb = ceil_div(Nk, Bc);
+  const int64_t ldS = round_up(Bc, kPanel);
+  const float c = pb.scale * kLog2e;
+
+  // Per query row: D = rowsum(dO o O) and the log-sum-exp in base-2 units.
+  Tensor rowD = Tensor::empty({std::max<int64_t>(BH * Nq, 1)}), lse2 = Tensor::empty({std::max<int64_t>(BH * Nq, 1)});
+  float* Dp = rowD.data();
+  float* L2 = lse2.data();
+  ab::parallel_for(BH * Nq, 256, [&](int64_t r_begin, int64_t r_end) {
+    for (int64_t i = r_begin; i < r_end; ++i) {
+      float acc[kLane] = {};
+      const float* a = dout + i * d;
+      const float* b = o + i * d;
+      int64_t j = 0;
+      for (; j + kLane <= d; j += kLane)
+        for (int64_t t = 0; t < kLane; ++t) acc[t] += a[j + t] * b[j + t];
+      for (; j < d; ++j) acc[0] += a[j] * b[j];
+      float s = 0;
+      for (float x : acc) s += x;
+      Dp[i] = s;
+      L2[i] = lse[i] * kLog2e;
+    }
+  });
+
+  // Work items (head, group of key blocks g, g + G, ...). One group per head when there are
+  // enough heads; else several groups, each with its own dQ partial, summed in a fixed order.
+  const int64_t T = std::max<int64_t>(ab::parallel_threads(), 1);
+  const int64_t G = BH >= 2 * T ? 1 : std::max<int64_t>(1, std::min(nkb, ceil_div(2 * T, std::max<int64_t>(BH, 1))));
+  Tensor partial;
+  float* dq_acc = dq;
+  if (G > 1) {
+    partial = Tensor::zeros({G, BH * Nq * d});
+    dq_acc = partial.data();
+  } else {
+    std::fill(dq, dq + BH * Nq * d, 0.f);
+  }
+
+  auto layout = [&](Carver& cv, float** qs, float** S, float** dP, float** kp, float** vp, float** dka, float** dva,
+                    float** bias) {
+    *qs = cv.take(Br * d);
+    *S = cv.take(Br * ldS);
+    *dP = cv.take(Br * ldS);
+    *kp = cv.take(ldS * d);
+    *vp = cv.take(ldS * d);
+    *dka = cv.take(Bc * d);
+    *dva = cv.take(Bc * d);
+    *bias = cv.take(ldS);
+  };
+  int64_t scratch_floats;
+  {
+    Carver cv{nullptr};
+    float* t[8];
+    layout(cv, &t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6], &t[7]);
+    scratch_floats = cv.used;
+  }
+  ab::parallel_for(BH * G, 1, [&](int64_t r_begin, int64_t r_end) {
+    tls_scratch.reserve(scratch_floats);
+    Carver cv{tls_scratch.data()};
+    float *qs, *S, *dP, *kp, *vp, *dka, *dva, *bias;
+    layout(cv, &qs, &S, &dP, &kp, &vp, &dka, &dva, &bias);
+    for (int64_t item = r_begin; item < r_end; ++item) {
+      const int64_t bh = item / G, g = item % G;
+      const float* qh = q + bh * Nq * d;
+      const float* kh = k + bh * Nk * d;
+      const float* vh = v + bh * Nk * d;
+      const float* doh = dout + bh * Nq * d;
+      const float* Dh = Dp + bh * Nq;
+      const float* Lh = L2 + bh * Nq;
+      float* dqh = dq_acc + (g * BH + bh) * Nq * d;
+      const float* mrow = pb.mask_row(bh);
+      for (int64_t kb = g; kb < nkb; kb += G) {
+        const int64_t k0 = kb * Bc, nk = std::min(Bc, Nk - k0);
+        float* dkh = dk + (bh * Nk + k0) * d;
+        float* dvh = dv + (bh * Nk + k0) * d;
+        bool all_masked;
+        const float* kbias = key_bias(mrow, k0, nk, round_up(nk, kLane), bias, all_masked);
+        if (all_masked || (pb.causal && k0 > Nq - 1)) {
+          std::fill(dkh, dkh + nk * d, 0.f);
+          std::fill(dvh, dvh + nk * d, 0.f);
+          continue;
+        }
+        pack_panels(kh + k0 * d, nk, d, kp);  // [ceil(nk/64), d, 64]
+        pack_panels(vh + k0 * d, nk, d, vp);
+        std::fill(dka, dka + nk * d, 0.f);
+        std::fill(dva, dva + nk * d, 0.f);
+        for (int64_t q0 = pb.causal ? k0 / Br * Br : 0; q0 < Nq; q0 += Br) {
+          const int64_t mq = std::min(Br, Nq - q0);
+          const int64_t ncols = pb.causal ? std::min(nk, q0 + mq - k0) : nk;
+          const int64_t w = round_up(ncols, kLane);
+          const float* qb = qh + q0 * d;
+          const float* dob = doh + q0 * d;
+          for (int64_t i = 0; i < mq * d; ++i) qs[i] = qb[i] * c;
+          for (int64_t p = 0; p * kPanel < ncols; ++p)  // S[mq, ncols] = qs kp^T
+            KR::gemm(mq, kPanel, d, qs, d, 1, kp + p * kPanel * d, kPanel, S + p * kPanel, ldS, false);
+          for (int64_t i = 0; i < mq; ++i) {  // P = 2^(S + bias - lse2)
+            const int64_t lim = pb.causal ? std::clamp<int64_t>(q0 + i - k0 + 1, 0, ncols) : ncols;
+            KR::probs(S + i * ldS, kbias, w, lim, Lh[q0 + i]);
+          }
+          // dV[ncols, d] += P^T[ncols, mq] dO[mq, d]
+          KR::gemm(ncols, d, mq, S, 1, ldS, dob, d, dva, d, true);
+          for (int64_t p = 0; p * kPanel < ncols; ++p)  // dP[mq, ncols] = dO vp^T
+            KR::gemm(mq, kPanel, d, dob, d, 1, vp + p * kPanel * d, kPanel, dP + p * kPanel, ldS, false);
+          for (int64_t i = 0; i < mq; ++i)  // dS = P o (dP - D) * scale, into dP
+            KR::dsoftmax(S + i * ldS, dP + i * ldS, w, Dh[q0 + i], pb.scale);
+          // dQ[mq, d] += dS[mq, ncols] k[k0 : k0 + ncols, d]
+          KR::gemm(mq, d, ncols, dP, ldS, 1, kh + k0 * d, d, dqh + q0 * d, d, true);
+          // dK[ncols, d] += dS^T[ncols, mq] q[q0 : q0 + mq, d]
+          KR::gemm(ncols, d, mq, dP, 1, ldS, qb, d, dka, d, true);
+        }
+        std::copy(dka, dka + nk * d, dkh);
+        std::copy(dva, dva + nk * d, dvh);
+      }
+    }
+  });
+
+  if (G > 1) {
+    const int64_t n = BH * Nq * d;
+    const float* part = partial.data();
+    ab::parallel_for(n, 1 << 14, [&](int64_t r_begin, int64_t r_end) {
+      for (int64_t i = r_begin; i < r_end; ++i) {
+        float s = part[i];
+        for (int64_t g = 1; g < G; ++g) s += part[g * n + i];
+        dq[i] = s;
+      }
+    });
+  }
+}
+
+void check_blocks(const FlashAttentionOptions& opt) {
+  if (opt.block_q < 1 || opt.block_k < 1 || opt.bwd_block_q < 1 || opt.bwd_block_k < 1)
+    throw std::invalid_argument(fmt::format("flash_attention: block sizes must be >= 1 (got {} {} {} {})", opt.block_q,
+                                            opt.block_k, opt.bwd_block_q, opt.bwd_block_k));
+}
+
+Problem make_problem(const FlashShape& s, const float* mask, int64_t mask_batch, float scale, bool causal) {
+  if (s.batch < 0 || s.heads < 0 || s.q_len < 0 || s.k_len < 0 || s.head_dim < 1)
+    throw std::invalid_argument("flash_attention: bad shape");
+  if (causal && s.q_len != s.k_len)
+    throw std::invalid_argument(
+        fmt::format("flash_attention: causal needs equal lengths (q {}, k {})", s.q_len, s.k_len));
+  if (mask && mask_batch != 1 && mask_batch != s.batch)
+    throw std::invalid_argument(fmt::format("flash_attention: mask batch {} for batch {}", mask_batch, s.batch));
+  return Problem{s.batch, s.heads, s.q_len, s.k_len, s.head_dim, mask, mask_batch, scale, causal};
+}
+
+}  // namespace
+
+bool flash_attention_has_avx512() {
+#ifdef __AVX512F__
+  return true;
+#else
+  return false;
+#endif
+}
+
+void flash_attention_forward(const FlashShape& s, const float* q, const float* k, const float* v, const float* key_mask,
+                             int64_t mask_batch, float scale, bool causal, float* o, float* lse,
+                             const FlashAttentionOptions& opt) {
+  check_blocks(opt);
+  const Problem pb = make_problem(s, key_mask, mask_batch, scale, causal);
+#ifdef __AVX512F__
+  if (!opt.portable) return forward_impl<Avx512>(pb, q, k, v, o, lse, opt.block_q, opt.block_k);
+#endif
+  forward_impl<Portable>(pb, q, k, v, o, lse, opt.block_q, opt.block_k);
+}
+
+void flash_attention_backward(const FlashShape& s, const float* q, const float* k, const float* v,
+                              const float* key_mask, int64_t mask_batch, float scale, bool causal, const float* o,
+                              const float* lse, const float* dout, float* dq, float* dk, float* dv,
+                              const FlashAttentionOptions& opt) {
+  check_blocks(opt);
+  const Problem pb = make_problem(s, key_mask, mask_batch, scale, causal);
+#ifdef __AVX512F__
+  if (!opt.portable)
+    return backward_impl<Avx512>(pb, q, k, v, o, lse, dout, dq, dk, dv, opt.bwd_block_q, opt.bwd_block_k);
+#endif
+  backward_impl<Portable>(pb, q, k, v, o, lse, dout, dq, dk, dv, opt.bwd_block_q, opt.bwd_block_k);
+}
+
+Var flash_attention(const Var& q, const Var& k, const Var& v, float scale, bool causal, const Tensor* key_mask,
+                    const FlashAttentionOptions& opt) {
+  if (q.rank() != 4 || k.rank() != 4 || v.rank() != 4)
+    throw std::invalid_argument(fmt::format("flash_attention: q, k, v must be [B, H, N, d] (got {}, {}, {})",
+                                            shape_str(q.shape()), shape_str(k.shape()), shape_str(v.shape())));
+  const FlashShape s{q.dim(0), q.dim(1), q.dim(2), k.dim(2), q.dim(3)};
+  if (k.shape() != v.shape() || k.dim(0) != s.batch || k.dim(1) != s.heads || k.dim(3) != s.head_dim)
+    throw std::invalid_argument(fmt::format("flash_attention: q {} does not match k {} and v {}", shape_str(q.shape()),
+                                            shape_str(k.shape()), shape_str(v.shape())));
+  Tensor mask;
+  int64_t mask_batch = 0;
+  if (key_mask && key_mask->defined()) {
+    mask = *key_mask;
+    mask_batch = mask.rank() > 0 ? mask.dim(0) : 0;
+    if (mask.rank() < 2 || mask.dim(-1) != s.k_len || mask.numel() != mask_batch * s.k_len ||
+        (mask_batch != 1 && mask_batch != s.batch))
+      throw std::invalid_argument(fmt::format("flash_attention: key mask {} is not [B, 1, 1, {}] for batch {}",
+                                              shape_str(mask.shape()), s.k_len, s.batch));
+  }
+  Tensor o = Tensor::empty(q.shape());
+  Tensor lse = Tensor::empty({s.batch, s.heads, s.q_len});
+  const float* mp = mask.defined() ? mask.data() : nullptr;
+  flash_attention_forward(s, q.value().data(), k.value().data(), v.value().data(), mp, mask_batch, scale, causal,
+                          o.data(), lse.data(), opt);
+  Tensor saved_o = o;
+  return make_op_result(
+      std::move(o), {q, k, v},
+      [gq = q.sink(), gk = k.sink(), gv = v.sink(), qv = q.value(), kv = k.value(), vv = v.value(), ov = saved_o, lse,
+       mask, mask_batch, s, scale, causal, opt](const Tensor& g) {
+        Tensor dq = Tensor::empty(qv.shape()), dk = Tensor::empty(kv.shape()), dv = Tensor::empty(vv.shape());
+        flash_attention_backward(s, qv.data(), kv.data(), vv.data(), mask.defined() ? mask.data() : nullptr,
+                                 mask_batch, scale, causal, ov.data(), lse.data(), g.data(), dq.data(), dk.data(),
+                                 dv.data(), opt);
+        gq.accumulate(dq);
+        gk.accumulate(dk);
+        gv.accumulate(dv);
+      });
+}
+
+}  // namespace ab

@@ -1,0 +1,627 @@
+// Gated linear attention: recurrent, parallel and chunked forms with hand-written backward
+// (see gated_linear_attention.hpp for the maths). TBB over batch * head; per (batch, head) the
+// loops are sequential over positions or chunks, the inner loops run over dk or dv (vectorised).
+#include "attnbench/kernels/gated_linear_attention.hpp"
+#include "attnbench/params.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "attnbench/ops.hpp"
+#include "core/backend/onednn.hpp"
+
+namespace ab {
+
+namespace {
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument("gated_linear_attention: " + what);
+}
+
+struct Dims {
+  int64_t B, H, Hq, Hk, N, K, V;
+  bool vec;  // per-key-dimension decay
+};
+
+Dims check_shapes(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g) {
+  require(q.rank() == 4 && k.rank() == 4 && v.rank() == 4,
+          fmt::format("q {}, k {}, v {} must be rank 4", shape_str(q.shape()), shape_str(k.shape()), shape_str(v.shape())));
+  Dims d{v.dim(0), v.dim(1), q.dim(1), k.dim(1), v.dim(2), q.dim(3), v.dim(3), false};
+  require(q.dim(0) == d.B && k.dim(0) == d.B && q.dim(2) == d.N && k.dim(2) == d.N && k.dim(3) == d.K,
+          fmt::format("q {}, k {} do not fit v {}", shape_str(q.shape()), shape_str(k.shape()), shape_str(v.shape())));
+  require((d.Hq == 1 || d.Hq == d.H) && (d.Hk == 1 || d.Hk == d.H),
+          fmt::format("q and k heads ({}, {}) must be 1 or {}", d.Hq, d.Hk, d.H));
+  const Shape scalar{d.B, d.H, d.N}, vector{d.B, d.H, d.N, d.K};
+  require(g.shape() == scalar || g.shape() == vector,
+          fmt::format("log_alpha {} must be {} or {}", shape_str(g.shape()), shape_str(scalar), shape_str(vector)));
+  d.vec = g.rank() == 4;
+  return d;
+}
+
+// Reverses the sequence axis (dim 2) of a [B, H', N, *] or [B, H', N] tensor.
+Tensor flip_seq(const Tensor& t) {
+  const int64_t outer = t.dim(0) * t.dim(1), N = t.dim(2), inner = t.numel() / std::max<int64_t>(1, outer * N);
+  Tensor y = Tensor::empty(t.shape());
+  const float* src = t.data();
+  float* dst = y.data();
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t n = 0; n < N; ++n)
+      std::copy(src + (o * N + n) * inner, src + (o * N + n + 1) * inner, dst + (o * N + (N - 1 - n)) * inner);
+  return y;
+}
+
+// Pointers of one (batch, head). Gate value of position t, key dim i: g[t * gs + (vec ? i : 0)].
+struct Slice {
+  const float *q, *k, *v, *g;
+  int64_t N, K, V, gs;
+  bool vec;
+  float gate(int64_t t, int64_t i) const { return g[t * gs + (vec ? i : 0)]; }
+};
+
+Slice slice_of(const Dims& d, const float* q, const float* k, const float* v, const float* g, int64_t bh) {
+  const int64_t b = bh / d.H, h = bh % d.H;
+  const int64_t hq = d.Hq == 1 ? 0 : h, hk = d.Hk == 1 ? 0 : h;
+  const int64_t gs = d.vec ? d.K : 1;
+  return {q + (b * d.Hq + hq) * d.N * d.K, k + (b * d.Hk + hk) * d.N * d.K, v + bh * d.N * d.V, g + bh * d.N * gs,
+          d.N, d.K, d.V, gs, d.vec};
+}
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  float s = 0.f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+inline void axpy(float a, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recurrent form. o: [N, V]
+void recurrent_forward(const Slice& s, float* o) {
+  const int64_t K = s.K, V = s.V;
+  std::vector<float> S(static_cast<size_t>(K * V), 0.f);  // [K, V]
+  for (int64_t t = 0; t < s.N; ++t) {
+    const float* kt = s.k + t * K;
+    const float* vt = s.v + t * V;
+    const float* qt = s.q + t * K;
+    float* ot = o + t * V;
+    std::fill(ot, ot + V, 0.f);
+    for (int64_t i = 0; i < K; ++i) {
+      float* row = S.data() + i * V;
+      const float a = std::exp(s.gate(t, i)), ki = kt[i];
+      for (int64_t j = 0; j < V; ++j) row[j] = a * row[j] + ki * vt[j];
+      axpy(qt[i], row, ot, V);
+    }
+  }
+}
+
+// do: [N, V] -> dq, dk: [N, K], dv: [N, V]
+void recurrent_backward(const Slice& s, const float* dO, float* dq, float* dk, float* dv) {
+  const int64_t K = s.K, V = s.V;
+  std::vector<float> S(static_cast<size_t>(K * V), 0.f);
+  for (int64_t t = 0; t < s.N; ++t) {  // dq_t = S_t do_t
+    const float* kt = s.k + t * K;
+    const float* vt = s.v + t * V;
+    for (int64_t i = 0; i < K; ++i) {
+      float* row = S.data() + i * V;
+      const float a = std::exp(s.gate(t, i)), ki = kt[i];
+      for (int64_t j = 0; j < V; ++j) row[j] = a * row[j] + ki * vt[j];
+      dq[t * K + i] = dot(row, dO + t * V, V);
+    }
+  }
+  std::fill(S.begin(), S.end(), 0.f);  // now dS_t = diag(alpha_{t+1}) dS_{t+1} + q_t do_t^T
+  for (int64_t t = s.N - 1; t >= 0; --t) {
+    const float* qt = s.q + t * K;
+    const float* kt = s.k + t * K;
+    const float* vt = s.v + t * V;
+    const float* dot_ = dO + t * V;
+    float* dvt = dv + t * V;
+    std::fill(dvt, dvt + V, 0.f);
+    for (int64_t i = 0; i < K; ++i) {
+      float* row = S.data() + i * V;
+      axpy(qt[i], dot_, row, V);
+      dk[t * K + i] = dot(row, vt, V);
+      axpy(kt[i], row, dvt, V);
+      const float a = std::exp(s.gate(t, i));
+      for (int64_t j = 0; j < V; ++j) row[j] *= a;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parallel form: scores A[t, u] = sum_i q_t[i] k_u[i] exp(G_t[i] - G_u[i]) for u <= t.
+struct Cumulative {
+  std::vector<double> G;  // [N, gs], inclusive cumulative sums
+  explicit Cumulative(const Slice& s) : G(static_cast<size_t>(s.N * s.gs)) {
+    for (int64_t i = 0; i < s.gs; ++i) {
+      double acc = 0;
+      for (int64_t t = 0; t < s.N; ++t) G[t * s.gs + i] = acc += s.g[t * s.gs + i];
+    }
+  }
+};
+
+// A: [N, N] from the tracking allocator (so memory figures see the quadratic buffer); u > t unset.
+Tensor parallel_scores(const Slice& s, const Cumulative& c) {
+  const int64_t N = s.N, K = s.K, gs = s.gs;
+  Tensor A = Tensor::empty({N, N});
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t u = 0; u <= t; ++u) {
+      float a;
+      if (!s.vec) {
+        a = dot(s.q + t * K, s.k + u * K, K) * static_cast<float>(std::exp(c.G[t] - c.G[u]));
+      } else {
+        a = 0.f;
+        for (int64_t i = 0; i < K; ++i)
+          a += s.q[t * K + i] * s.k[u * K + i] * static_cast<float>(std::exp(c.G[t * gs + i] - c.G[u * gs + i]));
+      }
+      A[t * N + u] = a;
+    }
+  return A;
+}
+
+void parallel_forward(const Slice& s, float* o) {
+  const Cumulative c(s);
+  const Tensor A = parallel_scores(s, c);
+  for (int64_t t = 0; t < s.N; ++t) {
+    float* ot = o + t * s.V;
+    std::fill(ot, ot + s.V, 0.f);
+    for (int64_t u = 0; u <= t; ++u) axpy(A[t * s.N + u], s.v + u * s.V, ot, s.V);
+  }
+}
+
+void parallel_backward(const Slice& s, const float* dO, float* dq, float* dk, float* dv) {
+  const int64_t N = s.N, K = s.K, V = s.V, gs = s.gs;
+  const Cumulative c(s);
+  const Tensor A = parallel_scores(s, c);
+  std::fill(dq, dq + N * K, 0.f);
+  std::fill(dk, dk + N * K, 0.f);
+  std::fill(dv, dv + N * V, 0.f);
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t u = 0; u <= t; ++u) {
+      axpy(A[t * N + u], dO + t * V, dv + u * V, V);
+      const float dA = dot(dO + t * V, s.v + u * V, V);
+      if (!s.vec) {
+        const float e = static_cast<float>(std::exp(c.G[t] - c.G[u]));
+        axpy(dA * e, s.k + u * K, dq + t * K, K);
+        axpy(dA * e, s.q + t * K, dk + u * K, K);
+        continue;
+      }
+      for (int64_t i = 0; i < K; ++i) {
+        const float e = static_cast<float>(std::exp(c.G[t * gs + i] - c.G[u * gs + i]));
+        dq[t * K + i] += dA * e * s.k[u * K + i];
+        dk[u * K + i] += dA * e * s.q[t * K + i];
+      }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chunked form. Per chunk [c0, c0 + L): b = cumulative log decays from the chunk start
+// (inclusive), intra scores A[l, m] = sum_i q_l[i] k_m[i] exp(b_l[i] - b_m[i]) (m <= l), and the
+// decayed rows qe_l = q_l * exp(b_l), ke_m = k_m * exp(b_last - b_m) for the state passing.
+struct ChunkScratch {
+  std::vector<float> b, A, dA, qe, ke, ebl, xt, yt;  // [C, gs], [C, C] x2, [C, K] x2, [K], [C, K] x2
+  ChunkScratch(int64_t C, int64_t K, int64_t gs)
+      : b(static_cast<size_t>(C * gs)), A(static_cast<size_t>(C * C)), dA(static_cast<size_t>(C * C)),
+        qe(static_cast<size_t>(C * K)), ke(static_cast<size_t>(C * K)), ebl(static_cast<size_t>(K)),
+        xt(static_cast<size_t>(C * K)), yt(static_cast<size_t>(C * K)) {}
+};
+
+// Fills b, qe, ke and ebl = exp(b_last) for the chunk starting at c0 of length L.
+void chunk_prepare(const Slice& s, int64_t c0, int64_t L, ChunkScratch& w) {
+  const int64_t K = s.K, gs = s.gs;
+  for (int64_t i = 0; i < gs; ++i) {
+    float acc = 0.f;
+    for (int64_t l = 0; l < L; ++l) w.b[l * gs + i] = acc += s.g[(c0 + l) * gs + i];
+  }
+  const float* bl = w.b.data() + (L - 1) * gs;
+  for (int64_t l = 0; l < L; ++l) {
+    const float* ql = s.q + (c0 + l) * K;
+    const float* kl = s.k + (c0 + l) * K;
+    const float* bb = w.b.data() + l * gs;
+    float* qe = w.qe.data() + l * K;
+    float* ke = w.ke.data() + l * K;
+    if (!s.vec) {
+      const float eq = std::exp(bb[0]), ek = std::exp(bl[0] - bb[0]);
+      for (int64_t i = 0; i < K; ++i) {
+        qe[i] = ql[i] * eq;
+        ke[i] = kl[i] * ek;
+      }
+    } else {
+      for (int64_t i = 0; i < K; ++i) {
+        qe[i] = ql[i] * std::exp(bb[i]);
+        ke[i] = kl[i] * std::exp(bl[i] - bb[i]);
+      }
+    }
+  }
+  for (int64_t i = 0; i < K; ++i) w.ebl[i] = std::exp(bl[s.vec ? i : 0]);
+}
+
+// Decay factor exp(b_l[i] - b_m[i]) inside the chunk.
+inline float rel_decay(const ChunkScratch& w, int64_t gs, int64_t l, int64_t m, int64_t i) {
+  return std::exp(w.b[l * gs + i] - w.b[m * gs + i]);
+}
+
+// Per-key-dimension decays inside a chunk are handled in sub-blocks of kSub positions (fla's
+// secondary chunking): pairs in one sub-block take exp(b_l - b_m) pairwise; for a sub-block I
+// starting at p > 0 and every m < p, exp(b_l - b_m) = exp(b_l - b_r) exp(b_r - b_m) with r = p - 1,
+// both factors <= 1 (no overflow), so those scores are plain dot products of decayed rows.
+constexpr int64_t kSub = 16;
+
+// Rows x_l * exp(b_l - b_r) for l in [p, e) -> w.xt (from row 0), y_m * exp(b_r - b_m) for m < p -> w.yt.
+void decayed_rows(const Slice& s, const float* X, const float* Y, int64_t p, int64_t e, ChunkScratch& w) {
+  const int64_t K = s.K;
+  const float* br = w.b.data() + (p - 1) * K;
+  if (X)
+    for (int64_t l = p; l < e; ++l)
+      for (int64_t i = 0; i < K; ++i) w.xt[(l - p) * K + i] = X[l * K + i] * std::exp(w.b[l * K + i] - br[i]);
+  if (Y)
+    for (int64_t m = 0; m < p; ++m)
+      for (int64_t i = 0; i < K; ++i) w.yt[m * K + i] = Y[m * K + i] * std::exp(br[i] - w.b[m * K + i]);
+}
+
+// A[l, m] = sum_i q_l[i] k_m[i] exp(b_l[i] - b_m[i]) for m <= l < L (rows of the chunk: Q, Kc).
+void intra_scores(const Slice& s, const float* Q, const float* Kc, int64_t L, ChunkScratch& w, float* A) {
+  const int64_t K = s.K, gs = s.gs;
+  if (!s.vec) {
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t m = 0; m <= l; ++m) A[l * L + m] = dot(Q + l * K, Kc + m * K, K) * rel_decay(w, 1, l, m, 0);
+    return;
+  }
+  for (int64_t p = 0; p < L; p += kSub) {
+    const int64_t e = std::min(L, p + kSub);
+    for (int64_t l = p; l < e; ++l)  // diagonal sub-block
+      for (int64_t m = p; m <= l; ++m) {
+        float a = 0.f;
+        for (int64_t i = 0; i < K; ++i) a += Q[l * K + i] * Kc[m * K + i] * rel_decay(w, gs, l, m, i);
+        A[l * L + m] = a;
+      }
+    if (p == 0) continue;
+    decayed_rows(s, Q, Kc, p, e, w);
+    for (int64_t l = p; l < e; ++l)
+      for (int64_t m = 0; m < p; ++m) A[l * L + m] = dot(w.xt.data() + (l - p) * K, w.yt.data() + m * K, K);
+  }
+}
+
+// dQ_l += sum_{m <= l} dA[l, m] k_m * exp(b_l - b_m)
+void intra_dq(const Slice& s, const float* Kc, int64_t L, ChunkScratch& w, const float* dA, float* dQ) {
+  const int64_t K = s.K, gs = s.gs;
+  if (!s.vec) {
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t m = 0; m <= l; ++m) axpy(dA[l * L + m] * rel_decay(w, 1, l, m, 0), Kc + m * K, dQ + l * K, K);
+    return;
+  }
+  std::vector<float> tmp(static_cast<size_t>(K));
+  for (int64_t p = 0; p < L; p += kSub) {
+    const int64_t e = std::min(L, p + kSub);
+    for (int64_t l = p; l < e; ++l)
+      for (int64_t m = p; m <= l; ++m)
+        for (int64_t i = 0; i < K; ++i) dQ[l * K + i] += dA[l * L + m] * Kc[m * K + i] * rel_decay(w, gs, l, m, i);
+    if (p == 0) continue;
+    decayed_rows(s, nullptr, Kc, p, e, w);
+    const float* br = w.b.data() + (p - 1) * K;
+    for (int64_t l = p; l < e; ++l) {
+      std::fill(tmp.begin(), tmp.end(), 0.f);
+      for (int64_t m = 0; m < p; ++m) axpy(dA[l * L + m], w.yt.data() + m * K, tmp.data(), K);
+      for (int64_t i = 0; i < K; ++i) dQ[l * K + i] += std::exp(w.b[l * K + i] - br[i]) * tmp[i];
+    }
+  }
+}
+
+// dKc_m += sum_{l >= m} dA[l, m] q_l * exp(b_l - b_m)
+void intra_dk(const Slice& s, const float* Q, int64_t L, ChunkScratch& w, const float* dA, float* dKc) {
+  const int64_t K = s.K, gs = s.gs;
+  if (!s.vec) {
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t m = 0; m <= l; ++m) axpy(dA[l * L + m] * rel_decay(w, 1, l, m, 0), Q + l * K, dKc + m * K, K);
+    return;
+  }
+  std::vector<float> tmp(static_cast<size_t>(K));
+  for (int64_t p = 0; p < L; p += kSub) {
+    const int64_t e = std::min(L, p + kSub);
+    for (int64_t l = p; l < e; ++l)
+      for (int64_t m = p; m <= l; ++m)
+        for (int64_t i = 0; i < K; ++i) dKc[m * K + i] += dA[l * L + m] * Q[l * K + i] * rel_decay(w, gs, l, m, i);
+    if (p == 0) continue;
+    decayed_rows(s, Q, nullptr, p, e, w);
+    const float* br = w.b.data() + (p - 1) * K;
+    for (int64_t m = 0; m < p; ++m) {
+      std::fill(tmp.begin(), tmp.end(), 0.f);
+      for (int64_t l = p; l < e; ++l) axpy(dA[l * L + m], w.xt.data() + (l - p) * K, tmp.data(), K);
+      for (int64_t i = 0; i < K; ++i) dKc[m * K + i] += std::exp(br[i] - w.b[m * K + i]) * tmp[i];
+    }
+  }
+}
+
+// dA[l, m] = do_l . v_m for m <= l (rows of the chunk).
+void intra_dscores(const Slice& s, const float* dO, const float* Vc, int64_t L, float* dA) {
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t m = 0; m <= l; ++m) dA[l * L + m] = dot(dO + l * s.V, Vc + m * s.V, s.V);
+}
+
+// S <- diag(exp(b_last)) S + ke^T v_chunk
+void chunk_state_update(const Slice& s, int64_t c0, int64_t L, const ChunkScratch& w, float* S) {
+  const int64_t K = s.K, V = s.V;
+  for (int64_t i = 0; i < K; ++i) {
+    float* row = S + i * V;
+    const float a = w.ebl[i];
+    for (int64_t j = 0; j < V; ++j) row[j] *= a;
+  }
+  for (int64_t m = 0; m < L; ++m) {
+    const float* vm = s.v + (c0 + m) * V;
+    const float* ke = w.ke.data() + m * K;
+    for (int64_t i = 0; i < K; ++i) axpy(ke[i], vm, S + i * V, V);
+  }
+}
+
+void chunked_forward(const Slice& s, int64_t C, float* o) {
+  const int64_t K = s.K, V = s.V;
+  ChunkScratch w(C, K, s.gs);
+  std::vector<float> S(static_cast<size_t>(K * V), 0.f);
+  for (int64_t c0 = 0; c0 < s.N; c0 += C) {
+    const int64_t L = std::min(C, s.N - c0);
+    chunk_prepare(s, c0, L, w);
+    intra_scores(s, s.q + c0 * K, s.k + c0 * K, L, w, w.A.data());
+    for (int64_t l = 0; l < L; ++l) {  // o_l = sum_{m<=l} A[l, m] v_m + qe_l^T S_prev
+      float* ol = o + (c0 + l) * V;
+      std::fill(ol, ol + V, 0.f);
+      for (int64_t m = 0; m <= l; ++m) axpy(w.A[l * L + m], s.v + (c0 + m) * V, ol, V);
+      const float* qe = w.qe.data() + l * K;
+      for (int64_t i = 0; i < K; ++i) axpy(qe[i], S.data() + i * V, ol, V);
+    }
+    chunk_state_update(s, c0, L, w, S.data());
+  }
+}
+
+void chunked_backward(const Slice& s, int64_t C, const float* dO, float* dq, float* dk, float* dv) {
+  const int64_t K = s.K, V = s.V, gs = s.gs;
+  ChunkScratch w(C, K, gs);
+  std::vector<float> S(static_cast<size_t>(K * V), 0.f);
+  // Forward sweep: dq_l[i] = sum_{m<=l} dA[l, m] k_m[i] exp(b_l[i] - b_m[i]) + exp(b_l[i]) S_prev[i, :] . do_l
+  for (int64_t c0 = 0; c0 < s.N; c0 += C) {
+    const int64_t L = std::min(C, s.N - c0);
+    chunk_prepare(s, c0, L, w);
+    float* dQ = dq + c0 * K;
+    std::fill(dQ, dQ + L * K, 0.f);
+    intra_dscores(s, dO + c0 * V, s.v + c0 * V, L, w.dA.data());
+    intra_dq(s, s.k + c0 * K, L, w, w.dA.data(), dQ);
+    for (int64_t l = 0; l < L; ++l) {
+      const float* dol = dO + (c0 + l) * V;
+      const float* bb = w.b.data() + l * gs;
+      for (int64_t i = 0; i < K; ++i) dQ[l * K + i] += std::exp(bb[s.vec ? i : 0]) * dot(S.data() + i * V, dol, V);
+    }
+    chunk_state_update(s, c0, L, w, S.data());
+  }
+  // Reverse sweep with dS = the gradient of the state after the current chunk.
+  std::vector<float>& dS = S;
+  std::fill(dS.begin(), dS.end(), 0.f);
+  const int64_t last = ((s.N - 1) / C) * C;
+  for (int64_t c0 = last; c0 >= 0; c0 -= C) {
+    const int64_t L = std::min(C, s.N - c0);
+    chunk_prepare(s, c0, L, w);
+    intra_scores(s, s.q + c0 * K, s.k + c0 * K, L, w, w.A.data());
+    intra_dscores(s, dO + c0 * V, s.v + c0 * V, L, w.dA.data());
+    float* dKc = dk + c0 * K;
+    float* dVc = dv + c0 * V;
+    std::fill(dKc, dKc + L * K, 0.f);
+    std::fill(dVc, dVc + L * V, 0.f);
+    intra_dk(s, s.q + c0 * K, L, w, w.dA.data(), dKc);
+    for (int64_t l = 0; l < L; ++l)  // dv_m += sum_{l >= m} A[l, m] do_l
+      for (int64_t m = 0; m <= l; ++m) axpy(w.A[l * L + m], dO + (c0 + l) * V, dVc + m * V, V);
+    // From the state after the chunk: S_next += ke_m v_m^T
+    const float* bl = w.b.data() + (L - 1) * gs;
+    for (int64_t m = 0; m < L; ++m) {
+      const float* vm = s.v + (c0 + m) * V;
+      const float* ke = w.ke.data() + m * K;
+      const float* bb = w.b.data() + m * gs;
+      const float es = s.vec ? 0.f : std::exp(bl[0] - bb[0]);  // exp(b_last - b_m), scalar decays
+      for (int64_t i = 0; i < K; ++i) {
+        const float* row = dS.data() + i * V;
+        dKc[m * K + i] += (s.vec ? std::exp(bl[i] - bb[i]) : es) * dot(row, vm, V);
+        axpy(ke[i], row, dVc + m * V, V);
+      }
+    }
+    // dS_prev = diag(exp(b_last)) dS + sum_l qe_l do_l^T
+    for (int64_t i = 0; i < K; ++i) {
+      float* row = dS.data() + i * V;
+      const float a = w.ebl[i];
+      for (int64_t j = 0; j < V; ++j) row[j] *= a;
+    }
+    for (int64_t l = 0; l < L; ++l) {
+      const float* qe = w.qe.data() + l * K;
+      const float* dol = dO + (c0 + l) * V;
+      for (int64_t i = 0; i < K; ++i) axpy(qe[i], dol, dS.data() + i * V, V);
+    }
+  }
+}
+
+void run_forward(const Slice& s, const GatedLinearAttentionOptions& opt, float* o) {
+  switch (opt.form) {
+    case GlaForm::recurrent: recurrent_forward(s, o); break;
+    case GlaForm::parallel: parallel_forward(s, o); break;
+    default: chunked_forward(s, opt.chunk, o);
+  }
+}
+
+void run_backward(const Slice& s, const GatedLinearAttentionOptions& opt, const float* dO, float* dq, float* dk,
+                  float* dv) {
+  switch (opt.form) {
+    case GlaForm::recurrent: recurrent_backward(s, dO, dq, dk, dv); break;
+    case GlaForm::parallel: parallel_backward(s, dO, dq, dk, dv); break;
+    default: chunked_backward(s, opt.chunk, dO, dq, dk, dv);
+  }
+}
+
+// Sums a per-head gradient [B, H, N, K] over heads -> [B, 1, N, K].
+Tensor sum_heads(const Tensor& t) {
+  const int64_t B = t.dim(0), H = t.dim(1), inner = t.numel() / (B * H);
+  Tensor y = Tensor::zeros({B, 1, t.dim(2), t.dim(3)});
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) kernels::add_inplace(y.data() + b * inner, t.data() + (b * H + h) * inner, inner);
+  return y;
+}
+
+}  // namespace
+
+Var gated_linear_attention(const Var& q, const Var& k, const Var& v, const Var& log_alpha,
+                           const GatedLinearAttentionOptions& opt_in) {
+  const Dims d = check_shapes(q.value(), k.value(), v.value(), log_alpha.value());
+  require(opt_in.chunk >= 1, fmt::format("chunk = {} must be >= 1", opt_in.chunk));
+  GatedLinearAttentionOptions opt = opt_in;
+  opt.chunk = std::min(opt.chunk, std::max<int64_t>(d.N, 1));  // no scratch beyond the sequence
+  const int64_t BH = d.B * d.H;
+  Tensor out = Tensor::empty({d.B, d.H, d.N, d.V});
+  {
+    // Reversed copies are temporaries (backward flips again).
+    const Tensor qf = opt.reverse ? flip_seq(q.value()) : q.value(), kf = opt.reverse ? flip_seq(k.value()) : k.value(),
+                 vf = opt.reverse ? flip_seq(v.value()) : v.value(),
+                 gf = opt.reverse ? flip_seq(log_alpha.value()) : log_alpha.value();
+    const float *qp = qf.data(), *kp = kf.data(), *vp = vf.data(), *gp = gf.data();
+    float* op = out.data();
+    kernels::parallel_for(BH, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t bh = b0; bh < b1; ++bh) run_forward(slice_of(d, qp, kp, vp, gp, bh), opt, op + bh * d.N * d.V);
+    });
+    if (opt.reverse) out = flip_seq(out);
+  }
+  const GradSink gq = q.sink(), gk = k.sink(), gv = v.sink(), gg = log_alpha.sink();
+  const Tensor qv = q.value(), kv = k.value(), vv = v.value(), lv = log_alpha.value();
+  return make_op_result(std::move(out), {q, k, v, log_alpha}, [gq, gk, gv, gg, qv, kv, vv, lv, d, opt](const Tensor& grad) {
+    const int64_t BH = d.B * d.H;
+    const Tensor qf = opt.reverse ? flip_seq(qv) : qv, kf = opt.reverse ? flip_seq(kv) : kv,
+                 vf = opt.reverse ? flip_seq(vv) : vv, gf = opt.reverse ? flip_seq(lv) : lv,
+                 dof = opt.reverse ? flip_seq(grad) : grad;
+    // Per-head gradients of q and k (summed over heads afterwards when shared).
+    Tensor dq = Tensor::empty({d.B, d.H, d.N, d.K}), dk = Tensor::empty({d.B, d.H, d.N, d.K});
+    Tensor dv = Tensor::empty({d.B, d.H, d.N, d.V});
+    Tensor dg = gg.wanted() ? Tensor::empty(lv.shape()) : Tensor();
+    const float *qp = qf.data(), *kp = kf.data(), *vp = vf.data(), *gp = gf.data(), *dop = dof.data();
+    kernels::parallel_for(BH, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t bh = b0; bh < b1; ++bh) {
+        const Slice s = slice_of(d, qp, kp, vp, gp, bh);
+        float* dqh = dq.data() + bh * d.N * d.K;
+        float* dkh = dk.data() + bh * d.N * d.K;
+        run_backward(s, opt, dop + bh * d.N * d.V, dqh, dkh, dv.data() + bh * d.N * d.V);
+        if (dg.defined()) {
+          // dG_t = q_t * dq_t - k_t * dk_t; dlog_alpha_t = sum_{u >= t} dG_u (in the scan's time order)
+          const int64_t gs = s.gs;
+          float* dgh = dg.data() + bh * d.N * gs;
+          std::vector<double> acc(static_cast<size_t>(gs), 0.0);
+          for (int64_t t = d.N - 1; t >= 0; --t) {
+            const float *qt = s.q + t * d.K, *kt = s.k + t * d.K, *dqt = dqh + t * d.K, *dkt = dkh + t * d.K;
+            if (s.vec) {
+              for (int64_t i = 0; i < d.K; ++i) {
+                acc[i] += double(qt[i]) * dqt[i] - double(kt[i]) * dkt[i];
+                dgh[t * gs + i] = static_cast<float>(acc[i]);
+              }
+            } else {
+              double sum = 0;
+              for (int64_t i = 0; i < d.K; ++i) sum += double(qt[i]) * dqt[i] - double(kt[i]) * dkt[i];
+              acc[0] += sum;
+              dgh[t] = static_cast<float>(acc[0]);
+            }
+          }
+        }
+      }
+    });
+    auto back = [&](const Tensor& t) { return opt.reverse ? flip_seq(t) : t; };
+    if (gq.wanted()) gq.accumulate(back(d.Hq == 1 && d.H > 1 ? sum_heads(dq) : dq.reshape(qv.shape())));
+    if (gk.wanted()) gk.accumulate(back(d.Hk == 1 && d.H > 1 ? sum_heads(dk) : dk.reshape(kv.shape())));
+    if (gv.wanted()) gv.accumulate(back(dv));
+    if (gg.wanted()) gg.accumulate(back(dg));
+  });
+}
+
+Var gated_linear_attention_mix(const Var& q, const Var& k, const Var& v, const Var& log_alpha,
+                               const GatedLinearAttentionOptions& opt, bool causal) {
+  GatedLinearAttentionOptions o = opt;
+  o.reverse = false;
+  if (causal) return gated_linear_attention(q, k, v, log_alpha, o);
+  Var fwd = gated_linear_attention(q, k, v, log_alpha, o);
+  o.reverse = true;
+  return add(fwd, gated_linear_attention(q, k, v, log_alpha, o));
+}
+
+GlaForm gla_form_from_string(const std::string& name) {
+  if (name == "chunked") return GlaForm::chunked;
+  if (name == "parallel") return GlaForm::parallel;
+  if (name == "recurrent") return GlaForm::recurrent;
+  throw UsageError(unknown_name_message("form", name, {"chunked", "parallel", "recurrent"}));
+}
+
+Tensor keep_flags(const Tensor& key_mask) {
+  require(key_mask.rank() == 4 && key_mask.dim(1) == 1 && key_mask.dim(2) == 1,
+          fmt::format("key mask {} must be [B, 1, 1, N]", shape_str(key_mask.shape())));
+  const int64_t B = key_mask.dim(0), N = key_mask.dim(3);
+  Tensor keep = Tensor::empty({B, N});
+  for (int64_t i = 0; i < B * N; ++i) keep[i] = key_mask[i] > -1e30f ? 1.f : 0.f;
+  return keep;
+}
+
+// ---- gate nonlinearities ----
+namespace {
+// log(1 + exp(-|x|)), stable for every x.
+inline float log1p_exp_neg_abs(float x) { return std::log1p(std::exp(-std::fabs(x))); }
+
+template <class F, class G>
+Var elementwise(const Var& x, F f, G df) {
+  Tensor y = Tensor::empty(x.shape());
+  const float* xp = x.value().data();
+  float* yp = y.data();
+  kernels::parallel_for(y.numel(), kernels::kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) yp[i] = f(xp[i]);
+  });
+  return make_op_result(std::move(y), {x}, [gx = x.sink(), xv = x.value(), df](const Tensor& g) {
+    Tensor dx = Tensor::empty(xv.shape());
+    const float *xp = xv.data(), *gp = g.data();
+    float* dp = dx.data();
+    kernels::parallel_for(dx.numel(), kernels::kGrain, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) dp[i] = gp[i] * df(xp[i]);
+    });
+    gx.accumulate(dx);
+  });
+}
+}  // namespace
+
+Var log_sigmoid(const Var& x, float scale) {
+  // log sigmoid(x) = min(x, 0) - log(1 + exp(-|x|)); derivative sigmoid(-x) = 1 / (1 + exp(x))
+  return elementwise(
+      x, [scale](float v) { return scale * (std::min(v, 0.f) - log1p_exp_neg_abs(v)); },
+      [scale](float v) { return scale / (1.f + std::exp(v)); });
+}
+
+Var softplus(const Var& x) {
+  // softplus(x) = max(x, 0) + log(1 + exp(-|x|)); derivative sigmoid(x)
+  return elementwise(
+      x, [](float v) { return std::max(v, 0.f) + log1p_exp_neg_abs(v); },
+      [](float v) { return 1.f / (1.f + std::exp(-v)); });
+}
+
+// ---- decoding ----
+GatedLinearState::GatedLinearState(int64_t batch, int64_t heads, int64_t key_dim, int64_t value_dim)
+    : batch_(batch), heads_(heads), dk_(key_dim), dv_(value_dim), s_(Tensor::zeros({batch, heads, key_dim, value_dim})) {}
+
+Tensor GatedLinearState::step(const Tensor& q_t, const Tensor& k_t, const Tensor& v_t, const Tensor& log_alpha_t) {
+  const Dims d = check_shapes(q_t, k_t, v_t, log_alpha_t);
+  require(d.B == batch_ && d.H == heads_ && d.N == 1 && d.K == dk_ && d.V == dv_,
+          fmt::format("decode step v {} / q {} does not fit the state [{}, {}, {}, {}]", shape_str(v_t.shape()),
+                      shape_str(q_t.shape()), batch_, heads_, dk_, dv_));
+  Tensor o = Tensor::zeros({d.B, d.H, 1, d.V});
+  for (int64_t bh = 0; bh < d.B * d.H; ++bh) {
+    const Slice s = slice_of(d, q_t.data(), k_t.data(), v_t.data(), log_alpha_t.data(), bh);
+    float* S = s_.data() + bh * dk_ * dv_;
+    float* ot = o.data() + bh * dv_;
+    for (int64_t i = 0; i < dk_; ++i) {  // S = diag(alpha) S + k v^T; o = S^T q
+      float* row = S + i * dv_;
+      const float a = std::exp(s.gate(0, i)), ki = s.k[i];
+      for (int64_t j = 0; j < dv_; ++j) row[j] = a * row[j] + ki * s.v[j];
+      axpy(s.q[i], row, ot, dv_);
+    }
+  }
+  return o;
+}
+
+}  // namespace ab

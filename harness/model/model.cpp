@@ -1,0 +1,205 @@
+#include "model/model.hpp"
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+namespace ab {
+
+namespace {
+// Transformer sinusoids of position `pos` over `dim` channels: sin and cos pairs of falling frequency.
+void sinusoid_row(float* out, int64_t pos, int64_t dim, double base) {
+  for (int64_t i = 0; i < dim; ++i) {
+    const double freq = std::pow(base, -static_cast<double>(2 * (i / 2)) / static_cast<double>(dim));
+    out[i] = static_cast<float>(i % 2 == 0 ? std::sin(pos * freq) : std::cos(pos * freq));
+  }
+}
+}  // namespace
+
+std::vector<ParamSpec> model_param_specs() {
+  return {
+      int_param("d_model", 64, "width of the residual stream", 1, 65536),
+      int_param("layers", 2, "number of encoder blocks", 0, 256),
+      int_param("heads", 4, "attention heads (d_model must be a multiple)", 1, 1024),
+      int_param("mlp_dim", 128, "hidden width of each block's MLP and of the classifier head", 1, 1 << 20),
+      enum_param("positions", "sinusoidal", {"none", "sinusoidal", "learned", "sinusoidal2d"},
+                 "position information added to the token embedding (LRA: sinusoidal); sinusoidal2d encodes "
+                 "row and column of a square image raster in half the channels each (image tasks)"),
+      enum_param("pooling", "mean", {"mean", "cls"},
+                 "sequence summary for classification: masked mean over tokens, or a learned CLS token "
+                 "prepended (LRA)"),
+      bool_param("padding_mask", true, "LRA convention: token 0 is padding, masked as a key and out of the mean"),
+      bool_param("causal", false, "causal mixing (prefix only); needs a variant with the causal capability"),
+      num_param("dropout", 0.1, "dropout after each mixer and in each MLP", 0.0, 0.95),
+  };
+}
+
+Batch make_batch(const Task& task, Split split, const std::vector<int64_t>& indices) {
+  Batch b;
+  b.size = static_cast<int64_t>(indices.size());
+  b.length = task.seq_len();
+  const bool pair = task.kind() == TaskKind::pair_classify, per_pos = task.kind() == TaskKind::per_position;
+  b.tokens.assign(static_cast<size_t>(b.size * b.length), task.pad_id());
+  if (pair) b.tokens2.assign(b.tokens.size(), task.pad_id());
+  b.labels.assign(static_cast<size_t>(per_pos ? b.size * b.length : b.size), kIgnoreLabel);
+  for (int64_t i = 0; i < b.size; ++i) {
+    const Example ex = task.example(split, indices[i]);
+    auto place = [&](const std::vector<int32_t>& src, std::vector<int32_t>& dst) {
+      if (static_cast<int64_t>(src.size()) > b.length)
+        throw std::runtime_error(fmt::format("task example {} of {} has {} tokens, more than seq_len {}", indices[i],
+                                             split_name(split), src.size(), b.length));
+      std::copy(src.begin(), src.end(), dst.begin() + i * b.length);
+    };
+    place(ex.input, b.tokens);
+    if (pair) place(ex.input2, b.tokens2);
+    if (per_pos) place(ex.target, b.labels);
+    else b.labels[i] = ex.target.at(0);
+  }
+  return b;
+}
+
+struct Model::Block : Module {
+  Var ln1_g, ln1_b, ln2_g, ln2_b, w1, b1, w2, b2;
+  std::unique_ptr<Mixer> mixer;
+};
+
+Model::Model(const Json& mp, const VariantSpec& variant, const Json& variant_params, const Task& task, uint64_t seed)
+    : p_(mp), kind_(task.kind()), d_(mp.at("d_model").get<int64_t>()), task_length_(task.seq_len()),
+      vocab_(task.vocab_size()), classes_(task.num_classes()), pad_id_(task.pad_id()),
+      cls_(mp.at("pooling") == "cls"), use_mask_(mp.at("padding_mask").get<bool>()),
+      causal_(mp.at("causal").get<bool>()), dropout_(static_cast<float>(mp.at("dropout").get<double>())),
+      seed_(seed) {
+  const int64_t heads = mp.at("heads").get<int64_t>(), mlp = mp.at("mlp_dim").get<int64_t>();
+  const int layers = static_cast<int>(mp.at("layers").get<int64_t>());
+  if (d_ % heads != 0)
+    throw UsageError(fmt::format("model.d_model = {} is not a multiple of model.heads = {}; nearest valid d_model: {}",
+                                 d_, heads, (d_ / heads + 1) * heads));
+  if (kind_ == TaskKind::per_position && cls_)
+    throw UsageError("model.pooling = cls does not fit a per-position task; use model.pooling=mean");
+  if (causal_ && !variant.caps.causal)
+    throw UsageError(fmt::format("variant '{}' has no causal form; set model.causal=false", variant.name));
+  if (!causal_ && !variant.caps.bidirectional)
+    throw UsageError(fmt::format("variant '{}' is causal only; set model.causal=true", variant.name));
+  model_length_ = task_length_ + (cls_ ? 1 : 0);
+  auto init = [&](uint64_t a, uint64_t b = 0) { return RngStream(seed, Purpose::init, a, b); };
+
+  tok_emb_ = add_param("tok_emb", init_normal({vocab_, d_}, 1.0f, init(1)));
+  if (mp.at("positions") == "learned") {
+    pos_emb_ = add_param("pos_emb", init_normal({model_length_, d_}, 0.02f, init(2)));
+  } else if (mp.at("positions") == "sinusoidal") {
+    sinusoid_ = Tensor::empty({model_length_, d_});
+    for (int64_t n = 0; n < model_length_; ++n) sinusoid_row(sinusoid_.data() + n * d_, n, d_, 10000.0);
+  } else if (mp.at("positions") == "sinusoidal2d") {
+    // Pixel p of a W x W raster: row p / W in the first half of the channels, column p % W in the
+    // second; base 100 so that the frequencies span a grid of tens of pixels. The CLS row stays 0.
+    const auto W = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(task_length_))));
+    if (W * W != task_length_ || d_ % 4 != 0)
+      throw UsageError(fmt::format("model.positions=sinusoidal2d needs a square sequence length and a d_model that is "
+                                   "a multiple of 4 (got length {}, d_model {}); use positions=sinusoidal",
+                                   task_length_, d_));
+    sinusoid_ = Tensor::zeros({model_length_, d_});
+    for (int64_t p = 0; p < task_length_; ++p) {
+      float* row = sinusoid_.data() + (p + (cls_ ? 1 : 0)) * d_;
+      sinusoid_row(row, p / W, d_ / 2, 100.0);
+      sinusoid_row(row + d_ / 2, p % W, d_ / 2, 100.0);
+    }
+  }
+  if (cls_) cls_emb_ = add_param("cls", Tensor::zeros({1, 1, d_}));
+
+  for (int l = 0; l < layers; ++l) {
+    auto b = std::make_unique<Block>();
+    b->ln1_g = b->add_param("ln1.gamma", Tensor::full({d_}, 1.f));
+    b->ln1_b = b->add_param("ln1.beta", Tensor::zeros({d_}));
+    b->ln2_g = b->add_param("ln2.gamma", Tensor::full({d_}, 1.f));
+    b->ln2_b = b->add_param("ln2.beta", Tensor::zeros({d_}));
+    b->w1 = b->add_param("mlp.w1", init_xavier_uniform(d_, mlp, init(10 + l, 1)));
+    b->b1 = b->add_param("mlp.b1", Tensor::zeros({mlp}));
+    b->w2 = b->add_param("mlp.w2", init_xavier_uniform(mlp, d_, init(10 + l, 2)));
+    b->b2 = b->add_param("mlp.b2", Tensor::zeros({d_}));
+    MixerConfig mc{d_, heads, model_length_, l, seed, variant_params};
+    b->mixer = variant.make(mc);
+    b->add_child("mixer", b->mixer.get());
+    add_child(fmt::format("blocks.{}", l), b.get());
+    blocks_.push_back(std::move(b));
+  }
+  final_gamma_ = add_param("final_ln.gamma", Tensor::full({d_}, 1.f));
+  final_beta_ = add_param("final_ln.beta", Tensor::zeros({d_}));
+  if (kind_ == TaskKind::per_position) {
+    head_w2_ = add_param("head.w", init_xavier_uniform(d_, classes_, init(3)));
+    head_b2_ = add_param("head.b", Tensor::zeros({classes_}));
+  } else {
+    const int64_t in = kind_ == TaskKind::pair_classify ? 4 * d_ : d_;
+    head_w1_ = add_param("head.w1", init_xavier_uniform(in, mlp, init(4)));
+    head_b1_ = add_param("head.b1", Tensor::zeros({mlp}));
+    head_w2_ = add_param("head.w2", init_xavier_uniform(mlp, classes_, init(5)));
+    head_b2_ = add_param("head.b2", Tensor::zeros({classes_}));
+  }
+}
+
+Model::~Model() = default;
+
+// tokens [B, N] -> pooled [B, D] (classification) or states [B, N, D] (per position)
+Var Model::encode(const std::vector<int32_t>& tokens, int64_t B, bool training, int64_t step) {
+  const int64_t N = task_length_, L = model_length_;
+  Var x = embedding(tokens, {B, N}, tok_emb_);  // [B, N, D]
+  if (cls_) x = concat({add(Var(Tensor::zeros({B, 1, d_})), cls_emb_), x}, 1);  // [B, L, D]
+  if (pos_emb_.defined()) x = add(x, pos_emb_);
+  else if (sinusoid_.defined()) x = add(x, Var(sinusoid_));
+
+  Tensor key_mask;
+  Tensor keep;  // [B, L, 1]: 1 for real tokens (mean pooling weights)
+  if (use_mask_) {
+    std::vector<int32_t> mask_tokens = tokens;
+    if (cls_) {  // the CLS position is never padding
+      mask_tokens.assign(static_cast<size_t>(B * L), 1);
+      for (int64_t b = 0; b < B; ++b)
+        std::copy(tokens.begin() + b * N, tokens.begin() + (b + 1) * N, mask_tokens.begin() + b * L + 1);
+    }
+    key_mask = key_padding_mask(mask_tokens, B, L, pad_id_);
+    keep = Tensor::empty({B, L, 1});
+    for (int64_t i = 0; i < B * L; ++i) keep[i] = mask_tokens[i] == pad_id_ ? 0.f : 1.f;
+  }
+  MixerContext ctx;
+  ctx.key_mask = key_mask.defined() ? &key_mask : nullptr;
+  ctx.causal = causal_;
+  ctx.training = training;
+  ctx.seed = seed_;
+  ctx.step = step;
+  auto drop = [&](const Var& v, uint64_t layer, uint64_t site) {
+    return dropout(v, dropout_, RngStream(seed_, Purpose::dropout, static_cast<uint64_t>(step), layer, site), training);
+  };
+  x = drop(x, 0, 0);
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    Block& b = *blocks_[l];
+    ctx.layer = static_cast<int>(l);
+    x = add(x, drop(b.mixer->forward(layer_norm(x, b.ln1_g, b.ln1_b), ctx), l + 1, 1));
+    Var h = gelu(linear(layer_norm(x, b.ln2_g, b.ln2_b), b.w1, b.b1));
+    x = add(x, drop(linear(drop(h, l + 1, 2), b.w2, b.b2), l + 1, 3));
+  }
+  x = layer_norm(x, final_gamma_, final_beta_);
+  if (kind_ == TaskKind::per_position) return x;
+  if (cls_) return reshape(slice(x, 1, 0, 1), {B, d_});
+  if (!keep.defined()) return mean_dim(x, 1);
+  Tensor inv_count = Tensor::empty({B, 1});
+  for (int64_t b = 0; b < B; ++b) {
+    float c = 0;
+    for (int64_t n = 0; n < L; ++n) c += keep[b * L + n];
+    inv_count[b] = 1.f / std::max(c, 1.f);
+  }
+  return mul(sum_dim(mul(x, Var(keep)), 1), Var(inv_count));  // [B, D]
+}
+
+Var Model::forward(const Batch& batch, bool training, int64_t step) {
+  const int64_t B = batch.size;
+  if (batch.length != task_length_)
+    throw std::invalid_argument(fmt::format("batch length {} differs from the model's {}", batch.length, task_length_));
+  Var h = encode(batch.tokens, B, training, step);
+  if (kind_ == TaskKind::per_position) return linear(reshape(h, {B * task_length_, d_}), head_w2_, head_b2_);
+  if (kind_ == TaskKind::pair_classify) {
+    Var h2 = encode(batch.tokens2, B, training, step);
+    h = concat({h, h2, mul(h, h2), sub(h, h2)}, 1);  // [B, 4D]
+  }
+  return linear(relu(linear(h, head_w1_, head_b1_)), head_w2_, head_b2_);
+}
+
+}  // namespace ab

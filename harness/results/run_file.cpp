@@ -1,0 +1,135 @@
+// The run documents of DESIGN §7: their identity fields, the context every run records, and
+// the atomic write that keeps a half-written file from ever being read as a result.
+#include "results/run_file.hpp"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/format.h>
+
+#include "attnbench/build_info.hpp"
+#include "attnbench/plugin.hpp"
+#include "core/backend/onednn.hpp"
+
+namespace ab {
+
+Json run_header(const RunConfig& cfg) {
+  Json doc;
+  doc["schema"] = "attnbench.run/1";
+  doc["kind"] = "train";
+  doc["status"] = "ok";
+  doc["variant"] = {{"name", cfg.variant}, {"params", cfg.variant_params}};
+  doc["task"] = {{"name", cfg.task}, {"params", cfg.task_params}};
+  doc["model"] = cfg.model_params;
+  doc["train"] = cfg.train_params;
+  doc["seed"] = cfg.seed;
+  return doc;
+}
+
+int64_t peak_rss_bytes() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<int64_t>(ru.ru_maxrss) * 1024;
+}
+
+Json run_context(const std::vector<std::string>& command_line) {
+  Json plugins = Json::array();
+  for (const auto& p : loaded_plugins())
+    plugins.push_back({{"path", p.path}, {"abi_version", p.abi_version}, {"variants", p.variants}, {"tasks", p.tasks}});
+  char host[256] = {0};
+  gethostname(host, sizeof host - 1);
+  std::string cpu = "unknown", flags;
+  std::ifstream info("/proc/cpuinfo");
+  for (std::string line; std::getline(info, line);) {
+    auto value = [&] { return line.substr(line.find(':') + 2); };
+    if (cpu == "unknown" && line.rfind("model name", 0) == 0) cpu = value();
+    if (flags.empty() && line.rfind("flags", 0) == 0) flags = value();
+  }
+  Json cpu_flags = Json::array();
+  for (const char* f : {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile"})
+    if ((" " + flags + " ").find(std::string(" ") + f + " ") != std::string::npos) cpu_flags.push_back(f);
+  // The machine's load when the run starts: timings taken beside other work are slower and
+  // noisier. /proc/loadavg: three load averages (which include this machine's earlier work, e.g.
+  // the previous cell of a sweep), then "runnable/total" threads right now (this one included).
+  Json load_avg = Json::array();
+  int64_t runnable_others = -1;
+  std::ifstream loadavg("/proc/loadavg");
+  for (double x; load_avg.size() < 3 && loadavg >> x;) load_avg.push_back(x);
+  if (int64_t running = 0; load_avg.size() == 3 && loadavg >> running) runnable_others = std::max<int64_t>(running - 1, 0);
+  const std::time_t now = std::time(nullptr);
+  char date[64];
+  std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  Json context = {{"date", date},
+          {"host", host},
+          {"cpu_model", cpu},
+          {"cpu_flags", cpu_flags},
+          {"logical_cpus", sysconf(_SC_NPROCESSORS_ONLN)},
+          {"load_avg", load_avg},
+          {"threads", kernels::threads()},
+          {"compiler", build::compiler},
+          {"cxx_flags", build::cxx_flags},
+          {"build_type", build::build_type},
+          {"git_revision", build::git_revision()},
+          {"versions",
+           {{"attnbench", build::version},
+            {"onednn", kernels::onednn_version()},
+            {"tbb", kernels::tbb_version()},
+            {"benchmark", build::benchmark_version},
+            {"fmt", std::to_string(FMT_VERSION)},
+            {"nlohmann_json", fmt::format("{}.{}.{}", NLOHMANN_JSON_VERSION_MAJOR, NLOHMANN_JSON_VERSION_MINOR,
+                                          NLOHMANN_JSON_VERSION_PATCH)}}},
+          {"command_line", command_line},
+          {"plugins", plugins}};
+  if (runnable_others >= 0) context["runnable_at_start"] = runnable_others;
+  return context;
+}
+
+std::string run_file_status(const std::string& text) {
+  const Json j = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || j.value("schema", Json()) != "attnbench.run/1") return "";
+  const auto it = j.find("status");
+  return it != j.end() && it->is_string() ? it->get<std::string>() : "";
+}
+
+void check_writable(const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path target(path);
+  std::error_code ec;
+  if (target.has_parent_path()) fs::create_directories(target.parent_path(), ec);
+  if (fs::is_directory(target, ec)) throw std::runtime_error(fmt::format("cannot write '{}': it is a directory", path));
+  const std::string probe = path + fmt::format(".probe.{}", getpid());
+  {
+    std::ofstream out(probe);
+    if (!out) throw std::runtime_error(fmt::format("cannot write '{}': {}", path, std::strerror(errno)));
+  }
+  fs::remove(probe, ec);
+}
+
+void write_json_atomic(const std::string& path, const Json& doc) {
+  namespace fs = std::filesystem;
+  const fs::path target(path);
+  std::error_code ec;
+  if (target.has_parent_path()) fs::create_directories(target.parent_path(), ec);
+  const std::string tmp = path + fmt::format(".tmp.{}", getpid());
+  {
+    std::ofstream out(tmp);
+    if (!out) throw std::runtime_error(fmt::format("cannot write '{}': {}", tmp, std::strerror(errno)));
+    out << doc.dump(2) << '\n';
+    out.flush();
+    if (!out) throw std::runtime_error(fmt::format("writing '{}' failed", tmp));
+  }
+  fs::rename(tmp, target, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    throw std::runtime_error(fmt::format("cannot move the run file into place at '{}'", path));
+  }
+}
+
+}  // namespace ab

@@ -1,0 +1,33 @@
+#pragma once
+// Run documents (DESIGN §7, schema attnbench.run/1): the one place that writes their identity
+// fields and their context, and that puts a file in place atomically.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "attnbench/params.hpp"
+
+namespace ab {
+
+// Everything a run needs, resolved with every default filled in.
+struct RunConfig {
+  std::string variant, task;
+  Json variant_params, task_params, model_params, train_params;
+  uint64_t seed = 0;
+  int threads = 0;
+};
+
+// The run document's identity fields (schema, kind, status ok, variant, task, model, train, seed).
+Json run_header(const RunConfig& cfg);
+
+Json run_context(const std::vector<std::string>& command_line);
+void write_json_atomic(const std::string& path, const Json& doc);  // temp file + rename
+// Throws (naming the path and the reason) unless a file can be created at `path`; run before the
+// work whose result would go there, so that no hour of training ends in an unwritable path.
+void check_writable(const std::string& path);
+// The status of a run file's text ("ok", "error", ...), or "" when it is not a readable run file
+// (truncated, not JSON, not an object, no string status). A resumed sweep re-runs those cells.
+std::string run_file_status(const std::string& text);
+int64_t peak_rss_bytes();
+
+}  // namespace ab

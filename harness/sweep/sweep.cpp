@@ -1,0 +1,272 @@
+#include "sweep/sweep.hpp"
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "bench/bench.hpp"
+#include "train/train.hpp"
+#include "attnbench/variant.hpp"
+
+namespace ab {
+namespace {
+
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+std::string value_text(const Json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+
+// Sorted keys, so that the id does not depend on the order keys were written in.
+Json canonical(const Json& j) {
+  if (j.is_object()) {
+    std::vector<std::string> keys;
+    for (const auto& [k, v] : j.items()) keys.push_back(k);
+    std::sort(keys.begin(), keys.end());
+    Json out = Json::object();
+    for (const auto& k : keys) out[k] = canonical(j.at(k));
+    return out;
+  }
+  return j;
+}
+
+void require_keys(const Json& obj, const std::vector<std::string>& allowed, const std::string& where) {
+  if (!obj.is_object()) throw UsageError(fmt::format("sweep spec: {} must be an object", where));
+  for (const auto& [k, v] : obj.items())
+    if (std::find(allowed.begin(), allowed.end(), k) == allowed.end())
+      throw UsageError(fmt::format("sweep spec: {}", unknown_name_message(fmt::format("key in {}", where), k, allowed)));
+}
+
+// Applies one assignment ("variant", "task", "seed", "threads" or "group.key") to a cell.
+void assign(SweepCell& c, const std::string& key, const Json& v, const std::string& where) {
+  if (key == "variant" || key == "task") {
+    if (!v.is_string()) throw UsageError(fmt::format("sweep spec: {}: '{}' must be a string", where, key));
+    (key == "variant" ? c.variant : c.task) = v.get<std::string>();
+  } else if (key == "seed" || key == "threads") {
+    if (!v.is_number_integer() || v.get<int64_t>() < 0)
+      throw UsageError(fmt::format("sweep spec: {}: '{}' must be a non-negative integer, got {}", where, key, v.dump()));
+    if (key == "seed") c.seed = v.get<uint64_t>();
+    else c.threads = v.get<int>();
+  } else {
+    const auto dot = key.find('.');
+    const std::vector<std::string> groups = {"variant", "task", "model", "train"};
+    if (dot == std::string::npos || std::find(groups.begin(), groups.end(), key.substr(0, dot)) == groups.end())
+      throw UsageError(fmt::format("sweep spec: {}: key '{}' is neither variant, task, seed, threads nor a dotted "
+                                   "parameter such as model.layers (groups: variant, task, model, train)",
+                                   where, key));
+    if (v.is_object() || v.is_array() || v.is_null())
+      throw UsageError(fmt::format("sweep spec: {}: '{}' must be a single value, got {}", where, key, v.dump()));
+    c.set[key] = v;
+  }
+}
+
+void apply_block(SweepCell& c, const Json& block, const std::string& where) {
+  for (const auto& [k, v] : block.items()) {
+    if (k == "set") {
+      if (!v.is_object()) throw UsageError(fmt::format("sweep spec: {}.set must be an object", where));
+      for (const auto& [sk, sv] : v.items()) assign(c, sk, sv, where + ".set");
+    } else {
+      assign(c, k, v, where);
+    }
+  }
+}
+
+bool matches(const SweepCell& c, const Json& rule) {
+  for (const auto& [k, v] : rule.items()) {
+    if (k == "variant" && (!v.is_string() || c.variant != v.get<std::string>())) return false;
+    if (k == "task" && (!v.is_string() || c.task != v.get<std::string>())) return false;
+    if (k == "seed" && (!v.is_number_integer() || c.seed != v.get<uint64_t>())) return false;
+    if (k != "variant" && k != "task" && k != "seed" && (!c.set.contains(k) || value_text(c.set[k]) != value_text(v)))
+      return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::vector<std::string> SweepCell::command(const std::string& out) const {
+  std::vector<std::string> a;
+  if (kind == "train") {
+    a = {"train", "--variant", variant, "--task", task, "--seed", std::to_string(seed), "--quiet"};
+    for (const auto& [k, v] : set.items()) a.push_back("--set"), a.push_back(k + "=" + value_text(v));
+  } else {
+    a = {"bench", "--variant", variant, "--seed", std::to_string(seed)};
+    auto list = [&](const char* key) {
+      std::string s;
+      for (const auto& x : bench.at(key)) s += (s.empty() ? "" : ",") + value_text(x);
+      return s;
+    };
+    a.insert(a.end(), {"--seq-len", list("seq_len"), "--direction", list("direction")});
+    for (const char* k : {"batch", "d_model", "heads", "repetitions", "min_time"})
+      if (bench.contains(k)) {
+        std::string flag = std::string("--") + k;
+        std::replace(flag.begin(), flag.end(), '_', '-');
+        a.push_back(flag), a.push_back(value_text(bench[k]));
+      }
+    if (bench.value("causal", false)) a.push_back("--causal");
+    if (bench.value("attend_only", false)) a.push_back("--attend-only");
+    for (const auto& [k, v] : set.items()) a.push_back("--set"), a.push_back(k + "=" + value_text(v));
+  }
+  if (threads > 0) a.push_back("--threads"), a.push_back(std::to_string(threads));
+  a.push_back("--out");
+  a.push_back(out);
+  return a;
+}
+
+namespace {
+SweepSpec parse_and_expand(const std::string& text, const std::string& origin) {
+  Json spec;
+  try {
+    spec = Json::parse(text);
+  } catch (const Json::parse_error& e) {
+    // Line and column of the byte offset nlohmann reports.
+    size_t line = 1, col = 1;
+    for (size_t i = 0; i + 1 < e.byte && i < text.size(); ++i) text[i] == '\n' ? (++line, col = 1) : ++col;
+    throw UsageError(fmt::format("sweep spec {}: malformed JSON at line {}, column {}: {}", origin, line, col, e.what()));
+  }
+  require_keys(spec, {"name", "description", "base", "grid", "per_variant", "per_task", "exclude", "limits", "bench"},
+               "the spec");
+  const std::pair<const char*, Json::value_t> kinds[] = {
+      {"name", Json::value_t::string},   {"description", Json::value_t::string}, {"base", Json::value_t::object},
+      {"grid", Json::value_t::object},   {"per_variant", Json::value_t::object}, {"per_task", Json::value_t::object},
+      {"exclude", Json::value_t::array}, {"limits", Json::value_t::object},      {"bench", Json::value_t::object}};
+  for (const auto& [key, kind] : kinds)
+    if (spec.contains(key) && spec[key].type() != kind)
+      throw UsageError(fmt::format("sweep spec {}: '{}' must be of type {}, got {}", origin, key, Json(kind).type_name(),
+                                   spec[key].type_name()));
+  SweepSpec out;
+  out.raw = spec;
+  out.name = spec.value("name", "sweep");
+  SweepCell base;
+  base.kind = "train";
+  if (spec.contains("base")) {
+    require_keys(spec["base"], {"variant", "task", "seed", "threads", "set"}, "base");
+    apply_block(base, spec["base"], "base");
+  }
+  if (spec.contains("limits")) {
+    require_keys(spec["limits"], {"seconds", "memory_bytes"}, "limits");
+    out.time_limit_seconds = spec["limits"].value("seconds", 0.0);
+    out.memory_limit_bytes = spec["limits"].value("memory_bytes", int64_t(0));
+  }
+
+  // The grid: the cartesian product of its lists, in the order written.
+  std::vector<std::pair<std::string, std::vector<Json>>> axes;
+  if (spec.contains("grid")) {
+    if (!spec["grid"].is_object()) throw UsageError("sweep spec: grid must be an object of lists");
+    for (const auto& [k, v] : spec["grid"].items()) {
+      if (!v.is_array()) throw UsageError(fmt::format("sweep spec: grid.{} must be a list, got {}", k, v.dump()));
+      if (v.empty()) throw UsageError(fmt::format("sweep spec: grid.{} is an empty list: the sweep would have no cells", k));
+      axes.emplace_back(k, std::vector<Json>(v.begin(), v.end()));
+    }
+  }
+  const Json per_variant = spec.value("per_variant", Json::object()), per_task = spec.value("per_task", Json::object());
+  const Json exclude = spec.value("exclude", Json::array());
+  if (!exclude.is_array()) throw UsageError("sweep spec: exclude must be a list of objects");
+  std::vector<size_t> idx(axes.size(), 0);
+  std::vector<std::string> seen;
+  bool more = spec.contains("grid") || !spec.contains("bench");
+  while (more) {
+    SweepCell c = base;
+    std::string where = "grid cell (";
+    for (size_t a = 0; a < axes.size(); ++a) where += fmt::format("{}{}={}", a ? ", " : "", axes[a].first, value_text(axes[a].second[idx[a]]));
+    where += ")";
+    // Overrides per variant and per task first; the grid's own values win over them.
+    for (size_t a = 0; a < axes.size(); ++a) assign(c, axes[a].first, axes[a].second[idx[a]], where);
+    if (per_variant.contains(c.variant)) apply_block(c, per_variant[c.variant], "per_variant." + c.variant);
+    if (per_task.contains(c.task)) apply_block(c, per_task[c.task], "per_task." + c.task);
+    for (size_t a = 0; a < axes.size(); ++a) assign(c, axes[a].first, axes[a].second[idx[a]], where);
+    bool excluded = false;
+    for (const auto& rule : exclude) excluded = excluded || (rule.is_object() && matches(c, rule));
+    if (!excluded) {
+      if (c.variant.empty() || c.task.empty())
+        throw UsageError(fmt::format("sweep spec: {} has no {} (set it in base or grid)", where,
+                                     c.variant.empty() ? "variant" : "task"));
+      std::vector<std::string> sets;
+      for (const auto& [k, v] : c.set.items()) sets.push_back(k + "=" + value_text(v));
+      try {
+        resolve_run_config(c.variant, c.task, sets, c.seed, c.threads);
+      } catch (const UsageError& e) {
+        throw UsageError(fmt::format("sweep spec: {}: {}", where, e.what()));
+      }
+      const Json key = canonical({{"kind", c.kind}, {"variant", c.variant}, {"task", c.task}, {"seed", c.seed}, {"set", c.set}});
+      c.id = fmt::format("{}.{}.s{}.{:012x}", c.variant, c.task, c.seed, fnv1a(key.dump()) & 0xFFFFFFFFFFFFull);
+      if (std::find(seen.begin(), seen.end(), c.id) == seen.end()) {
+        seen.push_back(c.id);
+        out.cells.push_back(std::move(c));
+      }
+    }
+    // Next combination (odometer over the axes).
+    more = false;
+    for (size_t a = axes.size(); a-- > 0;) {
+      if (++idx[a] < axes[a].second.size()) {
+        more = true;
+        break;
+      }
+      idx[a] = 0;
+    }
+  }
+
+  if (spec.contains("bench")) {
+    const Json& b = spec["bench"];
+    require_keys(b, {"variants", "seq_len", "direction", "batch", "d_model", "heads", "repetitions", "min_time", "causal",
+                     "attend_only", "threads", "seed"},
+                 "bench");
+    for (const char* k : {"causal", "attend_only"})
+      if (b.contains(k) && !b[k].is_boolean())
+        throw UsageError(fmt::format("sweep spec: bench.{} must be true or false (got {})", k, b[k].dump()));
+    if (!b.contains("variants") || !b["variants"].is_array() || b["variants"].empty())
+      throw UsageError("sweep spec: bench.variants must be a non-empty list of variant names");
+    for (const char* k : {"seq_len", "direction"})
+      if (!b.contains(k) || !b[k].is_array() || b[k].empty())
+        throw UsageError(fmt::format("sweep spec: bench.{} must be a non-empty list", k));
+    for (const auto& d : b["direction"]) parse_direction(value_text(d));
+    for (const auto& v : b["variants"]) {
+      SweepCell c;
+      c.kind = "bench";
+      c.variant = value_text(v);
+      VariantRegistry::instance().get(c.variant);
+      c.seed = b.value("seed", uint64_t(0));
+      c.threads = b.value("threads", base.threads);
+      c.bench = b;
+      c.bench.erase("variants");
+      const Json key = canonical({{"kind", c.kind}, {"variant", c.variant}, {"seed", c.seed}, {"bench", c.bench}});
+      c.id = fmt::format("bench.{}.{:012x}", c.variant, fnv1a(key.dump()) & 0xFFFFFFFFFFFFull);
+      out.cells.push_back(std::move(c));
+    }
+  }
+  if (out.cells.empty()) throw UsageError("sweep spec: every cell is excluded: the sweep has nothing to run");
+  return out;
+}
+
+}  // namespace
+
+SweepSpec parse_sweep_spec(const std::string& text, const std::string& origin) {
+  try {
+    return parse_and_expand(text, origin);
+  } catch (const Json::exception& e) {  // a value of the wrong type somewhere deeper
+    throw UsageError(fmt::format("sweep spec {}: a value has the wrong type: {}", origin, e.what()));
+  }
+}
+
+SweepSpec load_sweep_spec(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw UsageError(fmt::format("cannot read sweep spec '{}'", path));
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return parse_sweep_spec(ss.str(), path);
+}
+
+std::pair<int, int> parse_shard(const std::string& text) {
+  int i = -1, n = -1;
+  char slash = 0;
+  std::istringstream in(text);
+  if (!(in >> i >> slash >> n) || slash != '/' || !in.eof() || n < 1 || i < 0 || i >= n)
+    throw UsageError(fmt::format("--shard '{}' must be i/n with 0 <= i < n, e.g. 0/4", text));
+  return {i, n};
+}
+
+}  // namespace ab

@@ -1,0 +1,303 @@
+// One training run: resolve the configuration, train with AdamW, select the best validation
+// checkpoint, evaluate it on the test split, and return the run document (DESIGN §7).
+#include "train/train.hpp"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/format.h>
+
+#include "model/model.hpp"
+#include "attnbench/build_info.hpp"
+#include "attnbench/plugin.hpp"
+#include "core/backend/onednn.hpp"
+
+namespace ab {
+
+std::vector<ParamSpec> train_param_specs() {
+  return {
+      int_param("steps", 1000, "optimiser steps", 1, 1e9),
+      int_param("batch_size", 32, "examples per step (and per evaluation batch)", 1, 1 << 20),
+      num_param("lr", 1e-3, "peak learning rate", 0.0, 10.0),
+      num_param("weight_decay", 0.01, "AdamW decoupled weight decay (matrices and embeddings only)", 0.0, 10.0),
+      num_param("beta1", 0.9, "AdamW first-moment decay", 0.0, 0.999999),
+      num_param("beta2", 0.98, "AdamW second-moment decay (LRA: 0.98)", 0.0, 0.999999),
+      num_param("eps", 1e-9, "AdamW epsilon (LRA: 1e-9)", 0.0, 1.0),
+      int_param("warmup", 100, "linear warm-up steps", 0, 1e9),
+      enum_param("schedule", "cosine", {"cosine", "rsqrt", "linear", "constant"},
+                 "decay after warm-up: cosine to 0, rsqrt (LRA text tasks), linear to 0, or constant"),
+      num_param("clip_norm", 1.0, "clip the global gradient norm to this (0 = off)", 0.0, 1e9),
+      enum_param("matmul_precision", "fp32", {"fp32", "bf16"},
+                 "inputs of the oneDNN GEMMs (projections, MLPs, dense attention): bf16 rounds them to bfloat16 "
+                 "with fp32 accumulation (AVX512_BF16 / AMX); hand-written kernels stay fp32"),
+      int_param("eval_every", 100, "steps between validations (the last step is always validated)", 1, 1e9),
+      int_param("valid_examples", 1000, "validation examples per evaluation (0 = the whole split)", 0, 1e9),
+      int_param("test_examples", 0, "test examples for the final evaluation (0 = the whole split)", 0, 1e9),
+      num_param("target_accuracy", 0.0, "stop early once validation accuracy reaches this (0 = off)", 0.0, 1.0),
+  };
+}
+
+RunConfig resolve_run_config(const std::string& variant, const std::string& task, const std::vector<std::string>& sets,
+                             uint64_t seed, int threads) {
+  const VariantSpec& vs = VariantRegistry::instance().get(variant);
+  const TaskSpec& ts = TaskRegistry::instance().get(task);
+  Json given = {{"variant", Json::object()}, {"task", Json::object()}, {"model", Json::object()}, {"train", Json::object()}};
+  const std::vector<std::string> groups = {"variant", "task", "model", "train"};
+  for (const auto& s : sets) {
+    const auto eq = s.find('='), dot = s.find('.');
+    if (eq == std::string::npos || dot == std::string::npos || dot > eq || dot == 0 || dot + 1 == eq)
+      throw UsageError(fmt::format("malformed --set '{}': expected group.key=value, e.g. model.layers=2 "
+                                   "(groups: variant, task, model, train)", s));
+    const std::string group = s.substr(0, dot), key = s.substr(dot + 1, eq - dot - 1), value = s.substr(eq + 1);
+    if (std::find(groups.begin(), groups.end(), group) == groups.end())
+      throw UsageError(unknown_name_message(fmt::format("--set group in '{}'", s), group, groups));
+    given[group][key] = value;
+  }
+  RunConfig c;
+  c.variant = variant;
+  c.task = task;
+  c.variant_params = resolve_params(vs.params, given["variant"], fmt::format("variant '{}'", variant));
+  c.task_params = resolve_params(ts.params, given["task"], fmt::format("task '{}'", task));
+  c.model_params = resolve_params(model_param_specs(), given["model"], "model");
+  c.train_params = resolve_params(train_param_specs(), given["train"], "train");
+  const auto d = c.model_params["d_model"].get<int64_t>(), h = c.model_params["heads"].get<int64_t>();
+  if (d % h != 0)
+    throw UsageError(fmt::format("model.d_model = {} is not a multiple of model.heads = {}; nearest valid d_model: {}", d,
+                                 h, d < h ? h : d / h * h));
+  c.seed = seed;
+  c.threads = threads;
+  return c;
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+double lr_at(const Json& tp, int64_t step) {  // step is 1-based
+  const double lr = tp["lr"].get<double>();
+  const int64_t warmup = tp["warmup"].get<int64_t>(), steps = tp["steps"].get<int64_t>();
+  const double t = static_cast<double>(step);
+  const double warm = warmup > 0 ? std::min(1.0, t / static_cast<double>(warmup)) : 1.0;
+  const double frac = steps > warmup ? std::clamp((t - warmup) / static_cast<double>(steps - warmup), 0.0, 1.0) : 0.0;
+  const std::string sched = tp["schedule"];
+  double g = 1.0;
+  if (sched == "cosine") g = 0.5 * (1.0 + std::cos(M_PI * frac));
+  else if (sched == "linear") g = 1.0 - frac;
+  else if (sched == "rsqrt") g = std::sqrt(std::max<double>(1, warmup)) / std::sqrt(std::max<double>(t, std::max<int64_t>(1, warmup)));
+  return lr * warm * g;
+}
+
+struct AdamW {
+  std::vector<std::pair<std::string, Var>> params;
+  std::vector<Tensor> m, v;
+  double beta1, beta2, eps, wd;
+  int64_t t = 0;
+
+  AdamW(std::vector<std::pair<std::string, Var>> p, const Json& tp)
+      : params(std::move(p)), beta1(tp["beta1"]), beta2(tp["beta2"]), eps(tp["eps"]), wd(tp["weight_decay"]) {
+    for (auto& [n, var] : params) {
+      m.push_back(Tensor::zeros(var.shape()));
+      v.push_back(Tensor::zeros(var.shape()));
+    }
+  }
+  // Returns the global gradient norm before clipping; a non-finite norm updates nothing.
+  double step(double lr, double clip) {
+    double sq = 0;
+    for (auto& [n, var] : params)
+      if (var.grad().defined()) {
+        const float* g = var.grad().data();
+        for (int64_t i = 0; i < var.grad().numel(); ++i) sq += static_cast<double>(g[i]) * g[i];
+      }
+    const double norm = std::sqrt(sq);
+    if (!std::isfinite(norm)) return norm;
+    const float gscale = clip > 0 && norm > clip ? static_cast<float>(clip / norm) : 1.f;
+    ++t;
+    const double bc1 = 1 - std::pow(beta1, t), bc2 = 1 - std::pow(beta2, t);
+    for (size_t k = 0; k < params.size(); ++k) {
+      Var& var = params[k].second;
+      if (!var.grad().defined()) continue;
+      const bool decay = var.rank() >= 2;
+      float* w = var.value_mut().data();
+      const float* g = var.grad().data();
+      float* mp = m[k].data();
+      float* vp = v[k].data();
+      const float b1 = static_cast<float>(beta1), b2 = static_cast<float>(beta2);
+      const float step_size = static_cast<float>(lr / bc1), inv_bc2 = static_cast<float>(1.0 / bc2);
+      const float e = static_cast<float>(eps), decay_mul = decay ? static_cast<float>(1.0 - lr * wd) : 1.f;
+      kernels::parallel_for(var.value().numel(), kernels::kGrain, [&](int64_t b, int64_t end) {
+        for (int64_t i = b; i < end; ++i) {
+          const float gi = g[i] * gscale;
+          mp[i] = b1 * mp[i] + (1 - b1) * gi;
+          vp[i] = b2 * vp[i] + (1 - b2) * gi * gi;
+          w[i] = w[i] * decay_mul - step_size * mp[i] / (std::sqrt(vp[i] * inv_bc2) + e);
+        }
+      });
+      var.zero_grad();
+    }
+    return norm;
+  }
+};
+
+// Accuracy of argmax(logits) over the scored labels of `count` examples (0 = the whole split).
+// `step` is the training step whose parameters are evaluated (stochastic mixers key draws by it).
+double evaluate(Model& model, const Task& task, Split split, int64_t count, int64_t batch_size, int64_t step) {
+  NoGrad ng;
+  const int64_t n = count > 0 ? std::min(count, task.split_size(split)) : task.split_size(split);
+  int64_t correct = 0, scored = 0;
+  for (int64_t start = 0; start < n; start += batch_size) {
+    std::vector<int64_t> idx;
+    for (int64_t i = start; i < std::min(n, start + batch_size); ++i) idx.push_back(i);
+    const Batch b = make_batch(task, split, idx);
+    const Var logits = model.forward(b, false, step);
+    const int64_t C = logits.dim(1);
+    const float* lp = logits.value().data();
+    for (size_t r = 0; r < b.labels.size(); ++r) {
+      if (b.labels[r] == kIgnoreLabel) continue;
+      const float* row = lp + static_cast<int64_t>(r) * C;
+      correct += (std::max_element(row, row + C) - row) == b.labels[r];
+      ++scored;
+    }
+  }
+  return scored ? static_cast<double>(correct) / static_cast<double>(scored) : 0.0;
+}
+
+}  // namespace
+
+Json train_run(const RunConfig& cfg, bool progress, const std::function<void(Model&, const Task&)>& on_trained) {
+  Json doc = run_header(cfg);
+  Json metrics = Json::object();
+  Json curves = {{"step", Json::array()}, {"train_loss", Json::array()}, {"lr", Json::array()},
+                 {"valid_step", Json::array()}, {"valid_accuracy", Json::array()}};
+  const Json& tp = cfg.train_params;
+  struct PrecisionScope {  // the setting is process-wide: restore it after the run
+    kernels::MatmulPrecision saved = kernels::matmul_precision();
+    ~PrecisionScope() { kernels::set_matmul_precision(saved); }
+  } precision_scope;
+  try {
+    set_matmul_precision(tp.value("matmul_precision", "fp32"));  // the name -> kernels mapping of ops.cpp
+    const VariantSpec& vs = VariantRegistry::instance().get(cfg.variant);
+    const auto t_gen = Clock::now();
+    auto task = TaskRegistry::instance().get(cfg.task).make(cfg.task_params, cfg.seed);
+    metrics["data_seconds"] = seconds_since(t_gen);
+    metrics["data"] = task->stats();
+    if (Json used = task->effective_params(); !used.is_null()) doc["task"]["params"] = used;
+    PeakScope peak;
+    Model model(cfg.model_params, vs, cfg.variant_params, *task, cfg.seed);
+    AdamW opt(model.parameters(), tp);
+    int64_t n_params = 0;
+    for (auto& [n, v] : opt.params) n_params += v.value().numel();
+    metrics["parameters"] = n_params;
+
+    const int64_t steps = tp["steps"], bs = tp["batch_size"], eval_every = tp["eval_every"];
+    const int64_t train_n = task->split_size(Split::train);
+    const double target = tp["target_accuracy"];
+    std::vector<int64_t> order;
+    int64_t epoch = -1, cursor = 0;
+    double train_seconds = 0, best_valid = -1, loss_sum = 0, last_loss = NAN;
+    int64_t loss_count = 0, best_step = 0, step = 0;
+    int64_t tokens = 0;
+    std::vector<Tensor> best;
+    std::vector<double> step_times;
+    for (step = 1; step <= steps; ++step) {
+      // Batches walk a fresh permutation of the training split each epoch.
+      std::vector<int64_t> idx;
+      while (static_cast<int64_t>(idx.size()) < bs) {
+        if (cursor == static_cast<int64_t>(order.size())) {
+          order.resize(static_cast<size_t>(train_n));
+          for (int64_t i = 0; i < train_n; ++i) order[i] = i;
+          RngStream r(cfg.seed, Purpose::batch, static_cast<uint64_t>(++epoch));
+          for (int64_t i = train_n - 1; i > 0; --i) std::swap(order[i], order[r.below(static_cast<uint64_t>(i + 1))]);
+          cursor = 0;
+        }
+        idx.push_back(order[cursor++]);
+      }
+      const Batch batch = make_batch(*task, Split::train, idx);
+      const auto t0 = Clock::now();
+      Var loss = cross_entropy(model.forward(batch, true, step), batch.labels);
+      loss.backward();
+      const double lr = lr_at(tp, step);
+      const double grad_norm = opt.step(lr, tp["clip_norm"].get<double>());
+      step_times.push_back(seconds_since(t0));
+      train_seconds += step_times.back();
+      tokens += batch.size * batch.length * (batch.tokens2.empty() ? 1 : 2);
+      last_loss = loss.value()[0];
+      // Activation functions may squash a NaN into a finite loss; the gradients still carry it.
+      if (!std::isfinite(last_loss) || !std::isfinite(grad_norm)) {
+        doc["status"] = "diverged";
+        doc["error"] = !std::isfinite(last_loss)
+                           ? fmt::format("training loss became {} at step {}", last_loss, step)
+                           : fmt::format("gradient norm became {} at step {} (loss {:.4g})", grad_norm, step, last_loss);
+        break;
+      }
+      loss_sum += last_loss;
+      ++loss_count;
+      if (step % eval_every == 0 || step == steps) {
+        const double acc = evaluate(model, *task, Split::valid, tp["valid_examples"], bs, step);
+        curves["step"].push_back(step);
+        curves["train_loss"].push_back(loss_sum / static_cast<double>(loss_count));
+        curves["lr"].push_back(lr);
+        curves["valid_step"].push_back(step);
+        curves["valid_accuracy"].push_back(acc);
+        if (progress)
+          fmt::print(stderr, "step {:>6}/{}  loss {:.4f}  valid acc {:.4f}  lr {:.2e}  {:.0f} tok/s\n", step, steps,
+                     loss_sum / static_cast<double>(loss_count), acc, lr, tokens / std::max(train_seconds, 1e-9));
+        loss_sum = 0;
+        loss_count = 0;
+        if (acc > best_valid) {
+          best_valid = acc;
+          best_step = step;
+          best.clear();
+          for (auto& [n, v] : opt.params) best.push_back(v.value().clone());
+        }
+        if (target > 0 && acc >= target) {
+          ++step;
+          break;
+        }
+      }
+    }
+    const int64_t done = std::min(step - 1, steps);
+    metrics["steps"] = done;
+    metrics["train_seconds"] = train_seconds;
+    metrics["tokens_per_second"] = train_seconds > 0 ? tokens / train_seconds : 0.0;
+    if (!step_times.empty()) {
+      // The median step is the throughput figure to compare: the first steps pay page faults
+      // and primitive creation.
+      std::nth_element(step_times.begin(), step_times.begin() + step_times.size() / 2, step_times.end());
+      const double median = step_times[step_times.size() / 2];
+      metrics["step_seconds_median"] = median;
+      metrics["tokens_per_second_median_step"] = static_cast<double>(tokens) / static_cast<double>(step_times.size()) / median;
+    }
+    metrics["peak_bytes"] = peak.peak_bytes();
+    if (std::isfinite(last_loss)) metrics["final_train_loss"] = last_loss;
+    if (doc["status"] == "ok") {
+      for (size_t k = 0; k < best.size(); ++k) opt.params[k].second.value_mut().copy_from(best[k]);
+      metrics["best_valid_accuracy"] = best_valid;
+      metrics["best_step"] = best_step;
+      metrics["test_accuracy"] = evaluate(model, *task, Split::test, tp["test_examples"], bs, best_step);
+      if (on_trained) on_trained(model, *task);
+    }
+  } catch (const std::bad_alloc& e) {
+    doc["status"] = "oom";
+    doc["error"] = "out of memory (an allocation failed; a memory limit may be in force)";
+  } catch (const std::exception& e) {
+    doc["status"] = "error";
+    doc["error"] = e.what();
+    if (dynamic_cast<const UsageError*>(&e)) doc["error_kind"] = "usage";
+  }
+  metrics["peak_rss_bytes"] = peak_rss_bytes();
+  metrics["curves"] = curves;
+  doc["metrics"] = metrics;
+  return doc;
+}
+
+}  // namespace ab

@@ -1,0 +1,31 @@
+#pragma once
+// Training and evaluation of one (variant, task) cell, producing the run file of DESIGN §7.
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "attnbench/params.hpp"
+#include "results/run_file.hpp"
+
+namespace ab {
+class Model;
+class Task;
+}  // namespace ab
+
+namespace ab {
+
+std::vector<ParamSpec> train_param_specs();
+
+// `sets` are dotted "group.key=value" assignments (variant., task., model., train.).
+// Throws UsageError naming the problem and the nearest valid choice.
+RunConfig resolve_run_config(const std::string& variant, const std::string& task,
+                             const std::vector<std::string>& sets, uint64_t seed, int threads);
+
+// Trains and evaluates; never throws for a failure of the run itself: the returned run document
+// carries status "error"/"diverged" and the message. `progress` prints a line per evaluation.
+// `on_trained`, when given, sees the model with its selected (best-validation) weights.
+Json train_run(const RunConfig& cfg, bool progress,
+               const std::function<void(Model&, const Task&)>& on_trained = nullptr);
+
+
+}  // namespace ab
