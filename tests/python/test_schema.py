@@ -4,6 +4,7 @@ Run with Debian's interpreter (the one that has python3-jsonschema):
     /usr/bin/python3 -m unittest discover -s tests/python
 """
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -12,7 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = ROOT / "results" / "schema" / "run.schema.json"
-VALIDATE = ROOT / "scripts" / "validate_run.py"
+SCRIPTS = ROOT / "scripts"
+VALIDATE = SCRIPTS / "validate_run.py"
 PYTHON = "/usr/bin/python3"
 
 import jsonschema  # noqa: E402  (apt-get install python3-jsonschema)
@@ -257,6 +259,40 @@ class ValidateScriptTest(unittest.TestCase):
         self.assertEqual(self.run_script().returncode, 2)
         with tempfile.TemporaryDirectory() as d:
             self.assertEqual(self.run_script(Path(d) / "missing.json").returncode, 2)
+
+
+class InstalledLayoutTest(unittest.TestCase):
+    """`cmake --install` puts scripts/ in share/attnbench/scripts and results/schema/ in
+    share/attnbench/schema: validate_run.py must find the schema there too."""
+
+    def install_tree(self, root, with_schema=True):
+        share = Path(root) / "share" / "attnbench"
+        shutil.copytree(SCRIPTS, share / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+        if with_schema:
+            shutil.copytree(SCHEMA_PATH.parent, share / "schema")
+        return share
+
+    def test_validate_run_from_the_install_tree(self):
+        with tempfile.TemporaryDirectory() as d:
+            share = self.install_tree(d)
+            run = Path(d) / "run.json"
+            run.write_text(json.dumps(train_run()), encoding="utf-8")
+            result = subprocess.run([PYTHON, str(share / "scripts" / "validate_run.py"), str(run)],
+                                    capture_output=True, text=True, timeout=60)
+            self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+            self.assertIn("ok", result.stdout)
+
+    def test_missing_schema_names_both_places(self):
+        with tempfile.TemporaryDirectory() as d:
+            share = self.install_tree(d, with_schema=False)
+            run = Path(d) / "run.json"
+            run.write_text(json.dumps(train_run()), encoding="utf-8")
+            result = subprocess.run([PYTHON, str(share / "scripts" / "validate_run.py"), str(run)],
+                                    capture_output=True, text=True, timeout=60)
+            self.assertEqual(result.returncode, 2, result.stdout + result.stderr)
+            self.assertNotIn("Traceback", result.stderr)
+            self.assertIn(str(share / "schema" / "run.schema.json"), result.stderr)
+            self.assertIn(str(share / "results" / "schema" / "run.schema.json"), result.stderr)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,78 @@
+#!/usr/bin/python3
+"""Checking run files against the run schema (run.schema.json).
+
+One place for what validate_run.py, report.py and compare.py share:
+- schema_path(): run.schema.json in the source tree (results/schema/) or in the install tree
+  (share/attnbench/schema/, beside share/attnbench/scripts/);
+- load_validator(), errors_of(validator, doc): the schema's errors with their JSON paths.
+"""
+import json
+from pathlib import Path
+
+SCRIPTS_DIR = Path(__file__).resolve().parent
+SCHEMA_NAME = "run.schema.json"
+# source tree: scripts/ and results/schema/; `cmake --install`: share/attnbench/{scripts,schema}/
+SCHEMA_CANDIDATES = (SCRIPTS_DIR.parent / "results" / "schema" / SCHEMA_NAME,
+                     SCRIPTS_DIR.parent / "schema" / SCHEMA_NAME)
+
+JSONSCHEMA_HINT = "apt-get install python3-jsonschema (and run the script with /usr/bin/python3)"
+
+
+class InputError(Exception):
+    """A problem the scripts report in one line, exiting 2: an unreadable input, a missing schema."""
+
+
+def schema_path():
+    """run.schema.json of the source tree or of the install tree, whichever exists."""
+    for p in SCHEMA_CANDIDATES:
+        if p.is_file():
+            return p
+    raise InputError(f"cannot find the run schema: neither {SCHEMA_CANDIDATES[0]} nor {SCHEMA_CANDIDATES[1]} "
+                     "exists")
+
+
+_validator = None
+
+
+def load_validator():
+    """A validator of the run schema (built once per process)."""
+    global _validator
+    if _validator is None:
+        try:
+            import jsonschema
+        except ImportError:
+            raise InputError(f"checking run files needs jsonschema: {JSONSCHEMA_HINT}") from None
+        path = schema_path()
+        try:
+            with open(path, encoding="utf-8") as f:
+                schema = json.load(f)
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path}: cannot read the run schema ({e})") from None
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
+        _validator = cls(schema)
+    return _validator
+
+
+def leaf_errors(error):
+    """The most specific errors: for anyOf/oneOf failures, the errors of each alternative."""
+    if not error.context:
+        yield error
+        return
+    for sub in error.context:
+        yield from leaf_errors(sub)
+
+
+def errors_of(validator, document):
+    """(json_path, message) pairs, sorted by path."""
+    found = []
+    for error in validator.iter_errors(document):
+        if error.validator == "not" and set(error.validator_value) == {"required"}:
+            keys = ", ".join(error.validator_value["required"])
+            found.append((error.json_path, f"must not contain {keys} (the run's status is not ok)"))
+        elif error.validator in ("anyOf", "oneOf"):
+            alternatives = "; ".join(f"{e.json_path}: {e.message}" for e in leaf_errors(error))
+            found.append((error.json_path, f"{error.message} ({alternatives})"))
+        else:
+            found.append((error.json_path, error.message))
+    return sorted(found)
