@@ -4,7 +4,9 @@
 A result set is any mix of run files and directories; directories are searched recursively
 for *.json, and only documents whose "schema" is attnbench.run/... count as runs (a sweep's
 manifest.json, attnbench.sweep/1, is read separately by load_manifests). Unknown keys are
-ignored everywhere; an unknown attnbench.run version is read as version 1 with a warning.
+ignored everywhere; an unknown attnbench.run version is read as version 1 with a warning. A file
+that is not JSON is skipped with a warning; one nested deeper than abschema.MAX_DEPTH stops the
+reading (abschema.TooDeepError).
 
 Flattening:
 - train_rows(runs): one row per train run (variant, task, seed, params, status, metrics);
@@ -18,6 +20,8 @@ import math
 import statistics
 import sys
 from pathlib import Path
+
+import abschema
 
 RUN_SCHEMA = "attnbench.run/1"
 RUN_SCHEMA_PREFIX = "attnbench.run/"
@@ -36,7 +40,7 @@ def warn(message):
     print(f"warning: {message}", file=sys.stderr)
 
 
-class NoRunsError(Exception):
+class NoRunsError(abschema.InputError):
     """No run file was found under the given paths (a usage error for the scripts)."""
 
 
@@ -66,8 +70,7 @@ def _json_files(paths):
 
 def _read_json(path):
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return abschema.read_json(path)
     except (OSError, ValueError) as e:
         warn(f"{path}: not readable as JSON ({e}); skipped")
         return None

@@ -1,12 +1,14 @@
 #!/usr/bin/python3
-"""Checking run files against the run schema (run.schema.json).
+"""Reading JSON safely, and checking run files against the run schema (run.schema.json).
 
 One place for what validate_run.py, report.py and compare.py share:
+- read_json(path): a JSON document, refused when nested deeper than MAX_DEPTH;
 - schema_path(): run.schema.json in the source tree (results/schema/) or in the install tree
   (share/attnbench/schema/, beside share/attnbench/scripts/);
 - load_validator(), errors_of(validator, doc): the schema's errors with their JSON paths.
 """
 import json
+import re
 from pathlib import Path
 
 SCRIPTS_DIR = Path(__file__).resolve().parent
@@ -14,12 +16,53 @@ SCHEMA_NAME = "run.schema.json"
 # source tree: scripts/ and results/schema/; `cmake --install`: share/attnbench/{scripts,schema}/
 SCHEMA_CANDIDATES = (SCRIPTS_DIR.parent / "results" / "schema" / SCHEMA_NAME,
                      SCRIPTS_DIR.parent / "schema" / SCHEMA_NAME)
+# Run files nest about 6 levels; the limit keeps json's recursive parser, jsonschema and our own
+# recursive walks of a document far from Python's recursion limit.
+MAX_DEPTH = 64
 
 JSONSCHEMA_HINT = "apt-get install python3-jsonschema (and run the script with /usr/bin/python3)"
 
 
 class InputError(Exception):
     """A problem the scripts report in one line, exiting 2: an unreadable input, a missing schema."""
+
+
+class TooDeepError(InputError):
+    """A JSON document nested deeper than MAX_DEPTH; str() names the file and the problem."""
+
+    def __init__(self, path):
+        self.path, self.problem = path, f"nested deeper than {MAX_DEPTH} levels"
+        super().__init__(f"{path}: JSON {self.problem}")
+
+
+# A JSON string (escapes included) or one bracket: brackets inside strings are not nesting.
+_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.S)
+
+
+def json_depth_exceeds(text, limit=MAX_DEPTH):
+    """True when brackets outside strings nest deeper than `limit` (a scan, no parse)."""
+    depth = 0
+    for m in _TOKEN.finditer(text):
+        c = m.group()
+        if c in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif c in "]}":
+            depth -= 1
+    return False
+
+
+def read_json(path):
+    """The JSON document in `path`. Raises OSError, ValueError (not JSON) or TooDeepError."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if json_depth_exceeds(text):
+        raise TooDeepError(path)
+    try:
+        return json.loads(text)
+    except RecursionError:  # the scan is the guard; this is the net under it
+        raise TooDeepError(path) from None
 
 
 def schema_path():
@@ -44,8 +87,7 @@ def load_validator():
             raise InputError(f"checking run files needs jsonschema: {JSONSCHEMA_HINT}") from None
         path = schema_path()
         try:
-            with open(path, encoding="utf-8") as f:
-                schema = json.load(f)
+            schema = read_json(path)
         except (OSError, ValueError) as e:
             raise InputError(f"{path}: cannot read the run schema ({e})") from None
         cls = jsonschema.validators.validator_for(schema)

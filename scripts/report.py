@@ -12,7 +12,7 @@ several shards, or several directories read as one set), single run files, bench
 Sections: accuracy (LRA Table 1 shape), training cost, speed and memory relative to the
 reference variant (LRA Table 2 shape), figures, failures, comparison with --baseline,
 context (machine, versions, revisions, command lines, dates).
-Exit status: 0; 2 on usage errors (a path missing, no run file found).
+Exit status: 0; 2 on usage errors (a path missing, no run file found, a file nested too deep).
 """
 import argparse
 import base64
@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import abresults
+import abschema
 import compare
 import plots
 from abresults import OK
@@ -729,13 +730,13 @@ def main(argv=None):
     try:
         runs = abresults.load(args.paths)
         baseline = abresults.load(args.baseline) if args.baseline else None
+        manifests = abresults.load_manifests(args.paths)
     except FileNotFoundError as e:
         print(f"report.py: no such file or directory: {e}", file=sys.stderr)
         return 2
-    except abresults.NoRunsError as e:
+    except abschema.InputError as e:  # no run file found, one nested too deep
         print(f"report.py: {e}", file=sys.stderr)
         return 2
-    manifests = abresults.load_manifests(args.paths)
     title = args.title
     if not title:
         names = sorted({str(m.get("name")) for m in manifests if m.get("name")})

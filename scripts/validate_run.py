@@ -8,7 +8,6 @@ installed (see abschema.py). Exit codes: 0 all files valid, 1 some file invalid 
 JSON), 2 usage error (or no schema).
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -59,10 +58,9 @@ def main(argv=None):
     invalid = 0
     for path in files:
         try:
-            with open(path, encoding="utf-8") as f:
-                document = json.load(f)
-        except (OSError, ValueError) as e:
-            print(f"{path}: INVALID: cannot read JSON: {e}")
+            document = abschema.read_json(path)
+        except (OSError, ValueError, abschema.TooDeepError) as e:
+            print(f"{path}: INVALID: cannot read JSON: {getattr(e, 'problem', e)}")
             invalid += 1
             continue
         errors = errors_of(validator, document)

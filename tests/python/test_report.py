@@ -22,6 +22,7 @@ PYTHON = "/usr/bin/python3"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 sys.path.insert(0, str(SCRIPTS))
 import abresults  # noqa: E402
+import abschema  # noqa: E402
 import plots  # noqa: E402
 
 try:
@@ -394,6 +395,22 @@ class Compare(unittest.TestCase):
         self.assertEqual(r.returncode, 2)
         self.assertIn("nonexistent", r.stderr)
 
+    def test_deeply_nested_file_is_a_usage_error(self):
+        """json.load recurses once per level: a deep file must not become a traceback."""
+        sweep = self.dir / "s"
+        make_sweep(sweep)
+        deep = sweep / "runs" / "deep.json"
+        deep.write_text("[" * 100000 + "]" * 100000)
+        for args in (("compare.py", sweep, sweep), ("report.py", sweep, "--out", self.dir / "r.html"),
+                     ("compare.py", deep, sweep)):
+            r = run_script(*args)
+            self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+            self.assertNotIn("Traceback", r.stderr)
+            self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+            self.assertIn(str(deep), r.stderr)
+            self.assertIn("nested deeper than 64 levels", r.stderr)
+        self.assertFalse((self.dir / "r.html").exists())
+
 
 class ReportWithBaseline(unittest.TestCase):
     def test_comparison_section(self):
@@ -432,6 +449,17 @@ class Library(unittest.TestCase):
                                capture_output=True, text=True, timeout=60)
             self.assertEqual(r.stdout.strip(), "2", r.stderr)
             self.assertIn("unknown schema version 'attnbench.run/2'", r.stderr)
+
+    def test_depth_limit_counts_brackets_outside_strings(self):
+        self.assertFalse(abschema.json_depth_exceeds("[" * 64 + "]" * 64))
+        self.assertTrue(abschema.json_depth_exceeds("[" * 65 + "]" * 65))
+        self.assertTrue(abschema.json_depth_exceeds('{"a":' * 65 + "1" + "}" * 65))
+        self.assertFalse(abschema.json_depth_exceeds(json.dumps(["[[[{{{\\\"" * 100])))
+        doc = train_run("softmax", "listops", 0)
+        doc["variant"]["params"]["pattern"] = "[" * 1000  # brackets in a string are not nesting
+        with tempfile.TemporaryDirectory() as d:
+            write_json(Path(d) / "r.json", doc)
+            self.assertEqual(abschema.read_json(Path(d) / "r.json"), doc)
 
     def test_failed_run_carries_no_accuracy(self):
         doc = train_run(*CRASHED)

@@ -255,6 +255,17 @@ class ValidateScriptTest(unittest.TestCase):
             self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
             self.assertIn("bad.json", result.stdout)
 
+    def test_deeply_nested_file_is_invalid_not_a_traceback(self):
+        with tempfile.TemporaryDirectory() as d:
+            deep = Path(d) / "deep.json"
+            deep.write_text("[" * 100000 + "]" * 100000)
+            self.write(d, "good.json", train_run())
+            result = self.run_script(d)
+            self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+            self.assertNotIn("Traceback", result.stderr)
+            self.assertIn(f"{deep}: INVALID: cannot read JSON: nested deeper than 64 levels", result.stdout)
+            self.assertIn("good.json: ok", result.stdout)
+
     def test_usage_errors_exit_2(self):
         self.assertEqual(self.run_script().returncode, 2)
         with tempfile.TemporaryDirectory() as d:
