@@ -12,7 +12,8 @@ several shards, or several directories read as one set), single run files, bench
 Sections: accuracy (LRA Table 1 shape), training cost, speed and memory relative to the
 reference variant (LRA Table 2 shape), figures, failures, comparison with --baseline,
 context (machine, versions, revisions, command lines, dates).
-Exit status: 0; 2 on usage errors (a path missing, no run file found, a file nested too deep).
+Exit status: 0; 2 on usage errors (a path missing, no run file found, a file nested too deep,
+OUT a directory or not writable).
 """
 import argparse
 import base64
@@ -727,6 +728,10 @@ def main(argv=None):
                         help="variant the speed and memory ratios are relative to (default softmax)")
     parser.add_argument("--threshold", type=float, default=0.05, help="comparison threshold (see compare.py)")
     args = parser.parse_args(argv)
+    if Path(args.out).is_dir():  # checked before the work; write() would fail only at the end
+        print(f"report.py: --out {args.out} is a directory; give the HTML file to write, "
+              f"e.g. {Path(args.out) / 'report.html'}", file=sys.stderr)
+        return 2
     try:
         runs = abresults.load(args.paths)
         baseline = abresults.load(args.baseline) if args.baseline else None
@@ -742,7 +747,12 @@ def main(argv=None):
         names = sorted({str(m.get("name")) for m in manifests if m.get("name")})
         title = "attnbench report" + (f": {', '.join(names)}" if names else "")
     doc = build(runs, args.paths, title, args.reference, baseline, args.baseline or (), args.threshold, manifests)
-    for p in write(doc, args.out, title):
+    try:
+        written = write(doc, args.out, title)
+    except OSError as e:
+        print(f"report.py: cannot write {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    for p in written:
         print(p)
     return 0
 

@@ -411,6 +411,22 @@ class Compare(unittest.TestCase):
             self.assertIn("nested deeper than 64 levels", r.stderr)
         self.assertFalse((self.dir / "r.html").exists())
 
+    def test_out_not_writable_is_a_usage_error(self):
+        sweep = self.dir / "s"
+        make_sweep(sweep)
+        a_file = self.dir / "a-file"
+        a_file.write_text("x")
+        # (--out, the path the message names, what it says)
+        for out, named, problem in ((self.dir, self.dir, "is a directory"),
+                                    (a_file / "r.html", a_file, "cannot write")):
+            r = run_script("report.py", sweep, "--out", out)
+            self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+            self.assertNotIn("Traceback", r.stderr)
+            self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+            self.assertIn(str(named), r.stderr)
+            self.assertIn(problem, r.stderr)
+        self.assertEqual(a_file.read_text(), "x")
+
 
 class ReportWithBaseline(unittest.TestCase):
     def test_comparison_section(self):
