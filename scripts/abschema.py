@@ -5,9 +5,11 @@ One place for what validate_run.py, report.py and compare.py share:
 - read_json(path): a JSON document, refused when nested deeper than MAX_DEPTH;
 - schema_path(): run.schema.json in the source tree (results/schema/) or in the install tree
   (share/attnbench/schema/, beside share/attnbench/scripts/);
-- load_validator(), errors_of(validator, doc): the schema's errors with their JSON paths.
+- load_validator(), errors_of(validator, doc): the schema's errors with their JSON paths, plus
+  every non-finite number (Python's json reads NaN and Infinity; the schema cannot refuse them).
 """
 import json
+import math
 import re
 from pathlib import Path
 
@@ -105,9 +107,21 @@ def leaf_errors(error):
         yield from leaf_errors(sub)
 
 
+def non_finite(value, path="$"):
+    """(json_path, message) for every NaN or infinite number in a document."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield path, f"{value} is not a finite number"
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from non_finite(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from non_finite(v, f"{path}[{i}]")
+
+
 def errors_of(validator, document):
     """(json_path, message) pairs, sorted by path."""
-    found = []
+    found = list(non_finite(document))
     for error in validator.iter_errors(document):
         if error.validator == "not" and set(error.validator_value) == {"required"}:
             keys = ", ".join(error.validator_value["required"])

@@ -11,7 +11,9 @@ several shards, or several directories read as one set), single run files, bench
 - OUT with .md: the same tables in Markdown, plots as PNG files beside it (OUT-stem-*.png).
 Sections: accuracy (LRA Table 1 shape), training cost, speed and memory relative to the
 reference variant (LRA Table 2 shape), figures, failures, comparison with --baseline,
-context (machine, versions, revisions, command lines, dates).
+context (machine, versions, revisions, command lines, dates). A run file that does not follow
+the run schema has status invalid: listed in the failures with its first error, none of its
+figures used.
 Exit status: 0; 2 on usage errors (a path missing, no run file found, a file nested too deep,
 OUT a directory or not writable).
 """
@@ -255,7 +257,10 @@ def section_failures(doc, failures):
     for it in failures.items:
         counts[it["status"]] = counts.get(it["status"], 0) + 1
     doc.p("Every cell whose status is not ok, with its message. "
-          + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ".")
+          + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + "."
+          + (f" {abresults.INVALID}: the run file does not follow the run schema (results/schema/run.schema.json), "
+             "so none of its figures is shown or averaged in; scripts/validate_run.py FILE lists every error."
+             if abresults.INVALID in counts else ""))
     rows = []
     for it in failures.items:
         ref_html = f'<span id="{it["ref"]}">{it["ref"]}</span>'

@@ -314,6 +314,74 @@ class ReportOnFakeSweep(unittest.TestCase):
             self.assertTrue(png.read_bytes().startswith(PNG_SIGNATURE))
 
 
+# softmax/listops: every seed's run file breaks the schema in its own way; linear_elu's bench file too
+BAD_ACCURACY = {0: "0.9", 1: 7.5, 2: float("nan")}  # a string, a percentage, NaN (json writes NaN)
+
+
+def make_invalid_sweep(root):
+    make_sweep(root)
+    for seed, value in BAD_ACCURACY.items():
+        p = root / "runs" / f"softmax.listops.s{seed}.0123456789ab.json"
+        doc = json.loads(p.read_text())
+        doc["metrics"]["test_accuracy"] = value
+        write_json(p, doc)
+    p = root / "runs" / "bench.linear_elu.0123456789ab.json"
+    doc = json.loads(p.read_text())
+    doc["metrics"]["entries"][0]["median_ms"] = float("inf")
+    write_json(p, doc)
+
+
+class ReportOnInvalidRuns(unittest.TestCase):
+    """Run files that break the schema are shown as 'invalid', never as ok, never averaged."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.dir = Path(cls.tmp.name)
+        make_invalid_sweep(cls.dir / "sweep")
+        cls.out = cls.dir / "report.html"
+        cls.result = run_script("report.py", cls.dir / "sweep", "--out", cls.out)
+        cls.page = cls.out.read_text(encoding="utf-8") if cls.out.exists() else ""
+        cls.md = cls.out.with_suffix(".md").read_text(encoding="utf-8") if cls.out.exists() else ""
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def test_invalid_accuracy_is_not_averaged(self):
+        self.assertEqual(self.result.returncode, 0, self.result.stderr)
+        table = element(self.page, "table", "lra-accuracy")
+        raw, text = td(table, "softmax", "listops")
+        self.assertIn("invalid ×3", text)
+        self.assertNotIn("data-mean", raw)
+        self.assertNotRegex(text, r"\d+\.\d\d")
+        _, avg = td(table, "softmax", "average")
+        self.assertEqual(avg.strip(), "incomplete")
+        self.assertNotIn("750.00", self.page)
+
+    def test_failures_list_each_invalid_file_with_its_error(self):
+        table = element(self.page, "table", "failures-table")
+        for seed in BAD_ACCURACY:
+            row = re.search(rf"<tr>(?:(?!</tr>).)*softmax\.listops\.s{seed}\.(?:(?!</tr>).)*</tr>", table, re.S)
+            self.assertIsNotNone(row, f"seed {seed} is not in the failures")
+            self.assertIn('<td class="fail">invalid</td>', row.group(0))
+            self.assertIn("$.metrics.test_accuracy", row.group(0))
+        self.assertIn("nan is not a finite number", table)
+        self.assertIn("7.5 is greater than the maximum of 1", table)
+        self.assertIn(html.escape("'0.9' is not of type 'number'"), table)
+        self.assertIn("$.metrics.entries[0].median_ms: inf is not a finite number", table)
+        self.assertIn("| invalid |", self.md)
+        for line in self.result.stderr.splitlines():
+            self.assertLess(len(line), 400, "the error shown is short")
+
+    def test_invalid_bench_file_shows_no_figures(self):
+        ratios = element(self.page, "table", "ratios-1-fwd")
+        for n in BENCH_LENGTHS:
+            self.assertRegex(ratios, rf'data-variant="linear_elu" data-seq-len="{n}" data-direction="fwd" '
+                                     r'data-status="invalid"')
+        self.assertNotIn('data-variant="linear_elu" data-seq-len="256" data-direction="fwd" data-speedup', ratios)
+
+
 class Compare(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory()
@@ -380,6 +448,17 @@ class Compare(unittest.TestCase):
         self.assertRegex(out, r"softmax\s+text.*seed 0: ok -> oom")
         self.assertIn("Only in A (1):", out)
         self.assertIn("performer on listops seed 0", out)
+
+    def test_invalid_run_is_a_failure_not_a_figure(self):
+        a_dir, b_dir = self.dir / "a", self.dir / "b"
+        make_sweep(a_dir)
+        make_invalid_sweep(b_dir)
+        r = run_script("compare.py", a_dir, b_dir, "--fail-if-regression")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        for seed in BAD_ACCURACY:
+            self.assertRegex(r.stdout, rf"softmax\s+listops.*seed {seed}: ok -> invalid")
+        self.assertRegex(r.stdout, r"linear_elu\s+fwd\s+256 .*ok -> invalid")
+        self.assertIn("invalid run file: $.metrics.test_accuracy: 7.5 is greater than the maximum of 1", r.stderr)
 
     def test_usage_errors(self):
         empty = self.dir / "empty"
@@ -476,6 +555,22 @@ class Library(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             write_json(Path(d) / "r.json", doc)
             self.assertEqual(abschema.read_json(Path(d) / "r.json"), doc)
+
+    def test_invalid_file_becomes_a_failure_record(self):
+        doc = train_run("softmax", "listops", 0)
+        doc["metrics"]["test_accuracy"] = 7.5
+        doc["context"]["threads"] = [2]  # a faulty identity field is dropped, not used to place the run
+        with tempfile.TemporaryDirectory() as d:
+            write_json(Path(d) / "r.json", doc)
+            (run,) = abresults.load([d], quiet=True)
+        self.assertEqual(run["status"], abresults.INVALID)
+        self.assertNotIn("context", run)
+        self.assertEqual(run["metrics"], {"entries": []})
+        self.assertTrue(run["error"].startswith("invalid run file: $.context.threads: "), run["error"])
+        self.assertIn("(+1 more", run["error"])
+        (row,) = abresults.train_rows([run])
+        self.assertEqual((row["variant"], row["task"], row["seed"], row["status"]), ("softmax", "listops", 0, "invalid"))
+        self.assertIsNone(row["test_accuracy"])
 
     def test_failed_run_carries_no_accuracy(self):
         doc = train_run(*CRASHED)

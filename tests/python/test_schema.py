@@ -246,6 +246,16 @@ class ValidateScriptTest(unittest.TestCase):
             self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
             self.assertIn("$.metrics", result.stdout)
 
+    def test_non_finite_numbers_are_invalid(self):
+        """Python's json reads NaN and Infinity, and NaN passes minimum/maximum: checked apart."""
+        for key, value in (("test_accuracy", float("nan")), ("train_seconds", float("inf"))):
+            run = train_run()
+            run["metrics"][key] = value
+            with tempfile.TemporaryDirectory() as d:
+                result = self.run_script(self.write(d, "nan.json", run))
+                self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+                self.assertIn(f"$.metrics.{key}: {value} is not a finite number", result.stdout)
+
     def test_directory_is_searched_recursively(self):
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / "sub").mkdir()
@@ -292,6 +302,11 @@ class InstalledLayoutTest(unittest.TestCase):
                                     capture_output=True, text=True, timeout=60)
             self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
             self.assertIn("ok", result.stdout)
+            # report.py checks every run file against the schema too
+            result = subprocess.run([PYTHON, str(share / "scripts" / "report.py"), str(run), "--out",
+                                     str(Path(d) / "r.html")], capture_output=True, text=True, timeout=120)
+            self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+            self.assertNotIn("invalid", (Path(d) / "r.md").read_text(encoding="utf-8"))
 
     def test_missing_schema_names_both_places(self):
         with tempfile.TemporaryDirectory() as d:
