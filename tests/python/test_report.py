@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import unittest
+import urllib.parse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -380,6 +381,47 @@ class ReportOnInvalidRuns(unittest.TestCase):
             self.assertRegex(ratios, rf'data-variant="linear_elu" data-seq-len="{n}" data-direction="fwd" '
                                      r'data-status="invalid"')
         self.assertNotIn('data-variant="linear_elu" data-seq-len="256" data-direction="fwd" data-speedup', ratios)
+
+
+class MarkdownEscaping(unittest.TestCase):
+    """Names and messages come from run files: the Markdown twin shows them literally, as the
+    HTML does, and a | in them does not split a table cell."""
+    NAME = "<script>alert(1)</script>|*x*"
+    MESSAGE = "crashed: <img src=x onerror=alert(1)> | `code` [link](http://x) _e_ #"
+
+    def test_markdown_twin_escapes_names_and_messages(self):
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            ok = train_run("softmax", "listops", 0)
+            ok["variant"]["name"] = self.NAME
+            bad = train_run("softmax", "listops", 1)
+            bad.update(status="error", error=self.MESSAGE, metrics={})
+            write_json(d / "runs" / "ok.json", ok)
+            write_json(d / "runs" / "bad.json", bad)
+            out = d / "my report.html"
+            r = run_script("report.py", d / "runs", "--out", out, "--title", "<b>T</b> | #1")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            md = out.with_suffix(".md").read_text(encoding="utf-8")
+            page = out.read_text(encoding="utf-8")
+            # a link target holds no raw space (it would end the link): the PNG names are %-encoded
+            refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+            self.assertTrue(refs)
+            for ref in refs:
+                self.assertNotIn(" ", ref)
+                self.assertTrue((d / urllib.parse.unquote(ref)).exists(), ref)
+        for raw in ("<script", "<img", "<b>"):
+            self.assertNotIn(raw, md)
+        for raw in ("<script", "<img src=x", "<b>"):  # the HTML (escaped before) has images of its own
+            self.assertFalse(raw in page, f"{raw} in the HTML")
+        self.assertIn("&lt;script&gt;alert(1)&lt;/script&gt;\\|\\*x\\*", md)
+        self.assertIn("&lt;img src=x onerror=alert(1)&gt; \\| \\`code\\` \\[link\\](http://x) \\_e\\_ \\#", md)
+        self.assertIn("# &lt;b&gt;T&lt;/b&gt; \\| \\#1", md)
+        # every row of a table has as many cell separators (| not escaped) as its header
+        tables = re.findall(r"(?:^\|.*\|\n)+", md, re.M)
+        self.assertGreaterEqual(len(tables), 3)
+        for table in tables:
+            counts = {len(re.findall(r"(?<!\\)(?:\\\\)*\|", line)) for line in table.splitlines()}
+            self.assertEqual(len(counts), 1, table)
 
 
 class Compare(unittest.TestCase):
