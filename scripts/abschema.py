@@ -18,7 +18,7 @@ SCHEMA_NAME = "run.schema.json"
 # source tree: scripts/ and results/schema/; `cmake --install`: share/attnbench/{scripts,schema}/
 SCHEMA_CANDIDATES = (SCRIPTS_DIR.parent / "results" / "schema" / SCHEMA_NAME,
                      SCRIPTS_DIR.parent / "schema" / SCHEMA_NAME)
-# Run files nest about 6 levels; the limit keeps json's recursive parser, jsonschema and our own
+# Run files nest 4 or 5 levels deep; the limit keeps json's recursive parser, jsonschema and our own
 # recursive walks of a document far from Python's recursion limit.
 MAX_DEPTH = 64
 

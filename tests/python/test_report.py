@@ -611,7 +611,8 @@ class Library(unittest.TestCase):
         self.assertTrue(run["error"].startswith("invalid run file: $.context.threads: "), run["error"])
         self.assertIn("(+1 more", run["error"])
         (row,) = abresults.train_rows([run])
-        self.assertEqual((row["variant"], row["task"], row["seed"], row["status"]), ("softmax", "listops", 0, "invalid"))
+        self.assertEqual((row["variant"], row["task"], row["seed"], row["status"]),
+                         ("softmax", "listops", 0, "invalid"))
         self.assertIsNone(row["test_accuracy"])
 
     def test_failed_run_carries_no_accuracy(self):
