@@ -4,7 +4,13 @@
 A result set is any mix of run files and directories; directories are searched recursively
 for *.json, and only documents whose "schema" is attnbench.run/... count as runs (a sweep's
 manifest.json, attnbench.sweep/1, is read separately by load_manifests). Unknown keys are
-ignored everywhere; an unknown attnbench.run version is read as version 1 with a warning.
+ignored everywhere; an unknown attnbench.run version is read as version 1 with a warning. A file
+that is not JSON is skipped with a warning; one nested deeper than abschema.MAX_DEPTH stops the
+reading (abschema.TooDeepError).
+
+Every run file is checked against the run schema (abschema; needs python3-jsonschema). One that
+does not follow it (a string, 7.5 or NaN accuracy, ...) becomes a failure record with status
+"invalid" and its first error as message: none of its figures is shown or averaged in.
 
 Flattening:
 - train_rows(runs): one row per train run (variant, task, seed, params, status, metrics);
@@ -15,14 +21,18 @@ Used by report.py and compare.py.
 """
 import json
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
+
+import abschema
 
 RUN_SCHEMA = "attnbench.run/1"
 RUN_SCHEMA_PREFIX = "attnbench.run/"
 SWEEP_SCHEMA_PREFIX = "attnbench.sweep/"
 OK = "ok"
+INVALID = "invalid"  # a run file that does not follow the schema (not a status the harness writes)
 
 TRAIN_METRICS = ("test_accuracy", "best_valid_accuracy", "final_train_loss", "train_seconds", "steps",
                  "tokens_per_second", "peak_bytes", "peak_rss_bytes", "parameters", "best_step",
@@ -36,7 +46,7 @@ def warn(message):
     print(f"warning: {message}", file=sys.stderr)
 
 
-class NoRunsError(Exception):
+class NoRunsError(abschema.InputError):
     """No run file was found under the given paths (a usage error for the scripts)."""
 
 
@@ -66,8 +76,7 @@ def _json_files(paths):
 
 def _read_json(path):
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return abschema.read_json(path)
     except (OSError, ValueError) as e:
         warn(f"{path}: not readable as JSON ({e}); skipped")
         return None
@@ -96,6 +105,11 @@ def load(paths, quiet=False):
             continue
         if schema != RUN_SCHEMA and not quiet:
             warn(f"{path}: unknown schema version '{schema}', read as {RUN_SCHEMA}")
+        errors = abschema.errors_of(abschema.load_validator(), dict(doc, schema=RUN_SCHEMA))
+        if errors:
+            doc = invalid_record(doc, errors)
+            if not quiet:
+                warn(f"{path}: {doc['error']}; shown as {INVALID}")
         doc["_path"] = str(path)
         doc["_id"] = path.stem
         runs.append(doc)
@@ -103,6 +117,40 @@ def load(paths, quiet=False):
         raise NoRunsError("no attnbench run files (\"schema\": \"%s\") found in: %s"
                           % (RUN_SCHEMA, ", ".join(str(p) for p in paths)))
     return runs
+
+
+def _short(text, width=160):
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+# The fields that place a run in the tables (which row, which column); an invalid run keeps those
+# the schema found no fault in, so it shows where it belongs.
+IDENTITY_FIELDS = ("kind", "variant", "variants", "task", "model", "train", "seed", "context")
+
+
+def invalid_record(doc, errors):
+    """A run file that does not follow the schema, as a failure record: status INVALID, the first
+    error as message, no metrics (bench: its entries' lengths and directions only, to place it)."""
+    faulty = {m.group(1) for m in (re.match(r"\$\.([^.\[]+)", p) for p, _ in errors) if m}
+    out = {k: doc[k] for k in IDENTITY_FIELDS if k in doc and k not in faulty}
+    out.setdefault("kind", "train")  # a run of no known kind still gets a row, so it is listed
+    path, message = errors[0]
+    more = f" (+{len(errors) - 1} more; scripts/validate_run.py lists them)" if len(errors) > 1 else ""
+    out.update(schema=RUN_SCHEMA, status=INVALID, error=f"invalid run file: {_short(f'{path}: {message}')}{more}")
+    metrics = doc.get("metrics") if isinstance(doc.get("metrics"), dict) else {}
+    entries = metrics.get("entries") if isinstance(metrics.get("entries"), list) else []
+    out["metrics"] = {"entries": [dict(e, status=INVALID) for e in map(_entry_place, entries) if e]}
+    return out
+
+
+def _entry_place(e):
+    """What places a bench entry in the tables (variant, length, direction, batch, scope), taking
+    only well-typed values; None without a length and a direction."""
+    if not isinstance(e, dict):
+        return None
+    kinds = {"variant": str, "seq_len": int, "direction": str, "batch": int, "scope": str}
+    out = {k: e[k] for k, t in kinds.items() if isinstance(e.get(k), t) and not isinstance(e.get(k), bool)}
+    return out if "seq_len" in out and "direction" in out else None
 
 
 def load_manifests(paths):

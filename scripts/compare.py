@@ -18,15 +18,17 @@ Verdicts, beyond the measured noise:
               (higher: the mirror image); otherwise when the mean differs by more than the
               threshold (an absolute difference of fractions: 0.05 = 5 points);
   training throughput (tokens/s): as bench time, over the seeds' min..max;
-  status:     ok in A but not in B (e.g. oom) is a regression.
+  status:     ok in A but not in B (e.g. oom) is a regression. A run file that does not follow
+              the run schema (abschema) has status invalid: none of its figures is compared.
 Regressions: slower, more memory, lower accuracy, ok -> failure. Cells present in one set
 only are listed. Exit status: 0; 1 with --fail-if-regression when a regression is flagged;
-2 on usage errors (a path missing or holding no run files).
+2 on usage errors (a path missing or holding no run files, a file nested too deep).
 """
 import argparse
 import sys
 
 import abresults
+import abschema
 from abresults import OK
 
 REGRESSION = "regression"
@@ -320,7 +322,7 @@ def main(argv=None):
     except FileNotFoundError as e:
         print(f"compare.py: no such file or directory: {e}", file=sys.stderr)
         return 2
-    except abresults.NoRunsError as e:
+    except abschema.InputError as e:  # no run file found, one nested too deep
         print(f"compare.py: {e}", file=sys.stderr)
         return 2
     result = compare_sets(runs_a, runs_b, args.threshold)

@@ -11,8 +11,11 @@ several shards, or several directories read as one set), single run files, bench
 - OUT with .md: the same tables in Markdown, plots as PNG files beside it (OUT-stem-*.png).
 Sections: accuracy (LRA Table 1 shape), training cost, speed and memory relative to the
 reference variant (LRA Table 2 shape), figures, failures, comparison with --baseline,
-context (machine, versions, revisions, command lines, dates).
-Exit status: 0; 2 on usage errors (a path missing, no run file found).
+context (machine, versions, revisions, command lines, dates). A run file that does not follow
+the run schema has status invalid: listed in the failures with its first error, none of its
+figures used.
+Exit status: 0; 2 on usage errors (a path missing, no run file found, a file nested too deep,
+OUT a directory or not writable).
 """
 import argparse
 import base64
@@ -20,9 +23,11 @@ import datetime
 import html
 import re
 import sys
+import urllib.parse
 from pathlib import Path
 
 import abresults
+import abschema
 import compare
 import plots
 from abresults import OK
@@ -95,20 +100,24 @@ class Doc:
     """Accumulates the HTML page and its Markdown twin in parallel."""
 
     def __init__(self):
-        self.html, self.md, self.figures = [], [], []  # figures: (name, png bytes)
+        # md: Markdown blocks, or functions of {figure name: PNG file name} for a figure's link,
+        # known only when written; figures: (name, png bytes)
+        self.html, self.md, self.figures = [], [], []
 
     def h(self, level, text, anchor=None):
         a = f' id="{esc(anchor)}"' if anchor else ""
         self.html.append(f"<h{level}{a}>{esc(text)}</h{level}>")
-        self.md.append("#" * level + " " + text + "\n")
+        self.md.append("#" * level + " " + md_escape(text) + "\n")
 
     def p(self, text, html_=None, cls="note"):
         self.html.append(f'<p class="{cls}">{html_ if html_ is not None else esc(text)}</p>')
-        self.md.append(text + "\n")
+        self.md.append(md_escape(text) + "\n")
 
     def pre(self, text):
         self.html.append(f"<pre>{esc(text)}</pre>")
-        self.md.append("```\n" + text + "\n```\n")
+        # a fence longer than any run of backticks in the text, which cannot close it early
+        fence = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", text)), default=0))
+        self.md.append(f"{fence}\n{text}\n{fence}\n")
 
     def table(self, header, rows, table_id=None, groups=None, row_classes=None):
         """header: column names; groups: optional [(name, span)] above them; rows: lists of
@@ -139,7 +148,8 @@ class Doc:
                 body = c.html if c.html is not None else esc(c.text)
                 tds.append(f"<td{attrs}>{body}</td>")
             out.append((f'<tr class="{rc}">' if rc else "<tr>") + "".join(tds) + "</tr>")
-            md.append("| " + " | ".join(md_escape(f"**{c.text}**" if c.bold else c.text) for c in cells) + " |")
+            md.append("| " + " | ".join(f"**{md_escape(c.text)}**" if c.bold else md_escape(c.text) for c in cells)
+                      + " |")
         out.append("</table>")
         self.html.append("\n".join(out))
         self.md.append("\n".join(md) + "\n")
@@ -151,18 +161,25 @@ class Doc:
         self.figures.append((name, png))
         data = base64.b64encode(png).decode("ascii")
         self.html.append(f'<img alt="{esc(caption)}" title="{esc(caption)}" src="data:image/png;base64,{data}">')
-        self.md.append(f"![{md_escape(caption)}]({{FIG:{name}}})\n")
+        self.md.append(lambda files: f"![{md_escape(caption)}]({urllib.parse.quote(files[name])})\n")
 
     def details(self, summary, build):
         """A collapsed block in HTML (plain subsection in Markdown); build(doc) fills it."""
         self.html.append(f"<details><summary>{esc(summary)}</summary>")
-        self.md.append(f"**{summary}**\n")
+        self.md.append(f"**{md_escape(summary)}**\n")
         build(self)
         self.html.append("</details>")
 
 
+MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
 def md_escape(text):
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """text as Markdown that shows it literally, on one line (a table row is one line): &, < and >
+    as entities (Markdown passes raw HTML through), other characters Markdown reads as syntax
+    (emphasis, code, links, headings, strike-through, table cells) backslash-escaped."""
+    return re.sub(r"[\\`*_\[\]#|~&<>]", lambda m: MD_ENTITIES.get(m.group(), "\\" + m.group()),
+                  str(text).replace("\n", " "))
 
 
 # ---------------------------------------------------------------- failures
@@ -253,7 +270,10 @@ def section_failures(doc, failures):
     for it in failures.items:
         counts[it["status"]] = counts.get(it["status"], 0) + 1
     doc.p("Every cell whose status is not ok, with its message. "
-          + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ".")
+          + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + "."
+          + (f" {abresults.INVALID}: the run file does not follow the run schema (results/schema/run.schema.json), "
+             "so none of its figures is shown or averaged in; scripts/validate_run.py FILE lists every error."
+             if abresults.INVALID in counts else ""))
     rows = []
     for it in failures.items:
         ref_html = f'<span id="{it["ref"]}">{it["ref"]}</span>'
@@ -705,8 +725,7 @@ def write(doc, out, title):
         p.write_bytes(png)
         names[name] = p.name
         written.append(p)
-    md = "\n".join(doc.md)
-    md = re.sub(r"\{FIG:([^}]+)\}", lambda m: names.get(m.group(1), m.group(1)), md)
+    md = "\n".join(block(names) if callable(block) else block for block in doc.md)
     md_path.write_text(md, encoding="utf-8")
     written.insert(1, md_path)
     return written
@@ -726,22 +745,31 @@ def main(argv=None):
                         help="variant the speed and memory ratios are relative to (default softmax)")
     parser.add_argument("--threshold", type=float, default=0.05, help="comparison threshold (see compare.py)")
     args = parser.parse_args(argv)
+    if Path(args.out).is_dir():  # checked before the work; write() would fail only at the end
+        print(f"report.py: --out {args.out} is a directory; give the HTML file to write, "
+              f"e.g. {Path(args.out) / 'report.html'}", file=sys.stderr)
+        return 2
     try:
         runs = abresults.load(args.paths)
         baseline = abresults.load(args.baseline) if args.baseline else None
+        manifests = abresults.load_manifests(args.paths)
     except FileNotFoundError as e:
         print(f"report.py: no such file or directory: {e}", file=sys.stderr)
         return 2
-    except abresults.NoRunsError as e:
+    except abschema.InputError as e:  # no run file found, one nested too deep
         print(f"report.py: {e}", file=sys.stderr)
         return 2
-    manifests = abresults.load_manifests(args.paths)
     title = args.title
     if not title:
         names = sorted({str(m.get("name")) for m in manifests if m.get("name")})
         title = "attnbench report" + (f": {', '.join(names)}" if names else "")
     doc = build(runs, args.paths, title, args.reference, baseline, args.baseline or (), args.threshold, manifests)
-    for p in write(doc, args.out, title):
+    try:
+        written = write(doc, args.out, title)
+    except OSError as e:
+        print(f"report.py: cannot write {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    for p in written:
         print(p)
     return 0
 

@@ -1,55 +1,24 @@
 #!/usr/bin/python3
-"""Validate attnbench run files against results/schema/run.schema.json.
+"""Validate attnbench run files against run.schema.json.
 
 Usage: scripts/validate_run.py FILE_OR_DIR [...]
 Directories are searched recursively for *.json. Prints every error with its JSON path.
-Exit codes: 0 all files valid, 1 some file invalid (or not JSON), 2 usage error.
+The schema is results/schema/run.schema.json in a checkout, share/attnbench/schema/ when
+installed (see abschema.py). Exit codes: 0 all files valid, 1 some file invalid (or not
+JSON), 2 usage error (or no schema).
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "results" / "schema" / "run.schema.json"
+import abschema
+from abschema import errors_of, load_validator  # noqa: F401  (other scripts and tests use them from here)
 
 try:
-    import jsonschema
+    import jsonschema  # noqa: F401
 except ImportError:
-    print("validate_run.py needs jsonschema: apt-get install python3-jsonschema "
-          "(and run this script with /usr/bin/python3)", file=sys.stderr)
+    print(f"validate_run.py needs jsonschema: {abschema.JSONSCHEMA_HINT}", file=sys.stderr)
     sys.exit(2)
-
-
-def load_validator():
-    with open(SCHEMA_PATH, encoding="utf-8") as f:
-        schema = json.load(f)
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
-
-
-def leaf_errors(error):
-    """The most specific errors: for anyOf/oneOf failures, the errors of each alternative."""
-    if not error.context:
-        yield error
-        return
-    for sub in error.context:
-        yield from leaf_errors(sub)
-
-
-def errors_of(validator, document):
-    """(json_path, message) pairs, sorted by path."""
-    found = []
-    for error in validator.iter_errors(document):
-        if error.validator == "not" and set(error.validator_value) == {"required"}:
-            keys = ", ".join(error.validator_value["required"])
-            found.append((error.json_path, f"must not contain {keys} (the run's status is not ok)"))
-        elif error.validator in ("anyOf", "oneOf"):
-            alternatives = "; ".join(f"{e.json_path}: {e.message}" for e in leaf_errors(error))
-            found.append((error.json_path, f"{error.message} ({alternatives})"))
-        else:
-            found.append((error.json_path, error.message))
-    return sorted(found)
 
 
 def expand(paths):
@@ -81,14 +50,17 @@ def main(argv=None):
         print("validate_run.py: no .json files found", file=sys.stderr)
         return 2
 
-    validator = load_validator()
+    try:
+        validator = load_validator()
+    except abschema.InputError as e:
+        print(f"validate_run.py: {e}", file=sys.stderr)
+        return 2
     invalid = 0
     for path in files:
         try:
-            with open(path, encoding="utf-8") as f:
-                document = json.load(f)
-        except (OSError, ValueError) as e:
-            print(f"{path}: INVALID: cannot read JSON: {e}")
+            document = abschema.read_json(path)
+        except (OSError, ValueError, abschema.TooDeepError) as e:
+            print(f"{path}: INVALID: cannot read JSON: {getattr(e, 'problem', e)}")
             invalid += 1
             continue
         errors = errors_of(validator, document)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import unittest
+import urllib.parse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,6 +23,7 @@ PYTHON = "/usr/bin/python3"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 sys.path.insert(0, str(SCRIPTS))
 import abresults  # noqa: E402
+import abschema  # noqa: E402
 import plots  # noqa: E402
 
 try:
@@ -313,6 +315,115 @@ class ReportOnFakeSweep(unittest.TestCase):
             self.assertTrue(png.read_bytes().startswith(PNG_SIGNATURE))
 
 
+# softmax/listops: every seed's run file breaks the schema in its own way; linear_elu's bench file too
+BAD_ACCURACY = {0: "0.9", 1: 7.5, 2: float("nan")}  # a string, a percentage, NaN (json writes NaN)
+
+
+def make_invalid_sweep(root):
+    make_sweep(root)
+    for seed, value in BAD_ACCURACY.items():
+        p = root / "runs" / f"softmax.listops.s{seed}.0123456789ab.json"
+        doc = json.loads(p.read_text())
+        doc["metrics"]["test_accuracy"] = value
+        write_json(p, doc)
+    p = root / "runs" / "bench.linear_elu.0123456789ab.json"
+    doc = json.loads(p.read_text())
+    doc["metrics"]["entries"][0]["median_ms"] = float("inf")
+    write_json(p, doc)
+
+
+class ReportOnInvalidRuns(unittest.TestCase):
+    """Run files that break the schema are shown as 'invalid', never as ok, never averaged."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.dir = Path(cls.tmp.name)
+        make_invalid_sweep(cls.dir / "sweep")
+        cls.out = cls.dir / "report.html"
+        cls.result = run_script("report.py", cls.dir / "sweep", "--out", cls.out)
+        cls.page = cls.out.read_text(encoding="utf-8") if cls.out.exists() else ""
+        cls.md = cls.out.with_suffix(".md").read_text(encoding="utf-8") if cls.out.exists() else ""
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def test_invalid_accuracy_is_not_averaged(self):
+        self.assertEqual(self.result.returncode, 0, self.result.stderr)
+        table = element(self.page, "table", "lra-accuracy")
+        raw, text = td(table, "softmax", "listops")
+        self.assertIn("invalid ×3", text)
+        self.assertNotIn("data-mean", raw)
+        self.assertNotRegex(text, r"\d+\.\d\d")
+        _, avg = td(table, "softmax", "average")
+        self.assertEqual(avg.strip(), "incomplete")
+        self.assertNotIn("750.00", self.page)
+
+    def test_failures_list_each_invalid_file_with_its_error(self):
+        table = element(self.page, "table", "failures-table")
+        for seed in BAD_ACCURACY:
+            row = re.search(rf"<tr>(?:(?!</tr>).)*softmax\.listops\.s{seed}\.(?:(?!</tr>).)*</tr>", table, re.S)
+            self.assertIsNotNone(row, f"seed {seed} is not in the failures")
+            self.assertIn('<td class="fail">invalid</td>', row.group(0))
+            self.assertIn("$.metrics.test_accuracy", row.group(0))
+        self.assertIn("nan is not a finite number", table)
+        self.assertIn("7.5 is greater than the maximum of 1", table)
+        self.assertIn(html.escape("'0.9' is not of type 'number'"), table)
+        self.assertIn("$.metrics.entries[0].median_ms: inf is not a finite number", table)
+        self.assertIn("| invalid |", self.md)
+        for line in self.result.stderr.splitlines():
+            self.assertLess(len(line), 400, "the error shown is short")
+
+    def test_invalid_bench_file_shows_no_figures(self):
+        ratios = element(self.page, "table", "ratios-1-fwd")
+        for n in BENCH_LENGTHS:
+            self.assertRegex(ratios, rf'data-variant="linear_elu" data-seq-len="{n}" data-direction="fwd" '
+                                     r'data-status="invalid"')
+        self.assertNotIn('data-variant="linear_elu" data-seq-len="256" data-direction="fwd" data-speedup', ratios)
+
+
+class MarkdownEscaping(unittest.TestCase):
+    """Names and messages come from run files: the Markdown twin shows them literally, as the
+    HTML does, and a | in them does not split a table cell."""
+    NAME = "<script>alert(1)</script>|*x*"
+    MESSAGE = "crashed: <img src=x onerror=alert(1)> | `code` [link](http://x) _e_ #"
+
+    def test_markdown_twin_escapes_names_and_messages(self):
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            ok = train_run("softmax", "listops", 0)
+            ok["variant"]["name"] = self.NAME
+            bad = train_run("softmax", "listops", 1)
+            bad.update(status="error", error=self.MESSAGE, metrics={})
+            write_json(d / "runs" / "ok.json", ok)
+            write_json(d / "runs" / "bad.json", bad)
+            out = d / "my report.html"
+            r = run_script("report.py", d / "runs", "--out", out, "--title", "<b>T</b> | #1")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            md = out.with_suffix(".md").read_text(encoding="utf-8")
+            page = out.read_text(encoding="utf-8")
+            # a link target holds no raw space (it would end the link): the PNG names are %-encoded
+            refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+            self.assertTrue(refs)
+            for ref in refs:
+                self.assertNotIn(" ", ref)
+                self.assertTrue((d / urllib.parse.unquote(ref)).exists(), ref)
+        for raw in ("<script", "<img", "<b>"):
+            self.assertNotIn(raw, md)
+        for raw in ("<script", "<img src=x", "<b>"):  # the HTML (escaped before) has images of its own
+            self.assertFalse(raw in page, f"{raw} in the HTML")
+        self.assertIn("&lt;script&gt;alert(1)&lt;/script&gt;\\|\\*x\\*", md)
+        self.assertIn("&lt;img src=x onerror=alert(1)&gt; \\| \\`code\\` \\[link\\](http://x) \\_e\\_ \\#", md)
+        self.assertIn("# &lt;b&gt;T&lt;/b&gt; \\| \\#1", md)
+        # every row of a table has as many cell separators (| not escaped) as its header
+        tables = re.findall(r"(?:^\|.*\|\n)+", md, re.M)
+        self.assertGreaterEqual(len(tables), 3)
+        for table in tables:
+            counts = {len(re.findall(r"(?<!\\)(?:\\\\)*\|", line)) for line in table.splitlines()}
+            self.assertEqual(len(counts), 1, table)
+
+
 class Compare(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory()
@@ -380,6 +491,17 @@ class Compare(unittest.TestCase):
         self.assertIn("Only in A (1):", out)
         self.assertIn("performer on listops seed 0", out)
 
+    def test_invalid_run_is_a_failure_not_a_figure(self):
+        a_dir, b_dir = self.dir / "a", self.dir / "b"
+        make_sweep(a_dir)
+        make_invalid_sweep(b_dir)
+        r = run_script("compare.py", a_dir, b_dir, "--fail-if-regression")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        for seed in BAD_ACCURACY:
+            self.assertRegex(r.stdout, rf"softmax\s+listops.*seed {seed}: ok -> invalid")
+        self.assertRegex(r.stdout, r"linear_elu\s+fwd\s+256 .*ok -> invalid")
+        self.assertIn("invalid run file: $.metrics.test_accuracy: 7.5 is greater than the maximum of 1", r.stderr)
+
     def test_usage_errors(self):
         empty = self.dir / "empty"
         empty.mkdir()
@@ -393,6 +515,38 @@ class Compare(unittest.TestCase):
         r = run_script("report.py", self.dir / "nonexistent")
         self.assertEqual(r.returncode, 2)
         self.assertIn("nonexistent", r.stderr)
+
+    def test_deeply_nested_file_is_a_usage_error(self):
+        """json.load recurses once per level: a deep file must not become a traceback."""
+        sweep = self.dir / "s"
+        make_sweep(sweep)
+        deep = sweep / "runs" / "deep.json"
+        deep.write_text("[" * 100000 + "]" * 100000)
+        for args in (("compare.py", sweep, sweep), ("report.py", sweep, "--out", self.dir / "r.html"),
+                     ("compare.py", deep, sweep)):
+            r = run_script(*args)
+            self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+            self.assertNotIn("Traceback", r.stderr)
+            self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+            self.assertIn(str(deep), r.stderr)
+            self.assertIn("nested deeper than 64 levels", r.stderr)
+        self.assertFalse((self.dir / "r.html").exists())
+
+    def test_out_not_writable_is_a_usage_error(self):
+        sweep = self.dir / "s"
+        make_sweep(sweep)
+        a_file = self.dir / "a-file"
+        a_file.write_text("x")
+        # (--out, the path the message names, what it says)
+        for out, named, problem in ((self.dir, self.dir, "is a directory"),
+                                    (a_file / "r.html", a_file, "cannot write")):
+            r = run_script("report.py", sweep, "--out", out)
+            self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+            self.assertNotIn("Traceback", r.stderr)
+            self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+            self.assertIn(str(named), r.stderr)
+            self.assertIn(problem, r.stderr)
+        self.assertEqual(a_file.read_text(), "x")
 
 
 class ReportWithBaseline(unittest.TestCase):
@@ -432,6 +586,34 @@ class Library(unittest.TestCase):
                                capture_output=True, text=True, timeout=60)
             self.assertEqual(r.stdout.strip(), "2", r.stderr)
             self.assertIn("unknown schema version 'attnbench.run/2'", r.stderr)
+
+    def test_depth_limit_counts_brackets_outside_strings(self):
+        self.assertFalse(abschema.json_depth_exceeds("[" * 64 + "]" * 64))
+        self.assertTrue(abschema.json_depth_exceeds("[" * 65 + "]" * 65))
+        self.assertTrue(abschema.json_depth_exceeds('{"a":' * 65 + "1" + "}" * 65))
+        self.assertFalse(abschema.json_depth_exceeds(json.dumps(["[[[{{{\\\"" * 100])))
+        doc = train_run("softmax", "listops", 0)
+        doc["variant"]["params"]["pattern"] = "[" * 1000  # brackets in a string are not nesting
+        with tempfile.TemporaryDirectory() as d:
+            write_json(Path(d) / "r.json", doc)
+            self.assertEqual(abschema.read_json(Path(d) / "r.json"), doc)
+
+    def test_invalid_file_becomes_a_failure_record(self):
+        doc = train_run("softmax", "listops", 0)
+        doc["metrics"]["test_accuracy"] = 7.5
+        doc["context"]["threads"] = [2]  # a faulty identity field is dropped, not used to place the run
+        with tempfile.TemporaryDirectory() as d:
+            write_json(Path(d) / "r.json", doc)
+            (run,) = abresults.load([d], quiet=True)
+        self.assertEqual(run["status"], abresults.INVALID)
+        self.assertNotIn("context", run)
+        self.assertEqual(run["metrics"], {"entries": []})
+        self.assertTrue(run["error"].startswith("invalid run file: $.context.threads: "), run["error"])
+        self.assertIn("(+1 more", run["error"])
+        (row,) = abresults.train_rows([run])
+        self.assertEqual((row["variant"], row["task"], row["seed"], row["status"]),
+                         ("softmax", "listops", 0, "invalid"))
+        self.assertIsNone(row["test_accuracy"])
 
     def test_failed_run_carries_no_accuracy(self):
         doc = train_run(*CRASHED)

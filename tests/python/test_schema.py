@@ -4,6 +4,7 @@ Run with Debian's interpreter (the one that has python3-jsonschema):
     /usr/bin/python3 -m unittest discover -s tests/python
 """
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -12,7 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = ROOT / "results" / "schema" / "run.schema.json"
-VALIDATE = ROOT / "scripts" / "validate_run.py"
+SCRIPTS = ROOT / "scripts"
+VALIDATE = SCRIPTS / "validate_run.py"
 PYTHON = "/usr/bin/python3"
 
 import jsonschema  # noqa: E402  (apt-get install python3-jsonschema)
@@ -244,6 +246,16 @@ class ValidateScriptTest(unittest.TestCase):
             self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
             self.assertIn("$.metrics", result.stdout)
 
+    def test_non_finite_numbers_are_invalid(self):
+        """Python's json reads NaN and Infinity, and NaN passes minimum/maximum: checked apart."""
+        for key, value in (("test_accuracy", float("nan")), ("train_seconds", float("inf"))):
+            run = train_run()
+            run["metrics"][key] = value
+            with tempfile.TemporaryDirectory() as d:
+                result = self.run_script(self.write(d, "nan.json", run))
+                self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+                self.assertIn(f"$.metrics.{key}: {value} is not a finite number", result.stdout)
+
     def test_directory_is_searched_recursively(self):
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / "sub").mkdir()
@@ -253,10 +265,60 @@ class ValidateScriptTest(unittest.TestCase):
             self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
             self.assertIn("bad.json", result.stdout)
 
+    def test_deeply_nested_file_is_invalid_not_a_traceback(self):
+        with tempfile.TemporaryDirectory() as d:
+            deep = Path(d) / "deep.json"
+            deep.write_text("[" * 100000 + "]" * 100000)
+            self.write(d, "good.json", train_run())
+            result = self.run_script(d)
+            self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+            self.assertNotIn("Traceback", result.stderr)
+            self.assertIn(f"{deep}: INVALID: cannot read JSON: nested deeper than 64 levels", result.stdout)
+            self.assertIn("good.json: ok", result.stdout)
+
     def test_usage_errors_exit_2(self):
         self.assertEqual(self.run_script().returncode, 2)
         with tempfile.TemporaryDirectory() as d:
             self.assertEqual(self.run_script(Path(d) / "missing.json").returncode, 2)
+
+
+class InstalledLayoutTest(unittest.TestCase):
+    """`cmake --install` puts scripts/ in share/attnbench/scripts and results/schema/ in
+    share/attnbench/schema: validate_run.py must find the schema there too."""
+
+    def install_tree(self, root, with_schema=True):
+        share = Path(root) / "share" / "attnbench"
+        shutil.copytree(SCRIPTS, share / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+        if with_schema:
+            shutil.copytree(SCHEMA_PATH.parent, share / "schema")
+        return share
+
+    def test_validate_run_from_the_install_tree(self):
+        with tempfile.TemporaryDirectory() as d:
+            share = self.install_tree(d)
+            run = Path(d) / "run.json"
+            run.write_text(json.dumps(train_run()), encoding="utf-8")
+            result = subprocess.run([PYTHON, str(share / "scripts" / "validate_run.py"), str(run)],
+                                    capture_output=True, text=True, timeout=60)
+            self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+            self.assertIn("ok", result.stdout)
+            # report.py checks every run file against the schema too
+            result = subprocess.run([PYTHON, str(share / "scripts" / "report.py"), str(run), "--out",
+                                     str(Path(d) / "r.html")], capture_output=True, text=True, timeout=120)
+            self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+            self.assertNotIn("invalid", (Path(d) / "r.md").read_text(encoding="utf-8"))
+
+    def test_missing_schema_names_both_places(self):
+        with tempfile.TemporaryDirectory() as d:
+            share = self.install_tree(d, with_schema=False)
+            run = Path(d) / "run.json"
+            run.write_text(json.dumps(train_run()), encoding="utf-8")
+            result = subprocess.run([PYTHON, str(share / "scripts" / "validate_run.py"), str(run)],
+                                    capture_output=True, text=True, timeout=60)
+            self.assertEqual(result.returncode, 2, result.stdout + result.stderr)
+            self.assertNotIn("Traceback", result.stderr)
+            self.assertIn(str(share / "schema" / "run.schema.json"), result.stderr)
+            self.assertIn(str(share / "results" / "schema" / "run.schema.json"), result.stderr)
 
 
 if __name__ == "__main__":
