@@ -12,6 +12,7 @@
 
 #include "eval/fidelity.hpp"
 #include "model/model.hpp"
+#include "train/optimizer.hpp"
 #include "train/train.hpp"
 #include "core/backend/onednn.hpp"
 
@@ -162,52 +163,38 @@ class RandomTokens final : public Task {
   int64_t length_;
 };
 
-// The LRA-small model (2 layers, d_model 64, 2 heads, MLP 128, mean pooling): one optimiser step.
+// One training step of the kTrainStepModel model, as `train` runs it (train_step: forward, loss,
+// backward, AdamW with the default train settings).
 class ModelStepCell final : public BenchCell {
  public:
-  ModelStepCell(const VariantSpec& spec, const Json& params, const BenchShape& s, uint64_t seed) : task_(s.length) {
+  ModelStepCell(const VariantSpec& spec, const Json& params, const BenchShape& s, uint64_t seed)
+      : task_(s.length), train_params_(resolve_params(train_param_specs(), Json::object(), "train")) {
     Json model_params = resolve_params(model_param_specs(), Json::object(), "model");
-    model_params["layers"] = 2;
-    model_params["d_model"] = 64;
-    model_params["heads"] = 2;
-    model_params["mlp_dim"] = 128;
+    model_params["layers"] = kTrainStepModel.layers;
+    model_params["d_model"] = kTrainStepModel.d_model;
+    model_params["heads"] = kTrainStepModel.heads;
+    model_params["mlp_dim"] = kTrainStepModel.mlp_dim;
     model_params["causal"] = s.causal;
     model_ = std::make_unique<Model>(model_params, spec, params, task_, seed);
+    opt_ = std::make_unique<AdamW>(model_->parameters(), train_params_);
     std::vector<int64_t> idx;
     for (int64_t i = 0; i < s.batch; ++i) idx.push_back(i);
     batch_ = make_batch(task_, Split::train, idx);
-    for (auto& [n, v] : model_->parameters()) {
-      params_.push_back(v);
-      m_.push_back(Tensor::zeros(v.shape()));
-    }
-    const Cost c = spec.cost(CostArgs{s.batch, s.length, 64, 2, &params, s.causal});
-    // Mixer forward x3 per layer plus the MLPs (2 GEMMs of 64 x 128 per token, x3).
-    flops_ = 2 * (3 * c.flops + 3 * 2 * 2.0 * s.batch * s.length * 64 * 128);
+    const auto [L, d, h, mlp] = kTrainStepModel;
+    const Cost c = spec.cost(CostArgs{s.batch, s.length, d, h, &params, s.causal});
+    // Per layer: the mixer's forward x3 (forward and backward) plus the MLP's two d x mlp GEMMs
+    // per token, x3.
+    flops_ = static_cast<double>(L) * (3 * c.flops + 3 * 2 * 2.0 * s.batch * s.length * d * mlp);
   }
-  void run() override {
-    Var loss = cross_entropy(model_->forward(batch_, true, ++step_), batch_.labels);
-    loss.backward();
-    // A plain momentum update stands in for AdamW: same memory traffic order, no allocation.
-    for (size_t k = 0; k < params_.size(); ++k) {
-      if (!params_[k].grad().defined()) continue;
-      float* w = params_[k].value_mut().data();
-      const float* g = params_[k].grad().data();
-      float* m = m_[k].data();
-      for (int64_t i = 0; i < params_[k].value().numel(); ++i) {
-        m[i] = 0.9f * m[i] + g[i];
-        w[i] -= 1e-4f * m[i];
-      }
-      params_[k].zero_grad();
-    }
-  }
+  void run() override { train_step(*model_, *opt_, batch_, train_params_, ++step_); }
   double flops() const override { return flops_; }
 
  private:
   RandomTokens task_;
+  Json train_params_;
   std::unique_ptr<Model> model_;
+  std::unique_ptr<AdamW> opt_;
   Batch batch_;
-  std::vector<Var> params_;
-  std::vector<Tensor> m_;
   int64_t step_ = 0;
   double flops_ = 0;
 };
@@ -241,7 +228,7 @@ double predicted_peak_bytes(const VariantSpec& spec, const Json& params, const B
     return c.state_bytes + 64.0 * s.batch * s.d_model * 4;
   }
   const bool model = dir == Direction::train_step;
-  const int64_t d = model ? 64 : s.d_model, h = model ? 2 : s.heads;
+  const int64_t d = model ? kTrainStepModel.d_model : s.d_model, h = model ? kTrainStepModel.heads : s.heads;
   const Cost c = spec.cost(CostArgs{s.batch, s.length, d, h, &params, s.causal});
   const double io = 4.0 * s.batch * s.length * d;
   // A mixer's forward+backward: the declared peak (Cost::peak_bytes, checked against the tracking
@@ -250,9 +237,16 @@ double predicted_peak_bytes(const VariantSpec& spec, const Json& params, const B
   if (dir == Direction::fwd_bwd && c.peak_bytes > 0) return c.peak_bytes + 2 * io;
   // Otherwise (forward only, the model step, or no declared peak): conservative multiples of the
   // saved tensors, measured on softmax: a forward holds about twice them at once (scores and
-  // probabilities), forward+backward about three times. Two layers in the model step.
+  // probabilities), forward+backward about three times, per layer of the model step.
   const double per_layer = (dir == Direction::fwd ? 2.0 : 3.0) * c.activation_bytes;
-  return (model ? 2 : 1) * per_layer + 4 * io;
+  return static_cast<double>(model ? kTrainStepModel.layers : 1) * per_layer + 4 * io;
+}
+
+Json bench_model_json(const BenchShape& s, const std::string& matmul_precision) {
+  const auto [L, d, h, mlp] = kTrainStepModel;
+  return {{"batch", s.batch}, {"d_model", s.d_model}, {"heads", s.heads}, {"causal", s.causal},
+          {"scope", s.attend_only ? "attend" : "mixer"}, {"matmul_precision", matmul_precision},
+          {"train_step_model", {{"layers", L}, {"d_model", d}, {"heads", h}, {"mlp_dim", mlp}}}};
 }
 
 int64_t physical_memory_bytes() {

@@ -1,9 +1,11 @@
 #pragma once
-// Speed and memory measurement of one mixer (or one whole-model training step) at one shape.
-// The timing loop itself is Google Benchmark's, driven by `attnbench bench`; this header holds
-// what the cells need: prepared workloads, memory predictions, calibration and fits.
+// Speed and memory measurement of mixers (or a whole-model training step) per shape: run_bench
+// drives Google Benchmark over the cells and returns the run document; the rest is what the cells
+// need (prepared workloads, memory predictions, calibration and fits).
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -23,9 +25,21 @@ struct BenchShape {
   bool attend_only = false;
 };
 
+// The LRA-small model whose training step the train_step cell times (mean pooling, the model
+// defaults otherwise), written down once.
+struct TrainStepModelShape {
+  int64_t layers, d_model, heads, mlp_dim;
+};
+inline constexpr TrainStepModelShape kTrainStepModel{2, 64, 2, 128};
+
+// The `model` block of a bench run document: the mixer shape, the scope, the GEMM precision and
+// the train_step model.
+Json bench_model_json(const BenchShape& shape, const std::string& matmul_precision);
+
 // One prepared cell: construction allocates the mixer (or model) and the input; run() does one
 // iteration. fwd runs under NoGrad; fwd_bwd runs forward with the tape and backward from ones;
-// train_step runs the LRA-small model's forward, loss, backward and AdamW update; decode feeds
+// train_step runs train_step() of `train` (forward, loss, backward, AdamW with the default train
+// settings) on the kTrainStepModel model; decode feeds
 // a context of `length` tokens through the carried state at construction (untimed) and then
 // decodes one more token per iteration.
 class BenchCell {
@@ -50,6 +64,29 @@ std::unique_ptr<BenchCell> make_bench_cell(const VariantSpec& spec, const Json& 
 // Bytes a cell is expected to need at its peak, from the variant's cost model; the memory
 // guard skips cells above a limit instead of letting them swap or be killed.
 double predicted_peak_bytes(const VariantSpec& spec, const Json& variant_params, const BenchShape& shape, Direction dir);
+
+// Everything one `attnbench bench` measures, resolved.
+struct BenchRequest {
+  std::vector<std::string> variants;
+  std::map<std::string, Json> params;  // per variant: resolved parameters
+  std::vector<int64_t> lengths;
+  std::vector<Direction> directions;
+  BenchShape shape;  // length: taken from `lengths`
+  int64_t repetitions = 5;
+  std::string min_time = "0.1";  // seconds per repetition, as Google Benchmark reads it
+  int64_t memory_limit = 0;      // cells predicted above it are skipped
+  bool calibrate = true;         // measure the oneDNN GEMM rate first
+  std::set<std::string> fidelity_inputs;  // {} = no fidelity; "random", "trained"
+  int64_t fidelity_steps = 300;
+  std::string matmul_precision = "fp32";
+  uint64_t seed = 0;
+  std::vector<std::string> command_line;  // recorded in the context
+};
+
+// Runs every cell and returns the bench run document (DESIGN §7). A cell that fails is recorded
+// with its status; the document's status is "error" only when every cell failed. Prints a line
+// per cell to stderr.
+Json run_bench(const BenchRequest& request);
 
 int64_t physical_memory_bytes();
 void reset_peak_rss();     // resets the kernel's high-water mark (VmHWM) of this process

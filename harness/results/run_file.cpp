@@ -33,6 +33,18 @@ Json run_header(const RunConfig& cfg) {
   return doc;
 }
 
+Json bench_run_header(const Json& variants, const Json& model, uint64_t seed) {
+  return {{"schema", "attnbench.run/1"}, {"kind", "bench"}, {"status", "ok"}, {"variants", variants},
+          {"task", nullptr}, {"model", model}, {"train", nullptr}, {"seed", seed}};
+}
+
+void mark_failed(Json& doc, const std::string& status, const std::string& error, Json context) {
+  doc["status"] = status;
+  doc["error"] = error;
+  doc["metrics"] = Json::object();
+  doc["context"] = std::move(context);
+}
+
 int64_t peak_rss_bytes() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);

@@ -17,8 +17,13 @@ struct RunConfig {
   int threads = 0;
 };
 
-// The run document's identity fields (schema, kind, status ok, variant, task, model, train, seed).
+// The identity fields of a run document: schema, kind, status ok, and for a train run variant,
+// task, model, train and seed (as resolved); for a bench run the variants with their parameters,
+// the shapes measured (`model`) and the seed, with task and train null.
 Json run_header(const RunConfig& cfg);
+Json bench_run_header(const Json& variants, const Json& model, uint64_t seed);
+// Marks a document failed: its status and message, no metrics, and the context.
+void mark_failed(Json& doc, const std::string& status, const std::string& error, Json context);
 
 Json run_context(const std::vector<std::string>& command_line);
 void write_json_atomic(const std::string& path, const Json& doc);  // temp file + rename

@@ -19,6 +19,7 @@
 
 #include <fmt/format.h>
 
+#include "bench/bench.hpp"
 #include "train/train.hpp"
 
 namespace ab {
@@ -36,7 +37,8 @@ std::string tail_of(const fs::path& log, size_t lines) {
   return out;
 }
 
-// A record for a cell whose child died without writing its run file.
+// A record for a cell whose child died without writing its run file: the identity fields the
+// run would have written, so that reports place the failed cell where its result would be.
 Json failure_record(const SweepCell& c, const std::string& status, const std::string& error,
                     const std::vector<std::string>& argv) {
   Json doc;
@@ -45,19 +47,18 @@ Json failure_record(const SweepCell& c, const std::string& status, const std::st
     for (const auto& [k, v] : c.set.items()) sets.push_back(k + "=" + (v.is_string() ? v.get<std::string>() : v.dump()));
     doc = run_header(resolve_run_config(c.variant, c.task, sets, c.seed, c.threads));
   } else {
-    doc = {{"schema", "attnbench.run/1"}, {"kind", "bench"},
-           {"variants", Json::array({{{"name", c.variant}, {"params", Json::object()}}})},
-           {"task", nullptr}, {"train", nullptr}, {"seed", c.seed}};
-    // The same shape fields an ok bench run records, so reports can place the failed cells.
-    doc["model"] = {{"batch", c.bench.value("batch", 1)}, {"d_model", c.bench.value("d_model", 512)},
-                    {"heads", c.bench.value("heads", 8)}, {"causal", c.bench.value("causal", false)},
-                    {"train_step_model", {{"layers", 2}, {"d_model", 64}, {"heads", 2}, {"mlp_dim", 128}}}};
+    BenchShape shape;
+    shape.batch = c.bench.value("batch", shape.batch);
+    shape.d_model = c.bench.value("d_model", shape.d_model);
+    shape.heads = c.bench.value("heads", shape.heads);
+    shape.causal = c.bench.value("causal", shape.causal);
+    shape.attend_only = c.bench.value("attend_only", shape.attend_only);
+    doc = bench_run_header(Json::array({{{"name", c.variant}, {"params", Json::object()}}}),
+                           bench_model_json(shape, c.bench.value("matmul_precision", "fp32")), c.seed);
   }
-  doc["status"] = status;
-  doc["error"] = error;
-  doc["metrics"] = Json::object();
-  doc["context"] = run_context(argv);
-  doc["context"]["threads"] = c.threads > 0 ? c.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  Json context = run_context(argv);
+  context["threads"] = c.threads > 0 ? c.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  mark_failed(doc, status, error, std::move(context));
   return doc;
 }
 

@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 
 #include "model/model.hpp"
+#include "train/optimizer.hpp"
 #include "attnbench/build_info.hpp"
 #include "attnbench/plugin.hpp"
 #include "core/backend/onednn.hpp"
@@ -82,71 +83,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-double lr_at(const Json& tp, int64_t step) {  // step is 1-based
-  const double lr = tp["lr"].get<double>();
-  const int64_t warmup = tp["warmup"].get<int64_t>(), steps = tp["steps"].get<int64_t>();
-  const double t = static_cast<double>(step);
-  const double warm = warmup > 0 ? std::min(1.0, t / static_cast<double>(warmup)) : 1.0;
-  const double frac = steps > warmup ? std::clamp((t - warmup) / static_cast<double>(steps - warmup), 0.0, 1.0) : 0.0;
-  const std::string sched = tp["schedule"];
-  double g = 1.0;
-  if (sched == "cosine") g = 0.5 * (1.0 + std::cos(M_PI * frac));
-  else if (sched == "linear") g = 1.0 - frac;
-  else if (sched == "rsqrt") g = std::sqrt(std::max<double>(1, warmup)) / std::sqrt(std::max<double>(t, std::max<int64_t>(1, warmup)));
-  return lr * warm * g;
-}
-
-struct AdamW {
-  std::vector<std::pair<std::string, Var>> params;
-  std::vector<Tensor> m, v;
-  double beta1, beta2, eps, wd;
-  int64_t t = 0;
-
-  AdamW(std::vector<std::pair<std::string, Var>> p, const Json& tp)
-      : params(std::move(p)), beta1(tp["beta1"]), beta2(tp["beta2"]), eps(tp["eps"]), wd(tp["weight_decay"]) {
-    for (auto& [n, var] : params) {
-      m.push_back(Tensor::zeros(var.shape()));
-      v.push_back(Tensor::zeros(var.shape()));
-    }
-  }
-  // Returns the global gradient norm before clipping; a non-finite norm updates nothing.
-  double step(double lr, double clip) {
-    double sq = 0;
-    for (auto& [n, var] : params)
-      if (var.grad().defined()) {
-        const float* g = var.grad().data();
-        for (int64_t i = 0; i < var.grad().numel(); ++i) sq += static_cast<double>(g[i]) * g[i];
-      }
-    const double norm = std::sqrt(sq);
-    if (!std::isfinite(norm)) return norm;
-    const float gscale = clip > 0 && norm > clip ? static_cast<float>(clip / norm) : 1.f;
-    ++t;
-    const double bc1 = 1 - std::pow(beta1, t), bc2 = 1 - std::pow(beta2, t);
-    for (size_t k = 0; k < params.size(); ++k) {
-      Var& var = params[k].second;
-      if (!var.grad().defined()) continue;
-      const bool decay = var.rank() >= 2;
-      float* w = var.value_mut().data();
-      const float* g = var.grad().data();
-      float* mp = m[k].data();
-      float* vp = v[k].data();
-      const float b1 = static_cast<float>(beta1), b2 = static_cast<float>(beta2);
-      const float step_size = static_cast<float>(lr / bc1), inv_bc2 = static_cast<float>(1.0 / bc2);
-      const float e = static_cast<float>(eps), decay_mul = decay ? static_cast<float>(1.0 - lr * wd) : 1.f;
-      kernels::parallel_for(var.value().numel(), kernels::kGrain, [&](int64_t b, int64_t end) {
-        for (int64_t i = b; i < end; ++i) {
-          const float gi = g[i] * gscale;
-          mp[i] = b1 * mp[i] + (1 - b1) * gi;
-          vp[i] = b2 * vp[i] + (1 - b2) * gi * gi;
-          w[i] = w[i] * decay_mul - step_size * mp[i] / (std::sqrt(vp[i] * inv_bc2) + e);
-        }
-      });
-      var.zero_grad();
-    }
-    return norm;
-  }
-};
 
 // Accuracy of argmax(logits) over the scored labels of `count` examples (0 = the whole split).
 // `step` is the training step whose parameters are evaluated (stochastic mixers key draws by it).
@@ -223,14 +159,11 @@ Json train_run(const RunConfig& cfg, bool progress, const std::function<void(Mod
       }
       const Batch batch = make_batch(*task, Split::train, idx);
       const auto t0 = Clock::now();
-      Var loss = cross_entropy(model.forward(batch, true, step), batch.labels);
-      loss.backward();
-      const double lr = lr_at(tp, step);
-      const double grad_norm = opt.step(lr, tp["clip_norm"].get<double>());
+      const auto [loss, grad_norm, lr] = train_step(model, opt, batch, tp, step);
       step_times.push_back(seconds_since(t0));
       train_seconds += step_times.back();
       tokens += batch.size * batch.length * (batch.tokens2.empty() ? 1 : 2);
-      last_loss = loss.value()[0];
+      last_loss = loss;
       // Activation functions may squash a NaN into a finite loss; the gradients still carry it.
       if (!std::isfinite(last_loss) || !std::isfinite(grad_norm)) {
         doc["status"] = "diverged";
