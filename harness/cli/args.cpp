@@ -11,7 +11,7 @@ namespace ab::cli {
 
 Args::Args(int argc, char** argv, int first, const std::string& command, const std::vector<FlagSpec>& flags,
            size_t max_positional)
-    : command_(command) {
+    : command_(command), flags_(flags) {
   std::vector<std::string> names;
   for (const auto& f : flags) names.push_back("--" + f.name);
   for (int i = first; i < argc; ++i) {
@@ -74,6 +74,12 @@ int64_t Args::get_int(const std::string& name, int64_t fallback, int64_t min, in
     throw UsageError(fmt::format("{}: --{} = {} is out of range [{}, {}]; nearest valid value: {}", command_, name, v,
                                  min, max, v < min ? min : max));
   return v;
+}
+
+bool Args::print_help(const std::string& synopsis, const std::string& about) const {
+  if (!has("help")) return false;
+  fmt::print("{}", usage_text(synopsis, about, flags_));
+  return true;
 }
 
 std::string usage_text(const std::string& synopsis, const std::string& about, const std::vector<FlagSpec>& flags) {

@@ -27,9 +27,12 @@ class Args {
   const std::vector<std::string>& positional() const { return positional_; }
   std::string require(const std::string& name) const;  // UsageError when missing
   int64_t get_int(const std::string& name, int64_t fallback, int64_t min, int64_t max) const;
+  // With --help: prints the usage (synopsis, what the command does, its flags) and returns true.
+  bool print_help(const std::string& synopsis, const std::string& about) const;
 
  private:
   std::string command_;
+  std::vector<FlagSpec> flags_;
   std::map<std::string, std::vector<std::string>> values_;
   std::vector<std::string> positional_;
 };

@@ -58,11 +58,8 @@ int cmd_bench(int argc, char** argv, int first) {
       {"out", "FILE", "where to write the run file (JSON)"},
   });
   Args args(argc, argv, first, "bench", flags);
-  if (args.has("help")) {
-    fmt::print("{}", usage_text("bench --variant V[,V...] --seq-len N[,N...] [--direction fwd,fwd_bwd] --out FILE",
-                                "Time and memory of each variant per length and direction (Google Benchmark).", flags));
-    return 0;
-  }
+  if (args.print_help("bench --variant V[,V...] --seq-len N[,N...] [--direction fwd,fwd_bwd] --out FILE",
+                      "Time and memory of each variant per length and direction (Google Benchmark).")) return 0;
   const std::string out = args.require("out");
   const auto variants = split_list(args.require("variant"));
   apply_common(args);

@@ -13,13 +13,9 @@ int cmd_check(int argc, char** argv, int first) {
   const auto flags = with_common({{"variant", "RE", "check the variants whose name matches this regular expression (default: all)"},
                                   {"json", "", "print the results as JSON"}});
   Args args(argc, argv, first, "check", flags);
-  if (args.has("help")) {
-    fmt::print("{}", usage_text("check [--variant RE] [--json]",
-                                "Shape, finiteness, determinism, causality, padding, finite-difference gradients\n"
-                                "and cost model of each variant. Exits 1 if any check fails.",
-                                flags));
-    return 0;
-  }
+  if (args.print_help("check [--variant RE] [--json]",
+                      "Shape, finiteness, determinism, causality, padding, finite-difference gradients\n"
+                      "and cost model of each variant. Exits 1 if any check fails.")) return 0;
   apply_common(args);
   const std::string pattern = args.get("variant", ".*");
   std::regex re;

@@ -23,11 +23,8 @@ int cmd_data(int argc, char** argv, int first) {
       {"png", "FILE", "also draw the examples as a PNG grid with their labels (image tasks: image, pathfinder)"},
   });
   Args args(argc, argv, first, "data", flags);
-  if (args.has("help")) {
-    fmt::print("{}", usage_text("data --task T [--set task.k=v] --count K --out FILE [--png FILE]",
-                                "Dump generated examples (and draw those of image tasks).", flags));
-    return 0;
-  }
+  if (args.print_help("data --task T [--set task.k=v] --count K --out FILE [--png FILE]",
+                      "Dump generated examples (and draw those of image tasks).")) return 0;
   const std::string task_name = args.require("task"), out_path = args.require("out");
   apply_common(args);
   const TaskSpec& spec = TaskRegistry::instance().get(task_name);

@@ -67,10 +67,7 @@ void print_params(const Json& params) {
 int cmd_list(int argc, char** argv, int first) {
   const auto flags = with_common({{"json", "", "print JSON instead of a table"}});
   Args args(argc, argv, first, "list", flags, 1);
-  if (args.has("help")) {
-    fmt::print("{}", usage_text("list variants|tasks [--json]", "What is registered.", flags));
-    return 0;
-  }
+  if (args.print_help("list variants|tasks [--json]", "What is registered.")) return 0;
   const std::vector<std::string> kinds = {"variants", "tasks"};
   if (args.positional().empty()) throw UsageError("list: say what to list: 'variants' or 'tasks'");
   const std::string what = args.positional()[0];

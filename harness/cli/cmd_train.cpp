@@ -17,11 +17,8 @@ int cmd_train(int argc, char** argv, int first) {
       {"quiet", "", "no progress lines"},
   });
   Args args(argc, argv, first, "train", flags);
-  if (args.has("help")) {
-    fmt::print("{}", usage_text("train --variant V --task T [--set k=v ...] [--seed S] --out FILE",
-                                "Train, select the best validation checkpoint, test it, and write one run file.", flags));
-    return 0;
-  }
+  if (args.print_help("train --variant V --task T [--set k=v ...] [--seed S] --out FILE",
+                      "Train, select the best validation checkpoint, test it, and write one run file.")) return 0;
   const std::string variant = args.require("variant"), task = args.require("task"), out = args.require("out");
   apply_common(args);
   const RunConfig cfg = resolve_run_config(variant, task, args.all("set"),

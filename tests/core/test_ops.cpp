@@ -5,16 +5,14 @@
 
 #include "attnbench/check.hpp"
 #include "attnbench/ops.hpp"
+#include "support/random_tensors.hpp"
 
 using namespace ab;
 
 namespace {
 
 Tensor rand_t(const Shape& s, uint64_t k, float lo = -1.f, float hi = 1.f) {
-  RngStream r(42, Purpose::check, k);
-  Tensor t = Tensor::empty(s);
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = lo + (hi - lo) * r.uniform();
-  return t;
+  return test::uniform_tensor(s, 42, k, lo, hi);
 }
 
 Var leaf(const Shape& s, uint64_t k, float lo = -1.f, float hi = 1.f) { return Var(rand_t(s, k, lo, hi), true); }

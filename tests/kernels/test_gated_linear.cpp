@@ -9,16 +9,14 @@
 
 #include "attnbench/check.hpp"
 #include "attnbench/kernels/gated_linear_attention.hpp"
+#include "support/random_tensors.hpp"
 
 using namespace ab;
 
 namespace {
 
 Tensor rand_t(const Shape& s, uint64_t key, float lo = -1.f, float hi = 1.f) {
-  RngStream r(11, Purpose::check, key);
-  Tensor t = Tensor::empty(s);
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = lo + (hi - lo) * r.uniform();
-  return t;
+  return test::uniform_tensor(s, 11, key, lo, hi);
 }
 
 // o_t = S_t^T q_t, S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T, in double, straight from the definition.

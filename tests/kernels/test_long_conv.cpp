@@ -11,17 +11,13 @@
 #include "attnbench/check.hpp"
 #include "attnbench/kernels/fft_conv.hpp"
 #include "attnbench/variant.hpp"
+#include "support/random_tensors.hpp"
 
 using namespace ab;
 
 namespace {
 
-Tensor rand_t(const Shape& s, uint64_t k, float scale = 1.f) {
-  RngStream r(11, Purpose::check, k);
-  Tensor t = Tensor::empty(s);
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = scale * (2.f * r.uniform() - 1.f);
-  return t;
-}
+Tensor rand_t(const Shape& s, uint64_t k, float scale = 1.f) { return test::symmetric_tensor(s, 11, k, scale); }
 
 // y[b, t, c] = sum_s kf[g, t - s] u[b, s, c] (0 <= t - s < L) + sum_s kb[g, s - t] u[b, s, c] (0 <= s - t < L)
 Tensor direct_conv(const Tensor& u, const Tensor& kf, const Tensor* kb) {

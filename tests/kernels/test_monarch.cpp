@@ -8,17 +8,13 @@
 
 #include "attnbench/check.hpp"
 #include "attnbench/kernels/monarch.hpp"
+#include "support/random_tensors.hpp"
 
 using namespace ab;
 
 namespace {
 
-Tensor rand_t(const Shape& s, uint64_t k, float scale = 1.f) {
-  RngStream r(11, Purpose::check, k);
-  Tensor t = Tensor::empty(s);
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = scale * (2.f * r.uniform() - 1.f);
-  return t;
-}
+Tensor rand_t(const Shape& s, uint64_t k, float scale = 1.f) { return test::symmetric_tensor(s, 11, k, scale); }
 
 using Mat = std::vector<std::vector<double>>;
 Mat zeros(int64_t r, int64_t c) { return Mat(static_cast<size_t>(r), std::vector<double>(static_cast<size_t>(c), 0.0)); }

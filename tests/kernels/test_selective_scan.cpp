@@ -11,16 +11,14 @@
 
 #include "attnbench/check.hpp"
 #include "attnbench/kernels/selective_scan.hpp"
+#include "support/random_tensors.hpp"
 
 using namespace ab;
 
 namespace {
 
 Tensor rand_t(const Shape& s, uint64_t k, float lo = -1.f, float hi = 1.f) {
-  RngStream r(11, Purpose::check, k);
-  Tensor t = Tensor::empty(s);
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = lo + (hi - lo) * r.uniform();
-  return t;
+  return test::uniform_tensor(s, 11, k, lo, hi);
 }
 
 double softplus_d(double x) { return x > 20 ? x : std::log1p(std::exp(x)); }

@@ -6,17 +6,13 @@
 
 #include "attnbench/check.hpp"
 #include "attnbench/kernels/short_conv.hpp"
+#include "support/random_tensors.hpp"
 
 using namespace ab;
 
 namespace {
 
-Tensor rand_t(const Shape& s, uint64_t k) {
-  RngStream r(7, Purpose::check, k);
-  Tensor t = Tensor::empty(s);
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = 2.f * r.uniform() - 1.f;
-  return t;
-}
+Tensor rand_t(const Shape& s, uint64_t k) { return test::symmetric_tensor(s, 7, k); }
 
 // y[b, t, c] = bias[c] + sum_j w[c, j] x[b, t + shift(j), c], written from the definition.
 Tensor naive(const Tensor& x, const Tensor& w, const Tensor& bias, bool causal) {
