@@ -71,8 +71,13 @@ class MixerCell final : public BenchCell {
       x_ = Var(random_input({s.batch, s.length, s.d_model}, seed), grad);
       ones_ = Tensor::full({s.batch, s.length, s.d_model}, 1.f);
     }
-    // A backward costs about twice a forward (two products per forward product).
-    flops_ = dir == Direction::fwd ? fwd_flops : 3.0 * fwd_flops;
+    // Attend-only traffic: q, k, v in and o out, [B, H, N, d] each.
+    const double fwd_bytes = s.attend_only ? 4.0 * 4 * s.batch * s.length * s.d_model : c.bytes;
+    // A backward costs about twice a forward (two products per forward product; it reads what
+    // the forward wrote and writes as much again).
+    const double mult = dir == Direction::fwd ? 1.0 : 3.0;
+    flops_ = mult * fwd_flops;
+    bytes_ = mult * fwd_bytes;
   }
   void run() override {
     auto forward = [&] { return attn_ ? attn_->attend(qkv_[0], qkv_[1], qkv_[2], ctx_) : mixer_->forward(x_, ctx_); };
@@ -90,6 +95,7 @@ class MixerCell final : public BenchCell {
     for (auto& [n, p] : mixer_->parameters()) p.zero_grad();
   }
   double flops() const override { return flops_; }
+  double bytes() const override { return bytes_; }
 
  private:
   Direction dir_;
@@ -99,7 +105,7 @@ class MixerCell final : public BenchCell {
   std::unique_ptr<Mixer> mixer_;
   AttentionMixer* attn_ = nullptr;  // attend-only: the mixer as an attention mixer
   MixerContext ctx_;
-  double flops_ = 0;
+  double flops_ = 0, bytes_ = 0;
 };
 
 // Decoding after a context: time per generated token and the carried state's size.

@@ -47,6 +47,7 @@ class BenchCell {
   virtual ~BenchCell() = default;
   virtual void run() = 0;
   virtual double flops() const = 0;  // per iteration
+  virtual double bytes() const { return 0; }  // per iteration: unavoidable traffic (Cost::bytes); 0 = unknown
   virtual int64_t state_bytes() const { return 0; }  // decode: the carried state after the context
 };
 
@@ -91,6 +92,17 @@ Json run_bench(const BenchRequest& request);
 int64_t physical_memory_bytes();
 void reset_peak_rss();     // resets the kernel's high-water mark (VmHWM) of this process
 int64_t peak_rss_bytes_now();  // VmHWM
+
+// The ceilings of this machine at a thread count, measured in the run whose cells they judge.
+struct MachinePeaks {
+  int threads = 1;
+  double fma_fp32_gflops = 0;   // register-only FMA loop, 12 chains per thread
+  double fma_bf16_gflops = 0;   // vdpbf16ps loop; 0 = the CPU (or the build) has no bf16 dot product
+  double bandwidth_gbs = 0;     // triad over 3 x 64 MiB, 3 x 4 bytes per element
+  double gemm_fp32_gflops = 0;  // oneDNN's square fp32 matmul (calibrate_gemm_gflops); 0 = not measured
+  Json to_json() const;
+};
+MachinePeaks calibrate_machine_peaks(int threads);
 
 // GFLOP/s of a square fp32 oneDNN matmul (n x n x n), the median of `reps` timed runs.
 double calibrate_gemm_gflops(int64_t n = 2048, int reps = 5);

@@ -13,6 +13,7 @@
 
 #include "bench/bench.hpp"
 #include "eval/fidelity.hpp"
+#include "core/backend/onednn.hpp"
 #include "results/run_file.hpp"
 
 namespace ab {
@@ -74,7 +75,7 @@ struct Cell {
   double predicted = 0;          // the memory guard's figure (predicted_peak_bytes)
   double predicted_peak = 0;     // fwd_bwd: Cost::peak_bytes, comparable with peak_bytes
   std::string status = "ok", error;
-  double flops = 0;
+  double flops = 0, bytes = 0;  // per iteration: the cost model's work and unavoidable traffic
   int64_t peak_rss = 0;
   int64_t peak_bytes = 0;  // tracked, from the memory manager's iteration
   int64_t setup_bytes = 0;  // tracked bytes the prepared cell holds (inputs, parameters, model, context)
@@ -114,12 +115,16 @@ Json run_bench(const BenchRequest& req) {
                        "other work are slower and noisier (recorded as context.runnable_at_start and load_avg)\n",
                others, cpus);
   }
+  MachinePeaks peaks;
   if (req.calibrate) {
-    const double g = calibrate_gemm_gflops();
-    context["gemm_gflops_fp32"] = g;
-    fmt::print(stderr, "oneDNN fp32 GEMM 2048^3: {:.1f} GFLOP/s\n", g);
+    peaks = calibrate_machine_peaks(kernels::threads());
+    peaks.gemm_fp32_gflops = calibrate_gemm_gflops();
+    context["gemm_gflops_fp32"] = peaks.gemm_fp32_gflops;
+    context["peaks"] = peaks.to_json();
+    fmt::print(stderr, "peaks on {} threads: fp32 FMA {:.1f} GFLOP/s, bf16 {:.1f}, oneDNN fp32 GEMM 2048^3 {:.1f}, "
+                       "triad {:.1f} GB/s\n",
+               peaks.threads, peaks.fma_fp32_gflops, peaks.fma_bf16_gflops, peaks.gemm_fp32_gflops, peaks.bandwidth_gbs);
   }
-  const double gemm = context.value("gemm_gflops_fp32", 0.0);
 
   std::map<std::string, bool> attention_style;
   if (base.attend_only)
@@ -174,6 +179,7 @@ Json run_bench(const BenchRequest& req) {
               // peak above what was live before the cell was prepared).
               if (cell->dir == Direction::fwd || cell->dir == Direction::fwd_bwd) mm.rebase();
               cell->flops = work->flops();
+              cell->bytes = work->bytes();
               cell->state_bytes = work->state_bytes();
               reset_peak_rss();
               for (auto _ : st) work->run();
@@ -255,7 +261,17 @@ Json run_bench(const BenchRequest& req) {
       if (decode) e["state_bytes"] = c->state_bytes;
       e["flops"] = c->flops;
       e["gflops_per_second"] = c->flops / (med / 1e3) / 1e9;
-      if (gemm > 0) e["fraction_of_gemm_peak"] = c->flops / (med / 1e3) / 1e9 / gemm;
+      const double seconds = med / 1e3;
+      if (c->bytes > 0) e["bytes"] = c->bytes;
+      if (peaks.gemm_fp32_gflops > 0) e["fraction_of_gemm_peak"] = c->flops / seconds / 1e9 / peaks.gemm_fp32_gflops;
+      if (peaks.fma_fp32_gflops > 0) {
+        e["fraction_of_fma_peak"] = c->flops / seconds / 1e9 / peaks.fma_fp32_gflops;
+        // The roofline: the time the FLOPs need at the FMA peak or the bytes at the triad
+        // bandwidth, whichever is longer, over the time measured.
+        if (c->bytes > 0)
+          e["roofline_fraction"] =
+              std::max(c->flops / (peaks.fma_fp32_gflops * 1e9), c->bytes / (peaks.bandwidth_gbs * 1e9)) / seconds;
+      }
     }
     entries.push_back(std::move(e));
   }

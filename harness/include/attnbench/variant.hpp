@@ -37,6 +37,12 @@ struct CostArgs {
 };
 struct Cost {
   double flops = 0;             // forward FLOPs of the mixer (multiply-add = 2)
+  // Forward memory traffic the algorithm cannot avoid, in bytes: reading x and the parameters,
+  // writing y and what it saves for backward, and any state it must stream through memory (not
+  // what fits in cache). With flops it places the mixer on the roofline: bench reports
+  // max(flops / FMA peak, bytes / bandwidth) / time, counting a forward+backward as 3x both.
+  // 0 = not declared.
+  double bytes = 0;
   double activation_bytes = 0;  // saved for backward
   // Decode state of the whole batch after `length` tokens (KV cache, recurrent state, convolution
   // history); 0 for variants that do not decode. `attnbench check` compares it with
