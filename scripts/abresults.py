@@ -39,7 +39,7 @@ TRAIN_METRICS = ("test_accuracy", "best_valid_accuracy", "final_train_loss", "tr
                  "step_seconds_median", "tokens_per_second_median_step")
 BENCH_FIGURES = ("median_ms", "min_ms", "max_ms", "tokens_per_second", "peak_bytes", "peak_rss_bytes",
                  "flops", "gflops_per_second", "repetitions", "predicted_bytes", "predicted_peak_bytes",
-                 "setup_bytes")
+                 "setup_bytes", "bytes", "fraction_of_fma_peak", "roofline_fraction")
 
 
 def warn(message):
@@ -490,8 +490,24 @@ def pool_bench(rows):
     out["max_ms"] = agg("max_ms", max)
     out["peak_bytes"] = agg("peak_bytes", max)
     out["tokens_per_second"] = agg("tokens_per_second", statistics.median)
-    out["gflops_per_second"] = agg("gflops_per_second", statistics.median)
+    for key in ("gflops_per_second", "flops", "bytes", "fraction_of_fma_peak", "roofline_fraction"):
+        out[key] = agg(key, statistics.median)
     return out
+
+
+def crossover(speedups):
+    """The smallest length from which a variant stays faster than the reference: speedups is
+    [(seq_len, reference time / variant time or None)], sorted by length. None when it never
+    does (or is not faster at the longest length measured)."""
+    first = None
+    for n, s in speedups:
+        if s is None:
+            continue
+        if s > 1:
+            first = n if first is None else first
+        else:
+            first = None
+    return first
 
 
 # ---------------------------------------------------------------- context

@@ -10,6 +10,7 @@ variants visibly apart.
 import colorsys
 import hashlib
 import math
+import statistics
 import textwrap
 
 import matplotlib
@@ -186,6 +187,40 @@ def bench_time(rows, title):
     ax.set_title(_wrap(title), fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    return _finish(fig)
+
+
+def roofline(rows, title):
+    """Achieved GFLOP/s against arithmetic intensity (FLOPs per byte of unavoidable traffic), one
+    point per variant and length, under the roofs of the median peaks the runs measured."""
+    peaks = [r["context"].get("peaks") for r in rows if isinstance(r.get("context"), dict)]
+    peaks = [p for p in peaks if isinstance(p, dict) and p.get("fma_fp32_gflops") and p.get("bandwidth_gbs")]
+    series = _series(rows, "gflops_per_second")
+    points = {label: [(p["flops"] / p["bytes"], p["gflops_per_second"], n) for n, p in pts if p.get("bytes")]
+              for label, (_, pts, _) in series.items()}
+    if not peaks or not any(points.values()):
+        return None
+    fma = statistics.median(p["fma_fp32_gflops"] for p in peaks)
+    bw = statistics.median(p["bandwidth_gbs"] for p in peaks)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    xs_all = [x for pts in points.values() for x, _, _ in pts]
+    lo, hi = min(xs_all + [fma / bw]) / 4, max(xs_all + [fma / bw]) * 4
+    grid = [lo * (hi / lo) ** (i / 64) for i in range(65)]
+    ax.plot(grid, [min(fma, bw * x) for x in grid], color="#444", linewidth=1.2,
+            label=f"roof: {fma:.0f} GFLOP/s fp32 FMA, {bw:.1f} GB/s")
+    for label, pts in points.items():
+        if not pts:
+            continue
+        colour, marker = variant_style(*series[label][0])
+        ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], color=colour, marker=marker, linewidth=0.8,
+                label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP / byte)")
+    ax.set_ylabel("achieved GFLOP/s (median)")
+    ax.set_title(_wrap(title), fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
     return _finish(fig)
 
 

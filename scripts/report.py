@@ -505,10 +505,15 @@ def section_speed(doc, bench, failures, reference):
                             ref.get("peak_bytes") else None
                         speed.append(Cell("-" if s is None else f"{s:.2f}×", attrs=dict(attrs, **{"data-speedup": f"{s}"})))
                         mem.append(Cell("-" if m is None else f"{m:.2f}", attrs=dict(attrs, **{"data-memory": f"{m}"})))
-                rows_out.append([Cell(lab)] + speed + mem)
-            doc.table(["variant"] + [str(n) for n in lens] * 2, rows_out, table_id=f"ratios-{gi}-{slug(direction)}",
+                ratios = [(n, float(c.attrs["data-speedup"])) if isinstance(c, Cell) and
+                          c.attrs.get("data-speedup") not in (None, "None") else (n, None)
+                          for n, c in zip(lens, speed)]
+                first = abresults.crossover(ratios)
+                beats = "" if lab == ref_label else ("—" if first is None else str(first))
+                rows_out.append([Cell(lab)] + speed + mem + [beats])
+            doc.table(["variant"] + [str(n) for n in lens] * 2 + ["N"], rows_out, table_id=f"ratios-{gi}-{slug(direction)}",
                       groups=[("", 1), (f"speed-up vs {reference} (N)", len(lens)),
-                              (f"memory vs {reference} (N)", len(lens))])
+                              (f"memory vs {reference} (N)", len(lens)), (f"faster than {reference} from", 1)])
         rows_abs = []
         for lab in labels:
             times, mems = [], []
@@ -536,12 +541,37 @@ def section_speed(doc, bench, failures, reference):
         doc.table(["variant"] + [str(n) for n in lens] * 2 + ["k"], rows_abs, table_id=f"absolute-{gi}-{slug(direction)}",
                   groups=[("", 1), ("median ms [min–max] (N)", len(lens)), ("peak MiB (N)", len(lens)),
                           ("time ∝ Nᵏ", 1)])
+        section_roofline(doc, gi, direction, title, rows, labels, lens, pooled)
         doc.figure(f"time-{gi}-{slug(direction)}", plots.bench_time(rows, f"time vs length: {title}"),
                    f"Time vs sequence length, {title}")
     doc.h(3, "Memory vs length")
     doc.figure("memory", plots.bench_memory([(group_title(d, s, t), rs) for d, s, t, rs in groups]),
                "Peak tracked memory vs sequence length")
     return groups
+
+
+def section_roofline(doc, gi, direction, title, rows, labels, lens, pooled):
+    """How close each cell runs to its own ceiling, against the peaks bench measured in the same
+    run: the roofline fraction where the cost model declares its traffic, else the fraction of
+    the fp32 FMA peak (marked *)."""
+    if not any(p.get("fraction_of_fma_peak") is not None for p in pooled.values() if p["status"] == OK):
+        return
+    out = []
+    for lab in labels:
+        cells = []
+        for n in lens:
+            p = pooled.get((lab, n))
+            if p is None or p["status"] != OK or p.get("fraction_of_fma_peak") is None:
+                cells.append(Cell("—", cls="missing"))
+            elif p.get("roofline_fraction") is not None:
+                cells.append(fmt_pct(p["roofline_fraction"]))
+            else:
+                cells.append(fmt_pct(p["fraction_of_fma_peak"]) + "*")
+        out.append([Cell(lab)] + cells)
+    doc.table(["variant"] + [str(n) for n in lens], out, table_id=f"roofline-{gi}-{slug(direction)}",
+              groups=[("", 1), ("% of the roofline (N); * % of the fp32 FMA peak (no bytes declared)", len(lens))])
+    doc.figure(f"roofline-{gi}-{slug(direction)}", plots.roofline(rows, f"roofline: {title}"),
+               f"Achieved GFLOP/s against arithmetic intensity, {title}, under the peaks measured in the same run")
 
 
 # ---------------------------------------------------------------- figures of train runs

@@ -19,6 +19,8 @@
 namespace ab {
 namespace {
 
+constexpr const char* kCrossoverReference = "softmax_tiled";
+
 // Peak tracked bytes of the extra iteration Google Benchmark runs with a memory manager. The peak
 // goes to the cell being run (`current`, set by the cell's benchmark function): Google Benchmark
 // 1.7 keeps its memory results in a vector that reallocates, so Run::memory_result may dangle by
@@ -288,6 +290,33 @@ Json run_bench(const BenchRequest& req) {
                            {"lengths", xs.size()}});
     }
 
+  // Crossover against exact tiled attention (when it was measured): per variant and direction,
+  // the smallest length from which the variant stays faster (null: not at the longest length).
+  Json crossover = Json::array();
+  if (std::count(variants.begin(), variants.end(), kCrossoverReference))
+    for (const auto& v : variants)
+      for (Direction d : dirs) {
+        if (v == kCrossoverReference) continue;
+        auto median_at = [&](const std::string& name, int64_t n) -> double {
+          for (const auto& e : entries)
+            if (e["variant"] == name && e["seq_len"] == n && e["direction"] == direction_name(d) && e["status"] == "ok")
+              return e["median_ms"].get<double>();
+          return NAN;
+        };
+        Json from = nullptr;
+        for (int64_t n : lengths) {
+          const double mine = median_at(v, n), ref = median_at(kCrossoverReference, n);
+          if (std::isnan(mine) || std::isnan(ref)) continue;
+          if (mine < ref) {
+            if (from.is_null()) from = n;
+          } else {
+            from = nullptr;
+          }
+        }
+        crossover.push_back({{"variant", v}, {"direction", direction_name(d)}, {"reference", kCrossoverReference},
+                             {"faster_from_seq_len", from}});
+      }
+
   // Approximation fidelity against exact attention, per variant, length and kind of input.
   Json fidelity = Json::array(), fidelity_source;
   if (want_fidelity) {
@@ -336,6 +365,7 @@ Json run_bench(const BenchRequest& req) {
   Json doc = bench_run_header(variants_json, bench_model_json(base, req.matmul_precision), req.seed);
   if (all_failed) doc["status"] = "error", doc["error"] = "every cell failed";
   doc["metrics"] = {{"entries", entries}, {"scaling", scaling}};
+  if (!crossover.empty()) doc["metrics"]["crossover"] = crossover;
   if (want_fidelity) doc["metrics"]["fidelity"] = fidelity;
   if (!fidelity_source.is_null()) doc["metrics"]["fidelity_source"] = fidelity_source;
   doc["benchmarks"] = gb;

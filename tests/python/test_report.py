@@ -107,6 +107,13 @@ def bench_peak(variant, n):
     return int((n / 256) ** 2 * 12 * 2**20) if variant == "softmax" else int((n / 256) * 5 * 2**20)
 
 
+PEAKS = {"threads": 2, "fma_fp32_gflops": 400.0, "bandwidth_gbs": 20.0}
+
+
+def roofline_fraction(flops, nbytes, ms):
+    return max(flops / (PEAKS["fma_fp32_gflops"] * 1e9), nbytes / (PEAKS["bandwidth_gbs"] * 1e9)) / (ms / 1e3)
+
+
 def bench_run(variant):
     entries, benchmarks = [], []
     for direction in ("fwd", "fwd_bwd"):
@@ -119,7 +126,9 @@ def bench_run(variant):
             entries.append({"variant": variant, "seq_len": n, "direction": direction, "batch": 1, "status": "ok",
                             "median_ms": t, "min_ms": 0.97 * t, "max_ms": 1.04 * t, "repetitions": 3,
                             "tokens_per_second": n / t * 1000, "peak_bytes": bench_peak(variant, n),
-                            "flops": 1e9, "gflops_per_second": 1e9 / t / 1e6})
+                            "flops": 1e9, "gflops_per_second": 1e9 / t / 1e6, "bytes": 1e7,
+                            "fraction_of_fma_peak": 1e9 / t / 1e6 / PEAKS["fma_fp32_gflops"],
+                            "roofline_fraction": roofline_fraction(1e9, 1e7, t)})
             benchmarks.append({"name": f"{variant}/{direction}/B:1/N:{n}/D:512/H:8/real_time_median",
                                "run_type": "aggregate", "aggregate_name": "median", "real_time": t,
                                "cpu_time": t, "time_unit": "ms"})
@@ -129,7 +138,8 @@ def bench_run(variant):
             "metrics": {"entries": entries,
                         "scaling": [{"variant": variant, "direction": "fwd",
                                      "exponent": 2.0 if variant == "softmax" else 1.0, "lengths": 3}]},
-            "benchmarks": benchmarks, "context": context(["attnbench", "bench", "--variant", variant])}
+            "benchmarks": benchmarks,
+            "context": dict(context(["attnbench", "bench", "--variant", variant]), peaks=PEAKS)}
 
 
 def write_json(path, doc):
@@ -223,6 +233,20 @@ class ReportOnFakeSweep(unittest.TestCase):
         self.assertEqual(len(images), len(re.findall(r"<img\b", self.page)))
         for data in images:
             self.assertTrue(base64.b64decode(data, validate=True).startswith(PNG_SIGNATURE))
+
+    def test_crossover_and_roofline(self):
+        # linear_elu (6 n/256 ms) is faster than softmax (8 (n/256)^2 ms) from the first length.
+        ratios = element(self.page, "table", "ratios-1-fwd")
+        self.assertIsNotNone(ratios)
+        self.assertIn("faster than softmax from", ratios)
+        row = re.search(r"<tr>\s*<td[^>]*>linear_elu</td>(.*?)</tr>", ratios, re.S)
+        self.assertIsNotNone(row, ratios[:500])
+        self.assertEqual(re.findall(r"<td[^>]*>([^<]*)</td>", row.group(1))[-1], "256")
+        roof = element(self.page, "table", "roofline-1-fwd")
+        self.assertIsNotNone(roof, "no roofline table")
+        cell = re.search(r"<tr>\s*<td[^>]*>softmax</td>\s*<td[^>]*>([^<]*)</td>", roof, re.S)
+        self.assertAlmostEqual(float(cell.group(1)), 100 * roofline_fraction(1e9, 1e7, bench_time("softmax", 256, "fwd")),
+                               places=1)
 
     def test_accuracy_table(self):
         table = element(self.page, "table", "lra-accuracy")
