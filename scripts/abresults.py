@@ -304,6 +304,85 @@ def train_rows(runs):
     return rows
 
 
+# ---------------------------------------------------------------- protocols: best of a tuned grid
+
+def protocol_of(manifests):
+    """{"tuned": [dotted keys], "solved": threshold or None} from the sweeps' specs (the union of
+    their tuned axes; the first solved threshold found)."""
+    tuned, solved = [], None
+    for m in manifests:
+        spec = m.get("spec") if isinstance(m.get("spec"), dict) else {}
+        p = spec.get("protocol") if isinstance(spec.get("protocol"), dict) else {}
+        for k in p.get("tuned") or []:
+            if isinstance(k, str) and k not in tuned:
+                tuned.append(k)
+        if solved is None and number(p.get("solved")) is not None:
+            solved = number(p.get("solved"))
+    return {"tuned": tuned, "solved": solved}
+
+
+def run_settings(row):
+    """Every setting of a train row as dotted keys, as a sweep's grid names them."""
+    out = {}
+    for group, obj in (("variant", row["variant_params"]), ("task", row["task_params"]), ("model", row["model"]),
+                       ("train", row["train"])):
+        out.update(flat_params(group, obj))
+    return out
+
+
+def best_of_grid(rows, tuned, solved=None):
+    """Groups train rows by everything but the tuned keys and the seed. Per group and seed the
+    run with the best validation accuracy over the tuned settings is kept (ties: the first in
+    the settings' order, counted in "ties"); its test accuracy is that seed's best-of-grid.
+
+    Returns [{variant, task, settings (the untuned ones that differ between groups), best
+    (mean, std, n seeds with a finished run), winners {setting text: seeds}, solved_fraction
+    (share of the grid's runs, failed ones included, whose test accuracy reaches `solved`),
+    runs, failed, ties, seeds_without_result}]."""
+    groups = {}
+    for r in rows:
+        settings = run_settings(r)
+        key = canonical({"variant": r["variant"], "task": r["task"],
+                         "settings": {k: v for k, v in settings.items() if k not in tuned}})
+        groups.setdefault(key, []).append((r, {k: settings.get(k) for k in tuned}))
+    untuned = [{k: v for k, v in run_settings(rs[0][0]).items() if k not in tuned} for rs in groups.values()]
+    differing = _varying(untuned)
+    out = []
+    for (key, members), flat in zip(groups.items(), untuned):
+        first = members[0][0]
+        by_seed = {}
+        for r, setting in members:
+            by_seed.setdefault(canonical(r["seed"]), []).append((r, setting))
+        bests, winners, ties, without = [], {}, 0, 0
+        for seed_runs in by_seed.values():
+            done = [(r, st) for r, st in seed_runs if r["status"] == OK and r["test_accuracy"] is not None]
+            if not done:
+                without += 1
+                continue
+            done.sort(key=lambda rs: canonical(rs[1]))
+
+            def score(rs):
+                v = rs[0]["best_valid_accuracy"]
+                return v if v is not None else rs[0]["test_accuracy"]
+            top = max(score(rs) for rs in done)
+            leaders = [rs for rs in done if score(rs) == top]
+            ties += len(leaders) > 1
+            r, st = leaders[0]
+            bests.append(r["test_accuracy"])
+            text = params_text(st)
+            winners[text] = winners.get(text, 0) + 1
+        solved_fraction = None
+        if solved is not None:
+            hits = sum(1 for r, _ in members if r["status"] == OK and (r["test_accuracy"] or 0) >= solved)
+            solved_fraction = hits / len(members)
+        out.append({"variant": first["variant"], "task": first["task"], "settings": {k: flat.get(k) for k in differing},
+                    "best": mean_std(bests), "winners": winners, "solved_fraction": solved_fraction,
+                    "runs": len(members), "failed": sum(1 for r, _ in members if r["status"] != OK),
+                    "ties": ties, "seeds_without_result": without})
+    out.sort(key=lambda g: (g["task"], g["variant"], canonical(g["settings"])))
+    return out
+
+
 def train_identity(row, with_seed=True):
     key = {"variant": row["variant"], "variant_params": row["variant_params"], "task": row["task"],
            "task_params": row["task_params"], "model": row["model"], "train": row["train"]}

@@ -412,6 +412,40 @@ def section_training(doc, train, failures, reference):
     doc.p("Means over the seeds that finished ok.")
 
 
+# ---------------------------------------------------------------- best of a tuned grid
+
+def section_best_of_grid(doc, train, protocol):
+    """Zoology's and MAD's protocol: the best of the tuned settings (by validation accuracy) per
+    seed, then mean and spread over seeds; which setting won; how much of the grid solves."""
+    tuned, solved = protocol["tuned"], protocol["solved"]
+    if not tuned or not train:
+        return
+    doc.h(2, "Best of the tuned grid", "best-of-grid")
+    doc.p(f"Tuned axes: {', '.join(tuned)}. Per seed the run with the best validation accuracy over the tuned "
+          f"settings is kept and its test accuracy counts; mean ± std over seeds. 'won' lists the winning settings "
+          f"with their number of seeds."
+          + (f" Solved: the share of all runs of the grid (failed ones included) with test accuracy ≥ {solved:g}."
+             if solved is not None else ""))
+    rows = []
+    for g in abresults.best_of_grid(train, tuned, solved):
+        m, sd, n = g["best"]
+        best = "-" if m is None else f"{fmt_pct(m)}" + (f" ± {fmt_pct(sd)}" if sd is not None else "") + f" (n={n})"
+        notes = []
+        if g["failed"]:
+            notes.append(f"{g['failed']} of {g['runs']} runs failed")
+        if g["seeds_without_result"]:
+            notes.append(f"{g['seeds_without_result']} seed(s) without a finished run")
+        if g["ties"]:
+            notes.append(f"ties in {g['ties']} seed(s): first setting kept")
+        label = g["variant"] + (f" ({abresults.params_text(g['settings'])})" if g["settings"] else "")
+        won = "; ".join(f"{k} ×{v}" for k, v in sorted(g["winners"].items(), key=lambda kv: -kv[1]))
+        rows.append([Cell(g["task"], cls="label"), Cell(label, cls="label"), best, Cell(won or "-", cls="label"),
+                     "-" if g["solved_fraction"] is None else fmt_pct(g["solved_fraction"]),
+                     Cell("; ".join(notes), cls="label")])
+    doc.table(["task", "variant", "best-of-grid test accuracy %", "won", "solved %", "notes"], rows,
+              table_id="best-of-grid")
+
+
 # ---------------------------------------------------------------- speed and memory (LRA Table 2)
 
 def bench_groups(bench):
@@ -727,6 +761,7 @@ def build(runs, paths, title, reference, baseline=None, baseline_paths=(), thres
           + f". Generated {generated}. Sections: accuracy, speed and memory, failures"
           + (", comparison" if baseline is not None else "") + ", context.")
     section_accuracy(doc, train, failures, reference)
+    section_best_of_grid(doc, train, abresults.protocol_of(manifests))
     if train:
         section_training(doc, train, failures, reference)
         section_train_figures(doc, train)

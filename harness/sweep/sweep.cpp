@@ -128,12 +128,14 @@ SweepSpec parse_and_expand(const std::string& text, const std::string& origin) {
     for (size_t i = 0; i + 1 < e.byte && i < text.size(); ++i) text[i] == '\n' ? (++line, col = 1) : ++col;
     throw UsageError(fmt::format("sweep spec {}: malformed JSON at line {}, column {}: {}", origin, line, col, e.what()));
   }
-  require_keys(spec, {"name", "description", "base", "grid", "per_variant", "per_task", "exclude", "limits", "bench"},
+  require_keys(spec,
+               {"name", "description", "base", "grid", "per_variant", "per_task", "exclude", "limits", "bench", "protocol"},
                "the spec");
   const std::pair<const char*, Json::value_t> kinds[] = {
       {"name", Json::value_t::string},   {"description", Json::value_t::string}, {"base", Json::value_t::object},
       {"grid", Json::value_t::object},   {"per_variant", Json::value_t::object}, {"per_task", Json::value_t::object},
-      {"exclude", Json::value_t::array}, {"limits", Json::value_t::object},      {"bench", Json::value_t::object}};
+      {"exclude", Json::value_t::array}, {"limits", Json::value_t::object},      {"bench", Json::value_t::object},
+      {"protocol", Json::value_t::object}};
   for (const auto& [key, kind] : kinds)
     if (spec.contains(key) && spec[key].type() != kind)
       throw UsageError(fmt::format("sweep spec {}: '{}' must be of type {}, got {}", origin, key, Json(kind).type_name(),
@@ -162,6 +164,24 @@ SweepSpec parse_and_expand(const std::string& text, const std::string& origin) {
       if (v.empty()) throw UsageError(fmt::format("sweep spec: grid.{} is an empty list: the sweep would have no cells", k));
       axes.emplace_back(k, std::vector<Json>(v.begin(), v.end()));
     }
+  }
+  // The protocol: grid axes tuned per cell of the others (the report keeps the best of them, as
+  // Zoology and MAD do) and the accuracy that counts as solved.
+  if (spec.contains("protocol")) {
+    const Json& p = spec["protocol"];
+    require_keys(p, {"tuned", "solved"}, "protocol");
+    std::vector<std::string> grid_keys;
+    for (const auto& axis : axes) grid_keys.push_back(axis.first);
+    const Json tuned = p.value("tuned", Json::array());
+    if (!tuned.is_array()) throw UsageError(fmt::format("sweep spec {}: protocol.tuned must be a list of grid axes", origin));
+    for (const auto& k : tuned)
+      if (!k.is_string() || std::find(grid_keys.begin(), grid_keys.end(), k.get<std::string>()) == grid_keys.end())
+        throw UsageError(fmt::format("sweep spec {}: protocol.tuned: {}", origin,
+                                     unknown_name_message("grid axis", k.is_string() ? k.get<std::string>() : k.dump(),
+                                                          grid_keys)));
+    if (p.contains("solved") && (!p["solved"].is_number() || p["solved"].get<double>() < 0 || p["solved"].get<double>() > 1))
+      throw UsageError(fmt::format("sweep spec {}: protocol.solved must be an accuracy in [0, 1], got {}", origin,
+                                   p["solved"].dump()));
   }
   const Json per_variant = spec.value("per_variant", Json::object()), per_task = spec.value("per_task", Json::object());
   const Json exclude = spec.value("exclude", Json::array());

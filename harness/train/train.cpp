@@ -133,6 +133,14 @@ Json train_run(const RunConfig& cfg, bool progress, const std::function<void(Mod
     int64_t n_params = 0;
     for (auto& [n, v] : opt.params) n_params += v.value().numel();
     metrics["parameters"] = n_params;
+    // The state a decoder carries per sequence at the task's length, over all layers (the KV cache
+    // or the recurrent state, from the cost model): the x-axis of Zoology's recall frontier.
+    if (vs.caps.decode && vs.cost) {
+      const Json& mp = cfg.model_params;
+      const Cost c = vs.cost(CostArgs{1, model.model_length(), mp["d_model"].get<int64_t>(), mp["heads"].get<int64_t>(),
+                                      &cfg.variant_params, true});
+      metrics["state_bytes"] = c.state_bytes * mp["layers"].get<double>();
+    }
 
     const int64_t steps = tp["steps"], bs = tp["batch_size"], eval_every = tp["eval_every"];
     const int64_t train_n = task->split_size(Split::train);

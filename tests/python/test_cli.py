@@ -152,6 +152,8 @@ class Commands(unittest.TestCase):
             self.assertEqual(doc["metrics"]["steps"], 20)
             self.assertEqual(doc["metrics"]["curves"]["valid_step"], [10, 20])
             self.assertGreater(doc["metrics"]["peak_bytes"], 0)
+            # softmax decodes with a KV cache: keys and values of every position, fp32, per layer
+            self.assertEqual(doc["metrics"]["state_bytes"], 1 * 2 * doc["task"]["params"]["max_length"] * 16 * 4)
             self.assertGreater(doc["context"]["threads"], 0)
             self.assertFalse(list(Path(d, "sub").glob("*.tmp*")), "temporary file left behind")
 

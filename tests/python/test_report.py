@@ -595,6 +595,70 @@ class ReportWithBaseline(unittest.TestCase):
                 self.assertTrue(base64.b64decode(data).startswith(PNG_SIGNATURE))
 
 
+def make_tuned_sweep(root):
+    """softmax and mamba on mqar, train.lr tuned over {1e-3, 3e-3}, seeds 0-2, solved at 0.9:
+    - softmax: lr 3e-3 wins every seed (0.99 / 0.98 / 0.97 against 0.6);
+    - mamba: seed 0 a tie (both 0.5: the first setting, lr 1e-3, is kept), seed 1 lr 1e-3 wins
+      (0.7) while lr 3e-3 failed, seed 2 has no finished run (diverged, NaN loss; error).
+    Returns the manifest's cells."""
+    plan = {("softmax", 1e-3): [0.6, 0.6, 0.6], ("softmax", 3e-3): [0.99, 0.98, 0.97],
+            ("mamba", 1e-3): [0.5, 0.7, "diverged"], ("mamba", 3e-3): [0.5, "error", "error"]}
+    cells = []
+    for (variant, lr), accs in plan.items():
+        for seed, acc in enumerate(accs):
+            doc = train_run("softmax" if variant == "softmax" else "linear_elu", "listops", 0)
+            doc["variant"]["name"], doc["task"]["name"], doc["seed"] = variant, "mqar", seed
+            doc["train"] = {"steps": 40, "lr": lr}
+            if isinstance(acc, str):
+                doc["status"], doc["error"], doc["metrics"] = acc, f"{acc} at step 20", {}
+            else:
+                doc["metrics"]["test_accuracy"], doc["metrics"]["best_valid_accuracy"] = acc, acc
+            cid = f"{variant}.mqar.s{seed}.lr{lr:g}"
+            write_json(root / "runs" / f"{cid}.json", doc)
+            cells.append({"id": cid, "kind": "train", "variant": variant, "task": "mqar", "seed": seed,
+                          "set": {"train.lr": lr}, "status": doc["status"]})
+    spec = {"name": "tuned", "grid": {"train.lr": [1e-3, 3e-3], "seed": [0, 1, 2]},
+            "protocol": {"tuned": ["train.lr"], "solved": 0.9}}
+    write_json(root / "manifest.json", {"schema": "attnbench.sweep/1", "name": "tuned", "spec": spec, "cells": cells})
+    return cells
+
+
+class BestOfTunedGrid(unittest.TestCase):
+    def test_best_of_grid_table(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            make_tuned_sweep(root / "sweep")
+            out = root / "report.html"
+            result = run_script("report.py", root / "sweep", "--out", out)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            table = element(out.read_text(encoding="utf-8"), "table", "best-of-grid")
+            self.assertIsNotNone(table, "no best-of-grid table")
+            rows = {}
+            for tr in re.findall(r"<tr>(.*?)</tr>", table, re.S):
+                cells = [html.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", tr, re.S)]
+                if cells:
+                    rows[cells[1]] = cells
+            soft, mamba = rows["softmax"], rows["mamba"]
+            self.assertTrue(soft[2].startswith("98.00 ± 1.00 (n=3)"), soft)
+            self.assertEqual(soft[3], "train.lr=0.003 ×3")
+            self.assertEqual(soft[4], "50.00")  # 3 of 6 runs reach 0.9
+            # mamba: seeds 0 (tie, lr 1e-3 kept) and 1 (lr 1e-3); seed 2 has none: never a NaN average
+            self.assertTrue(mamba[2].startswith("60.00 ± 14.14 (n=2)"), mamba)
+            self.assertEqual(mamba[3], "train.lr=0.001 ×2")
+            self.assertEqual(mamba[4], "0.00")
+            self.assertIn("3 of 6 runs failed", mamba[5])
+            self.assertIn("1 seed(s) without a finished run", mamba[5])
+            self.assertIn("ties in 1 seed(s)", mamba[5])
+
+    def test_no_protocol_no_section(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            make_sweep(root / "sweep")
+            out = root / "report.html"
+            self.assertEqual(run_script("report.py", root / "sweep", "--out", out).returncode, 0)
+            self.assertIsNone(element(out.read_text(encoding="utf-8"), "table", "best-of-grid"))
+
+
 class Library(unittest.TestCase):
     def test_load_skips_manifests_and_warns_on_unknown_versions(self):
         with tempfile.TemporaryDirectory() as d:

@@ -95,6 +95,22 @@ class Sweep(unittest.TestCase):
             r = sweep(spec(d, {"seed": [0]}), "--shard", "2/2", "--dry-run")
             self.assertEqual(r.returncode, 2)
 
+    def test_protocol_names_grid_axes_and_a_threshold(self):
+        with tempfile.TemporaryDirectory() as d:
+            grid = {"train.lr": [1e-3, 3e-3], "seed": [0, 1]}
+            ok = spec(d, grid, protocol={"tuned": ["train.lr"], "solved": 0.99})
+            self.assertEqual(len(cell_ids(ok)), 4)
+            r = sweep(spec(d, grid, protocol={"tuned": ["train.lrr"]}), "--dry-run")
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("protocol.tuned", r.stderr)
+            self.assertIn("did you mean 'train.lr'", r.stderr)
+            r = sweep(spec(d, grid, protocol={"tuned": ["train.lr"], "solved": 99}), "--dry-run")
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("protocol.solved", r.stderr)
+            r = sweep(spec(d, grid, protocol={"tuned": ["train.lr"], "solvd": 0.9}), "--dry-run")
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("solvd", r.stderr)
+
     def test_failures_are_recorded_and_the_sweep_goes_on(self):
         with tempfile.TemporaryDirectory() as d:
             # A cell that cannot finish in time, one whose memory limit is far too small, one ok.
