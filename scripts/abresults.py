@@ -295,6 +295,10 @@ def train_rows(runs):
         }
         for k in TRAIN_METRICS:
             row[k] = number(metrics.get(k))
+        # train.test_at: [(split text, seq_len, accuracy or None, error or None)]
+        row["test_splits"] = [(params_text(s.get("set") if isinstance(s.get("set"), dict) else {}), s.get("seq_len"),
+                               number(s.get("test_accuracy")), s.get("error"))
+                              for s in (metrics.get("test_splits") or []) if isinstance(s, dict)]
         if status != OK:
             row["test_accuracy"] = None  # a failed run is never averaged in, whatever it carries
         row["identity"] = train_identity(row)

@@ -446,6 +446,39 @@ def section_best_of_grid(doc, train, protocol):
               table_id="best-of-grid")
 
 
+def section_test_splits(doc, train):
+    """Accuracy of the selected models on the further test splits of train.test_at (length and
+    pair-count extrapolation), beside the test accuracy at the training settings."""
+    rows = [r for r in train if r["status"] == OK and r["test_splits"]]
+    if not rows:
+        return
+    doc.h(2, "Accuracy at other test settings (train.test_at)", "test-splits")
+    doc.p("The selected model of each run tested on the same task at other settings; mean ± std over seeds. The first "
+          "column is the test accuracy at the training settings.")
+    cells = {}
+    for r in rows:
+        key = (r["task_label"], r["variant_label"])
+        cells.setdefault(key, {"train": [], "splits": {}})["train"].append(r["test_accuracy"])
+        for text, n, acc, err in r["test_splits"]:
+            cells[key]["splits"].setdefault((n, text), []).append((acc, err))
+    splits = sorted({s for c in cells.values() for s in c["splits"]}, key=lambda s: (s[0] is None, s[0], s[1]))
+
+    def acc_text(values):
+        m, sd, n = abresults.mean_std(values)
+        return "-" if m is None else fmt_pct(m) + (f" ± {fmt_pct(sd)}" if sd is not None else "") + f" (n={n})"
+    out = []
+    for (task, variant), c in sorted(cells.items(), key=lambda kv: (task_sort_key(kv[0][0]), kv[0][1])):
+        row = [Cell(task, cls="label"), Cell(variant, cls="label"), acc_text(c["train"])]
+        for s in splits:
+            got = c["splits"].get(s, [])
+            errors = [e for a, e in got if e]
+            text = acc_text([a for a, _ in got])
+            row.append(Cell(text + (f" ({len(errors)} failed)" if errors else ""), title="; ".join(errors) or None))
+        out.append(row)
+    doc.table(["task", "variant", "training settings"] + [f"N={n} ({text})" for n, text in splits], out,
+              table_id="test-splits")
+
+
 # ---------------------------------------------------------------- speed and memory (LRA Table 2)
 
 def bench_groups(bench):
@@ -762,6 +795,7 @@ def build(runs, paths, title, reference, baseline=None, baseline_paths=(), thres
           + (", comparison" if baseline is not None else "") + ", context.")
     section_accuracy(doc, train, failures, reference)
     section_best_of_grid(doc, train, abresults.protocol_of(manifests))
+    section_test_splits(doc, train)
     if train:
         section_training(doc, train, failures, reference)
         section_train_figures(doc, train)

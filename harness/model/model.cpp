@@ -63,8 +63,10 @@ struct Model::Block : Module {
   std::unique_ptr<Mixer> mixer;
 };
 
-Model::Model(const Json& mp, const VariantSpec& variant, const Json& variant_params, const Task& task, uint64_t seed)
-    : p_(mp), kind_(task.kind()), d_(mp.at("d_model").get<int64_t>()), task_length_(task.seq_len()),
+Model::Model(const Json& mp, const VariantSpec& variant, const Json& variant_params, const Task& task, uint64_t seed,
+             int64_t max_length)
+    : p_(mp), kind_(task.kind()), d_(mp.at("d_model").get<int64_t>()),
+      task_length_(std::max(task.seq_len(), max_length)),
       vocab_(task.vocab_size()), classes_(task.num_classes()), pad_id_(task.pad_id()),
       cls_(mp.at("pooling") == "cls"), use_mask_(mp.at("padding_mask").get<bool>()),
       causal_(mp.at("causal").get<bool>()), dropout_(static_cast<float>(mp.at("dropout").get<double>())),
@@ -93,9 +95,9 @@ Model::Model(const Json& mp, const VariantSpec& variant, const Json& variant_par
     // Pixel p of a W x W raster: row p / W in the first half of the channels, column p % W in the
     // second; base 100 so that the frequencies span a grid of tens of pixels. The CLS row stays 0.
     const auto W = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(task_length_))));
-    if (W * W != task_length_ || d_ % 4 != 0)
-      throw UsageError(fmt::format("model.positions=sinusoidal2d needs a square sequence length and a d_model that is "
-                                   "a multiple of 4 (got length {}, d_model {}); use positions=sinusoidal",
+    if (W * W != task_length_ || d_ % 4 != 0 || task_length_ != task.seq_len())
+      throw UsageError(fmt::format("model.positions=sinusoidal2d needs one square sequence length and a d_model that "
+                                   "is a multiple of 4 (got length {}, d_model {}); use positions=sinusoidal",
                                    task_length_, d_));
     sinusoid_ = Tensor::zeros({model_length_, d_});
     for (int64_t p = 0; p < task_length_; ++p) {
@@ -139,12 +141,14 @@ Model::Model(const Json& mp, const VariantSpec& variant, const Json& variant_par
 Model::~Model() = default;
 
 // tokens [B, N] -> pooled [B, D] (classification) or states [B, N, D] (per position)
-Var Model::encode(const std::vector<int32_t>& tokens, int64_t B, bool training, int64_t step) {
-  const int64_t N = task_length_, L = model_length_;
+Var Model::encode(const std::vector<int32_t>& tokens, int64_t B, int64_t N, bool training, int64_t step) {
+  const int64_t L = N + (cls_ ? 1 : 0);
   Var x = embedding(tokens, {B, N}, tok_emb_);  // [B, N, D]
   if (cls_) x = concat({add(Var(Tensor::zeros({B, 1, d_})), cls_emb_), x}, 1);  // [B, L, D]
-  if (pos_emb_.defined()) x = add(x, pos_emb_);
-  else if (sinusoid_.defined()) x = add(x, Var(sinusoid_));
+  // Positions: the first L rows of the tables (all of them at the longest length).
+  if (pos_emb_.defined()) x = add(x, L == model_length_ ? pos_emb_ : slice(pos_emb_, 0, 0, L));
+  else if (sinusoid_.defined())
+    x = add(x, Var(L == model_length_ ? sinusoid_ : slice(Var(sinusoid_), 0, 0, L).value()));
 
   Tensor key_mask;
   Tensor keep;  // [B, L, 1]: 1 for real tokens (mean pooling weights)
@@ -190,13 +194,14 @@ Var Model::encode(const std::vector<int32_t>& tokens, int64_t B, bool training, 
 }
 
 Var Model::forward(const Batch& batch, bool training, int64_t step) {
-  const int64_t B = batch.size;
-  if (batch.length != task_length_)
-    throw std::invalid_argument(fmt::format("batch length {} differs from the model's {}", batch.length, task_length_));
-  Var h = encode(batch.tokens, B, training, step);
-  if (kind_ == TaskKind::per_position) return linear(reshape(h, {B * task_length_, d_}), head_w2_, head_b2_);
+  const int64_t B = batch.size, N = batch.length;
+  if (N < 1 || N > task_length_)
+    throw std::invalid_argument(fmt::format("batch length {} is not in [1, {}], the lengths the model was built for", N,
+                                            task_length_));
+  Var h = encode(batch.tokens, B, N, training, step);
+  if (kind_ == TaskKind::per_position) return linear(reshape(h, {B * N, d_}), head_w2_, head_b2_);
   if (kind_ == TaskKind::pair_classify) {
-    Var h2 = encode(batch.tokens2, B, training, step);
+    Var h2 = encode(batch.tokens2, B, N, training, step);
     h = concat({h, h2, mul(h, h2), sub(h, h2)}, 1);  // [B, 4D]
   }
   return linear(relu(linear(h, head_w1_, head_b1_)), head_w2_, head_b2_);

@@ -24,20 +24,22 @@ Batch make_batch(const Task& task, Split split, const std::vector<int64_t>& indi
 class Model : public Module {
  public:
   // model_params: resolved model_param_specs(); variant: the registered spec and its resolved params.
+  // max_length: the longest task sequence the model will see (0 = the task's length), for test
+  // splits longer than training: mixers and position tables are built for it.
   Model(const Json& model_params, const VariantSpec& variant, const Json& variant_params, const Task& task,
-        uint64_t seed);
+        uint64_t seed, int64_t max_length = 0);
   ~Model() override;
-  // -> logits [B, C] (classification) or [B * N, C] (per position)
+  // -> logits [B, C] (classification) or [B * N, C] (per position); batch.length <= max_length
   Var forward(const Batch& batch, bool training, int64_t step);
-  int64_t model_length() const { return model_length_; }  // task length (+1 with a CLS token)
+  int64_t model_length() const { return model_length_; }  // max task length (+1 with a CLS token)
 
  private:
   struct Block;
-  Var encode(const std::vector<int32_t>& tokens, int64_t B, bool training, int64_t step);
+  Var encode(const std::vector<int32_t>& tokens, int64_t B, int64_t N, bool training, int64_t step);
 
   Json p_;
   TaskKind kind_;
-  int64_t d_, task_length_, model_length_, vocab_, classes_;
+  int64_t d_, task_length_, model_length_, vocab_, classes_;  // task_length_: the longest, as built
   int32_t pad_id_;
   bool cls_, use_mask_, causal_;
   float dropout_;

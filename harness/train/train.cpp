@@ -44,7 +44,41 @@ std::vector<ParamSpec> train_param_specs() {
       int_param("valid_examples", 1000, "validation examples per evaluation (0 = the whole split)", 0, 1e9),
       int_param("test_examples", 0, "test examples for the final evaluation (0 = the whole split)", 0, 1e9),
       num_param("target_accuracy", 0.0, "stop early once validation accuracy reaches this (0 = off)", 0.0, 1.0),
+      ParamSpec{"test_at", ParamType::string, "",
+                "further test splits at other task settings, e.g. 'seq_len=512,num_kv_pairs=64;seq_len=1024' "
+                "(';' between splits, ',' between task.KEY=VALUE): the selected model is also tested on each "
+                "(length extrapolation); empty = none"},
   };
+}
+
+std::vector<Json> test_at_overrides(const std::string& text, const TaskSpec& task) {
+  std::vector<Json> out;
+  std::vector<std::string> names;
+  for (const auto& p : task.params) names.push_back(p.name);
+  size_t start = 0;
+  while (start < text.size()) {
+    const size_t semi = std::min(text.find(';', start), text.size());
+    const std::string split = text.substr(start, semi - start);
+    Json given = Json::object();
+    for (size_t a = 0; a < split.size();) {
+      const size_t comma = std::min(split.find(',', a), split.size());
+      const std::string item = split.substr(a, comma - a);
+      const size_t eq = item.find('=');
+      if (eq == std::string::npos || eq == 0)
+        throw UsageError(fmt::format("train.test_at: '{}' is not KEY=VALUE (a task parameter of '{}', e.g. "
+                                     "seq_len=512)", item, task.name));
+      given[item.substr(0, eq)] = item.substr(eq + 1);
+      a = comma + 1;
+    }
+    if (given.empty()) throw UsageError(fmt::format("train.test_at: an empty split in '{}'", text));
+    // Typed and checked as task parameters; only the keys given are kept.
+    const Json typed = resolve_params(task.params, given, fmt::format("task '{}' (train.test_at)", task.name));
+    Json o = Json::object();
+    for (const auto& [k, v] : given.items()) o[k] = typed[k];
+    out.push_back(std::move(o));
+    start = semi + 1;
+  }
+  return out;
 }
 
 RunConfig resolve_run_config(const std::string& variant, const std::string& task, const std::vector<std::string>& sets,
@@ -70,6 +104,7 @@ RunConfig resolve_run_config(const std::string& variant, const std::string& task
   c.task_params = resolve_params(ts.params, given["task"], fmt::format("task '{}'", task));
   c.model_params = resolve_params(model_param_specs(), given["model"], "model");
   c.train_params = resolve_params(train_param_specs(), given["train"], "train");
+  test_at_overrides(c.train_params["test_at"].get<std::string>(), ts);  // refused here, before any work
   const auto d = c.model_params["d_model"].get<int64_t>(), h = c.model_params["heads"].get<int64_t>();
   if (d % h != 0)
     throw UsageError(fmt::format("model.d_model = {} is not a multiple of model.heads = {}; nearest valid d_model: {}", d,
@@ -127,8 +162,19 @@ Json train_run(const RunConfig& cfg, bool progress, const std::function<void(Mod
     metrics["data_seconds"] = seconds_since(t_gen);
     metrics["data"] = task->stats();
     if (Json used = task->effective_params(); !used.is_null()) doc["task"]["params"] = used;
+    // Further test splits (train.test_at): the same task at other settings, same seed; the model
+    // is built for the longest of them.
+    std::vector<std::pair<Json, std::unique_ptr<Task>>> extra_tests;
+    int64_t max_length = task->seq_len();
+    for (Json& o : test_at_overrides(tp["test_at"].get<std::string>(), TaskRegistry::instance().get(cfg.task))) {
+      Json p = cfg.task_params;
+      for (const auto& [k, v] : o.items()) p[k] = v;
+      auto t = TaskRegistry::instance().get(cfg.task).make(p, cfg.seed);
+      max_length = std::max(max_length, t->seq_len());
+      extra_tests.emplace_back(std::move(o), std::move(t));
+    }
     PeakScope peak;
-    Model model(cfg.model_params, vs, cfg.variant_params, *task, cfg.seed);
+    Model model(cfg.model_params, vs, cfg.variant_params, *task, cfg.seed, max_length);
     AdamW opt(model.parameters(), tp);
     int64_t n_params = 0;
     for (auto& [n, v] : opt.params) n_params += v.value().numel();
@@ -225,6 +271,19 @@ Json train_run(const RunConfig& cfg, bool progress, const std::function<void(Mod
       metrics["best_valid_accuracy"] = best_valid;
       metrics["best_step"] = best_step;
       metrics["test_accuracy"] = evaluate(model, *task, Split::test, tp["test_examples"], bs, best_step);
+      if (!extra_tests.empty()) {
+        Json splits = Json::array();
+        for (const auto& [o, t] : extra_tests) {
+          Json e = {{"set", o}, {"seq_len", t->seq_len()}};
+          try {
+            e["test_accuracy"] = evaluate(model, *t, Split::test, tp["test_examples"], bs, best_step);
+          } catch (const std::exception& ex) {  // e.g. a mixer whose parameters fix the length
+            e["error"] = ex.what();
+          }
+          splits.push_back(std::move(e));
+        }
+        metrics["test_splits"] = std::move(splits);
+      }
       if (on_trained) on_trained(model, *task);
     }
   } catch (const std::bad_alloc& e) {

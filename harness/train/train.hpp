@@ -10,6 +10,7 @@
 namespace ab {
 class Model;
 class Task;
+struct TaskSpec;
 }  // namespace ab
 
 namespace ab {
@@ -20,6 +21,10 @@ std::vector<ParamSpec> train_param_specs();
 // Throws UsageError naming the problem and the nearest valid choice.
 RunConfig resolve_run_config(const std::string& variant, const std::string& task,
                              const std::vector<std::string>& sets, uint64_t seed, int threads);
+
+// train.test_at as task-parameter overrides, one object per further test split (typed; UsageError
+// naming the problem).
+std::vector<Json> test_at_overrides(const std::string& text, const TaskSpec& task);
 
 // Trains and evaluates; never throws for a failure of the run itself: the returned run document
 // carries status "error"/"diverged" and the message. `progress` prints a line per evaluation.

@@ -157,6 +157,30 @@ class Commands(unittest.TestCase):
             self.assertGreater(doc["context"]["threads"], 0)
             self.assertFalse(list(Path(d, "sub").glob("*.tmp*")), "temporary file left behind")
 
+    def test_train_tests_at_other_lengths(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d) / "run.json"
+            tiny = ["--set", "task.seq_len=32", "--set", "task.num_kv_pairs=2", "--set", "task.train_size=256",
+                    "--set", "task.valid_size=32", "--set", "task.test_size=32", "--set", "model.layers=1",
+                    "--set", "model.d_model=16", "--set", "model.heads=2", "--set", "train.steps=10",
+                    "--set", "train.eval_every=10", "--threads", "2", "--quiet"]
+            r = run("train", "--variant", "softmax", "--task", "mqar", "--out", str(out), *tiny,
+                    "--set", "train.test_at=seq_len=64,num_kv_pairs=4;seq_len=128")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            doc = json.loads(out.read_text())
+            self.assertEqual(validate_run.errors_of(validate_run.load_validator(), doc), [])
+            splits = doc["metrics"]["test_splits"]
+            self.assertEqual([(s["seq_len"], s["set"]) for s in splits],
+                             [(64, {"seq_len": 64, "num_kv_pairs": 4}), (128, {"seq_len": 128})])
+            for s in splits:
+                self.assertGreaterEqual(s["test_accuracy"], 0.0)
+                self.assertLessEqual(s["test_accuracy"], 1.0)
+            # a key the task does not have is refused before any training, with the nearest name
+            r = run("train", "--variant", "softmax", "--task", "mqar", "--out", str(out), *tiny,
+                    "--set", "train.test_at=seq_lne=64")
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn("did you mean 'seq_len'", r.stderr)
+
     def bench(self, d, *extra):
         out = Path(d) / "b.json"
         r = run("bench", "--variant", "softmax", "--seq-len", "16,32", "--d-model", "32", "--heads", "4",

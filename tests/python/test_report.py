@@ -650,6 +650,24 @@ class BestOfTunedGrid(unittest.TestCase):
             self.assertIn("1 seed(s) without a finished run", mamba[5])
             self.assertIn("ties in 1 seed(s)", mamba[5])
 
+    def test_accuracy_at_other_test_settings(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            for seed, acc in enumerate((0.5, 0.7)):
+                doc = train_run("softmax", "listops", seed)
+                doc["metrics"]["test_splits"] = [{"set": {"max_length": 512}, "seq_len": 512, "test_accuracy": acc},
+                                                 {"set": {"max_length": 4096}, "seq_len": 4096, "error": "too long"}]
+                write_json(root / "runs" / f"r{seed}.json", doc)
+            out = root / "report.html"
+            result = run_script("report.py", root / "runs", "--out", out)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            table = element(out.read_text(encoding="utf-8"), "table", "test-splits")
+            self.assertIsNotNone(table, "no test-splits table")
+            text = html.unescape(re.sub(r"<[^>]+>", " ", table))
+            self.assertIn("N=512 (max_length=512)", text)
+            self.assertIn("60.00 ± 14.14 (n=2)", text)
+            self.assertIn("(2 failed)", text)
+
     def test_no_protocol_no_section(self):
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
