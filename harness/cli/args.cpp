@@ -76,6 +76,18 @@ int64_t Args::get_int(const std::string& name, int64_t fallback, int64_t min, in
   return v;
 }
 
+Json group_sets(const Args& args, const std::string& group, const std::string& command) {
+  Json given = Json::object();
+  const std::string prefix = group + ".";
+  for (const auto& s : args.all("set")) {
+    const auto eq = s.find('=');
+    if (s.rfind(prefix, 0) != 0 || eq == std::string::npos || eq <= prefix.size())
+      throw UsageError(fmt::format("{}: malformed --set '{}': expected {}key=value", command, s, prefix));
+    given[s.substr(prefix.size(), eq - prefix.size())] = s.substr(eq + 1);
+  }
+  return given;
+}
+
 bool Args::print_help(const std::string& synopsis, const std::string& about) const {
   if (!has("help")) return false;
   fmt::print("{}", usage_text(synopsis, about, flags_));

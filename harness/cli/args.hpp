@@ -39,6 +39,10 @@ class Args {
 
 std::string usage_text(const std::string& synopsis, const std::string& about, const std::vector<FlagSpec>& flags);
 
+// The --set values of one parameter group ("variant", "task") as {key: text}; any other form of
+// --set is a usage error naming the command and the expected form.
+Json group_sets(const Args& args, const std::string& group, const std::string& command);
+
 // Flags every command accepts.
 std::vector<FlagSpec> with_common(std::vector<FlagSpec> flags);
 // Applies --threads (0 = all cores).

@@ -119,13 +119,7 @@ int cmd_bench(int argc, char** argv, int first) {
 
   // Resolve each variant's parameters once.
   for (const auto& v : variants) {
-    Json given = Json::object();
-    for (const auto& s : args.all("set")) {
-      const auto eq = s.find('=');
-      if (s.rfind("variant.", 0) != 0 || eq == std::string::npos || eq <= 8)
-        throw UsageError(fmt::format("bench: malformed --set '{}': expected variant.key=value", s));
-      given[s.substr(8, eq - 8)] = s.substr(eq + 1);
-    }
+    const Json given = group_sets(args, "variant", "bench");
     req.params[v] = resolve_params(reg.get(v).params, given, fmt::format("variant '{}'", v));
   }
   req.command_line.assign(argv, argv + argc);

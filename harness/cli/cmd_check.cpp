@@ -11,12 +11,16 @@ namespace ab::cli {
 
 int cmd_check(int argc, char** argv, int first) {
   const auto flags = with_common({{"variant", "RE", "check the variants whose name matches this regular expression (default: all)"},
+                                  {"seed", "S", "seed of the inputs, parameters and sampled elements (default 1)"},
+                                  {"set", "variant.KEY=VALUE", "a variant parameter (only when one variant is checked)", true},
                                   {"json", "", "print the results as JSON"}});
   Args args(argc, argv, first, "check", flags);
-  if (args.print_help("check [--variant RE] [--json]",
+  if (args.print_help("check [--variant RE] [--seed S] [--set variant.k=v ...] [--json]",
                       "Shape, finiteness, determinism, causality, padding, finite-difference gradients\n"
                       "and cost model of each variant. Exits 1 if any check fails.")) return 0;
   apply_common(args);
+  const uint64_t seed = static_cast<uint64_t>(args.get_int("seed", 1, 0, INT64_MAX));
+  const Json given = group_sets(args, "variant", "check");
   const std::string pattern = args.get("variant", ".*");
   std::regex re;
   try {
@@ -29,10 +33,13 @@ int cmd_check(int argc, char** argv, int first) {
   for (const auto& n : reg.names())
     if (std::regex_match(n, re)) chosen.push_back(n);
   if (chosen.empty()) throw UsageError("check: " + unknown_name_message("variant", pattern, reg.names()));
+  if (!given.empty() && chosen.size() != 1)
+    throw UsageError(fmt::format("check: --set applies to one variant, but --variant '{}' matches {}; name one",
+                                 pattern, chosen.size()));
   Json report = Json::array();
   int failed = 0, passed = 0;
   for (const auto& n : chosen) {
-    for (const auto& r : check_variant(reg.get(n))) {
+    for (const auto& r : check_variant(reg.get(n), given, seed)) {
       (r.passed ? passed : failed)++;
       report.push_back({{"variant", n}, {"check", r.check}, {"passed", r.passed}, {"detail", r.detail}});
       if (!args.has("json"))

@@ -28,13 +28,7 @@ int cmd_data(int argc, char** argv, int first) {
   const std::string task_name = args.require("task"), out_path = args.require("out");
   apply_common(args);
   const TaskSpec& spec = TaskRegistry::instance().get(task_name);
-  Json given = Json::object();
-  for (const auto& s : args.all("set")) {
-    const auto eq = s.find('=');
-    if (s.rfind("task.", 0) != 0 || eq == std::string::npos || eq <= 5)
-      throw UsageError(fmt::format("data: malformed --set '{}': expected task.key=value, e.g. task.max_length=256", s));
-    given[s.substr(5, eq - 5)] = s.substr(eq + 1);
-  }
+  const Json given = group_sets(args, "task", "data");
   const Json params = resolve_params(spec.params, given, fmt::format("task '{}'", task_name));
   const std::vector<std::string> splits = {"train", "valid", "test"};
   const std::string split_text = args.get("split", "train");
