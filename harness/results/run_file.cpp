@@ -17,6 +17,7 @@
 #include "attnbench/build_info.hpp"
 #include "attnbench/plugin.hpp"
 #include "core/backend/onednn.hpp"
+#include "core/utf8.hpp"
 
 namespace ab {
 
@@ -25,10 +26,11 @@ Json run_header(const RunConfig& cfg) {
   doc["schema"] = "attnbench.run/1";
   doc["kind"] = "train";
   doc["status"] = "ok";
-  doc["variant"] = {{"name", cfg.variant}, {"params", cfg.variant_params}};
-  doc["task"] = {{"name", cfg.task}, {"params", cfg.task_params}};
-  doc["model"] = cfg.model_params;
-  doc["train"] = cfg.train_params;
+  // String parameters come from the user (task.path), so they may hold any bytes.
+  doc["variant"] = {{"name", cfg.variant}, {"params", valid_utf8_json(cfg.variant_params)}};
+  doc["task"] = {{"name", cfg.task}, {"params", valid_utf8_json(cfg.task_params)}};
+  doc["model"] = valid_utf8_json(cfg.model_params);
+  doc["train"] = valid_utf8_json(cfg.train_params);
   doc["seed"] = cfg.seed;
   return doc;
 }
@@ -40,7 +42,7 @@ Json bench_run_header(const Json& variants, const Json& model, uint64_t seed) {
 
 void mark_failed(Json& doc, const std::string& status, const std::string& error, Json context) {
   doc["status"] = status;
-  doc["error"] = error;
+  doc["error"] = valid_utf8(error);  // a log tail, an exception's message: outside text
   doc["metrics"] = Json::object();
   doc["context"] = std::move(context);
 }
@@ -54,7 +56,8 @@ int64_t peak_rss_bytes() {
 Json run_context(const std::vector<std::string>& command_line) {
   Json plugins = Json::array();
   for (const auto& p : loaded_plugins())
-    plugins.push_back({{"path", p.path}, {"abi_version", p.abi_version}, {"variants", p.variants}, {"tasks", p.tasks}});
+    plugins.push_back({{"path", valid_utf8(p.path)}, {"abi_version", p.abi_version}, {"variants", p.variants},
+                       {"tasks", p.tasks}});
   char host[256] = {0};
   gethostname(host, sizeof host - 1);
   std::string cpu = "unknown", flags;
@@ -97,7 +100,7 @@ Json run_context(const std::vector<std::string>& command_line) {
             {"fmt", std::to_string(FMT_VERSION)},
             {"nlohmann_json", fmt::format("{}.{}.{}", NLOHMANN_JSON_VERSION_MAJOR, NLOHMANN_JSON_VERSION_MINOR,
                                           NLOHMANN_JSON_VERSION_PATCH)}}},
-          {"command_line", command_line},
+          {"command_line", valid_utf8_json(Json(command_line))},
           {"plugins", plugins}};
   if (runnable_others >= 0) context["runnable_at_start"] = runnable_others;
   return context;
@@ -133,7 +136,9 @@ void write_json_atomic(const std::string& path, const Json& doc) {
   {
     std::ofstream out(tmp);
     if (!out) throw std::runtime_error(fmt::format("cannot write '{}': {}", tmp, std::strerror(errno)));
-    out << doc.dump(2) << '\n';
+    // Outside text is made valid UTF-8 where it enters a document; replacing here too means a
+    // missed one costs a U+FFFD, not the run file.
+    out << doc.dump(2, ' ', false, Json::error_handler_t::replace) << '\n';
     out.flush();
     if (!out) throw std::runtime_error(fmt::format("writing '{}' failed", tmp));
   }

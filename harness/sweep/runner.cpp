@@ -20,6 +20,7 @@
 #include <fmt/format.h>
 
 #include "bench/bench.hpp"
+#include "core/utf8.hpp"
 #include "train/train.hpp"
 
 namespace ab {
@@ -34,7 +35,7 @@ std::string tail_of(const fs::path& log, size_t lines) {
   for (std::string l; std::getline(f, l);) all.push_back(l);
   std::string out;
   for (size_t i = all.size() > lines ? all.size() - lines : 0; i < all.size(); ++i) out += all[i] + "\n";
-  return out;
+  return valid_utf8(out);  // a child may print any bytes; the tail goes into a JSON document
 }
 
 // A record for a cell whose child died without writing its run file: the identity fields the

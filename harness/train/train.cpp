@@ -21,6 +21,7 @@
 #include "attnbench/build_info.hpp"
 #include "attnbench/plugin.hpp"
 #include "core/backend/onednn.hpp"
+#include "core/utf8.hpp"
 
 namespace ab {
 
@@ -224,7 +225,7 @@ Json train_run(const RunConfig& cfg, bool progress, const std::function<void(Mod
     doc["error"] = "out of memory (an allocation failed; a memory limit may be in force)";
   } catch (const std::exception& e) {
     doc["status"] = "error";
-    doc["error"] = e.what();
+    doc["error"] = valid_utf8(e.what());  // may quote a path or a file's bytes
     if (dynamic_cast<const UsageError*>(&e)) doc["error_kind"] = "usage";
   }
   metrics["peak_rss_bytes"] = peak_rss_bytes();
