@@ -17,6 +17,7 @@
 #include "attnbench/build_info.hpp"
 #include "attnbench/plugin.hpp"
 #include "core/backend/onednn.hpp"
+#include "core/json_input.hpp"
 #include "core/utf8.hpp"
 
 namespace ab {
@@ -106,8 +107,9 @@ Json run_context(const std::vector<std::string>& command_line) {
   return context;
 }
 
-std::string run_file_status(const std::string& text) {
-  const Json j = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+std::string run_file_status(const std::string& text, const std::string& origin) {
+  // Truncated or malformed: not a result (re-run); absurdly deep or with a key twice: not ours.
+  const Json j = Json::parse(text, json_input_guard(origin), /*allow_exceptions=*/false);
   if (!j.is_object() || j.value("schema", Json()) != "attnbench.run/1") return "";
   const auto it = j.find("status");
   return it != j.end() && it->is_string() ? it->get<std::string>() : "";

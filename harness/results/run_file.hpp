@@ -32,7 +32,8 @@ void write_json_atomic(const std::string& path, const Json& doc);  // temp file 
 void check_writable(const std::string& path);
 // The status of a run file's text ("ok", "error", ...), or "" when it is not a readable run file
 // (truncated, not JSON, not an object, no string status). A resumed sweep re-runs those cells.
-std::string run_file_status(const std::string& text);
+// Nesting deeper than kMaxJsonDepth or a key given twice is a UsageError naming `origin`.
+std::string run_file_status(const std::string& text, const std::string& origin = "run file");
 int64_t peak_rss_bytes();
 
 }  // namespace ab

@@ -70,7 +70,7 @@ std::string signal_text(int sig) { return fmt::format("signal {} ({})", sig, str
 std::string run_status(const fs::path& p) {
   std::ifstream f(p);
   if (!f) return "";
-  return run_file_status(std::string(std::istreambuf_iterator<char>(f), {}));
+  return run_file_status(std::string(std::istreambuf_iterator<char>(f), {}), fmt::format("run file '{}'", p.string()));
 }
 
 fs::path CellRunner::run_file(size_t cell) const { return dir_ / "runs" / (spec_.cells[cell].id + ".json"); }

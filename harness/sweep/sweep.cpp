@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "bench/bench.hpp"
+#include "core/json_input.hpp"
 #include "train/train.hpp"
 #include "attnbench/variant.hpp"
 
@@ -119,15 +120,7 @@ std::vector<std::string> SweepCell::command(const std::string& out) const {
 
 namespace {
 SweepSpec parse_and_expand(const std::string& text, const std::string& origin) {
-  Json spec;
-  try {
-    spec = Json::parse(text);
-  } catch (const Json::parse_error& e) {
-    // Line and column of the byte offset nlohmann reports.
-    size_t line = 1, col = 1;
-    for (size_t i = 0; i + 1 < e.byte && i < text.size(); ++i) text[i] == '\n' ? (++line, col = 1) : ++col;
-    throw UsageError(fmt::format("sweep spec {}: malformed JSON at line {}, column {}: {}", origin, line, col, e.what()));
-  }
+  const Json spec = parse_json_input(text, fmt::format("sweep spec {}", origin));
   require_keys(spec, {"name", "description", "base", "grid", "per_variant", "per_task", "exclude", "limits", "bench"},
                "the spec");
   const std::pair<const char*, Json::value_t> kinds[] = {

@@ -91,6 +91,20 @@ class Catalogue(unittest.TestCase):
                     self.expect(["sweep", self.spec(d, text), "--dry-run"], 2, *fragments)
             self.expect(["sweep", Path(d) / "missing.json", "--dry-run"], 2, "missing.json")
 
+    def test_deeply_nested_json_is_refused_naming_the_file(self):
+        # ~140 KB of nested arrays overflowed the stack while the error was printed.
+        deep = '{"name": "x", "grid": {"seed": ' + "[" * 70000 + "]" * 70000 + "}}"
+        with tempfile.TemporaryDirectory() as d:
+            self.expect(["sweep", self.spec(d, deep), "--dry-run"], 2, "spec.json", "nested deeper than 64")
+            # A run file read back by --resume: refused, not re-run and not crashed on.
+            spec = self.spec(d, {"name": "x", "base": {"task": "listops", "variant": "softmax", "threads": 1,
+                                                       "set": {"train.steps": 1, "task.max_length": 32}}})
+            cell = run(["sweep", spec, "--dry-run"]).stdout.split()[0]
+            runs = Path(d) / "out" / "runs"
+            runs.mkdir(parents=True)
+            (runs / f"{cell}.json").write_text("[" * 70000 + "]" * 70000)
+            self.expect(["sweep", spec, "--out", Path(d) / "out", "--resume"], 2, f"{cell}.json", "nested deeper")
+
     def test_unwritable_outputs_fail_before_the_work(self):
         # A default-size ListOps run would train for minutes: the output path is checked first.
         start = time.monotonic()
