@@ -109,9 +109,10 @@ int cmd_sweep(int argc, char** argv, int first) {
   std::vector<size_t> todo;
   for (size_t k : order) {
     const auto& c = spec.cells[k];
-    const std::string st = args.has("resume") ? run_status(dir / "runs" / (c.id + ".json")) : "";
+    // A cell that runs again keeps its previous status in the manifest until it finishes.
+    const std::string st = run_status(dir / "runs" / (c.id + ".json"));
     if (!st.empty()) status[c.id] = st;
-    else todo.push_back(k);
+    if (st.empty() || !args.has("resume")) todo.push_back(k);
   }
   write_manifest();
   const size_t total = order.size(), skipped = total - todo.size();

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -75,11 +76,18 @@ std::string run_status(const fs::path& p) {
 
 fs::path CellRunner::run_file(size_t cell) const { return dir_ / "runs" / (spec_.cells[cell].id + ".json"); }
 
+CellRunner::FileVersion CellRunner::version_of(const fs::path& p) {
+  struct stat st {};
+  if (stat(p.c_str(), &st) != 0) return {};
+  return {st.st_dev, st.st_ino, static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+}
+
 void CellRunner::start(size_t cell) {
   const SweepCell& c = spec_.cells[cell];
   const fs::path out = run_file(cell), log = dir_ / "logs" / (c.id + ".log");
-  std::error_code ec;
-  fs::remove(out, ec);
+  // A previous result stays in place until its replacement exists: the child's atomic rename
+  // replaces it, and poll() tells the child's file from the old one by its version.
+  const FileVersion before = version_of(out);
   std::vector<std::string> args = c.command(out.string());
   args.insert(args.begin(), "attnbench");
   const pid_t pid = fork();
@@ -102,7 +110,7 @@ void CellRunner::start(size_t cell) {
     execv("/proc/self/exe", cargv.data());
     _exit(127);
   }
-  running_.push_back({pid, cell, Clock::now()});
+  running_.push_back({pid, cell, Clock::now(), before});
 }
 
 std::vector<std::pair<size_t, std::string>> CellRunner::poll(int wait_ms) {
@@ -125,7 +133,9 @@ std::vector<std::pair<size_t, std::string>> CellRunner::poll(int wait_ms) {
     }
     const SweepCell& c = spec_.cells[it->cell];
     const fs::path out = run_file(it->cell), log = dir_ / "logs" / (c.id + ".log");
-    std::string st = run_status(out);
+    // The child's run file, or a newer one another writer put there meanwhile; only when there is
+    // neither does a failure record replace the previous result.
+    std::string st = version_of(out) != it->before ? run_status(out) : "";
     if (st.empty()) {
       std::string why;
       // Under a sanitizer a crash or an allocator failure ends in a report and exit code 1, not a
