@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "attnbench/ops.hpp"
+#include "train/train.hpp"
 
 namespace ab::cli {
 
@@ -59,6 +60,9 @@ std::vector<std::string> Args::all(const std::string& name) const {
 
 std::string Args::require(const std::string& name) const {
   if (!has(name)) throw UsageError(fmt::format("{}: --{} is required (see 'attnbench {} --help')", command_, name, command_));
+  // An empty value is a variable that expanded to nothing, never a choice (--out "" would write
+  // into the current directory).
+  if (get(name).empty()) throw UsageError(fmt::format("{}: --{} is empty; give it a value", command_, name));
   return get(name);
 }
 
@@ -91,6 +95,6 @@ std::vector<FlagSpec> with_common(std::vector<FlagSpec> flags) {
   return flags;
 }
 
-void apply_common(const Args& args) { set_num_threads(static_cast<int>(args.get_int("threads", 0, 0, 4096))); }
+void apply_common(const Args& args) { set_num_threads(static_cast<int>(args.get_int("threads", 0, 0, kMaxThreads))); }
 
 }  // namespace ab::cli

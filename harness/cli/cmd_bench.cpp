@@ -82,9 +82,9 @@ int cmd_bench(int argc, char** argv, int first) {
   std::vector<Direction> dirs;
   for (const auto& d : split_list(args.get("direction", "fwd,fwd_bwd"))) dirs.push_back(parse_direction(d));
   BenchShape base;
-  base.batch = args.get_int("batch", 1, 1, 1 << 20);
-  base.d_model = args.get_int("d-model", 512, 1, 1 << 16);
-  base.heads = args.get_int("heads", 8, 1, 1 << 12);
+  base.batch = args.get_int("batch", 1, 1, kMaxBenchBatch);
+  base.d_model = args.get_int("d-model", 512, 1, kMaxBenchDModel);
+  base.heads = args.get_int("heads", 8, 1, kMaxBenchHeads);
   base.causal = args.has("causal");
   base.attend_only = args.has("attend-only");
   for (Direction d : dirs)
@@ -99,7 +99,7 @@ int cmd_bench(int argc, char** argv, int first) {
   req.lengths = lengths;
   req.directions = dirs;
   req.shape = base;
-  req.repetitions = args.get_int("repetitions", 5, 1, 1000);
+  req.repetitions = args.get_int("repetitions", 5, 1, kMaxBenchRepetitions);
   req.min_time = args.get("min-time", "0.1");
   req.memory_limit = args.get_int("memory-limit", physical_memory_bytes() / 2, 1, INT64_MAX);
   check_writable(out);

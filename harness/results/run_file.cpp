@@ -117,6 +117,9 @@ std::string run_file_status(const std::string& text, const std::string& origin) 
 
 void check_writable(const std::string& path) {
   namespace fs = std::filesystem;
+  if (path.empty()) throw UsageError("the output path is empty; name a file, e.g. --out results/out/run.json");
+  // A run file is written atomically (temporary file + rename): standard output cannot be.
+  if (path == "-") throw UsageError("'-' (standard output) cannot take a run file; name a file, e.g. --out run.json");
   const fs::path target(path);
   std::error_code ec;
   if (target.has_parent_path()) fs::create_directories(target.parent_path(), ec);

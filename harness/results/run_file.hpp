@@ -29,6 +29,7 @@ Json run_context(const std::vector<std::string>& command_line);
 void write_json_atomic(const std::string& path, const Json& doc);  // temp file + rename
 // Throws (naming the path and the reason) unless a file can be created at `path`; run before the
 // work whose result would go there, so that no hour of training ends in an unwritable path.
+// "" and "-" are UsageErrors: a run file is a named file.
 void check_writable(const std::string& path);
 // The status of a run file's text ("ok", "error", ...), or "" when it is not a readable run file
 // (truncated, not JSON, not an object, no string status). A resumed sweep re-runs those cells.

@@ -110,6 +110,26 @@ double evaluate(Model& model, const Task& task, Split split, int64_t count, int6
 
 }  // namespace
 
+void check_run_config(const RunConfig& cfg) {
+  // Split sizes only scale the data some tasks generate up front (ListOps: seconds): the check
+  // builds the task at their minimum.
+  const TaskSpec& ts = TaskRegistry::instance().get(cfg.task);
+  Json task_params = cfg.task_params;
+  for (const ParamSpec& p : ts.params)
+    if ((p.name == "train_size" || p.name == "valid_size" || p.name == "test_size") && p.type == ParamType::integer)
+      task_params[p.name] = static_cast<int64_t>(std::max(1.0, p.min));
+  try {
+    const auto task = ts.make(task_params, cfg.seed);
+    Model model(cfg.model_params, VariantRegistry::instance().get(cfg.variant), cfg.variant_params, *task, cfg.seed);
+  } catch (const UsageError&) {
+    throw;
+  } catch (const std::bad_alloc&) {
+    return;  // too big to build here: the run itself, under its memory limit, decides
+  } catch (const std::exception& e) {  // a constructor's refusal that is not typed as ours
+    throw UsageError(e.what());
+  }
+}
+
 Json train_run(const RunConfig& cfg, bool progress, const std::function<void(Model&, const Task&)>& on_trained) {
   Json doc = run_header(cfg);
   Json metrics = Json::object();

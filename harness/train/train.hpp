@@ -16,10 +16,17 @@ namespace ab {
 
 std::vector<ParamSpec> train_param_specs();
 
+inline constexpr int kMaxThreads = 4096;  // the most --threads (and a sweep's `threads`) accepts
+
 // `sets` are dotted "group.key=value" assignments (variant., task., model., train.).
 // Throws UsageError naming the problem and the nearest valid choice.
 RunConfig resolve_run_config(const std::string& variant, const std::string& task,
                              const std::vector<std::string>& sets, uint64_t seed, int threads);
+
+// Builds the run's task and model without training: the constraints between parameters that only
+// their constructors check (mqar: vocab_size > seq_len) fail here, as UsageError, before a sweep
+// runs. Costs the task's set-up and one model's weights.
+void check_run_config(const RunConfig& cfg);
 
 // Trains and evaluates; never throws for a failure of the run itself: the returned run document
 // carries status "error"/"diverged" and the message. `progress` prints a line per evaluation.
