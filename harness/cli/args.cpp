@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "attnbench/ops.hpp"
+#include "core/numbers.hpp"
 #include "train/train.hpp"
 
 namespace ab::cli {
@@ -69,11 +70,9 @@ std::string Args::require(const std::string& name) const {
 int64_t Args::get_int(const std::string& name, int64_t fallback, int64_t min, int64_t max) const {
   if (!has(name)) return fallback;
   const std::string text = get(name);
-  errno = 0;
-  char* end = nullptr;
-  const long long v = std::strtoll(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || errno == ERANGE)
-    throw UsageError(fmt::format("{}: --{} must be an integer, got '{}'", command_, name, text));
+  const auto parsed = parse_integer(text);  // as --set reads integers: "1e3" is 1000
+  if (!parsed) throw UsageError(fmt::format("{}: --{} must be an integer, got '{}'", command_, name, text));
+  const int64_t v = *parsed;
   if (v < min || v > max)
     throw UsageError(fmt::format("{}: --{} = {} is out of range [{}, {}]; nearest valid value: {}", command_, name, v,
                                  min, max, v < min ? min : max));

@@ -4,6 +4,7 @@
 
 #include "args.hpp"
 #include "bench/bench.hpp"
+#include "core/numbers.hpp"
 #include "commands.hpp"
 #include "results/run_file.hpp"
 
@@ -73,11 +74,10 @@ int cmd_bench(int argc, char** argv, int first) {
     throw UsageError("bench: --set applies to a single variant; run one bench per parameter setting");
   std::vector<int64_t> lengths;
   for (const auto& s : split_list(args.get("seq-len", "1024,2048,4096"))) {
-    char* end = nullptr;
-    const long long n = std::strtoll(s.c_str(), &end, 10);
-    if (*end != '\0' || n < 1 || n > (1 << 24))
-      throw UsageError(fmt::format("bench: --seq-len entry '{}' must be an integer in [1, 16777216]", s));
-    lengths.push_back(n);
+    const auto n = parse_integer(s);
+    if (!n || *n < 1 || *n > kMaxBenchLength)
+      throw UsageError(fmt::format("bench: --seq-len entry '{}' must be an integer in [1, {}]", s, kMaxBenchLength));
+    lengths.push_back(*n);
   }
   std::vector<Direction> dirs;
   for (const auto& d : split_list(args.get("direction", "fwd,fwd_bwd"))) dirs.push_back(parse_direction(d));

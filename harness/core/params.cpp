@@ -147,17 +147,10 @@ Json parse_param_value(const ParamSpec& s, const std::string& text, const std::s
   const std::string where = fmt::format("{} parameter '{}'", owner, s.name);
   switch (s.type) {
     case ParamType::integer: {
-      errno = 0;
-      char* end = nullptr;
-      const long long v = std::strtoll(text.c_str(), &end, 10);
-      if (text.empty() || *end != '\0' || errno == ERANGE) {
-        // "1e3" or "2.0" are integers written as numbers; accept them when exact.
-        const double d = std::strtod(text.c_str(), &end);
-        if (!text.empty() && *end == '\0' && std::floor(d) == d && std::fabs(d) < 9e15)
-          return check_value(s, Json(d), owner);
-        throw UsageError(fmt::format("{} must be an integer, got '{}'", where, text));
-      }
-      return check_value(s, Json(static_cast<int64_t>(v)), owner);
+      // "1e3" or "2.0" are integers written as numbers, accepted when exact (as by every flag).
+      const auto v = parse_integer(text);
+      if (!v) throw UsageError(fmt::format("{} must be an integer, got '{}'", where, text));
+      return check_value(s, Json(*v), owner);
     }
     case ParamType::number: {
       char* end = nullptr;

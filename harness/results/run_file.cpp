@@ -2,6 +2,7 @@
 // the atomic write that keeps a half-written file from ever being read as a result.
 #include "results/run_file.hpp"
 
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -138,20 +139,32 @@ void write_json_atomic(const std::string& path, const Json& doc) {
   std::error_code ec;
   if (target.has_parent_path()) fs::create_directories(target.parent_path(), ec);
   const std::string tmp = path + fmt::format(".tmp.{}", getpid());
-  {
-    std::ofstream out(tmp);
-    if (!out) throw std::runtime_error(fmt::format("cannot write '{}': {}", tmp, std::strerror(errno)));
-    // Outside text is made valid UTF-8 where it enters a document; replacing here too means a
-    // missed one costs a U+FFFD, not the run file.
-    out << doc.dump(2, ' ', false, Json::error_handler_t::replace) << '\n';
-    out.flush();
-    if (!out) throw std::runtime_error(fmt::format("writing '{}' failed", tmp));
+  // Outside text is made valid UTF-8 where it enters a document; replacing here too means a
+  // missed one costs a U+FFFD, not the run file.
+  const std::string text = doc.dump(2, ' ', false, Json::error_handler_t::replace) + "\n";
+  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::runtime_error(fmt::format("cannot write '{}': {}", tmp, std::strerror(errno)));
+  // The bytes reach the disk before the rename publishes them, and the rename itself is made
+  // durable: after a power cut the name holds the old document or the new one, never a hole.
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    done += static_cast<size_t>(n);
+  }
+  const int err = done < text.size() || fsync(fd) != 0 ? errno : 0;
+  if (close(fd) != 0 || err != 0) {
+    fs::remove(tmp, ec);
+    throw std::runtime_error(fmt::format("writing '{}' failed: {}", tmp, std::strerror(err ? err : errno)));
   }
   fs::rename(tmp, target, ec);
   if (ec) {
     fs::remove(tmp, ec);
     throw std::runtime_error(fmt::format("cannot move the run file into place at '{}'", path));
   }
+  const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  if (const int dfd = open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) fsync(dfd), close(dfd);
 }
 
 }  // namespace ab

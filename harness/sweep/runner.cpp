@@ -90,26 +90,32 @@ void CellRunner::start(size_t cell) {
   const FileVersion before = version_of(out);
   std::vector<std::string> args = c.command(out.string());
   args.insert(args.begin(), "attnbench");
+  // Everything that allocates or may fail is done before fork(): between fork and exec the child
+  // of a threaded process may only make async-signal-safe calls.
+  std::vector<char*> cargv;
+  for (auto& a : args) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  const int log_fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (log_fd < 0)
+    throw std::runtime_error(fmt::format("cannot write the log '{}': {}", log.string(), std::strerror(errno)));
+  const rlimit memory{static_cast<rlim_t>(memory_limit_), static_cast<rlim_t>(memory_limit_)};
   const pid_t pid = fork();
-  if (pid < 0) throw std::runtime_error(fmt::format("fork failed: {}", std::strerror(errno)));
+  if (pid < 0) {
+    close(log_fd);
+    throw std::runtime_error(fmt::format("fork failed: {}", std::strerror(errno)));
+  }
   if (pid == 0) {
-    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) dup2(fd, 1), dup2(fd, 2), close(fd);
+    dup2(log_fd, 1), dup2(log_fd, 2);  // the duplicates survive exec; log_fd itself closes there
     setpgid(0, 0);  // the cell and anything it starts can be killed together
     // If the sweep itself dies (killed, crashed), its cells die too: a resumed sweep re-runs them
     // instead of racing orphans for the same run file.
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (memory_limit_ > 0) {
-      // RLIMIT_DATA covers heap and anonymous mappings: an allocation beyond it fails cleanly.
-      rlimit rl{static_cast<rlim_t>(memory_limit_), static_cast<rlim_t>(memory_limit_)};
-      setrlimit(RLIMIT_DATA, &rl);
-    }
-    std::vector<char*> cargv;
-    for (auto& a : args) cargv.push_back(a.data());
-    cargv.push_back(nullptr);
+    // RLIMIT_DATA covers heap and anonymous mappings: an allocation beyond it fails cleanly.
+    if (memory_limit_ > 0) setrlimit(RLIMIT_DATA, &memory);
     execv("/proc/self/exe", cargv.data());
     _exit(127);
   }
+  close(log_fd);
   running_.push_back({pid, cell, Clock::now(), before});
 }
 

@@ -165,6 +165,16 @@ class Catalogue(unittest.TestCase):
             spec = self.spec(d, {"name": "x", "base": {"task": "listops", "variant": "softmax"}})
             self.expect(["sweep", spec, "--out", ""], 2, "--out is empty")
 
+    def test_integers_read_alike_in_flags_and_set(self):
+        # Exact integers in number form are integers everywhere; fractions nowhere.
+        for args in (["--count", "1e0"], ["--count", "2.0"], ["--set", "task.max_length=1e2"]):
+            with self.subTest(args):
+                r = run(["data", "--task", "listops", *args, "--out", "-"])
+                self.assertEqual(r.returncode, 0, r.stderr)
+        self.expect(["data", "--task", "listops", "--count", "1.5", "--out", "-"], 2, "--count must be an integer")
+        self.expect(["data", "--task", "listops", "--set", "task.max_length=64.5", "--count", "1", "--out", "-"], 2,
+                    "must be an integer")
+
     def test_deeply_nested_json_is_refused_naming_the_file(self):
         # ~140 KB of nested arrays overflowed the stack while the error was printed.
         deep = '{"name": "x", "grid": {"seed": ' + "[" * 70000 + "]" * 70000 + "}}"
