@@ -120,6 +120,14 @@ void check_run_config(const RunConfig& cfg) {
       task_params[p.name] = static_cast<int64_t>(std::max(1.0, p.min));
   try {
     const auto task = ts.make(task_params, cfg.seed);
+    // A model too big to build in passing (its blocks' weights, roughly) is left to the run and its
+    // memory limit: a dry run must not be the process the OOM killer picks.
+    const auto& mp = cfg.model_params;
+    const double d = static_cast<double>(mp.at("d_model").get<int64_t>()),
+                 weights = static_cast<double>(mp.at("layers").get<int64_t>()) *
+                               (4 * d * d + 2 * d * static_cast<double>(mp.at("mlp_dim").get<int64_t>())) +
+                           d * static_cast<double>(task->vocab_size() + task->seq_len());
+    if (weights * sizeof(float) > 256e6) return;
     Model model(cfg.model_params, VariantRegistry::instance().get(cfg.variant), cfg.variant_params, *task, cfg.seed);
   } catch (const UsageError&) {
     throw;

@@ -25,7 +25,8 @@ RunConfig resolve_run_config(const std::string& variant, const std::string& task
 
 // Builds the run's task and model without training: the constraints between parameters that only
 // their constructors check (mqar: vocab_size > seq_len) fail here, as UsageError, before a sweep
-// runs. Costs the task's set-up and one model's weights.
+// runs. Costs the task's set-up at its smallest split sizes and one model's weights (skipped
+// above ~256 MB of them).
 void check_run_config(const RunConfig& cfg);
 
 // Trains and evaluates; never throws for a failure of the run itself: the returned run document
