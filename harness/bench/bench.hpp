@@ -24,6 +24,9 @@ struct BenchShape {
   // alone, without the mixer's q/k/v/output projections (the attention kernel's own speed).
   bool attend_only = false;
 };
+// The largest settings bench takes, from its flags and from a sweep's bench block alike.
+inline constexpr int64_t kMaxBenchLength = 1 << 24, kMaxBenchBatch = 1 << 20, kMaxBenchDModel = 1 << 16,
+                         kMaxBenchHeads = 1 << 12, kMaxBenchRepetitions = 1000;
 
 // The LRA-small model whose training step the train_step cell times (mean pooling, the model
 // defaults otherwise), written down once.

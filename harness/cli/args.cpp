@@ -6,6 +6,8 @@
 #include <fmt/format.h>
 
 #include "attnbench/ops.hpp"
+#include "core/numbers.hpp"
+#include "train/train.hpp"
 
 namespace ab::cli {
 
@@ -59,17 +61,18 @@ std::vector<std::string> Args::all(const std::string& name) const {
 
 std::string Args::require(const std::string& name) const {
   if (!has(name)) throw UsageError(fmt::format("{}: --{} is required (see 'attnbench {} --help')", command_, name, command_));
+  // An empty value is a variable that expanded to nothing, never a choice (--out "" would write
+  // into the current directory).
+  if (get(name).empty()) throw UsageError(fmt::format("{}: --{} is empty; give it a value", command_, name));
   return get(name);
 }
 
 int64_t Args::get_int(const std::string& name, int64_t fallback, int64_t min, int64_t max) const {
   if (!has(name)) return fallback;
   const std::string text = get(name);
-  errno = 0;
-  char* end = nullptr;
-  const long long v = std::strtoll(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || errno == ERANGE)
-    throw UsageError(fmt::format("{}: --{} must be an integer, got '{}'", command_, name, text));
+  const auto parsed = parse_integer(text);  // as --set reads integers: "1e3" is 1000
+  if (!parsed) throw UsageError(fmt::format("{}: --{} must be an integer, got '{}'", command_, name, text));
+  const int64_t v = *parsed;
   if (v < min || v > max)
     throw UsageError(fmt::format("{}: --{} = {} is out of range [{}, {}]; nearest valid value: {}", command_, name, v,
                                  min, max, v < min ? min : max));
@@ -109,6 +112,6 @@ std::vector<FlagSpec> with_common(std::vector<FlagSpec> flags) {
   return flags;
 }
 
-void apply_common(const Args& args) { set_num_threads(static_cast<int>(args.get_int("threads", 0, 0, 4096))); }
+void apply_common(const Args& args) { set_num_threads(static_cast<int>(args.get_int("threads", 0, 0, kMaxThreads))); }
 
 }  // namespace ab::cli

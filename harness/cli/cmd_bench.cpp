@@ -4,6 +4,7 @@
 
 #include "args.hpp"
 #include "bench/bench.hpp"
+#include "core/numbers.hpp"
 #include "commands.hpp"
 #include "results/run_file.hpp"
 
@@ -70,18 +71,17 @@ int cmd_bench(int argc, char** argv, int first) {
     throw UsageError("bench: --set applies to a single variant; run one bench per parameter setting");
   std::vector<int64_t> lengths;
   for (const auto& s : split_list(args.get("seq-len", "1024,2048,4096"))) {
-    char* end = nullptr;
-    const long long n = std::strtoll(s.c_str(), &end, 10);
-    if (*end != '\0' || n < 1 || n > (1 << 24))
-      throw UsageError(fmt::format("bench: --seq-len entry '{}' must be an integer in [1, 16777216]", s));
-    lengths.push_back(n);
+    const auto n = parse_integer(s);
+    if (!n || *n < 1 || *n > kMaxBenchLength)
+      throw UsageError(fmt::format("bench: --seq-len entry '{}' must be an integer in [1, {}]", s, kMaxBenchLength));
+    lengths.push_back(*n);
   }
   std::vector<Direction> dirs;
   for (const auto& d : split_list(args.get("direction", "fwd,fwd_bwd"))) dirs.push_back(parse_direction(d));
   BenchShape base;
-  base.batch = args.get_int("batch", 1, 1, 1 << 20);
-  base.d_model = args.get_int("d-model", 512, 1, 1 << 16);
-  base.heads = args.get_int("heads", 8, 1, 1 << 12);
+  base.batch = args.get_int("batch", 1, 1, kMaxBenchBatch);
+  base.d_model = args.get_int("d-model", 512, 1, kMaxBenchDModel);
+  base.heads = args.get_int("heads", 8, 1, kMaxBenchHeads);
   base.causal = args.has("causal");
   base.attend_only = args.has("attend-only");
   for (Direction d : dirs)
@@ -96,7 +96,7 @@ int cmd_bench(int argc, char** argv, int first) {
   req.lengths = lengths;
   req.directions = dirs;
   req.shape = base;
-  req.repetitions = args.get_int("repetitions", 5, 1, 1000);
+  req.repetitions = args.get_int("repetitions", 5, 1, kMaxBenchRepetitions);
   req.min_time = args.get("min-time", "0.1");
   req.memory_limit = args.get_int("memory-limit", physical_memory_bytes() / 2, 1, INT64_MAX);
   check_writable(out);

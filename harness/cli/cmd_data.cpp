@@ -7,6 +7,7 @@
 #include "args.hpp"
 #include "io/png.hpp"
 #include "attnbench/task.hpp"
+#include "core/utf8.hpp"
 #include "train/train.hpp"
 #include "commands.hpp"
 
@@ -61,7 +62,7 @@ int cmd_data(int argc, char** argv, int first) {
     Json line = {{"split", split_text}, {"index", i}, {"input", ex.input}};
     if (!ex.input2.empty()) line["input2"] = ex.input2;
     line["target"] = ex.target.size() == 1 && task->kind() != TaskKind::per_position ? Json(ex.target[0]) : Json(ex.target);
-    if (!ex.text.empty()) line["text"] = ex.text;
+    if (!ex.text.empty()) line["text"] = valid_utf8(ex.text);  // a file's bytes (source=lra_files)
     out << line.dump() << '\n';
   }
   if (!out) throw std::runtime_error(fmt::format("writing '{}' failed", out_path));

@@ -25,6 +25,7 @@
 #include "train/train.hpp"
 #include "attnbench/variant.hpp"
 #include "commands.hpp"
+#include "sweep/results_dir.hpp"
 #include "sweep/runner.hpp"
 
 namespace ab::cli {
@@ -53,7 +54,7 @@ int cmd_sweep(int argc, char** argv, int first) {
   SweepSpec spec = load_sweep_spec(args.positional()[0]);
   std::vector<size_t> order(spec.cells.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::string manifest_name = "manifest.json";
+  std::string manifest_name = "manifest.json", shard_tag;
   if (args.has("shard")) {
     const auto [i, n] = parse_shard(args.get("shard"));
     std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return spec.cells[a].id < spec.cells[b].id; });
@@ -61,7 +62,8 @@ int cmd_sweep(int argc, char** argv, int first) {
     for (size_t k = 0; k < order.size(); ++k)
       if (static_cast<int>(k % n) == i) mine.push_back(order[k]);
     order = mine;
-    manifest_name = fmt::format("manifest.shard-{}-of-{}.json", i, n);
+    shard_tag = fmt::format("shard-{}-of-{}", i, n);
+    manifest_name = fmt::format("manifest.{}.json", shard_tag);
   }
   if (args.has("dry-run")) {
     for (size_t k : order) {
@@ -84,15 +86,10 @@ int cmd_sweep(int argc, char** argv, int first) {
   if (ec || access((dir / "runs").c_str(), W_OK) != 0)
     throw std::runtime_error(fmt::format("cannot write to '{}'", (dir / "runs").string()));
 
-  // Temporary files of writers that no longer exist (a killed sweep or cell) are litter; those of
-  // live writers (another shard) are left alone.
-  for (const auto& e : fs::directory_iterator(dir / "runs", ec)) {
-    const std::string name = e.path().filename().string();
-    const auto at = name.rfind(".tmp.");
-    if (at == std::string::npos) continue;
-    const pid_t writer = static_cast<pid_t>(std::atoi(name.c_str() + at + 5));
-    if (writer > 0 && kill(writer, 0) != 0 && errno == ESRCH) fs::remove(e.path(), ec);
-  }
+  // Two sweeps on one directory would both run every cell; shards and MPI ranks share it by design.
+  lock_results_dir(dir, shard_tag, args.has("mpi"));
+  remove_stale_temporaries(dir / "runs");
+  remove_stale_temporaries(dir);  // manifest.json.tmp.<pid> of a killed sweep
 
   std::map<std::string, std::string> status;  // cell id -> final status
   auto write_manifest = [&] {
@@ -109,9 +106,10 @@ int cmd_sweep(int argc, char** argv, int first) {
   std::vector<size_t> todo;
   for (size_t k : order) {
     const auto& c = spec.cells[k];
-    const std::string st = args.has("resume") ? run_status(dir / "runs" / (c.id + ".json")) : "";
+    // A cell that runs again keeps its previous status in the manifest until it finishes.
+    const std::string st = run_status(dir / "runs" / (c.id + ".json"));
     if (!st.empty()) status[c.id] = st;
-    else todo.push_back(k);
+    if (st.empty() || !args.has("resume")) todo.push_back(k);
   }
   write_manifest();
   const size_t total = order.size(), skipped = total - todo.size();

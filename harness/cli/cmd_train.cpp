@@ -23,7 +23,7 @@ int cmd_train(int argc, char** argv, int first) {
   apply_common(args);
   const RunConfig cfg = resolve_run_config(variant, task, args.all("set"),
                                            static_cast<uint64_t>(args.get_int("seed", 0, 0, INT64_MAX)),
-                                           static_cast<int>(args.get_int("threads", 0, 0, 4096)));
+                                           static_cast<int>(args.get_int("threads", 0, 0, kMaxThreads)));
   check_writable(out);
   Json doc = train_run(cfg, !args.has("quiet"));
   doc["context"] = run_context(std::vector<std::string>(argv, argv + argc));

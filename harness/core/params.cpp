@@ -9,6 +9,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "core/numbers.hpp"
+
 namespace ab {
 
 ParamSpec int_param(std::string name, int64_t def, std::string doc, double min, double max) {
@@ -84,8 +86,11 @@ static Json check_value(const ParamSpec& s, const Json& v, const std::string& ow
     case ParamType::integer: {
       double d;
       if (v.is_number_integer()) d = static_cast<double>(v.get<int64_t>());
-      else if (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()) d = v.get<double>();
-      else throw UsageError(fmt::format("{} must be an integer, got {}", where, v.dump()));
+      else if (v.is_number_float() && std::isfinite(v.get<double>()) && std::floor(v.get<double>()) == v.get<double>())
+        d = v.get<double>();
+      else
+        throw UsageError(fmt::format("{} must be an integer, got {}", where,
+                                     v.is_number_float() ? number_text(v.get<double>()) : v.dump()));
       if (d < s.min || d > s.max)
         throw UsageError(fmt::format("{} = {} is out of range {}; nearest valid value: {}", where, v.dump(),
                                      range_text(s), d < s.min ? s.min : s.max));
@@ -94,7 +99,10 @@ static Json check_value(const ParamSpec& s, const Json& v, const std::string& ow
     case ParamType::number: {
       if (!v.is_number()) throw UsageError(fmt::format("{} must be a number, got {}", where, v.dump()));
       const double d = v.get<double>();
-      if (!std::isfinite(d) || d < s.min || d > s.max)
+      if (!std::isfinite(d))
+        throw UsageError(
+            fmt::format("{} = {} is not a finite number; valid range {}", where, number_text(d), range_text(s)));
+      if (d < s.min || d > s.max)
         throw UsageError(fmt::format("{} = {} is out of range {}; nearest valid value: {}", where, v.dump(),
                                      range_text(s), d < s.min ? s.min : s.max));
       return Json(d);
@@ -139,17 +147,10 @@ Json parse_param_value(const ParamSpec& s, const std::string& text, const std::s
   const std::string where = fmt::format("{} parameter '{}'", owner, s.name);
   switch (s.type) {
     case ParamType::integer: {
-      errno = 0;
-      char* end = nullptr;
-      const long long v = std::strtoll(text.c_str(), &end, 10);
-      if (text.empty() || *end != '\0' || errno == ERANGE) {
-        // "1e3" or "2.0" are integers written as numbers; accept them when exact.
-        const double d = std::strtod(text.c_str(), &end);
-        if (!text.empty() && *end == '\0' && std::floor(d) == d && std::fabs(d) < 9e15)
-          return check_value(s, Json(d), owner);
-        throw UsageError(fmt::format("{} must be an integer, got '{}'", where, text));
-      }
-      return check_value(s, Json(static_cast<int64_t>(v)), owner);
+      // "1e3" or "2.0" are integers written as numbers, accepted when exact (as by every flag).
+      const auto v = parse_integer(text);
+      if (!v) throw UsageError(fmt::format("{} must be an integer, got '{}'", where, text));
+      return check_value(s, Json(*v), owner);
     }
     case ParamType::number: {
       char* end = nullptr;

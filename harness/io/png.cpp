@@ -133,10 +133,16 @@ constexpr uint16_t kDistBase[30] = {1,   2,   3,   4,   5,   7,    9,    13,   1
                                     193, 257, 385, 513, 769, 1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577};
 constexpr uint8_t kDistExtra[30] = {0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13};
 
-void inflate_codes(BitReader& br, const Huffman& lit, const Huffman& dist, std::vector<uint8_t>& out) {
+// A few hundred compressed bytes can expand to gigabytes: the output never grows past `limit`.
+void grow_check(size_t have, size_t more, size_t limit) {
+  if (more > limit - have) inflate_fail(fmt::format("the data inflates beyond the {} bytes expected", limit));
+}
+
+void inflate_codes(BitReader& br, const Huffman& lit, const Huffman& dist, std::vector<uint8_t>& out, size_t limit) {
   for (;;) {
     int sym = lit.decode(br);
     if (sym < 256) {
+      grow_check(out.size(), 1, limit);
       out.push_back(static_cast<uint8_t>(sym));
     } else if (sym == 256) {
       return;
@@ -148,13 +154,14 @@ void inflate_codes(BitReader& br, const Huffman& lit, const Huffman& dist, std::
       if (ds >= 30) inflate_fail("invalid distance symbol");
       const size_t d = kDistBase[ds] + br.bits(kDistExtra[ds]);
       if (d > out.size()) inflate_fail("a back-reference points before the start of the output");
+      grow_check(out.size(), len, limit);
       const size_t from = out.size() - d;
       for (size_t i = 0; i < len; ++i) out.push_back(out[from + i]);  // may overlap: byte by byte
     }
   }
 }
 
-void inflate_raw(BitReader& br, std::vector<uint8_t>& out) {
+void inflate_raw(BitReader& br, std::vector<uint8_t>& out, size_t limit) {
   static const std::pair<Huffman, Huffman> fixed = [] {
     std::array<uint8_t, 288> l{};
     for (int s = 0; s < 144; ++s) l[s] = 8;
@@ -180,10 +187,11 @@ void inflate_raw(BitReader& br, std::vector<uint8_t>& out) {
       br.pos += 4;
       if ((len ^ 0xFFFFu) != nlen) inflate_fail("stored block length does not match its complement");
       if (br.pos + len > br.n) inflate_fail("truncated stored block");
+      grow_check(out.size(), len, limit);
       out.insert(out.end(), br.p + br.pos, br.p + br.pos + len);
       br.pos += len;
     } else if (type == 1) {
-      inflate_codes(br, fixed.first, fixed.second, out);
+      inflate_codes(br, fixed.first, fixed.second, out, limit);
     } else if (type == 2) {
       const int nlen = static_cast<int>(br.bits(5)) + 257, ndist = static_cast<int>(br.bits(5)) + 1;
       const int ncode = static_cast<int>(br.bits(4)) + 4;
@@ -219,7 +227,7 @@ void inflate_raw(BitReader& br, std::vector<uint8_t>& out) {
       Huffman lit, dist;
       lit.build(lengths.data(), nlen);
       dist.build(lengths.data() + nlen, ndist);
-      inflate_codes(br, lit, dist, out);
+      inflate_codes(br, lit, dist, out, limit);
     } else {
       inflate_fail("invalid block type 3");
     }
@@ -228,7 +236,7 @@ void inflate_raw(BitReader& br, std::vector<uint8_t>& out) {
 
 }  // namespace
 
-std::vector<uint8_t> zlib_inflate(const uint8_t* data, size_t n) {
+std::vector<uint8_t> zlib_inflate(const uint8_t* data, size_t n, size_t max_out) {
   if (n < 6) inflate_fail("zlib stream shorter than its header and checksum");
   const uint8_t cmf = data[0], flg = data[1];
   if ((cmf & 0x0F) != 8) inflate_fail(fmt::format("compression method {} is not deflate", cmf & 0x0F));
@@ -236,7 +244,7 @@ std::vector<uint8_t> zlib_inflate(const uint8_t* data, size_t n) {
   if (flg & 0x20) inflate_fail("zlib preset dictionaries are not supported");
   BitReader br{data + 2, n - 2};
   std::vector<uint8_t> out;
-  inflate_raw(br, out);
+  inflate_raw(br, out, max_out);
   const size_t at = 2 + br.pos;
   if (at + 4 > n) inflate_fail("missing Adler-32 checksum");
   const uint32_t want = (static_cast<uint32_t>(data[at]) << 24) | (data[at + 1] << 16) | (data[at + 2] << 8) | data[at + 3];
@@ -326,7 +334,7 @@ void write_png_gray(const std::string& path, const GrayImage& image) {
   if (!f) throw std::runtime_error(fmt::format("writing '{}' failed", path));
 }
 
-GrayImage decode_png_gray(const std::vector<uint8_t>& b) {
+GrayImage decode_png_gray(const std::vector<uint8_t>& b, int64_t max_side) {
   if (b.size() < 8 || std::memcmp(b.data(), kSignature, 8) != 0) png_fail("not a PNG file (bad signature)");
   size_t pos = 8;
   uint32_t width = 0, height = 0;
@@ -362,7 +370,10 @@ GrayImage decode_png_gray(const std::vector<uint8_t>& b) {
     pos += 12 + len;
   }
   if (ctype < 0) png_fail("missing IHDR");
-  if (width == 0 || height == 0 || width > (1u << 24) || height > (1u << 24)) png_fail("bad image size");
+  if (width == 0 || height == 0) png_fail("bad image size");
+  if (width > max_side || height > max_side)
+    png_fail(fmt::format("the image is {} x {}, larger than the {} x {} this reader takes", width, height, max_side,
+                         max_side));
   if (interlace != 0) png_fail("interlaced (Adam7) images are not supported");
   int channels;
   switch (ctype) {
@@ -378,7 +389,8 @@ GrayImage decode_png_gray(const std::vector<uint8_t>& b) {
   if (ctype == 3 && palette.empty()) png_fail("palette image without PLTE");
   const size_t bpp = static_cast<size_t>(channels * depth / 8);  // bytes per pixel
   const size_t stride = bpp * width;
-  const std::vector<uint8_t> raw = zlib_inflate(idat.data(), idat.size());
+  // The declared size bounds the inflated size: each row is a filter byte and its pixels.
+  const std::vector<uint8_t> raw = zlib_inflate(idat.data(), idat.size(), (stride + 1) * height);
   if (raw.size() < (stride + 1) * height) png_fail("image data is shorter than the image");
   std::vector<uint8_t> cur(stride), prev(stride, 0);
   GrayImage img;
@@ -430,12 +442,12 @@ GrayImage decode_png_gray(const std::vector<uint8_t>& b) {
   return img;
 }
 
-GrayImage read_png_gray(const std::string& path) {
+GrayImage read_png_gray(const std::string& path, int64_t max_side) {
   std::ifstream f(path, std::ios::binary);
   if (!f) throw std::runtime_error(fmt::format("cannot read '{}'", path));
   std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   try {
-    return decode_png_gray(bytes);
+    return decode_png_gray(bytes, max_side);
   } catch (const std::runtime_error& e) {
     throw std::runtime_error(fmt::format("{}: {}", path, e.what()));
   }

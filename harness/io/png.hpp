@@ -27,14 +27,18 @@ std::vector<uint8_t> encode_png_gray(const GrayImage& image);
 void write_png_gray(const std::string& path, const GrayImage& image);
 // Decodes PNG bytes to gray; throws std::runtime_error naming the problem (bad CRC, truncated
 // stream, unsupported feature, ...).
-GrayImage decode_png_gray(const std::vector<uint8_t>& bytes);
-GrayImage read_png_gray(const std::string& path);
+// Images wider or taller than `max_side` are refused (no task reads larger ones), and the pixel
+// data may not inflate beyond the size the header declares.
+inline constexpr int64_t kMaxPngSide = 4096;
+GrayImage decode_png_gray(const std::vector<uint8_t>& bytes, int64_t max_side = kMaxPngSide);
+GrayImage read_png_gray(const std::string& path, int64_t max_side = kMaxPngSide);
 
 // The zlib pieces, exposed for tests.
 uint32_t crc32(const uint8_t* data, size_t n, uint32_t crc = 0);
 uint32_t adler32(const uint8_t* data, size_t n, uint32_t adler = 1);
-// Inflates a zlib stream (RFC 1950 header + deflate data + Adler-32, checked).
-std::vector<uint8_t> zlib_inflate(const uint8_t* data, size_t n);
+// Inflates a zlib stream (RFC 1950 header + deflate data + Adler-32, checked); more than
+// `max_out` bytes of output is an error.
+std::vector<uint8_t> zlib_inflate(const uint8_t* data, size_t n, size_t max_out = SIZE_MAX);
 
 // Implemented by tasks whose inputs are images (image, pathfinder): lets tools draw them.
 class ImageTask {

@@ -2,6 +2,7 @@
 // the atomic write that keeps a half-written file from ever being read as a result.
 #include "results/run_file.hpp"
 
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -17,6 +18,8 @@
 #include "attnbench/build_info.hpp"
 #include "attnbench/plugin.hpp"
 #include "core/backend/onednn.hpp"
+#include "core/json_input.hpp"
+#include "core/utf8.hpp"
 
 namespace ab {
 
@@ -25,10 +28,11 @@ Json run_header(const RunConfig& cfg) {
   doc["schema"] = "attnbench.run/1";
   doc["kind"] = "train";
   doc["status"] = "ok";
-  doc["variant"] = {{"name", cfg.variant}, {"params", cfg.variant_params}};
-  doc["task"] = {{"name", cfg.task}, {"params", cfg.task_params}};
-  doc["model"] = cfg.model_params;
-  doc["train"] = cfg.train_params;
+  // String parameters come from the user (task.path), so they may hold any bytes.
+  doc["variant"] = {{"name", cfg.variant}, {"params", valid_utf8_json(cfg.variant_params)}};
+  doc["task"] = {{"name", cfg.task}, {"params", valid_utf8_json(cfg.task_params)}};
+  doc["model"] = valid_utf8_json(cfg.model_params);
+  doc["train"] = valid_utf8_json(cfg.train_params);
   doc["seed"] = cfg.seed;
   return doc;
 }
@@ -40,7 +44,7 @@ Json bench_run_header(const Json& variants, const Json& model, uint64_t seed) {
 
 void mark_failed(Json& doc, const std::string& status, const std::string& error, Json context) {
   doc["status"] = status;
-  doc["error"] = error;
+  doc["error"] = valid_utf8(error);  // a log tail, an exception's message: outside text
   doc["metrics"] = Json::object();
   doc["context"] = std::move(context);
 }
@@ -54,7 +58,8 @@ int64_t peak_rss_bytes() {
 Json run_context(const std::vector<std::string>& command_line) {
   Json plugins = Json::array();
   for (const auto& p : loaded_plugins())
-    plugins.push_back({{"path", p.path}, {"abi_version", p.abi_version}, {"variants", p.variants}, {"tasks", p.tasks}});
+    plugins.push_back({{"path", valid_utf8(p.path)}, {"abi_version", p.abi_version}, {"variants", p.variants},
+                       {"tasks", p.tasks}});
   char host[256] = {0};
   gethostname(host, sizeof host - 1);
   std::string cpu = "unknown", flags;
@@ -97,14 +102,15 @@ Json run_context(const std::vector<std::string>& command_line) {
             {"fmt", std::to_string(FMT_VERSION)},
             {"nlohmann_json", fmt::format("{}.{}.{}", NLOHMANN_JSON_VERSION_MAJOR, NLOHMANN_JSON_VERSION_MINOR,
                                           NLOHMANN_JSON_VERSION_PATCH)}}},
-          {"command_line", command_line},
+          {"command_line", valid_utf8_json(Json(command_line))},
           {"plugins", plugins}};
   if (runnable_others >= 0) context["runnable_at_start"] = runnable_others;
   return context;
 }
 
-std::string run_file_status(const std::string& text) {
-  const Json j = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+std::string run_file_status(const std::string& text, const std::string& origin) {
+  // Truncated or malformed: not a result (re-run); absurdly deep or with a key twice: not ours.
+  const Json j = Json::parse(text, json_input_guard(origin), /*allow_exceptions=*/false);
   if (!j.is_object() || j.value("schema", Json()) != "attnbench.run/1") return "";
   const auto it = j.find("status");
   return it != j.end() && it->is_string() ? it->get<std::string>() : "";
@@ -112,6 +118,9 @@ std::string run_file_status(const std::string& text) {
 
 void check_writable(const std::string& path) {
   namespace fs = std::filesystem;
+  if (path.empty()) throw UsageError("the output path is empty; name a file, e.g. --out results/out/run.json");
+  // A run file is written atomically (temporary file + rename): standard output cannot be.
+  if (path == "-") throw UsageError("'-' (standard output) cannot take a run file; name a file, e.g. --out run.json");
   const fs::path target(path);
   std::error_code ec;
   if (target.has_parent_path()) fs::create_directories(target.parent_path(), ec);
@@ -130,18 +139,32 @@ void write_json_atomic(const std::string& path, const Json& doc) {
   std::error_code ec;
   if (target.has_parent_path()) fs::create_directories(target.parent_path(), ec);
   const std::string tmp = path + fmt::format(".tmp.{}", getpid());
-  {
-    std::ofstream out(tmp);
-    if (!out) throw std::runtime_error(fmt::format("cannot write '{}': {}", tmp, std::strerror(errno)));
-    out << doc.dump(2) << '\n';
-    out.flush();
-    if (!out) throw std::runtime_error(fmt::format("writing '{}' failed", tmp));
+  // Outside text is made valid UTF-8 where it enters a document; replacing here too means a
+  // missed one costs a U+FFFD, not the run file.
+  const std::string text = doc.dump(2, ' ', false, Json::error_handler_t::replace) + "\n";
+  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::runtime_error(fmt::format("cannot write '{}': {}", tmp, std::strerror(errno)));
+  // The bytes reach the disk before the rename publishes them, and the rename itself is made
+  // durable: after a power cut the name holds the old document or the new one, never a hole.
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    done += static_cast<size_t>(n);
+  }
+  const int err = done < text.size() || fsync(fd) != 0 ? errno : 0;
+  if (close(fd) != 0 || err != 0) {
+    fs::remove(tmp, ec);
+    throw std::runtime_error(fmt::format("writing '{}' failed: {}", tmp, std::strerror(err ? err : errno)));
   }
   fs::rename(tmp, target, ec);
   if (ec) {
     fs::remove(tmp, ec);
     throw std::runtime_error(fmt::format("cannot move the run file into place at '{}'", path));
   }
+  const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  if (const int dfd = open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) fsync(dfd), close(dfd);
 }
 
 }  // namespace ab

@@ -26,13 +26,17 @@ Json bench_run_header(const Json& variants, const Json& model, uint64_t seed);
 void mark_failed(Json& doc, const std::string& status, const std::string& error, Json context);
 
 Json run_context(const std::vector<std::string>& command_line);
-void write_json_atomic(const std::string& path, const Json& doc);  // temp file + rename
+// Temp file, fsync, rename, fsync of the directory. Invalid UTF-8 that reached `doc` is written
+// as U+FFFD rather than failing.
+void write_json_atomic(const std::string& path, const Json& doc);
 // Throws (naming the path and the reason) unless a file can be created at `path`; run before the
 // work whose result would go there, so that no hour of training ends in an unwritable path.
+// "" and "-" are UsageErrors: a run file is a named file.
 void check_writable(const std::string& path);
 // The status of a run file's text ("ok", "error", ...), or "" when it is not a readable run file
 // (truncated, not JSON, not an object, no string status). A resumed sweep re-runs those cells.
-std::string run_file_status(const std::string& text);
+// Nesting deeper than kMaxJsonDepth or a key given twice is a UsageError naming `origin`.
+std::string run_file_status(const std::string& text, const std::string& origin = "run file");
 int64_t peak_rss_bytes();
 
 }  // namespace ab

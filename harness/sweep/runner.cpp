@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -20,6 +21,7 @@
 #include <fmt/format.h>
 
 #include "bench/bench.hpp"
+#include "core/utf8.hpp"
 #include "train/train.hpp"
 
 namespace ab {
@@ -34,7 +36,7 @@ std::string tail_of(const fs::path& log, size_t lines) {
   for (std::string l; std::getline(f, l);) all.push_back(l);
   std::string out;
   for (size_t i = all.size() > lines ? all.size() - lines : 0; i < all.size(); ++i) out += all[i] + "\n";
-  return out;
+  return valid_utf8(out);  // a child may print any bytes; the tail goes into a JSON document
 }
 
 // A record for a cell whose child died without writing its run file: the identity fields the
@@ -69,39 +71,52 @@ std::string signal_text(int sig) { return fmt::format("signal {} ({})", sig, str
 std::string run_status(const fs::path& p) {
   std::ifstream f(p);
   if (!f) return "";
-  return run_file_status(std::string(std::istreambuf_iterator<char>(f), {}));
+  return run_file_status(std::string(std::istreambuf_iterator<char>(f), {}), fmt::format("run file '{}'", p.string()));
 }
 
 fs::path CellRunner::run_file(size_t cell) const { return dir_ / "runs" / (spec_.cells[cell].id + ".json"); }
 
+CellRunner::FileVersion CellRunner::version_of(const fs::path& p) {
+  struct stat st {};
+  if (stat(p.c_str(), &st) != 0) return {};
+  return {st.st_dev, st.st_ino, static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+}
+
 void CellRunner::start(size_t cell) {
   const SweepCell& c = spec_.cells[cell];
   const fs::path out = run_file(cell), log = dir_ / "logs" / (c.id + ".log");
-  std::error_code ec;
-  fs::remove(out, ec);
+  // A previous result stays in place until its replacement exists: the child's atomic rename
+  // replaces it, and poll() tells the child's file from the old one by its version.
+  const FileVersion before = version_of(out);
   std::vector<std::string> args = c.command(out.string());
   args.insert(args.begin(), "attnbench");
+  // Everything that allocates or may fail is done before fork(): between fork and exec the child
+  // of a threaded process may only make async-signal-safe calls.
+  std::vector<char*> cargv;
+  for (auto& a : args) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  const int log_fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (log_fd < 0)
+    throw std::runtime_error(fmt::format("cannot write the log '{}': {}", log.string(), std::strerror(errno)));
+  const rlimit memory{static_cast<rlim_t>(memory_limit_), static_cast<rlim_t>(memory_limit_)};
   const pid_t pid = fork();
-  if (pid < 0) throw std::runtime_error(fmt::format("fork failed: {}", std::strerror(errno)));
+  if (pid < 0) {
+    close(log_fd);
+    throw std::runtime_error(fmt::format("fork failed: {}", std::strerror(errno)));
+  }
   if (pid == 0) {
-    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) dup2(fd, 1), dup2(fd, 2), close(fd);
+    dup2(log_fd, 1), dup2(log_fd, 2);  // the duplicates survive exec; log_fd itself closes there
     setpgid(0, 0);  // the cell and anything it starts can be killed together
     // If the sweep itself dies (killed, crashed), its cells die too: a resumed sweep re-runs them
     // instead of racing orphans for the same run file.
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (memory_limit_ > 0) {
-      // RLIMIT_DATA covers heap and anonymous mappings: an allocation beyond it fails cleanly.
-      rlimit rl{static_cast<rlim_t>(memory_limit_), static_cast<rlim_t>(memory_limit_)};
-      setrlimit(RLIMIT_DATA, &rl);
-    }
-    std::vector<char*> cargv;
-    for (auto& a : args) cargv.push_back(a.data());
-    cargv.push_back(nullptr);
+    // RLIMIT_DATA covers heap and anonymous mappings: an allocation beyond it fails cleanly.
+    if (memory_limit_ > 0) setrlimit(RLIMIT_DATA, &memory);
     execv("/proc/self/exe", cargv.data());
     _exit(127);
   }
-  running_.push_back({pid, cell, Clock::now()});
+  close(log_fd);
+  running_.push_back({pid, cell, Clock::now(), before});
 }
 
 std::vector<std::pair<size_t, std::string>> CellRunner::poll(int wait_ms) {
@@ -124,7 +139,9 @@ std::vector<std::pair<size_t, std::string>> CellRunner::poll(int wait_ms) {
     }
     const SweepCell& c = spec_.cells[it->cell];
     const fs::path out = run_file(it->cell), log = dir_ / "logs" / (c.id + ".log");
-    std::string st = run_status(out);
+    // The child's run file, or a newer one another writer put there meanwhile; only when there is
+    // neither does a failure record replace the previous result.
+    std::string st = version_of(out) != it->before ? run_status(out) : "";
     if (st.empty()) {
       std::string why;
       // Under a sanitizer a crash or an allocator failure ends in a report and exit code 1, not a

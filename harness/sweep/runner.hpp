@@ -4,6 +4,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <filesystem>
 #include <string>
@@ -26,10 +27,18 @@ class CellRunner {
   std::filesystem::path run_file(size_t cell) const;
 
  private:
+  // One version of a file: a run file written anew (temporary file + rename) has a new inode.
+  struct FileVersion {
+    uint64_t dev = 0, ino = 0;
+    int64_t mtime_ns = -1;  // -1: no file
+    bool operator==(const FileVersion&) const = default;
+  };
+  static FileVersion version_of(const std::filesystem::path& p);
   struct Child {
     pid_t pid;
     size_t cell;
     std::chrono::steady_clock::time_point start;
+    FileVersion before;  // the cell's run file when the child started (a previous result, or none)
     bool timed_out = false;
   };
   const SweepSpec& spec_;

@@ -1,12 +1,18 @@
 #include "sweep/sweep.hpp"
 
 #include <algorithm>
+#include <cstdint>
+#include <cmath>
 #include <fstream>
+#include <map>
+#include <set>
 #include <sstream>
 
 #include <fmt/format.h>
 
 #include "bench/bench.hpp"
+#include "core/json_input.hpp"
+#include "core/numbers.hpp"
 #include "train/train.hpp"
 #include "attnbench/variant.hpp"
 
@@ -21,6 +27,15 @@ uint64_t fnv1a(const std::string& s) {
 
 std::string value_text(const Json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
 
+// 2.0 is the integer 2: one cell, one id, and accepted where an integer is wanted.
+Json normal_number(const Json& v) {
+  if (v.is_number_float()) {
+    const double d = v.get<double>();
+    if (std::isfinite(d) && std::floor(d) == d && std::fabs(d) < 9e15) return Json(static_cast<int64_t>(d));
+  }
+  return v;
+}
+
 // Sorted keys, so that the id does not depend on the order keys were written in.
 Json canonical(const Json& j) {
   if (j.is_object()) {
@@ -34,6 +49,24 @@ Json canonical(const Json& j) {
   return j;
 }
 
+// Limits beyond these are typos (a cell of more than 30 days, more than 1 PiB of memory); 0 = none.
+constexpr int64_t kMaxCellSeconds = 30 * 24 * 3600, kMaxCellBytes = int64_t(1) << 50;
+// Expanding and validating more cells than this takes longer than any sweep of them could run.
+constexpr double kMaxCells = 100000;
+
+// An integer setting of the spec in [lo, hi] (2.0 counts as 2).
+int64_t integer_in(const Json& given, const std::string& what, int64_t lo, int64_t hi) {
+  const Json v = normal_number(given);
+  if (!v.is_number_integer())
+    throw UsageError(fmt::format("sweep spec: {} must be an integer in [{}, {}], got {}", what, lo, hi,
+                                 v.is_number_float() ? number_text(v.get<double>()) : v.dump()));
+  const int64_t n = v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX) ? INT64_MAX : v.get<int64_t>();
+  if (n < lo || n > hi)
+    throw UsageError(fmt::format("sweep spec: {} = {} is out of range [{}, {}]; nearest valid value: {}", what,
+                                 v.dump(), lo, hi, n < lo ? lo : hi));
+  return n;
+}
+
 void require_keys(const Json& obj, const std::vector<std::string>& allowed, const std::string& where) {
   if (!obj.is_object()) throw UsageError(fmt::format("sweep spec: {} must be an object", where));
   for (const auto& [k, v] : obj.items())
@@ -42,7 +75,11 @@ void require_keys(const Json& obj, const std::vector<std::string>& allowed, cons
 }
 
 // Applies one assignment ("variant", "task", "seed", "threads" or "group.key") to a cell.
-void assign(SweepCell& c, const std::string& key, const Json& v, const std::string& where) {
+void assign(SweepCell& c, const std::string& key, const Json& given, const std::string& where) {
+  const Json v = normal_number(given);
+  if (v.is_number_float() && !std::isfinite(v.get<double>()))
+    throw UsageError(
+        fmt::format("sweep spec: {}: '{}' = {} is not a finite number", where, key, number_text(v.get<double>())));
   if (key == "variant" || key == "task") {
     if (!v.is_string()) throw UsageError(fmt::format("sweep spec: {}: '{}' must be a string", where, key));
     (key == "variant" ? c.variant : c.task) = v.get<std::string>();
@@ -50,6 +87,9 @@ void assign(SweepCell& c, const std::string& key, const Json& v, const std::stri
     if (!v.is_number_integer() || v.get<int64_t>() < 0)
       throw UsageError(fmt::format("sweep spec: {}: '{}' must be a non-negative integer, got {}", where, key, v.dump()));
     if (key == "seed") c.seed = v.get<uint64_t>();
+    else if (v.get<int64_t>() > kMaxThreads)
+      throw UsageError(fmt::format("sweep spec: {}: threads = {} is out of range [0, {}]; nearest valid value: {}",
+                                   where, v.dump(), kMaxThreads, kMaxThreads));
     else c.threads = v.get<int>();
   } else {
     const auto dot = key.find('.');
@@ -79,8 +119,11 @@ bool matches(const SweepCell& c, const Json& rule) {
   for (const auto& [k, v] : rule.items()) {
     if (k == "variant" && (!v.is_string() || c.variant != v.get<std::string>())) return false;
     if (k == "task" && (!v.is_string() || c.task != v.get<std::string>())) return false;
-    if (k == "seed" && (!v.is_number_integer() || c.seed != v.get<uint64_t>())) return false;
-    if (k != "variant" && k != "task" && k != "seed" && (!c.set.contains(k) || value_text(c.set[k]) != value_text(v)))
+    if ((k == "seed" || k == "threads") &&
+        (!normal_number(v).is_number_integer() || normal_number(v) != (k == "seed" ? Json(c.seed) : Json(c.threads))))
+      return false;
+    if (k != "variant" && k != "task" && k != "seed" && k != "threads" &&
+        (!c.set.contains(k) || value_text(c.set[k]) != value_text(normal_number(v))))
       return false;
   }
   return true;
@@ -119,15 +162,7 @@ std::vector<std::string> SweepCell::command(const std::string& out) const {
 
 namespace {
 SweepSpec parse_and_expand(const std::string& text, const std::string& origin) {
-  Json spec;
-  try {
-    spec = Json::parse(text);
-  } catch (const Json::parse_error& e) {
-    // Line and column of the byte offset nlohmann reports.
-    size_t line = 1, col = 1;
-    for (size_t i = 0; i + 1 < e.byte && i < text.size(); ++i) text[i] == '\n' ? (++line, col = 1) : ++col;
-    throw UsageError(fmt::format("sweep spec {}: malformed JSON at line {}, column {}: {}", origin, line, col, e.what()));
-  }
+  const Json spec = parse_json_input(text, fmt::format("sweep spec {}", origin));
   require_keys(spec,
                {"name", "description", "base", "grid", "per_variant", "per_task", "exclude", "limits", "bench", "protocol"},
                "the spec");
@@ -150,20 +185,31 @@ SweepSpec parse_and_expand(const std::string& text, const std::string& origin) {
     apply_block(base, spec["base"], "base");
   }
   if (spec.contains("limits")) {
-    require_keys(spec["limits"], {"seconds", "memory_bytes"}, "limits");
-    out.time_limit_seconds = spec["limits"].value("seconds", 0.0);
-    out.memory_limit_bytes = spec["limits"].value("memory_bytes", int64_t(0));
+    const Json& l = spec["limits"];
+    require_keys(l, {"seconds", "memory_bytes"}, "limits");
+    if (l.contains("seconds"))
+      out.time_limit_seconds = static_cast<double>(integer_in(l["seconds"], "limits.seconds", 0, kMaxCellSeconds));
+    if (l.contains("memory_bytes"))
+      out.memory_limit_bytes = integer_in(l["memory_bytes"], "limits.memory_bytes", 0, kMaxCellBytes);
   }
 
   // The grid: the cartesian product of its lists, in the order written.
   std::vector<std::pair<std::string, std::vector<Json>>> axes;
   if (spec.contains("grid")) {
     if (!spec["grid"].is_object()) throw UsageError("sweep spec: grid must be an object of lists");
+    double cells = 1;  // the product of the list lengths, before anything is expanded
+    std::string sizes;
     for (const auto& [k, v] : spec["grid"].items()) {
       if (!v.is_array()) throw UsageError(fmt::format("sweep spec: grid.{} must be a list, got {}", k, v.dump()));
       if (v.empty()) throw UsageError(fmt::format("sweep spec: grid.{} is an empty list: the sweep would have no cells", k));
-      axes.emplace_back(k, std::vector<Json>(v.begin(), v.end()));
+      cells *= static_cast<double>(v.size());
+      sizes += fmt::format("{}{} {}", sizes.empty() ? "" : " x ", v.size(), k);
     }
+    if (cells > kMaxCells)
+      throw UsageError(fmt::format("sweep spec {}: the grid has {:.0f} cells ({}), more than the {:.0f} a sweep takes; "
+                                   "split it into several specs or shorten its lists",
+                                   origin, cells, sizes, kMaxCells));
+    for (const auto& [k, v] : spec["grid"].items()) axes.emplace_back(k, std::vector<Json>(v.begin(), v.end()));
   }
   // The protocol: grid axes tuned per cell of the others (the report keeps the best of them, as
   // Zoology and MAD do) and the accuracy that counts as solved.
@@ -185,22 +231,30 @@ SweepSpec parse_and_expand(const std::string& text, const std::string& origin) {
   }
   const Json per_variant = spec.value("per_variant", Json::object()), per_task = spec.value("per_task", Json::object());
   const Json exclude = spec.value("exclude", Json::array());
-  if (!exclude.is_array()) throw UsageError("sweep spec: exclude must be a list of objects");
+  for (const auto& rule : exclude)
+    if (!rule.is_object() || rule.empty())
+      throw UsageError(fmt::format("sweep spec: exclude must be a list of non-empty objects, got {}", rule.dump()));
+  std::vector<size_t> rule_hits(exclude.size(), 0);
+  std::set<std::string> grid_variants, grid_tasks;  // of every cell, excluded or not
+  // Threads are part of a cell's identity only where the grid varies them (ids of other sweeps stay).
+  const bool threads_axis = std::any_of(axes.begin(), axes.end(), [](const auto& a) { return a.first == "threads"; });
   std::vector<size_t> idx(axes.size(), 0);
-  std::vector<std::string> seen;
+  std::set<std::string> seen, checked;  // cell ids; configurations whose task and model were built
   bool more = spec.contains("grid") || !spec.contains("bench");
   while (more) {
     SweepCell c = base;
-    std::string where = "grid cell (";
+    std::string where = axes.empty() ? "the base cell" : "grid cell (";
     for (size_t a = 0; a < axes.size(); ++a) where += fmt::format("{}{}={}", a ? ", " : "", axes[a].first, value_text(axes[a].second[idx[a]]));
-    where += ")";
+    if (!axes.empty()) where += ")";
     // Overrides per variant and per task first; the grid's own values win over them.
     for (size_t a = 0; a < axes.size(); ++a) assign(c, axes[a].first, axes[a].second[idx[a]], where);
     if (per_variant.contains(c.variant)) apply_block(c, per_variant[c.variant], "per_variant." + c.variant);
     if (per_task.contains(c.task)) apply_block(c, per_task[c.task], "per_task." + c.task);
     for (size_t a = 0; a < axes.size(); ++a) assign(c, axes[a].first, axes[a].second[idx[a]], where);
+    grid_variants.insert(c.variant), grid_tasks.insert(c.task);
     bool excluded = false;
-    for (const auto& rule : exclude) excluded = excluded || (rule.is_object() && matches(c, rule));
+    for (size_t r = 0; r < exclude.size(); ++r)
+      if (matches(c, exclude[r])) excluded = true, ++rule_hits[r];
     if (!excluded) {
       if (c.variant.empty() || c.task.empty())
         throw UsageError(fmt::format("sweep spec: {} has no {} (set it in base or grid)", where,
@@ -208,16 +262,18 @@ SweepSpec parse_and_expand(const std::string& text, const std::string& origin) {
       std::vector<std::string> sets;
       for (const auto& [k, v] : c.set.items()) sets.push_back(k + "=" + value_text(v));
       try {
-        resolve_run_config(c.variant, c.task, sets, c.seed, c.threads);
+        const RunConfig cfg = resolve_run_config(c.variant, c.task, sets, c.seed, c.threads);
+        // Seeds change the data, not the constraints: one build per configuration.
+        const Json config = {cfg.variant, cfg.variant_params, cfg.task, cfg.task_params, cfg.model_params};
+        if (checked.insert(config.dump()).second) check_run_config(cfg);
       } catch (const UsageError& e) {
         throw UsageError(fmt::format("sweep spec: {}: {}", where, e.what()));
       }
-      const Json key = canonical({{"kind", c.kind}, {"variant", c.variant}, {"task", c.task}, {"seed", c.seed}, {"set", c.set}});
+      Json key = {{"kind", c.kind}, {"variant", c.variant}, {"task", c.task}, {"seed", c.seed}, {"set", c.set}};
+      if (threads_axis) key["threads"] = c.threads;
+      key = canonical(key);
       c.id = fmt::format("{}.{}.s{}.{:012x}", c.variant, c.task, c.seed, fnv1a(key.dump()) & 0xFFFFFFFFFFFFull);
-      if (std::find(seen.begin(), seen.end(), c.id) == seen.end()) {
-        seen.push_back(c.id);
-        out.cells.push_back(std::move(c));
-      }
+      if (seen.insert(c.id).second) out.cells.push_back(std::move(c));
     }
     // Next combination (odometer over the axes).
     more = false;
@@ -228,6 +284,22 @@ SweepSpec parse_and_expand(const std::string& text, const std::string& origin) {
       }
       idx[a] = 0;
     }
+  }
+
+  // Overrides and exclusions that touch no cell are typos, not no-ops.
+  const auto names_a_cell = [](const std::set<std::string>& names, const std::string& name, const std::string& what) {
+    if (!names.count(name))
+      throw UsageError(fmt::format("sweep spec: {}", unknown_name_message(what, name, {names.begin(), names.end()})));
+  };
+  for (const auto& [k, v] : per_variant.items())
+    names_a_cell(grid_variants, k, "variant in per_variant (none of the grid's)");
+  for (const auto& [k, v] : per_task.items()) names_a_cell(grid_tasks, k, "task in per_task (none of the grid's)");
+  for (size_t r = 0; r < exclude.size(); ++r) {
+    const Json& rule = exclude[r];
+    if (rule.contains("variant")) names_a_cell(grid_variants, value_text(rule["variant"]), "variant in exclude");
+    if (rule.contains("task")) names_a_cell(grid_tasks, value_text(rule["task"]), "task in exclude");
+    if (rule_hits[r] == 0)
+      throw UsageError(fmt::format("sweep spec: exclude rule {} matches no cell of the grid", exclude[r].dump()));
   }
 
   if (spec.contains("bench")) {
@@ -244,13 +316,27 @@ SweepSpec parse_and_expand(const std::string& text, const std::string& origin) {
       if (!b.contains(k) || !b[k].is_array() || b[k].empty())
         throw UsageError(fmt::format("sweep spec: bench.{} must be a non-empty list", k));
     for (const auto& d : b["direction"]) parse_direction(value_text(d));
+    // What the bench command would refuse, refused before any cell runs.
+    for (const auto& n : b["seq_len"]) integer_in(n, "bench.seq_len entry", 1, kMaxBenchLength);
+    const BenchShape shape;
+    const std::pair<const char*, int64_t> sizes[] = {{"batch", kMaxBenchBatch},
+                                                     {"d_model", kMaxBenchDModel},
+                                                     {"heads", kMaxBenchHeads},
+                                                     {"repetitions", kMaxBenchRepetitions}};
+    std::map<std::string, int64_t> got = {{"d_model", shape.d_model}, {"heads", shape.heads}};
+    for (const auto& [k, hi] : sizes)
+      if (b.contains(k)) got[k] = integer_in(b[k], fmt::format("bench.{}", k), 1, hi);
+    if (got["d_model"] % got["heads"])
+      throw UsageError(fmt::format("sweep spec: bench.d_model = {} is not a multiple of bench.heads = {}",
+                                   got["d_model"], got["heads"]));
     for (const auto& v : b["variants"]) {
       SweepCell c;
       c.kind = "bench";
       c.variant = value_text(v);
       VariantRegistry::instance().get(c.variant);
-      c.seed = b.value("seed", uint64_t(0));
-      c.threads = b.value("threads", base.threads);
+      c.threads = base.threads;
+      for (const char* k : {"seed", "threads"})
+        if (b.contains(k)) assign(c, k, b[k], "bench");
       c.bench = b;
       c.bench.erase("variants");
       const Json key = canonical({{"kind", c.kind}, {"variant", c.variant}, {"seed", c.seed}, {"bench", c.bench}});

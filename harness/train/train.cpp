@@ -21,6 +21,7 @@
 #include "attnbench/build_info.hpp"
 #include "attnbench/plugin.hpp"
 #include "core/backend/onednn.hpp"
+#include "core/utf8.hpp"
 
 namespace ab {
 
@@ -143,6 +144,34 @@ double evaluate(Model& model, const Task& task, Split split, int64_t count, int6
 }
 
 }  // namespace
+
+void check_run_config(const RunConfig& cfg) {
+  // Split sizes only scale the data some tasks generate up front (ListOps: seconds): the check
+  // builds the task at their minimum.
+  const TaskSpec& ts = TaskRegistry::instance().get(cfg.task);
+  Json task_params = cfg.task_params;
+  for (const ParamSpec& p : ts.params)
+    if ((p.name == "train_size" || p.name == "valid_size" || p.name == "test_size") && p.type == ParamType::integer)
+      task_params[p.name] = static_cast<int64_t>(std::max(1.0, p.min));
+  try {
+    const auto task = ts.make(task_params, cfg.seed);
+    // A model too big to build in passing (its blocks' weights, roughly) is left to the run and its
+    // memory limit: a dry run must not be the process the OOM killer picks.
+    const auto& mp = cfg.model_params;
+    const double d = static_cast<double>(mp.at("d_model").get<int64_t>()),
+                 weights = static_cast<double>(mp.at("layers").get<int64_t>()) *
+                               (4 * d * d + 2 * d * static_cast<double>(mp.at("mlp_dim").get<int64_t>())) +
+                           d * static_cast<double>(task->vocab_size() + task->seq_len());
+    if (weights * sizeof(float) > 256e6) return;
+    Model model(cfg.model_params, VariantRegistry::instance().get(cfg.variant), cfg.variant_params, *task, cfg.seed);
+  } catch (const UsageError&) {
+    throw;
+  } catch (const std::bad_alloc&) {
+    return;  // too big to build here: the run itself, under its memory limit, decides
+  } catch (const std::exception& e) {  // a constructor's refusal that is not typed as ours
+    throw UsageError(e.what());
+  }
+}
 
 Json train_run(const RunConfig& cfg, bool progress, const std::function<void(Model&, const Task&)>& on_trained) {
   Json doc = run_header(cfg);
@@ -291,7 +320,7 @@ Json train_run(const RunConfig& cfg, bool progress, const std::function<void(Mod
     doc["error"] = "out of memory (an allocation failed; a memory limit may be in force)";
   } catch (const std::exception& e) {
     doc["status"] = "error";
-    doc["error"] = e.what();
+    doc["error"] = valid_utf8(e.what());  // may quote a path or a file's bytes
     if (dynamic_cast<const UsageError*>(&e)) doc["error_kind"] = "usage";
   }
   metrics["peak_rss_bytes"] = peak_rss_bytes();

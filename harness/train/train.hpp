@@ -17,6 +17,8 @@ namespace ab {
 
 std::vector<ParamSpec> train_param_specs();
 
+inline constexpr int kMaxThreads = 4096;  // the most --threads (and a sweep's `threads`) accepts
+
 // `sets` are dotted "group.key=value" assignments (variant., task., model., train.).
 // Throws UsageError naming the problem and the nearest valid choice.
 RunConfig resolve_run_config(const std::string& variant, const std::string& task,
@@ -25,6 +27,12 @@ RunConfig resolve_run_config(const std::string& variant, const std::string& task
 // train.test_at as task-parameter overrides, one object per further test split (typed; UsageError
 // naming the problem).
 std::vector<Json> test_at_overrides(const std::string& text, const TaskSpec& task);
+
+// Builds the run's task and model without training: the constraints between parameters that only
+// their constructors check (mqar: vocab_size > seq_len) fail here, as UsageError, before a sweep
+// runs. Costs the task's set-up at its smallest split sizes and one model's weights (skipped
+// above ~256 MB of them).
+void check_run_config(const RunConfig& cfg);
 
 // Trains and evaluates; never throws for a failure of the run itself: the returned run document
 // carries status "error"/"diverged" and the message. `progress` prints a line per evaluation.

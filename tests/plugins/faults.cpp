@@ -3,11 +3,14 @@
 //   fault_crash: forward raises SIGSEGV at training step >= `crash_at_step` (default 0)
 //   fault_throw: forward throws
 //   fault_nan:   forward returns NaN from training step `nan_at_step` on
-// Otherwise each is a learnable per-channel scaling of x.
+// With `garbage_output=true` each first prints bytes that are not UTF-8 (to its log) and puts them
+// in its exception's message. Otherwise each is a learnable per-channel scaling of x.
 #include <csignal>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <stdexcept>
+#include <string>
 
 #include "attnbench/variant.hpp"
 
@@ -18,7 +21,8 @@ enum class Fault { crash, fail, nan };
 template <Fault F>
 class FaultMixer final : public ab::Mixer {
  public:
-  explicit FaultMixer(const ab::MixerConfig& cfg) : at_(cfg.params.at("at_step").get<int64_t>()) {
+  explicit FaultMixer(const ab::MixerConfig& cfg)
+      : at_(cfg.params.at("at_step").get<int64_t>()), garbage_(cfg.params.at("garbage_output").get<bool>()) {
     w_ = add_param("w", ab::Tensor::full({cfg.d_model}, 1.0f));
   }
   static ab::VariantSpec spec() {
@@ -27,7 +31,8 @@ class FaultMixer final : public ab::Mixer {
     s.family = "test-fixture";
     s.summary = "fails on purpose (test fixture)";
     s.reference = "attnbench tests";
-    s.params = {ab::int_param("at_step", 0, "training step from which the fault happens", 0, 1 << 30)};
+    s.params = {ab::int_param("at_step", 0, "training step from which the fault happens", 0, 1 << 30),
+                ab::bool_param("garbage_output", false, "print bytes that are not UTF-8 before the fault")};
     s.caps = {.causal = true, .bidirectional = true};
     s.cost = [](const ab::CostArgs& a) {
       const double bnd = static_cast<double>(a.batch * a.length * a.d_model);
@@ -42,6 +47,10 @@ class FaultMixer final : public ab::Mixer {
   // x: [B, N, D] -> [B, N, D]
   ab::Var forward(const ab::Var& x, const ab::MixerContext& ctx) override {
     if (ctx.training && ctx.step >= at_) {
+      static const char kGarbage[] = "bad bytes: \xff\xfe\xc3( \xed\xa0\x80 end";
+      if (garbage_) std::fprintf(stderr, "%s\n", kGarbage), std::fflush(stderr);
+      if constexpr (F == Fault::fail)
+        if (garbage_) throw std::runtime_error(std::string("fault_throw: failing on purpose; ") + kGarbage);
       if constexpr (F == Fault::crash) std::raise(SIGSEGV);
       if constexpr (F == Fault::fail) throw std::runtime_error("fault_throw: failing on purpose");
       if constexpr (F == Fault::nan) return ab::scale(ab::mul(x, w_), std::numeric_limits<float>::quiet_NaN());
@@ -51,6 +60,7 @@ class FaultMixer final : public ab::Mixer {
 
  private:
   int64_t at_;
+  bool garbage_;
   ab::Var w_;
 };
 

@@ -16,8 +16,8 @@ BIN = os.environ.get("ATTNBENCH_BIN", str(ROOT / "build" / "release" / "attnbenc
 TRAIN = ["train", "--variant", "softmax", "--task", "listops", "--threads", "1", "--quiet"]
 
 
-def run(args, timeout=120):
-    return subprocess.run([BIN, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+def run(args, timeout=120, cwd=None):
+    return subprocess.run([BIN, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 class Catalogue(unittest.TestCase):
@@ -90,6 +90,114 @@ class Catalogue(unittest.TestCase):
                 with self.subTest(text):
                     self.expect(["sweep", self.spec(d, text), "--dry-run"], 2, *fragments)
             self.expect(["sweep", Path(d) / "missing.json", "--dry-run"], 2, "missing.json")
+
+    def test_sweep_specs_drop_nothing_silently(self):
+        with tempfile.TemporaryDirectory() as d:
+            base = {"task": "listops", "variant": "softmax"}
+
+            def cells(text):
+                r = run(["sweep", self.spec(d, text), "--dry-run"])
+                self.assertEqual(r.returncode, 0, r.stderr)
+                return [l for l in r.stdout.splitlines() if l and not l.startswith(" ") and not l.endswith(" cells")]
+
+            self.assertEqual(len(cells({"name": "x", "base": base, "grid": {"threads": [1, 2]}})), 2)
+            self.assertEqual(len(cells({"name": "x", "base": base, "grid": {"model.layers": [2, 2.0]}})), 1)
+            self.assertEqual(len(cells({"name": "x", "base": base, "grid": {"seed": [1.0]}})), 1)
+            for text, fragments in [
+                ({"name": "x", "base": base, "grid": {"threads": [1, 100000]}},
+                 ["threads = 100000", "nearest valid value: 4096"]),
+                ({"name": "x", "base": base, "grid": {"variant": ["softmax", "performer"]},
+                  "per_variant": {"performr": {"variant.num_features": 8}}}, ["did you mean 'performer'"]),
+                ({"name": "x", "base": base, "per_task": {"listop": {}}}, ["did you mean 'listops'"]),
+                ({"name": "x", "base": base, "grid": {"seed": [0, 1]}, "exclude": [{"variant": "sofmax"}]},
+                 ["did you mean 'softmax'"]),
+                ({"name": "x", "base": base, "grid": {"seed": [0, 1]}, "exclude": [{"seed": 5}]}, ["matches no cell"]),
+                ('{"name": "x",\n "base": {"task": "listops", "variant": "softmax", "seed": 1, "seed": 2}}',
+                 ["'seed' appears twice", "base"]),
+            ]:
+                with self.subTest(text):
+                    self.expect(["sweep", self.spec(d, text), "--dry-run"], 2, *fragments)
+
+    def test_sweep_specs_are_validated_as_their_cells_would_run(self):
+        with tempfile.TemporaryDirectory() as d:
+            base = {"task": "listops", "variant": "softmax"}
+            bench = {"variants": ["softmax"], "direction": ["fwd"]}
+            for text, fragments in [
+                # A constraint between parameters that only the task's constructor checks.
+                ({"name": "x", "base": {"task": "mqar", "variant": "softmax"}, "grid": {"task.seq_len": [64, 256]}},
+                 ["task.seq_len=256", "vocab_size = 256 must be > seq_len = 256"]),
+                ({"name": "x", "bench": dict(bench, seq_len=[0])}, ["bench.seq_len entry = 0", "nearest valid value: 1"]),
+                ({"name": "x", "bench": dict(bench, seq_len=[2 ** 40])}, ["bench.seq_len entry", "16777216"]),
+                ({"name": "x", "bench": dict(bench, seq_len=[64], d_model=30, heads=4)}, ["not a multiple"]),
+                ({"name": "x", "base": base, "limits": {"seconds": -5}}, ["limits.seconds = -5", "nearest valid value: 0"]),
+                ({"name": "x", "base": base, "limits": {"memory_bytes": 1e30}}, ["limits.memory_bytes"]),
+                ('{"name": "x", "base": {"task": "listops", "variant": "softmax", "set": {"train.lr": 1e999}}}',
+                 ["number overflow parsing '1e999'"]),
+                ({"name": "x", "base": base, "grid": {"seed": list(range(400)), "task.train_size": list(range(1000, 1400))}},
+                 ["160000 cells", "100000"]),
+            ]:
+                with self.subTest(text):
+                    self.expect(["sweep", self.spec(d, text), "--dry-run"], 2, *fragments)
+
+    def test_dry_run_leaves_huge_models_to_the_run(self):
+        # Their task is built; their weights (here ~17 TB) are not, in passing.
+        with tempfile.TemporaryDirectory() as d:
+            spec = self.spec(d, {"name": "x", "base": {"task": "listops", "variant": "softmax", "set": {
+                "model.d_model": 65536, "model.layers": 256}}})
+            start = time.monotonic()
+            r = run(["sweep", spec, "--dry-run"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertLess(time.monotonic() - start, 30)
+
+    def test_shipped_suites_pass_their_dry_run(self):
+        for suite in sorted((ROOT / "tasks" / "suites").glob("*.json")):
+            with self.subTest(suite.name):
+                r = run(["sweep", suite, "--dry-run"], timeout=600)
+                self.assertEqual(r.returncode, 0, f"{suite.name}: {r.stderr}")
+
+    def test_non_finite_values_are_named(self):
+        for value, shown in [("inf", "inf"), ("nan", "NaN"), ("-inf", "-inf")]:
+            with self.subTest(value):
+                r = run([*TRAIN, "--set", f"train.lr={value}", "--out", "x.json"])
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertIn(f"'lr' = {shown} is not a finite number", r.stderr)
+                self.assertNotIn("null", r.stderr)
+        self.expect([*TRAIN, "--set", "model.layers=inf", "--out", "x.json"], 2, "must be an integer, got 'inf'")
+
+    def test_outputs_that_name_no_file(self):
+        tiny = ["--set", "task.max_length=32", "--set", "task.train_size=64", "--set", "train.steps=1"]
+        with tempfile.TemporaryDirectory() as d:
+            self.expect([*TRAIN, *tiny, "--out", ""], 2, "--out is empty")
+            r = run([*TRAIN, *tiny, "--out", "-"], cwd=d)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn("'-' (standard output)", r.stderr)
+            self.assertFalse((Path(d) / "-").exists())
+            spec = self.spec(d, {"name": "x", "base": {"task": "listops", "variant": "softmax"}})
+            self.expect(["sweep", spec, "--out", ""], 2, "--out is empty")
+
+    def test_integers_read_alike_in_flags_and_set(self):
+        # Exact integers in number form are integers everywhere; fractions nowhere.
+        for args in (["--count", "1e0"], ["--count", "2.0"], ["--set", "task.max_length=1e2"]):
+            with self.subTest(args):
+                r = run(["data", "--task", "listops", *args, "--out", "-"])
+                self.assertEqual(r.returncode, 0, r.stderr)
+        self.expect(["data", "--task", "listops", "--count", "1.5", "--out", "-"], 2, "--count must be an integer")
+        self.expect(["data", "--task", "listops", "--set", "task.max_length=64.5", "--count", "1", "--out", "-"], 2,
+                    "must be an integer")
+
+    def test_deeply_nested_json_is_refused_naming_the_file(self):
+        # ~140 KB of nested arrays overflowed the stack while the error was printed.
+        deep = '{"name": "x", "grid": {"seed": ' + "[" * 70000 + "]" * 70000 + "}}"
+        with tempfile.TemporaryDirectory() as d:
+            self.expect(["sweep", self.spec(d, deep), "--dry-run"], 2, "spec.json", "nested deeper than 64")
+            # A run file read back by --resume: refused, not re-run and not crashed on.
+            spec = self.spec(d, {"name": "x", "base": {"task": "listops", "variant": "softmax", "threads": 1,
+                                                       "set": {"train.steps": 1, "task.max_length": 32}}})
+            cell = run(["sweep", spec, "--dry-run"]).stdout.split()[0]
+            runs = Path(d) / "out" / "runs"
+            runs.mkdir(parents=True)
+            (runs / f"{cell}.json").write_text("[" * 70000 + "]" * 70000)
+            self.expect(["sweep", spec, "--out", Path(d) / "out", "--resume"], 2, f"{cell}.json", "nested deeper")
 
     def test_unwritable_outputs_fail_before_the_work(self):
         # A default-size ListOps run would train for minutes: the output path is checked first.

@@ -36,7 +36,7 @@ def abi_version():
 
 
 def valid(test, path):
-    doc = json.loads(Path(path).read_text())
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))  # strict: a file that is not UTF-8 fails here
     errors = validate_run.errors_of(validate_run.load_validator(), doc)
     test.assertEqual(errors, [], path)
     return doc
@@ -207,6 +207,39 @@ class FailingPlugins(unittest.TestCase):
             md = (Path(d) / "report.md").read_text()
             for status in ("crashed", "error", "diverged"):
                 self.assertIn(status, md)
+
+    def test_a_cell_printing_bytes_that_are_not_utf8_is_recorded_and_the_sweep_goes_on(self):
+        # The cells print invalid UTF-8 and die (a crash; an exception quoting the bytes), and the
+        # results directory's own name is not UTF-8: every record is still written, as valid
+        # UTF-8, and the cells after them run.
+        with tempfile.TemporaryDirectory() as d:
+            spec = Path(d) / "spec.json"
+            garbage = {"variant.garbage_output": True}
+            spec.write_text(json.dumps({
+                "name": "garbage", "base": {"task": "listops", "threads": 1, "set": {
+                    "task.max_length": 32, "task.train_size": 128, "task.valid_size": 32, "task.test_size": 32,
+                    "model.layers": 1, "model.d_model": 16, "model.heads": 2, "train.steps": 6,
+                    "train.eval_every": 3}},
+                "grid": {"variant": ["fault_crash", "fault_throw", "softmax"]},
+                "per_variant": {"fault_crash": garbage, "fault_throw": garbage}}))
+            out = Path(d) / os.fsdecode(b"out-\xff\xfe")
+
+            def sweep(*extra):  # its output names the directory, bytes and all
+                return subprocess.run([str(BIN), "sweep", str(spec), "--out", str(out), "--plugin", str(FIXTURE), *extra],
+                                      capture_output=True, text=True, errors="replace", timeout=600)
+
+            r = sweep()
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            docs = {x["variant"]["name"]: x for x in
+                    (valid(self, f) for f in sorted((out / "runs").glob("*.json")))}
+            self.assertEqual({k: v["status"] for k, v in docs.items()},
+                             {"fault_crash": "crashed", "fault_throw": "error", "softmax": "ok"})
+            self.assertIn("\ufffd", docs["fault_crash"]["error"])
+            self.assertIn("failing on purpose", docs["fault_throw"]["error"])
+            self.assertIn("\ufffd", docs["fault_throw"]["error"])
+            r = sweep("--resume")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn("3 skipped", r.stdout)
 
 
 if __name__ == "__main__":

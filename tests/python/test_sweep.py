@@ -159,6 +159,52 @@ class Sweep(unittest.TestCase):
                 self.assertEqual((out / "runs" / f"{cell}.json").stat().st_mtime_ns, mtime, f"{cell} was re-run")
             self.assertTrue(all(doc["status"] == "ok" for doc in docs.values()))
 
+    def test_a_rerun_keeps_the_previous_result_until_its_replacement_exists(self):
+        with tempfile.TemporaryDirectory() as d:
+            p = spec(d, {"seed": [0]}, steps=100000)
+            (cell,) = cell_ids(p)
+            out = Path(d) / "out"
+            (out / "runs").mkdir(parents=True)
+            previous = {"schema": "attnbench.run/1", "status": "ok", "note": "a previous result"}
+            (out / "runs" / f"{cell}.json").write_text(json.dumps(previous))
+            proc = subprocess.Popen([BIN, "sweep", str(p), "--out", str(out)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            log = out / "logs" / f"{cell}.log"
+            deadline = time.time() + 60
+            while time.time() < deadline and not log.exists():
+                time.sleep(0.02)
+            time.sleep(0.5)  # the cell is running
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            self.assertTrue(log.exists(), "the cell never started")
+            self.assertEqual(json.loads((out / "runs" / f"{cell}.json").read_text()), previous)
+            manifest = json.loads((out / "manifest.json").read_text())
+            self.assertEqual([c["status"] for c in manifest["cells"]], ["ok"])
+
+    def test_a_second_sweep_on_one_directory_is_refused_naming_the_first(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d) / "out"
+            (out / "runs").mkdir(parents=True)
+            dead = 4194303  # above any pid this machine hands out: the writer of this litter is gone
+            (out / f"manifest.json.tmp.{dead}").write_text("{")
+            (out / "runs" / f"x.json.tmp.{dead}").write_text("{")
+            first = subprocess.Popen([BIN, "sweep", str(spec(d, {"seed": [0]}, steps=100000)), "--out", str(out)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                deadline = time.time() + 60
+                while time.time() < deadline and not list((out / "logs").glob("*.log")):
+                    time.sleep(0.02)
+                self.assertEqual(sorted(out.glob("**/*.tmp.*")), [], "stale temporaries are left")
+                r = sweep(spec(d, {"seed": [0]}, steps=100000), "--out", out, "--time-limit", "5")
+                self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+                self.assertIn(f"pid {first.pid}", r.stderr)
+            finally:
+                first.send_signal(signal.SIGKILL)
+                first.wait()
+            # The lock ends with its holder, however it ends.
+            r = sweep(spec(d, {"seed": [0]}, steps=10), "--out", out)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
     def test_shards_together_give_the_single_process_cells(self):
         with tempfile.TemporaryDirectory() as d:
             p = spec(d, {"seed": [0, 1, 2, 3, 4]})

@@ -654,6 +654,70 @@ TEST(Png, ReadsFilesCompressedByZlib) {
   EXPECT_THROW(decode_png_gray(bad), std::runtime_error);
 }
 
+// A PNG whose header declares `width` x 1 gray pixels and whose IDAT inflates to 1 + 258 * `runs`
+// zero bytes (one fixed-Huffman block: a literal, then `runs` back-references of 258 bytes).
+std::vector<uint8_t> png_inflating_to(uint32_t width, size_t runs) {
+  std::vector<uint8_t> z = {0x78, 0x01};
+  uint32_t acc = 0;
+  int nbits = 0;
+  auto put = [&](uint32_t v, int n) {  // LSB first
+    for (int i = 0; i < n; ++i, v >>= 1) {
+      acc |= (v & 1u) << nbits;
+      if (++nbits == 8) z.push_back(static_cast<uint8_t>(acc)), acc = 0, nbits = 0;
+    }
+  };
+  auto code = [&](uint32_t c, int n) {  // Huffman codes go MSB first
+    for (int i = n - 1; i >= 0; --i) put((c >> i) & 1u, 1);
+  };
+  put(1, 1), put(1, 2);  // final block, fixed Huffman
+  code(0x30, 8);         // literal 0
+  for (size_t r = 0; r < runs; ++r) code(0xC5, 8), code(0, 5);  // length 258 (symbol 285), distance 1
+  code(0, 7);                                                    // end of block
+  if (nbits) z.push_back(static_cast<uint8_t>(acc));
+  const std::vector<uint8_t> raw(1 + 258 * runs, 0);
+  const uint32_t a = adler32(raw.data(), raw.size());
+  for (int s = 24; s >= 0; s -= 8) z.push_back(static_cast<uint8_t>(a >> s));
+  std::vector<uint8_t> png = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  auto u32 = [](std::vector<uint8_t>& out, uint32_t v) {
+    for (int s = 24; s >= 0; s -= 8) out.push_back(static_cast<uint8_t>(v >> s));
+  };
+  auto chunk = [&](const char* type, const std::vector<uint8_t>& data) {
+    u32(png, static_cast<uint32_t>(data.size()));
+    std::vector<uint8_t> body(type, type + 4);
+    body.insert(body.end(), data.begin(), data.end());
+    png.insert(png.end(), body.begin(), body.end());
+    u32(png, crc32(body.data(), body.size()));
+  };
+  std::vector<uint8_t> ihdr;
+  u32(ihdr, width), u32(ihdr, 1);
+  ihdr.insert(ihdr.end(), {8, 0, 0, 0, 0});  // 8-bit gray, deflate, no filter method, no interlace
+  chunk("IHDR", ihdr);
+  chunk("IDAT", z);
+  chunk("IEND", {});
+  return png;
+}
+
+std::string png_error(const std::vector<uint8_t>& png) {
+  try {
+    decode_png_gray(png);
+  } catch (const std::runtime_error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Png, DecompressionBombsAndHugeImagesAreRefused) {
+  // 1 x 1 declared, 10 MB inflated (from 65 KB): refused once the output passes the 2 bytes expected.
+  const std::vector<uint8_t> bomb = png_inflating_to(1, 40000);
+  ASSERT_LT(bomb.size(), 70000u);
+  EXPECT_NE(png_error(bomb).find("inflates beyond the 2 bytes expected"), std::string::npos) << png_error(bomb);
+  // The same kind of stream behind an honest header (filter byte + 258 pixels) decodes.
+  const GrayImage ok = decode_png_gray(png_inflating_to(258, 1));
+  EXPECT_EQ(ok.width, 258);
+  EXPECT_EQ(ok.pixels, std::vector<uint8_t>(258, 0));
+  EXPECT_NE(png_error(png_inflating_to(5000, 1)).find("larger than the 4096 x 4096"), std::string::npos);
+}
+
 TEST(Png, WriterRoundTripAndStoredBlocks) {
   GrayImage img;
   img.width = 300;
