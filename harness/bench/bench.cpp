@@ -71,8 +71,14 @@ class MixerCell final : public BenchCell {
       x_ = Var(random_input({s.batch, s.length, s.d_model}, seed), grad);
       ones_ = Tensor::full({s.batch, s.length, s.d_model}, 1.f);
     }
-    // Attend-only traffic: q, k, v in and o out, [B, H, N, d] each.
-    const double fwd_bytes = s.attend_only ? 4.0 * 4 * s.batch * s.length * s.d_model : c.bytes;
+    // Traffic no implementation avoids. Attend-only: q, k, v in and o out, [B, H, N, d] each.
+    // The mixer: what its cost model declares, else x in, y out, the parameters read and what the
+    // forward saves for backward written (Cost::bytes documents the default).
+    double param_bytes = 0;
+    for (auto& [n, p] : mixer_->parameters()) param_bytes += 4.0 * static_cast<double>(p.value().numel());
+    const double fwd_bytes = s.attend_only ? 4.0 * 4 * s.batch * s.length * s.d_model
+                             : c.bytes > 0 ? c.bytes
+                                           : 4.0 * 2 * s.batch * s.length * s.d_model + param_bytes + c.activation_bytes;
     // A backward costs about twice a forward (two products per forward product; it reads what
     // the forward wrote and writes as much again).
     const double mult = dir == Direction::fwd ? 1.0 : 3.0;

@@ -37,11 +37,11 @@ struct CostArgs {
 };
 struct Cost {
   double flops = 0;             // forward FLOPs of the mixer (multiply-add = 2)
-  // Forward memory traffic the algorithm cannot avoid, in bytes: reading x and the parameters,
-  // writing y and what it saves for backward, and any state it must stream through memory (not
-  // what fits in cache). With flops it places the mixer on the roofline: bench reports
-  // max(flops / FMA peak, bytes / bandwidth) / time, counting a forward+backward as 3x both.
-  // 0 = not declared.
+  // Forward memory traffic the algorithm cannot avoid, in bytes. With flops it places the mixer on
+  // the roofline: bench reports max(flops / FMA peak, bytes / bandwidth) / time, counting a
+  // forward+backward as 3x both. 0 = the default: reading x and the parameters, writing y and
+  // activation_bytes (what the forward saves). Declare it when the algorithm must stream more
+  // through memory than that (e.g. a state larger than the caches).
   double bytes = 0;
   double activation_bytes = 0;  // saved for backward
   // Decode state of the whole batch after `length` tokens (KV cache, recurrent state, convolution
