@@ -70,7 +70,7 @@ inline float dot(const float* a, const float* b, int64_t n) {
 std::vector<uint8_t> padded_keys(const Tensor* key_mask, int64_t B, int64_t N) {
   std::vector<uint8_t> pad(static_cast<size_t>(B * N), 0);
   if (key_mask)
-    for (int64_t i = 0; i < B * N; ++i) pad[i] = (*key_mask)[i] < -1e4f ? 1 : 0;
+    for (int64_t i = 0; i < B * N; ++i) pad[i] = ab::is_padded_key((*key_mask)[i]) ? 1 : 0;
   return pad;
 }
 

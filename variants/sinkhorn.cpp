@@ -465,11 +465,8 @@ class Sinkhorn final : public ab::AttentionMixer {
     Var k = k_in, v = v_in;
     auto col_mask = std::make_shared<std::vector<uint8_t>>();  // [B, N_b]: source block is all padding
     if (ctx.key_mask) {
-      Tensor keepf = Tensor::empty({B, 1, N, 1});
-      for (int64_t i = 0; i < B * N; ++i) {
-        masks->keep[i] = (*ctx.key_mask)[i] < -1e4f ? 0 : 1;
-        keepf[i] = masks->keep[i];
-      }
+      const Tensor keepf = ab::keep_flags(ctx.key_mask, {B, 1, N, 1});
+      for (int64_t i = 0; i < B * N; ++i) masks->keep[i] = keepf[i] != 0.f;
       // Padded keys and values are zeroed: their content reaches neither summaries nor mixtures.
       k = ab::mul(k, Var(keepf));
       v = ab::mul(v, Var(keepf));

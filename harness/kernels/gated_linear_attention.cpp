@@ -552,15 +552,6 @@ GlaForm gla_form_from_string(const std::string& name) {
   throw UsageError(unknown_name_message("form", name, {"chunked", "parallel", "recurrent"}));
 }
 
-Tensor keep_flags(const Tensor& key_mask) {
-  require(key_mask.rank() == 4 && key_mask.dim(1) == 1 && key_mask.dim(2) == 1,
-          fmt::format("key mask {} must be [B, 1, 1, N]", shape_str(key_mask.shape())));
-  const int64_t B = key_mask.dim(0), N = key_mask.dim(3);
-  Tensor keep = Tensor::empty({B, N});
-  for (int64_t i = 0; i < B * N; ++i) keep[i] = key_mask[i] > -1e30f ? 1.f : 0.f;
-  return keep;
-}
-
 // ---- gate nonlinearities ----
 namespace {
 // log(1 + exp(-|x|)), stable for every x.

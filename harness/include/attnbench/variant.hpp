@@ -65,7 +65,9 @@ struct MixerConfig {
 
 // What a forward call may know beyond x.
 struct MixerContext {
-  const Tensor* key_mask = nullptr;  // additive [B, 1, 1, N]: 0 keep, -inf padded key; null = none
+  // Additive [B, 1, 1, N]: 0 keep, -inf padded key; null = none. A key is padded when its value is
+  // below -1e4 (is_padded_key in ops.hpp); keep_flags() turns the mask into 0/1 flags.
+  const Tensor* key_mask = nullptr;
   bool causal = false;
   bool training = false;
   uint64_t seed = 0;
