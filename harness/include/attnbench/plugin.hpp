@@ -21,7 +21,8 @@ namespace ab {
 //    paths forward there until ABI 5), DecodeState to decode_state.hpp; the application headers
 //    (train, bench, sweep, model, fidelity, PNG, LRA loaders) left it. ops.hpp gained
 //    keep_flags(mask, shape) and is_padded_key, the one reading of a key mask, which replaced the
-//    GLA kernel's keep_flags.
+//    GLA kernel's keep_flags. VariantSpec gained attention_style (set by the registration
+//    template).
 inline constexpr int kPluginAbiVersion = 4;
 
 struct PluginInfo {

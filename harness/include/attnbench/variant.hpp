@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "attnbench/decode_state.hpp"
@@ -118,6 +119,7 @@ struct VariantSpec {
   std::function<Cost(const CostArgs&)> cost;
   std::function<std::unique_ptr<Mixer>(const MixerConfig&)> make;
   std::string origin = "built-in";  // or the plugin path
+  bool attention_style = false;     // derives from AttentionMixer (attend() exists); set by registration
   // Parameter overrides for the conformance checks, which run at tiny sizes (N = 8, D = 16,
   // H = 2), e.g. a block size that divides 8. Empty = the defaults.
   Json check_params = Json::object();
@@ -140,6 +142,7 @@ template <class T>
 void register_variant(const std::string& origin) {
   VariantSpec s = T::spec();
   s.make = [](const MixerConfig& cfg) -> std::unique_ptr<Mixer> { return std::make_unique<T>(cfg); };
+  s.attention_style = std::is_base_of_v<AttentionMixer, T>;
   if (!origin.empty()) s.origin = origin;
   VariantRegistry::instance().add(std::move(s));
 }
