@@ -778,6 +778,15 @@ double block_sparse_attention_flops(const SparsePattern& pattern, int64_t batch,
   return 4.0 * static_cast<double>(batch) * static_cast<double>(head_dim) * pattern.computed_pairs(heads, causal);
 }
 
+Cost block_sparse_mixer_cost(const SparsePattern& pattern, const CostArgs& a, bool causal) {
+  const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
+  Cost c;
+  c.flops = 8 * B * N * D * D + block_sparse_attention_flops(pattern, a.batch, a.heads, a.d_model / a.heads, causal);
+  c.activation_bytes = block_sparse_activation_bytes(B, N, D, H);
+  c.peak_bytes = 4 * (9 * B * N * D + B * H * N + D * D);
+  return c;
+}
+
 Var block_sparse_attention(const Var& q, const Var& k, const Var& v, std::shared_ptr<const SparsePattern> pattern,
                            float scale, bool causal, const Tensor* key_mask) {
   if (!pattern) fail("no pattern");

@@ -22,7 +22,8 @@ namespace ab {
 //    (train, bench, sweep, model, fidelity, PNG, LRA loaders) left it. ops.hpp gained
 //    keep_flags(mask, shape) and is_padded_key, the one reading of a key mask, which replaced the
 //    GLA kernel's keep_flags. VariantSpec gained attention_style (set by the registration
-//    template).
+//    template). Cost and CostArgs moved to cost.hpp (same layout), so a kernel header can state
+//    the cost of the mixers built on it (block_sparse_mixer_cost).
 inline constexpr int kPluginAbiVersion = 4;
 
 struct PluginInfo {
