@@ -71,6 +71,8 @@ Slice slice_of(const Dims& d, const float* q, const float* k, const float* v, co
           d.N, d.K, d.V, gs, d.vec};
 }
 
+// Not vec::dot: its fixed order of 16 partial sums would move the results of gla, mamba2 and
+// retnet by about an ulp; share it when a change of results is acceptable.
 inline float dot(const float* a, const float* b, int64_t n) {
   float s = 0.f;
 #pragma omp simd reduction(+ : s)
