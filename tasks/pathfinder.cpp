@@ -559,18 +559,18 @@ class Pathfinder : public ab::SplitTask, public ab::ImageTask {
                        "defaults of the null split sizes: small = 20,000 / 2,000 / 2,000 images; lra = LRA's 160,000 / "
                        "20,000 / 20,000 (80/10/10 of 200,000)"),
         null_int_param("resolution",
-                 "image side: 32 (LRA Pathfinder), 64, 128 (Path-X) or 256, each with LRA's generator settings; "
-                 "seq_len = resolution^2; null = 32 (generated) / the images' size (lra_files)",
-                 32, 256),
+                       "image side: 32 (LRA Pathfinder), 64, 128 (Path-X) or 256, each with LRA's generator settings; "
+                       "seq_len = resolution^2; null = 32 (generated) / the images' size (lra_files)",
+                       32, 256),
         ab::int_param("contour_length", 14,
                       "paddles per target snake: 6 = LRA's easy split (curv_baseline), 9 = intermediate, 14 = hard "
                       "(LRA's Pathfinder and Path-X)",
                       2, 40),
         null_int_param("distractor_length", "paddles per distractor snake; null = contour_length // 3 (LRA)", 1, 40),
         null_int_param("num_distractor_snakes",
-                 "distractor snakes; null = LRA's budget // distractor_length (budget 20 / 22 / 35 / 30 at 32 / 64 / "
-                 "128 / 256); at most 62 (the generator tracks snakes in 64-bit masks)",
-                 0, 62),
+                       "distractor snakes; null = LRA's budget // distractor_length (budget 20 / 22 / 35 / 30 at 32 / "
+                       "64 / 128 / 256); at most 62 (the generator tracks snakes in 64-bit masks)",
+                       0, 62),
         ab::bool_param("black_is_padding", false,
                        "LRA's token convention: token = gray level, so black pixels are padding (vocabulary 256); "
                        "false = gray level + 1, nothing is padding (vocabulary 257)"),
@@ -584,8 +584,10 @@ class Pathfinder : public ab::SplitTask, public ab::ImageTask {
                       "keep generated images in memory up to this many MiB, so later epochs do not redraw them (the "
                       "generator is a rejection sampler: ~2 ms per image at 32, ~35 at 64, ~100 at 128); 0 = off",
                       0, 1 << 20),
-        null_int_param("train_size", "training images; null = 20,000 (small) / 160,000 (lra) / 80% of the files", 1, 1e10),
-        null_int_param("valid_size", "validation images; null = 2,000 (small) / 20,000 (lra) / 10% of the files", 1, 1e10),
+        null_int_param("train_size", "training images; null = 20,000 (small) / 160,000 (lra) / 80% of the files",
+                       1, 1e10),
+        null_int_param("valid_size", "validation images; null = 2,000 (small) / 20,000 (lra) / 10% of the files",
+                       1, 1e10),
         null_int_param("test_size", "test images; null = 2,000 (small) / 20,000 (lra) / 10% of the files", 1, 1e10),
     };
     return s;

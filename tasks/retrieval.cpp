@@ -58,7 +58,8 @@ class Retrieval : public ab::SplitTask {
                        "defaults of the null parameters: small = documents of 512-1,024 bytes, 20,000 / 2,000 / "
                        "2,000 pairs; lra = 1,024-4,000 bytes (LRA's 4,000 per document) and AAN's split sizes "
                        "147,086 / 18,090 / 17,437"),
-        null_int_param("min_length", "shortest generated document in bytes; null = 512 (small) / 1024 (lra)", 64, 1 << 24),
+        null_int_param("min_length", "shortest generated document in bytes; null = 512 (small) / 1024 (lra)",
+                       64, 1 << 24),
         null_int_param("max_length", "bytes per document = seq_len; null = 1024 (small) / 4000 (lra)", 256, 1 << 24),
         ab::int_param("num_topics", 256, "topics (each a fingerprint of 6 rare words)", 4, 100000),
         ab::enum_param("source", "generated", {"generated", "lra_files"},
@@ -67,8 +68,10 @@ class Retrieval : public ab::SplitTask {
                       "with source=lra_files: the directory holding new_aan_pairs.{train,eval,test}.tsv "
                       "(lra_release/tsv_data)",
                       -1e300, 1e300, {}},
-        null_int_param("train_size", "training pairs; null = 20,000 (small) / 147,086 (lra) / all in the file", 1, 1e10),
-        null_int_param("valid_size", "validation pairs; null = 2,000 (small) / 18,090 (lra) / all in the file", 1, 1e10),
+        null_int_param("train_size", "training pairs; null = 20,000 (small) / 147,086 (lra) / all in the file",
+                       1, 1e10),
+        null_int_param("valid_size", "validation pairs; null = 2,000 (small) / 18,090 (lra) / all in the file",
+                       1, 1e10),
         null_int_param("test_size", "test pairs; null = 2,000 (small) / 17,437 (lra) / all in the file", 1, 1e10),
     };
     return s;
@@ -145,7 +148,7 @@ class Retrieval : public ab::SplitTask {
     return out;
   }
 
-  void build_vocabulary() {  // the common words: `text`'s lexicon (without its cue words)
+  void build_vocabulary() {  // the common words: `text`'s lexicon stream, cue words not skipped
     std::set<std::string> seen;
     common_ = ab::lexicon::common_words(seen);
     cdf_ = ab::lexicon::zipf_cdf();

@@ -46,8 +46,9 @@ class SelectiveCopying : public ab::SplitTask {
                        "defaults of the null parameters: small = 256 noise positions, 100,000 / 1,000 / 1,000 "
                        "examples; paper = Mamba's 4,096 noise positions and 400K steps x batch 64 of fresh "
                        "examples (25,600,000), 1,000 / 1,000 held out"),
-        null_int_param("num_noise", "L: noise positions (the data tokens hide among L + M); null = 256 (small) / 4096 (paper)",
-                 0, 1 << 24),
+        null_int_param("num_noise",
+                       "L: noise positions (the data tokens hide among L + M); null = 256 (small) / 4096 (paper)", 0,
+                       1 << 24),
         ab::int_param("num_data", 16, "M: data tokens to copy (Mamba: 16)", 1, 1 << 16),
         ab::int_param("alphabet", 16,
                       "A: S4's dictionary size including the noise and marker symbols, so the data tokens take "

@@ -66,7 +66,8 @@ class Text : public ab::SplitTask {
                        "defaults of the null parameters: small = documents of 512-1,024 bytes, 20,000 / 2,000 / "
                        "2,000; lra = 1,024-4,096 bytes (LRA's 4K setting), 25,000 / 2,000 / 25,000"),
         null_int_param("min_length", "shortest document in bytes; null = 512 (small) / 1024 (lra)", 16, 1 << 24),
-        null_int_param("max_length", "longest document in bytes = seq_len; null = 1024 (small) / 4096 (lra)", 16, 1 << 24),
+        null_int_param("max_length", "longest document in bytes = seq_len; null = 1024 (small) / 4096 (lra)",
+                       16, 1 << 24),
         ab::num_param("cues_per_kb", 6.0, "average cue words per 1,000 bytes (each document draws 0.5x-1.5x this)",
                       0.1, 200.0),
         ab::num_param("negated_fraction", 0.3, "probability that a cue is preceded by a negation", 0.0, 1.0),
