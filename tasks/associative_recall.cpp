@@ -26,19 +26,18 @@
 // `text` spells the whole sequence, answer included, the safari way ("0".."N-1", "=>", ".").
 #include <algorithm>
 #include <array>
-#include <bit>
 #include <cmath>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include <fmt/format.h>
 
 #include "attnbench/ops.hpp"
 #include "attnbench/rng.hpp"
-#include "attnbench/task.hpp"
+#include "attnbench/task_helpers.hpp"
+#include "safari.hpp"
 
 namespace {
 
@@ -46,69 +45,45 @@ using ab::Json;
 
 constexpr uint64_t kRecallStream = 0x4173736F63524Cull;  // "AssocRL"
 
-int split_index(ab::Split s) {
-  switch (s) {
-    case ab::Split::train: return 0;
-    case ab::Split::valid: return 1;
-    case ab::Split::test: return 2;
-  }
-  throw std::out_of_range("task 'associative_recall': unknown split");
-}
-
-uint64_t hash_sequence(const std::vector<int32_t>& v) {
-  uint64_t h = 0x9E3779B97F4A7C15ull ^ v.size();
-  for (int32_t t : v) {
-    h ^= static_cast<uint64_t>(static_cast<uint32_t>(t)) + 0x632BE59BD9B4E019ull;
-    h = std::rotl(h * 0xBF58476D1CE4E5B9ull, 31) * 0x94D049BB133111EBull;
-  }
-  return h ^ (h >> 29);
-}
-
-class AssociativeRecall : public ab::Task {
+class AssociativeRecall : public ab::SplitTask {
  public:
   static ab::TaskSpec spec() {
     ab::TaskSpec s;
     s.name = "associative_recall";
     s.summary = "H3/Hyena associative recall: key-value pairs, then \"=>\" and a key; emit its value (last position)";
     s.reference = "Fu et al. 2023, Hungry Hungry Hippos; Poli et al. 2023, Hyena Hierarchy (safari synthetics)";
-    auto null_int = [](std::string name, std::string doc, double lo, double hi) {
-      return ab::ParamSpec{std::move(name), ab::ParamType::integer, Json(), std::move(doc), lo, hi, {}};
-    };
+    using ab::null_int_param;
     s.params = {
         ab::enum_param("preset", "small", {"small", "hyena"},
                        "defaults of the null parameters: small = safari's dataset default as used by H3 (vocab 20, "
                        "L 40, 5,000 / 500 / 500), already CPU-sized; hyena = the long-sequence experiment (vocab 30, "
                        "L 131,072, 2,000 training samples per the paper's Table A.1, 500 / 500 held out)"),
-        null_int("vocab_size", "safari's vocab_size, counting \"=>\" and \".\"; null = 20 (small) / 30 (hyena)", 6,
-                 1 << 20),
-        null_int("seq_len", "L: tokens of key-value pairs before \"=>\"; null = 40 (small) / 131072 (hyena)", 2,
-                 1 << 26),
-        null_int("test_seq_len", "L of the validation and test splits; null = seq_len", 2, 1 << 26),
+        null_int_param("vocab_size", "safari's vocab_size, counting \"=>\" and \".\"; null = 20 (small) / 30 (hyena)",
+                       6, 1 << 20),
+        null_int_param("seq_len", "L: tokens of key-value pairs before \"=>\"; null = 40 (small) / 131072 (hyena)", 2,
+                       1 << 26),
+        null_int_param("test_seq_len", "L of the validation and test splits; null = seq_len", 2, 1 << 26),
         ab::int_param("num_keys", 1, "keys per tuple (safari default 1)", 1, 16),
         ab::bool_param("allow_dot", false, "an absent query key is answered by \".\" (safari default false)"),
         ab::enum_param("train_targets", "all", {"all", "answer"},
                        "training split targets: all = next token at every position (safari), answer = only the "
                        "value after the query, as in the test split"),
         ab::bool_param("dedupe", true, "drop repeated sequences within a split (safari does); builds the index up front"),
-        null_int("train_size", "training examples; null = 5,000 (small) / 2,000 (hyena)", 1, 1e12),
-        null_int("valid_size", "validation examples; null = 500", 1, 1e10),
-        null_int("test_size", "test examples; null = 500", 1, 1e10),
+        null_int_param("train_size", "training examples; null = 5,000 (small) / 2,000 (hyena)", 1, 1e12),
+        null_int_param("valid_size", "validation examples; null = 500", 1, 1e10),
+        null_int_param("test_size", "test examples; null = 500", 1, 1e10),
     };
     return s;
   }
 
-  AssociativeRecall(const Json& p, uint64_t seed) : params_(p), seed_(seed) {
-    const bool hyena = p.at("preset") == "hyena";
-    auto pick = [&](const char* key, Json small, Json big) {
-      if (params_.at(key).is_null()) params_[key] = hyena ? big : small;
-      return params_.at(key);
-    };
-    vocab_ = pick("vocab_size", 20, 30).get<int64_t>();
-    L_train_ = pick("seq_len", 40, 131072).get<int64_t>();
+  AssociativeRecall(const Json& p, uint64_t seed) : SplitTask("associative_recall", p, seed, "hyena") {
+    vocab_ = preset_default("vocab_size", 20, 30).get<int64_t>();
+    L_train_ = preset_default("seq_len", 40, 131072).get<int64_t>();
     if (params_.at("test_seq_len").is_null()) params_["test_seq_len"] = L_train_;
     L_test_ = params_.at("test_seq_len").get<int64_t>();
-    sizes_ = {pick("train_size", 5000, 2000).get<int64_t>(), pick("valid_size", 500, 500).get<int64_t>(),
-              pick("test_size", 500, 500).get<int64_t>()};
+    sizes_ = {preset_default("train_size", 5000, 2000).get<int64_t>(),
+              preset_default("valid_size", 500, 500).get<int64_t>(),
+              preset_default("test_size", 500, 500).get<int64_t>()};
     num_keys_ = p.at("num_keys").get<int64_t>();
     allow_dot_ = p.at("allow_dot").get<bool>();
     answer_only_train_ = p.at("train_targets") == "answer";
@@ -130,15 +105,13 @@ class AssociativeRecall : public ab::Task {
             "task 'associative_recall': seq_len (and test_seq_len) = {} holds no key-value pair; it must be >= "
             "num_keys + 1 = {}",
             L, num_keys_ + 1));
-    if (dedupe_) build_index();
+    if (dedupe_) dedupe_splits([this](int k, uint64_t stream) { return generate(k, stream).input; }, kept_, draws_);
   }
 
   ab::TaskKind kind() const override { return ab::TaskKind::per_position; }
   int64_t vocab_size() const override { return vocab_ + 1; }
   int64_t num_classes() const override { return vocab_ + 1; }
   int64_t seq_len() const override { return length_of(std::max(L_train_, L_test_)) - 1; }
-  int64_t split_size(ab::Split s) const override { return sizes_[split_index(s)]; }
-  Json effective_params() const override { return params_; }
   Json stats() const override {
     Json j = {{"copy_prefix_id", N_ + 1}, {"noop_id", N_ + 2}, {"key_ids", {1, n_keys_}},
               {"value_ids", {n_keys_ + 1, N_}}};
@@ -147,31 +120,17 @@ class AssociativeRecall : public ab::Task {
   }
 
   ab::Example example(ab::Split s, int64_t index) const override {
-    const int k = split_index(s);
-    if (index < 0 || index >= sizes_[k])
-      throw std::out_of_range(fmt::format("task 'associative_recall': {} index {} is out of range [0, {})",
-                                          ab::split_name(s), index, sizes_[k]));
+    const int k = checked_split(s, index);
     const uint64_t stream = dedupe_ ? kept_[k][static_cast<size_t>(index)] : static_cast<uint64_t>(index);
     return generate(k, stream);
   }
 
  private:
-  // safari's own spelling of the whole sequence: ordinary tokens "0".."N-1", "=>" and ".".
-  std::string readable(const std::vector<int32_t>& seq) const {
-    std::string out;
-    for (int32_t t : seq) {
-      if (!out.empty()) out += ' ';
-      out += t == N_ + 1 ? std::string("=>") : t == N_ + 2 ? std::string(".") : std::to_string(t - 1);
-    }
-    return out;
-  }
-
   // Tokens of the full sequence (pairs, "=>", query, answer); the input is one shorter.
   int64_t length_of(int64_t L) const { return L / (num_keys_ + 1) * (num_keys_ + 1) + 2 + num_keys_; }
 
   ab::Example generate(int split, uint64_t stream) const {
-    ab::RngStream rng = ab::RngStream(seed_, ab::Purpose::data, kRecallStream, static_cast<uint64_t>(split))
-                            .child(stream);
+    ab::RngStream rng = split_stream(kRecallStream, split).child(stream);
     const int64_t L = split == 0 ? L_train_ : L_test_;
     const int64_t pairs = L / (num_keys_ + 1);
     std::unordered_map<uint64_t, int32_t> value_of;  // tuple -> value, drawn at first use
@@ -203,38 +162,16 @@ class AssociativeRecall : public ab::Task {
     const auto it = value_of.find(q);
     seq.push_back(it != value_of.end() ? it->second : static_cast<int32_t>(N_ + 2));  // value or "."
     ab::Example ex;
-    ex.text = readable(seq);
+    ex.text = ab::safari::readable(seq, N_);
     ex.input.assign(seq.begin(), seq.end() - 1);
     ex.target.assign(seq.begin() + 1, seq.end());
     if (split != 0 || answer_only_train_) std::fill(ex.target.begin(), ex.target.end() - 1, ab::kIgnoreLabel);
     return ex;
   }
 
-  void build_index() {
-    for (int k = 0; k < 3; ++k) {
-      std::unordered_set<uint64_t> seen;
-      seen.reserve(static_cast<size_t>(sizes_[k]) * 2);
-      uint64_t stream = 0;
-      const uint64_t budget = static_cast<uint64_t>(sizes_[k]) * 20 + 100000;
-      while (static_cast<int64_t>(kept_[k].size()) < sizes_[k]) {
-        if (stream >= budget)
-          throw ab::UsageError(fmt::format(
-              "task 'associative_recall': only {} distinct {} sequences after {} draws, {} requested; lower the "
-              "split size, raise vocab_size or seq_len, or set dedupe=false",
-              kept_[k].size(), k == 0 ? "train" : k == 1 ? "valid" : "test", stream, sizes_[k]));
-        if (seen.insert(hash_sequence(generate(k, stream).input)).second) kept_[k].push_back(stream);
-        ++stream;
-      }
-      draws_[k] = static_cast<int64_t>(stream);
-    }
-  }
-
-  Json params_;
-  uint64_t seed_;
   int64_t vocab_ = 0, N_ = 0, n_keys_ = 0, n_values_ = 0, L_train_ = 0, L_test_ = 0, num_keys_ = 1;
   uint64_t n_tuples_ = 0;
   bool allow_dot_ = false, answer_only_train_ = false, dedupe_ = true;
-  std::array<int64_t, 3> sizes_{};
   std::array<std::vector<uint64_t>, 3> kept_;
   std::array<int64_t, 3> draws_{};
 };

@@ -24,7 +24,7 @@
 
 #include "io/png.hpp"
 #include "attnbench/rng.hpp"
-#include "attnbench/task.hpp"
+#include "attnbench/task_helpers.hpp"
 
 namespace {
 
@@ -35,15 +35,6 @@ constexpr int kSide = 32, kSuper = 4;
 constexpr double kPi = 3.14159265358979323846;
 constexpr std::array<const char*, 10> kClassNames = {"disc",    "square",  "triangle", "cross", "ring",
                                                      "stripes", "checker", "blob",     "line",  "dots"};
-
-int split_index(ab::Split s) {
-  switch (s) {
-    case ab::Split::train: return 0;
-    case ab::Split::valid: return 1;
-    case ab::Split::test: return 2;
-  }
-  throw std::out_of_range("task 'image': unknown split");
-}
 
 // The shape of one image in its own frame: (u, v) = rotated, scaled offsets from the centre.
 struct Shape {
@@ -85,16 +76,14 @@ struct Shape {
   }
 };
 
-class Image : public ab::Task, public ab::ImageTask {
+class Image : public ab::SplitTask, public ab::ImageTask {
  public:
   static ab::TaskSpec spec() {
     ab::TaskSpec s;
     s.name = "image";
     s.summary = "Synthetic 32x32 grayscale shapes, 10 classes, as 1,024 pixel tokens (sequential CIFAR-10 stand-in)";
     s.reference = "Tay et al. 2021, Long Range Arena (sequential image classification); synthetic stand-in";
-    auto null_int = [](std::string name, std::string doc, double lo, double hi) {
-      return ab::ParamSpec{std::move(name), ab::ParamType::integer, Json(), std::move(doc), lo, hi, {}};
-    };
+    using ab::null_int_param;
     s.params = {
         ab::enum_param("preset", "small", {"small", "lra"},
                        "defaults of the null split sizes: small = 10,000 / 1,000 / 1,000; lra = CIFAR-10's 45,000 / "
@@ -105,21 +94,17 @@ class Image : public ab::Task, public ab::ImageTask {
         ab::bool_param("black_is_padding", false,
                        "LRA's token convention: token = gray level, so black pixels are padding (vocabulary 256); "
                        "false = gray level + 1 (vocabulary 257)"),
-        null_int("train_size", "training images; null = 10,000 (small) / 45,000 (lra)", 1, 1e10),
-        null_int("valid_size", "validation images; null = 1,000 (small) / 5,000 (lra)", 1, 1e10),
-        null_int("test_size", "test images; null = 1,000 (small) / 10,000 (lra)", 1, 1e10),
+        null_int_param("train_size", "training images; null = 10,000 (small) / 45,000 (lra)", 1, 1e10),
+        null_int_param("valid_size", "validation images; null = 1,000 (small) / 5,000 (lra)", 1, 1e10),
+        null_int_param("test_size", "test images; null = 1,000 (small) / 10,000 (lra)", 1, 1e10),
     };
     return s;
   }
 
-  Image(const Json& p, uint64_t seed) : params_(p), seed_(seed) {
-    const bool lra = p.at("preset") == "lra";
-    auto pick = [&](const char* key, Json small, Json big) {
-      if (params_.at(key).is_null()) params_[key] = lra ? big : small;
-      return params_.at(key);
-    };
-    sizes_ = {pick("train_size", 10000, 45000).get<int64_t>(), pick("valid_size", 1000, 5000).get<int64_t>(),
-              pick("test_size", 1000, 10000).get<int64_t>()};
+  Image(const Json& p, uint64_t seed) : SplitTask("image", p, seed, "lra") {
+    sizes_ = {preset_default("train_size", 10000, 45000).get<int64_t>(),
+              preset_default("valid_size", 1000, 5000).get<int64_t>(),
+              preset_default("test_size", 1000, 10000).get<int64_t>()};
     noise_ = p.at("noise").get<double>();
     clutter_ = static_cast<int>(p.at("clutter").get<int64_t>());
     offset_ = p.at("black_is_padding").get<bool>() ? 0 : 1;
@@ -129,8 +114,6 @@ class Image : public ab::Task, public ab::ImageTask {
   int64_t vocab_size() const override { return 256 + offset_; }
   int64_t num_classes() const override { return 10; }
   int64_t seq_len() const override { return kSide * kSide; }
-  int64_t split_size(ab::Split s) const override { return sizes_[split_index(s)]; }
-  Json effective_params() const override { return params_; }
   Json stats() const override { return {{"classes", kClassNames}}; }
   int64_t image_height() const override { return kSide; }
   int64_t image_width() const override { return kSide; }
@@ -141,11 +124,7 @@ class Image : public ab::Task, public ab::ImageTask {
   }
 
   ab::Example example(ab::Split s, int64_t index) const override {
-    const int k = split_index(s);
-    if (index < 0 || index >= sizes_[k])
-      throw std::out_of_range(fmt::format("task 'image': {} index {} is out of range [0, {})", ab::split_name(s), index,
-                                          sizes_[k]));
-    const ab::RngStream base(seed_, ab::Purpose::data, kImageStream, static_cast<uint64_t>(k));
+    const ab::RngStream base = split_stream(kImageStream, checked_split(s, index));
     // Balanced classes: a random permutation of the 10 classes per block of 10 indices.
     ab::RngStream order = base.child(static_cast<uint64_t>(index / 10) | (uint64_t{1} << 63));
     std::array<int, 10> perm{};
@@ -227,9 +206,6 @@ class Image : public ab::Task, public ab::ImageTask {
     return out;
   }
 
-  Json params_;
-  uint64_t seed_;
-  std::array<int64_t, 3> sizes_{};
   double noise_ = 12;
   int clutter_ = 3, offset_ = 1;
 };

@@ -27,7 +27,7 @@
 #include <fmt/format.h>
 
 #include "attnbench/rng.hpp"
-#include "attnbench/task.hpp"
+#include "attnbench/task_helpers.hpp"
 
 namespace {
 
@@ -71,7 +71,7 @@ uint64_t hash_tokens(const uint8_t* p, size_t n) {
   return mix(h ^ tail ^ (static_cast<uint64_t>(n - i) << 56));
 }
 
-class ListOps : public ab::Task {
+class ListOps : public ab::SplitTask {
  public:
   static ab::TaskSpec spec() {
     ab::TaskSpec s;
@@ -93,7 +93,7 @@ class ListOps : public ab::Task {
     return s;
   }
 
-  ListOps(const Json& p, uint64_t seed) : params_(p) {
+  ListOps(const Json& p, uint64_t seed) : SplitTask("listops", p, seed) {
     max_length_ = p.at("max_length").get<int64_t>();
     const Json& min_len = p.at("min_length");
     min_length_ = min_len.is_null() ? max_length_ / 4 : min_len.get<int64_t>();
@@ -115,15 +115,9 @@ class ListOps : public ab::Task {
   int64_t vocab_size() const override { return kVocab; }
   int64_t num_classes() const override { return 10; }
   int64_t seq_len() const override { return max_length_; }
-  int64_t split_size(ab::Split s) const override { return sizes_[index_of(s)]; }
 
   ab::Example example(ab::Split s, int64_t index) const override {
-    const int k = index_of(s);
-    if (index < 0 || index >= sizes_[k])
-      throw std::out_of_range(fmt::format("task 'listops': {} index {} is out of range [0, {})", ab::split_name(s),
-                                          index, sizes_[k]));
-    int64_t tree = index;
-    for (int j = 0; j < k; ++j) tree += sizes_[j];
+    const int64_t tree = flat_index(checked_split(s, index), index);
     const uint8_t* b = tokens_.data() + offsets_[tree];
     const size_t n = offsets_[tree + 1] - offsets_[tree];
     ab::Example ex;
@@ -140,7 +134,6 @@ class ListOps : public ab::Task {
     return ex;
   }
 
-  Json effective_params() const override { return params_; }
   Json stats() const override {
     const int64_t kept = sizes_[0] + sizes_[1] + sizes_[2];
     return {{"draws", draws_}, {"trees", kept}, {"acceptance", static_cast<double>(kept) / static_cast<double>(draws_)}};
@@ -149,15 +142,6 @@ class ListOps : public ab::Task {
   int64_t min_length() const { return min_length_; }
 
  private:
-  static int index_of(ab::Split s) {
-    switch (s) {
-      case ab::Split::train: return 0;
-      case ab::Split::valid: return 1;
-      case ab::Split::test: return 2;
-    }
-    throw std::out_of_range("task 'listops': unknown split");
-  }
-
   // Fail fast when max_depth and max_args cannot build a tree longer than min_length at all.
   void check_reachable() const {
     int64_t longest = 1;  // longest tree whose root is at depth d, built from d = max_depth upwards
@@ -288,10 +272,8 @@ class ListOps : public ab::Task {
         found, needed, in_window_since_new, knobs));
   }
 
-  Json params_;  // as resolved, with min_length filled in
   int64_t max_length_ = 0, min_length_ = 0;
   int max_depth_ = 0, max_args_ = 0;
-  std::array<int64_t, 3> sizes_{};
   // All trees back to back (train, valid, test); tree t is tokens_[offsets_[t], offsets_[t+1]).
   std::vector<uint8_t> tokens_;
   std::vector<uint64_t> offsets_;

@@ -33,7 +33,7 @@
 
 #include "attnbench/ops.hpp"
 #include "attnbench/rng.hpp"
-#include "attnbench/task.hpp"
+#include "attnbench/task_helpers.hpp"
 
 namespace {
 
@@ -41,59 +41,43 @@ using ab::Json;
 
 constexpr uint64_t kMqarStream = 0x4D514152ull;  // "MQAR"
 
-int split_index(ab::Split s) {
-  switch (s) {
-    case ab::Split::train: return 0;
-    case ab::Split::valid: return 1;
-    case ab::Split::test: return 2;
-  }
-  throw std::out_of_range("task 'mqar': unknown split");
-}
-
-class Mqar : public ab::Task {
+class Mqar : public ab::SplitTask {
  public:
   static ab::TaskSpec spec() {
     ab::TaskSpec s;
     s.name = "mqar";
     s.summary = "Zoology MQAR: K key-value pairs, then each key queried once; emit the value (per position)";
     s.reference = "Arora, Eyuboglu et al. 2023, Zoology: Measuring and Improving Recall in Efficient Language Models";
-    auto null_int = [](std::string name, std::string doc, double lo, double hi) {
-      return ab::ParamSpec{std::move(name), ab::ParamType::integer, Json(), std::move(doc), lo, hi, {}};
-    };
+    using ab::null_int_param;
     s.params = {
         ab::enum_param("preset", "small", {"small", "paper"},
                        "defaults of the null parameters: small = Zoology's basic example (V 256, L 64, K 4, "
                        "random fillers, 100,000 / 1,000 / 1,000 examples); paper = the Figure-2 cell (V 8192, L 64, "
                        "K 4, zero fillers, 100,000 / 3,000 / 3,000)"),
-        null_int("seq_len", "input length L, even, < vocab_size; null = 64", 4, 1 << 20),
-        null_int("num_kv_pairs", "key-value pairs K; 2*K*num_passes + 2*K <= seq_len; null = 4", 1, 1 << 19),
-        null_int("vocab_size", "V: keys from [1, V/2), values from [V/2, V); null = 256 (small) / 8192 (paper)", 4,
-                 1 << 24),
+        null_int_param("seq_len", "input length L, even, < vocab_size; null = 64", 4, 1 << 20),
+        null_int_param("num_kv_pairs", "key-value pairs K; 2*K*num_passes + 2*K <= seq_len; null = 4", 1, 1 << 19),
+        null_int_param("vocab_size", "V: keys from [1, V/2), values from [V/2, V); null = 256 (small) / 8192 (paper)",
+                       4, 1 << 24),
         ab::num_param("power_a", 0.01, "power-law exponent a of the query gaps (1 = uniform; Zoology: 0.01)", 1e-6, 1.0),
         ab::int_param("num_passes", 1, "repetitions of the key-value context (JRT; Zoology: 1)", 1, 64),
-        ab::ParamSpec{"random_non_queries", ab::ParamType::boolean, Json(),
-                      "replace the 0 fillers of the input by uniform ids in [0, V) (Zoology default true; "
-                      "Figure-2 config false); null = true (small) / false (paper)",
-                      -1e300, 1e300, {}},
-        null_int("train_size", "training examples; null = 100,000", 1, 1e10),
-        null_int("valid_size", "validation examples; null = 1,000 (small) / 3,000 (paper)", 1, 1e10),
-        null_int("test_size", "test examples; null = 1,000 (small) / 3,000 (paper)", 1, 1e10),
+        ab::null_bool_param("random_non_queries",
+                            "replace the 0 fillers of the input by uniform ids in [0, V) (Zoology default true; "
+                            "Figure-2 config false); null = true (small) / false (paper)"),
+        null_int_param("train_size", "training examples; null = 100,000", 1, 1e10),
+        null_int_param("valid_size", "validation examples; null = 1,000 (small) / 3,000 (paper)", 1, 1e10),
+        null_int_param("test_size", "test examples; null = 1,000 (small) / 3,000 (paper)", 1, 1e10),
     };
     return s;
   }
 
-  Mqar(const Json& p, uint64_t seed) : params_(p), seed_(seed) {
-    const bool paper = p.at("preset") == "paper";
-    auto pick = [&](const char* key, Json small, Json big) {
-      if (params_.at(key).is_null()) params_[key] = paper ? big : small;
-      return params_.at(key);
-    };
-    L_ = pick("seq_len", 64, 64).get<int64_t>();
-    K_ = pick("num_kv_pairs", 4, 4).get<int64_t>();
-    V_ = pick("vocab_size", 256, 8192).get<int64_t>();
-    random_non_queries_ = pick("random_non_queries", true, false).get<bool>();
-    sizes_ = {pick("train_size", 100000, 100000).get<int64_t>(), pick("valid_size", 1000, 3000).get<int64_t>(),
-              pick("test_size", 1000, 3000).get<int64_t>()};
+  Mqar(const Json& p, uint64_t seed) : SplitTask("mqar", p, seed, "paper") {
+    L_ = preset_default("seq_len", 64, 64).get<int64_t>();
+    K_ = preset_default("num_kv_pairs", 4, 4).get<int64_t>();
+    V_ = preset_default("vocab_size", 256, 8192).get<int64_t>();
+    random_non_queries_ = preset_default("random_non_queries", true, false).get<bool>();
+    sizes_ = {preset_default("train_size", 100000, 100000).get<int64_t>(),
+              preset_default("valid_size", 1000, 3000).get<int64_t>(),
+              preset_default("test_size", 1000, 3000).get<int64_t>()};
     a_ = p.at("power_a").get<double>();
     P_ = p.at("num_passes").get<int64_t>();
     if (L_ % 2 != 0)
@@ -120,19 +104,13 @@ class Mqar : public ab::Task {
   int64_t vocab_size() const override { return V_; }
   int64_t num_classes() const override { return V_; }
   int64_t seq_len() const override { return L_; }
-  int64_t split_size(ab::Split s) const override { return sizes_[split_index(s)]; }
-  Json effective_params() const override { return params_; }
   Json stats() const override {
     return {{"query_space", space_}, {"context_length", 2 * K_ * P_}, {"scored_per_example", K_}};
   }
 
   ab::Example example(ab::Split s, int64_t index) const override {
-    const int k = split_index(s);
-    if (index < 0 || index >= sizes_[k])
-      throw std::out_of_range(fmt::format("task 'mqar': {} index {} is out of range [0, {})", ab::split_name(s), index,
-                                          sizes_[k]));
-    ab::RngStream rng = ab::RngStream(seed_, ab::Purpose::data, kMqarStream, static_cast<uint64_t>(k))
-                            .child(static_cast<uint64_t>(index));
+    const int k = checked_split(s, index);
+    ab::RngStream rng = split_stream(kMqarStream, k).child(static_cast<uint64_t>(index));
     const int64_t half = V_ / 2;
     const std::vector<int32_t> keys = distinct(rng, 1, half, K_);    // from [1, V/2)
     const std::vector<int32_t> values = distinct(rng, half, V_, K_);  // from [V/2, V)
@@ -197,12 +175,9 @@ class Mqar : public ab::Task {
     return found;
   }
 
-  Json params_;
-  uint64_t seed_;
   int64_t L_ = 0, K_ = 0, V_ = 0, P_ = 1, space_ = 0;
   double a_ = 0.01;
   bool random_non_queries_ = true;
-  std::array<int64_t, 3> sizes_{};
   std::vector<double> weights_;
 };
 

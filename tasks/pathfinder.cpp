@@ -63,7 +63,7 @@
 #include "io/lra_loaders.hpp"
 #include "io/png.hpp"
 #include "attnbench/rng.hpp"
-#include "attnbench/task.hpp"
+#include "attnbench/task_helpers.hpp"
 
 namespace {
 
@@ -75,15 +75,6 @@ constexpr int kDistractorAttempts = 5;  // max_distractor_contour_retrial (4) + 
 constexpr int kSeedDraws = 200;         // rejection-sampling draws for a free seed position
 constexpr int kMaxRestarts = 100000;    // per image, then the settings are declared impossible
 constexpr double kPi = 3.14159265358979323846;
-
-int split_index(ab::Split s) {
-  switch (s) {
-    case ab::Split::train: return 0;
-    case ab::Split::valid: return 1;
-    case ab::Split::test: return 2;
-  }
-  throw std::out_of_range("task 'pathfinder': unknown split");
-}
 
 // LRA's TFDS builder docstrings (tasks.md §7.3) plus the wrapper defaults.
 struct Resolution {
@@ -555,33 +546,31 @@ class Canvas {
   std::array<Snake, 2> targets_;
 };
 
-class Pathfinder : public ab::Task, public ab::ImageTask {
+class Pathfinder : public ab::SplitTask, public ab::ImageTask {
  public:
   static ab::TaskSpec spec() {
     ab::TaskSpec s;
     s.name = "pathfinder";
     s.summary = "LRA Pathfinder / Path-X: are the two markers joined by one dashed curve? (pixels as tokens)";
     s.reference = "Tay et al. 2021, Long Range Arena; Linsley et al. 2018 and Kim et al. 2020 (snakes generator)";
-    auto null_int = [](std::string name, std::string doc, double lo, double hi) {
-      return ab::ParamSpec{std::move(name), ab::ParamType::integer, Json(), std::move(doc), lo, hi, {}};
-    };
+    using ab::null_int_param;
     s.params = {
         ab::enum_param("preset", "small", {"small", "lra"},
                        "defaults of the null split sizes: small = 20,000 / 2,000 / 2,000 images; lra = LRA's 160,000 / "
                        "20,000 / 20,000 (80/10/10 of 200,000)"),
-        null_int("resolution",
-                 "image side: 32 (LRA Pathfinder), 64, 128 (Path-X) or 256, each with LRA's generator settings; "
-                 "seq_len = resolution^2; null = 32 (generated) / the images' size (lra_files)",
-                 32, 256),
+        null_int_param("resolution",
+                       "image side: 32 (LRA Pathfinder), 64, 128 (Path-X) or 256, each with LRA's generator settings; "
+                       "seq_len = resolution^2; null = 32 (generated) / the images' size (lra_files)",
+                       32, 256),
         ab::int_param("contour_length", 14,
                       "paddles per target snake: 6 = LRA's easy split (curv_baseline), 9 = intermediate, 14 = hard "
                       "(LRA's Pathfinder and Path-X)",
                       2, 40),
-        null_int("distractor_length", "paddles per distractor snake; null = contour_length // 3 (LRA)", 1, 40),
-        null_int("num_distractor_snakes",
-                 "distractor snakes; null = LRA's budget // distractor_length (budget 20 / 22 / 35 / 30 at 32 / 64 / "
-                 "128 / 256); at most 62 (the generator tracks snakes in 64-bit masks)",
-                 0, 62),
+        null_int_param("distractor_length", "paddles per distractor snake; null = contour_length // 3 (LRA)", 1, 40),
+        null_int_param("num_distractor_snakes",
+                       "distractor snakes; null = LRA's budget // distractor_length (budget 20 / 22 / 35 / 30 at 32 / "
+                       "64 / 128 / 256); at most 62 (the generator tracks snakes in 64-bit masks)",
+                       0, 62),
         ab::bool_param("black_is_padding", false,
                        "LRA's token convention: token = gray level, so black pixels are padding (vocabulary 256); "
                        "false = gray level + 1, nothing is padding (vocabulary 257)"),
@@ -595,14 +584,16 @@ class Pathfinder : public ab::Task, public ab::ImageTask {
                       "keep generated images in memory up to this many MiB, so later epochs do not redraw them (the "
                       "generator is a rejection sampler: ~2 ms per image at 32, ~35 at 64, ~100 at 128); 0 = off",
                       0, 1 << 20),
-        null_int("train_size", "training images; null = 20,000 (small) / 160,000 (lra) / 80% of the files", 1, 1e10),
-        null_int("valid_size", "validation images; null = 2,000 (small) / 20,000 (lra) / 10% of the files", 1, 1e10),
-        null_int("test_size", "test images; null = 2,000 (small) / 20,000 (lra) / 10% of the files", 1, 1e10),
+        null_int_param("train_size", "training images; null = 20,000 (small) / 160,000 (lra) / 80% of the files",
+                       1, 1e10),
+        null_int_param("valid_size", "validation images; null = 2,000 (small) / 20,000 (lra) / 10% of the files",
+                       1, 1e10),
+        null_int_param("test_size", "test images; null = 2,000 (small) / 20,000 (lra) / 10% of the files", 1, 1e10),
     };
     return s;
   }
 
-  Pathfinder(const Json& p, uint64_t seed) : params_(p), seed_(seed) {
+  Pathfinder(const Json& p, uint64_t seed) : SplitTask("pathfinder", p, seed, "lra") {
     offset_ = p.at("black_is_padding").get<bool>() ? 0 : 1;
     files_ = p.at("source") == "lra_files";
     if (files_) {
@@ -611,7 +602,6 @@ class Pathfinder : public ab::Task, public ab::ImageTask {
       if (!p.at("path").get<std::string>().empty())
         throw ab::UsageError("task 'pathfinder': path is only used with source=lra_files; set source=lra_files or drop "
                              "path");
-      const bool lra = p.at("preset") == "lra";
       if (params_.at("resolution").is_null()) params_["resolution"] = 32;
       res_ = &resolution_of(static_cast<int>(params_.at("resolution").get<int64_t>()));
       size_ = res_->size;
@@ -620,12 +610,9 @@ class Pathfinder : public ab::Task, public ab::ImageTask {
       dl_ = static_cast<int>(params_.at("distractor_length").get<int64_t>());
       if (params_.at("num_distractor_snakes").is_null()) params_["num_distractor_snakes"] = res_->distractor_budget / dl_;
       nd_ = static_cast<int>(params_.at("num_distractor_snakes").get<int64_t>());
-      const int64_t defaults[3] = {lra ? 160000 : 20000, lra ? 20000 : 2000, lra ? 20000 : 2000};
-      const char* keys[3] = {"train_size", "valid_size", "test_size"};
-      for (int k = 0; k < 3; ++k) {
-        if (params_.at(keys[k]).is_null()) params_[keys[k]] = defaults[k];
-        sizes_[k] = params_.at(keys[k]).get<int64_t>();
-      }
+      sizes_ = {preset_default("train_size", 20000, 160000).get<int64_t>(),
+                preset_default("valid_size", 2000, 20000).get<int64_t>(),
+                preset_default("test_size", 2000, 20000).get<int64_t>()};
       link_radius_ = 2.0 * *std::max_element(res_->margins.begin(), res_->margins.end()) + 1.5;
       cache_budget_ = p.at("cache_mb").get<int64_t>() << 20;
       for (int k = 0; k < 3; ++k) cache_[k].resize(static_cast<size_t>(sizes_[k]));
@@ -641,8 +628,6 @@ class Pathfinder : public ab::Task, public ab::ImageTask {
   int64_t vocab_size() const override { return 256 + offset_; }
   int64_t num_classes() const override { return 2; }
   int64_t seq_len() const override { return static_cast<int64_t>(size_) * size_; }
-  int64_t split_size(ab::Split s) const override { return sizes_[split_index(s)]; }
-  Json effective_params() const override { return params_; }
   int64_t image_height() const override { return size_; }
   int64_t image_width() const override { return size_; }
   std::vector<uint8_t> image_pixels(const ab::Example& ex) const override {
@@ -675,15 +660,10 @@ class Pathfinder : public ab::Task, public ab::ImageTask {
   }
 
   ab::Example example(ab::Split s, int64_t index) const override {
-    const int k = split_index(s);
-    if (index < 0 || index >= sizes_[k])
-      throw std::out_of_range(fmt::format("task 'pathfinder': {} index {} is out of range [0, {})", ab::split_name(s),
-                                          index, sizes_[k]));
+    const int k = checked_split(s, index);
     ab::Example ex;
     if (files_) {
-      int64_t item = index;
-      for (int j = 0; j < k; ++j) item += sizes_[j];
-      const auto& it = items_[static_cast<size_t>(item)];
+      const auto& it = items_[static_cast<size_t>(flat_index(k, index))];
       const ab::GrayImage img = ab::read_png_gray(it.image);
       if (img.width != size_ || img.height != size_)
         throw std::runtime_error(fmt::format("task 'pathfinder': '{}' is {} x {}, the dataset's images are {} x {}",
@@ -733,8 +713,7 @@ class Pathfinder : public ab::Task, public ab::ImageTask {
   }
 
   Drawn draw(int split, int64_t index) const {
-    ab::RngStream rng = ab::RngStream(seed_, ab::Purpose::data, kPathfinderStream, static_cast<uint64_t>(split))
-                            .child(static_cast<uint64_t>(index));
+    ab::RngStream rng = split_stream(kPathfinderStream, split).child(static_cast<uint64_t>(index));
     Canvas canvas(*res_, cl_, dl_, nd_, link_radius_, rng);
     return canvas.draw();
   }
@@ -775,14 +754,11 @@ class Pathfinder : public ab::Task, public ab::ImageTask {
     items_ = std::move(ordered);
   }
 
-  Json params_;
-  uint64_t seed_;
   int offset_ = 1;
   bool files_ = false;
   const Resolution* res_ = nullptr;
   int size_ = 32, cl_ = 14, dl_ = 4, nd_ = 5;
   double link_radius_ = 4;
-  std::array<int64_t, 3> sizes_{};
   std::array<int64_t, 3> base_{};
   std::vector<ab::lra::PathfinderItem> items_;
   // Generated images kept for later epochs (guarded by mu_; example() may be called concurrently).

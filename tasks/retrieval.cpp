@@ -34,57 +34,33 @@
 
 #include "io/lra_loaders.hpp"
 #include "attnbench/rng.hpp"
-#include "attnbench/task.hpp"
+#include "attnbench/task_helpers.hpp"
+#include "lexicon.hpp"
 
 namespace {
 
 using ab::Json;
 
 constexpr uint64_t kRetrievalStream = 0x52657472696576ull;  // "Retriev"
-constexpr uint64_t kLexiconKey = 0x4C657869636F6Eull;       // the common words: the same lexicon as `text`
 constexpr uint64_t kTopicKey = 0x546F70696373ull;           // "Topics"
-constexpr int kLexiconSize = 5000;
-constexpr double kZipf = 1.1;
 constexpr int kTopicWords = 6, kFingerprint = 4, kDistractorTopics = 2;
 
-int split_index(ab::Split s) {
-  switch (s) {
-    case ab::Split::train: return 0;
-    case ab::Split::valid: return 1;
-    case ab::Split::test: return 2;
-  }
-  throw std::out_of_range("task 'retrieval': unknown split");
-}
-
-std::string syllable_word(ab::RngStream& rng, int syllables) {
-  static constexpr const char* kCons = "bcdfghjklmnprstvwz";
-  static constexpr const char* kVow = "aeiou";
-  std::string w;
-  for (int i = 0; i < syllables; ++i) {
-    w += kCons[rng.below(18)];
-    w += kVow[rng.below(5)];
-    if (rng.below(3) == 0) w += kCons[rng.below(18)];
-  }
-  return w;
-}
-
-class Retrieval : public ab::Task {
+class Retrieval : public ab::SplitTask {
  public:
   static ab::TaskSpec spec() {
     ab::TaskSpec s;
     s.name = "retrieval";
     s.summary = "Byte-level document pairs (AAN stand-in): do the two documents share a topic? (dual encoder)";
     s.reference = "Tay et al. 2021, Long Range Arena (byte-level document retrieval); synthetic stand-in";
-    auto null_int = [](std::string name, std::string doc, double lo, double hi) {
-      return ab::ParamSpec{std::move(name), ab::ParamType::integer, Json(), std::move(doc), lo, hi, {}};
-    };
+    using ab::null_int_param;
     s.params = {
         ab::enum_param("preset", "small", {"small", "lra"},
                        "defaults of the null parameters: small = documents of 512-1,024 bytes, 20,000 / 2,000 / "
                        "2,000 pairs; lra = 1,024-4,000 bytes (LRA's 4,000 per document) and AAN's split sizes "
                        "147,086 / 18,090 / 17,437"),
-        null_int("min_length", "shortest generated document in bytes; null = 512 (small) / 1024 (lra)", 64, 1 << 24),
-        null_int("max_length", "bytes per document = seq_len; null = 1024 (small) / 4000 (lra)", 256, 1 << 24),
+        null_int_param("min_length", "shortest generated document in bytes; null = 512 (small) / 1024 (lra)",
+                       64, 1 << 24),
+        null_int_param("max_length", "bytes per document = seq_len; null = 1024 (small) / 4000 (lra)", 256, 1 << 24),
         ab::int_param("num_topics", 256, "topics (each a fingerprint of 6 rare words)", 4, 100000),
         ab::enum_param("source", "generated", {"generated", "lra_files"},
                        "generated = the generator above; lra_files = LRA's AAN pairs from `path`"),
@@ -92,31 +68,29 @@ class Retrieval : public ab::Task {
                       "with source=lra_files: the directory holding new_aan_pairs.{train,eval,test}.tsv "
                       "(lra_release/tsv_data)",
                       -1e300, 1e300, {}},
-        null_int("train_size", "training pairs; null = 20,000 (small) / 147,086 (lra) / all in the file", 1, 1e10),
-        null_int("valid_size", "validation pairs; null = 2,000 (small) / 18,090 (lra) / all in the file", 1, 1e10),
-        null_int("test_size", "test pairs; null = 2,000 (small) / 17,437 (lra) / all in the file", 1, 1e10),
+        null_int_param("train_size", "training pairs; null = 20,000 (small) / 147,086 (lra) / all in the file",
+                       1, 1e10),
+        null_int_param("valid_size", "validation pairs; null = 2,000 (small) / 18,090 (lra) / all in the file",
+                       1, 1e10),
+        null_int_param("test_size", "test pairs; null = 2,000 (small) / 17,437 (lra) / all in the file", 1, 1e10),
     };
     return s;
   }
 
-  Retrieval(const Json& p, uint64_t seed) : params_(p), seed_(seed) {
-    const bool lra = p.at("preset") == "lra";
-    auto pick = [&](const char* key, Json small, Json big) {
-      if (params_.at(key).is_null()) params_[key] = lra ? big : small;
-      return params_.at(key);
-    };
-    max_len_ = pick("max_length", 1024, 4000).get<int64_t>();
+  Retrieval(const Json& p, uint64_t seed) : SplitTask("retrieval", p, seed, "lra") {
+    max_len_ = preset_default("max_length", 1024, 4000).get<int64_t>();
     files_ = p.at("source") == "lra_files";
     if (files_) {
-      open_files(lra);
+      open_files();
       return;
     }
     if (!p.at("path").get<std::string>().empty())
       throw ab::UsageError("task 'retrieval': path is only used with source=lra_files; set source=lra_files or drop "
                            "path");
-    min_len_ = pick("min_length", 512, 1024).get<int64_t>();
-    sizes_ = {pick("train_size", 20000, 147086).get<int64_t>(), pick("valid_size", 2000, 18090).get<int64_t>(),
-              pick("test_size", 2000, 17437).get<int64_t>()};
+    min_len_ = preset_default("min_length", 512, 1024).get<int64_t>();
+    sizes_ = {preset_default("train_size", 20000, 147086).get<int64_t>(),
+              preset_default("valid_size", 2000, 18090).get<int64_t>(),
+              preset_default("test_size", 2000, 17437).get<int64_t>()};
     topics_ = p.at("num_topics").get<int64_t>();
     if (min_len_ > max_len_)
       throw ab::UsageError(
@@ -128,19 +102,14 @@ class Retrieval : public ab::Task {
   int64_t vocab_size() const override { return 257; }
   int64_t num_classes() const override { return 2; }
   int64_t seq_len() const override { return max_len_; }
-  int64_t split_size(ab::Split s) const override { return sizes_[split_index(s)]; }
-  Json effective_params() const override { return params_; }
   Json stats() const override {
     if (files_) return {{"source", "lra_files"}, {"pairs", {sizes_[0], sizes_[1], sizes_[2]}}};
     return {{"topics", topics_}, {"topic_words", kTopicWords}, {"fingerprint_words", kFingerprint},
-            {"lexicon_size", kLexiconSize}};
+            {"lexicon_size", ab::lexicon::kSize}};
   }
 
   ab::Example example(ab::Split s, int64_t index) const override {
-    const int k = split_index(s);
-    if (index < 0 || index >= sizes_[k])
-      throw std::out_of_range(fmt::format("task 'retrieval': {} index {} is out of range [0, {})", ab::split_name(s),
-                                          index, sizes_[k]));
+    const int k = checked_split(s, index);
     ab::Example ex;
     if (files_) {
       const ab::lra::AanPair pair = aan_[k]->read(index);
@@ -151,7 +120,7 @@ class Retrieval : public ab::Task {
                 pair.text2.substr(0, static_cast<size_t>(max_len_));
       return ex;
     }
-    const ab::RngStream base(seed_, ab::Purpose::data, kRetrievalStream, static_cast<uint64_t>(k));
+    const ab::RngStream base = split_stream(kRetrievalStream, k);
     ab::RngStream order = base.child(static_cast<uint64_t>(index / 2) | (uint64_t{1} << 63));
     const int label = static_cast<int>((order.below(2) + static_cast<uint64_t>(index % 2)) % 2);
     ab::RngStream rng = base.child(static_cast<uint64_t>(index));
@@ -179,31 +148,21 @@ class Retrieval : public ab::Task {
     return out;
   }
 
-  void build_vocabulary() {
-    ab::RngStream rng(0, ab::Purpose::data, kLexiconKey);
+  void build_vocabulary() {  // the common words: `text`'s lexicon stream, cue words not skipped
     std::set<std::string> seen;
-    while (static_cast<int>(common_.size()) < kLexiconSize) {
-      std::string w = syllable_word(rng, 1 + static_cast<int>(rng.below(3)));
-      if (w.size() > 6) w.resize(6);
-      if (seen.insert(w).second) common_.push_back(w);
-    }
-    cdf_.resize(kLexiconSize);
-    double acc = 0;
-    for (int r = 0; r < kLexiconSize; ++r) cdf_[r] = (acc += std::pow(r + 1.0, -kZipf));
-    for (auto& c : cdf_) c /= acc;
+    common_ = ab::lexicon::common_words(seen);
+    cdf_ = ab::lexicon::zipf_cdf();
     ab::RngStream trng(0, ab::Purpose::data, kTopicKey);
     rare_.reserve(static_cast<size_t>(topics_ * kTopicWords));
     while (static_cast<int64_t>(rare_.size()) < topics_ * kTopicWords) {
-      std::string w = syllable_word(trng, 3 + static_cast<int>(trng.below(2)));
+      std::string w = ab::lexicon::syllable_word(trng, 3 + static_cast<int>(trng.below(2)));
       if (w.size() < 7 || w.size() > 12) continue;
       if (seen.insert(w).second) rare_.push_back(w);
     }
   }
 
   const std::string& common_word(ab::RngStream& rng) const {
-    const double u = rng.uniform_double();
-    const auto r = std::min<ptrdiff_t>(std::upper_bound(cdf_.begin(), cdf_.end(), u) - cdf_.begin(), kLexiconSize - 1);
-    return common_[static_cast<size_t>(r)];
+    return common_[static_cast<size_t>(ab::lexicon::zipf_rank(cdf_, rng))];
   }
   const std::string& topic_word(int64_t topic, int j) const {
     return rare_[static_cast<size_t>(topic * kTopicWords + j)];
@@ -261,8 +220,7 @@ class Retrieval : public ab::Task {
     return doc;
   }
 
-  void open_files(bool lra) {
-    (void)lra;
+  void open_files() {
     const std::string dir = params_.at("path").get<std::string>();
     if (dir.empty())
       throw ab::UsageError("task 'retrieval': source=lra_files needs path=<directory with new_aan_pairs.*.tsv>, e.g. "
@@ -280,11 +238,8 @@ class Retrieval : public ab::Task {
     }
   }
 
-  Json params_;
-  uint64_t seed_;
   bool files_ = false;
   int64_t min_len_ = 0, max_len_ = 0, topics_ = 0;
-  std::array<int64_t, 3> sizes_{};
   std::vector<std::string> common_, rare_;
   std::vector<double> cdf_;
   std::array<std::shared_ptr<ab::lra::AanFile>, 3> aan_;

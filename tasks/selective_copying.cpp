@@ -25,7 +25,7 @@
 
 #include "attnbench/ops.hpp"
 #include "attnbench/rng.hpp"
-#include "attnbench/task.hpp"
+#include "attnbench/task_helpers.hpp"
 
 namespace {
 
@@ -33,53 +33,38 @@ using ab::Json;
 
 constexpr uint64_t kCopyStream = 0x53656C436F7079ull;  // "SelCopy"
 
-int split_index(ab::Split s) {
-  switch (s) {
-    case ab::Split::train: return 0;
-    case ab::Split::valid: return 1;
-    case ab::Split::test: return 2;
-  }
-  throw std::out_of_range("task 'selective_copying': unknown split");
-}
-
-class SelectiveCopying : public ab::Task {
+class SelectiveCopying : public ab::SplitTask {
  public:
   static ab::TaskSpec spec() {
     ab::TaskSpec s;
     s.name = "selective_copying";
     s.summary = "Mamba selective copying: emit the data tokens scattered among noise, in order, at the markers";
     s.reference = "Gu & Dao 2023, Mamba (§4.1.1, App. E.1); generator after S4's copying dataset";
-    auto null_int = [](std::string name, std::string doc, double lo, double hi) {
-      return ab::ParamSpec{std::move(name), ab::ParamType::integer, Json(), std::move(doc), lo, hi, {}};
-    };
+    using ab::null_int_param;
     s.params = {
         ab::enum_param("preset", "small", {"small", "paper"},
                        "defaults of the null parameters: small = 256 noise positions, 100,000 / 1,000 / 1,000 "
                        "examples; paper = Mamba's 4,096 noise positions and 400K steps x batch 64 of fresh "
                        "examples (25,600,000), 1,000 / 1,000 held out"),
-        null_int("num_noise", "L: noise positions (the data tokens hide among L + M); null = 256 (small) / 4096 (paper)",
-                 0, 1 << 24),
+        null_int_param("num_noise",
+                       "L: noise positions (the data tokens hide among L + M); null = 256 (small) / 4096 (paper)", 0,
+                       1 << 24),
         ab::int_param("num_data", 16, "M: data tokens to copy (Mamba: 16)", 1, 1 << 16),
         ab::int_param("alphabet", 16,
                       "A: S4's dictionary size including the noise and marker symbols, so the data tokens take "
                       "A - 2 values (Mamba: 16)",
                       3, 1 << 20),
         ab::bool_param("variable", true, "scatter the data tokens (selective copying); false = vanilla copying"),
-        null_int("train_size", "training examples; null = 100,000 (small) / 25,600,000 (paper)", 1, 1e12),
+        null_int_param("train_size", "training examples; null = 100,000 (small) / 25,600,000 (paper)", 1, 1e12),
         ab::int_param("valid_size", 1000, "validation examples (S4: n_eval 1,000)", 1, 1e10),
         ab::int_param("test_size", 1000, "test examples", 1, 1e10),
     };
     return s;
   }
 
-  SelectiveCopying(const Json& p, uint64_t seed) : params_(p), seed_(seed) {
-    const bool paper = p.at("preset") == "paper";
-    auto pick = [&](const char* key, Json small, Json big) {
-      if (params_.at(key).is_null()) params_[key] = paper ? big : small;
-      return params_.at(key);
-    };
-    L_ = pick("num_noise", 256, 4096).get<int64_t>();
-    sizes_ = {pick("train_size", 100000, 25600000).get<int64_t>(), p.at("valid_size").get<int64_t>(),
+  SelectiveCopying(const Json& p, uint64_t seed) : SplitTask("selective_copying", p, seed, "paper") {
+    L_ = preset_default("num_noise", 256, 4096).get<int64_t>();
+    sizes_ = {preset_default("train_size", 100000, 25600000).get<int64_t>(), p.at("valid_size").get<int64_t>(),
               p.at("test_size").get<int64_t>()};
     M_ = p.at("num_data").get<int64_t>();
     A_ = p.at("alphabet").get<int64_t>();
@@ -90,19 +75,13 @@ class SelectiveCopying : public ab::Task {
   int64_t vocab_size() const override { return A_ + 1; }
   int64_t num_classes() const override { return A_ + 1; }
   int64_t seq_len() const override { return L_ + 2 * M_; }
-  int64_t split_size(ab::Split s) const override { return sizes_[split_index(s)]; }
-  Json effective_params() const override { return params_; }
   Json stats() const override {
     return {{"noise_id", 1}, {"data_ids", {2, A_ - 1}}, {"marker_id", A_}, {"scored_per_example", M_}};
   }
 
   ab::Example example(ab::Split s, int64_t index) const override {
-    const int k = split_index(s);
-    if (index < 0 || index >= sizes_[k])
-      throw std::out_of_range(fmt::format("task 'selective_copying': {} index {} is out of range [0, {})",
-                                          ab::split_name(s), index, sizes_[k]));
-    ab::RngStream rng = ab::RngStream(seed_, ab::Purpose::data, kCopyStream, static_cast<uint64_t>(k))
-                            .child(static_cast<uint64_t>(index));
+    const int k = checked_split(s, index);
+    ab::RngStream rng = split_stream(kCopyStream, k).child(static_cast<uint64_t>(index));
     const int32_t noise = 1, marker = static_cast<int32_t>(A_);
     std::vector<int32_t> data(static_cast<size_t>(M_));
     for (auto& d : data) d = static_cast<int32_t>(2 + rng.below(static_cast<uint64_t>(A_ - 2)));  // S4 1..A-2, +1
@@ -134,11 +113,8 @@ class SelectiveCopying : public ab::Task {
   }
 
  private:
-  Json params_;
-  uint64_t seed_;
   int64_t L_ = 0, M_ = 0, A_ = 0;
   bool variable_ = true;
-  std::array<int64_t, 3> sizes_{};
 };
 
 }  // namespace

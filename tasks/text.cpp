@@ -33,30 +33,19 @@
 #include <fmt/format.h>
 
 #include "attnbench/rng.hpp"
-#include "attnbench/task.hpp"
+#include "attnbench/task_helpers.hpp"
+#include "lexicon.hpp"
 
 namespace {
 
 using ab::Json;
 
 constexpr uint64_t kTextStream = 0x5465787453656Eull;  // "TextSen"
-constexpr uint64_t kLexiconKey = 0x4C657869636F6Eull;  // "Lexicon"
-constexpr int kLexiconSize = 5000;
-constexpr double kZipf = 1.1;
 constexpr std::array<const char*, 10> kPositive = {"good",    "nice",     "great",    "superb",    "lovely",
                                                    "amazing", "terrific", "charming", "wonderful", "brilliant"};
 constexpr std::array<const char*, 10> kNegative = {"poor",    "dull",     "awful",    "boring",    "clumsy",
                                                    "tedious", "horrible", "dreadful", "appalling", "miserable"};
 constexpr std::array<const char*, 3> kNegations = {"not", "never", "hardly"};
-
-int split_index(ab::Split s) {
-  switch (s) {
-    case ab::Split::train: return 0;
-    case ab::Split::valid: return 1;
-    case ab::Split::test: return 2;
-  }
-  throw std::out_of_range("task 'text': unknown split");
-}
 
 // Word kinds in a document: filler (index into the lexicon), cue (+-(i+1)), negation.
 struct Word {
@@ -64,43 +53,38 @@ struct Word {
   int32_t id;  // lexicon index, cue index or negation index
 };
 
-class Text : public ab::Task {
+class Text : public ab::SplitTask {
  public:
   static ab::TaskSpec spec() {
     ab::TaskSpec s;
     s.name = "text";
     s.summary = "Byte-level sentiment documents (IMDb stand-in): the sign of cue words summed over the document";
     s.reference = "Tay et al. 2021, Long Range Arena (byte-level text classification); synthetic stand-in";
-    auto null_int = [](std::string name, std::string doc, double lo, double hi) {
-      return ab::ParamSpec{std::move(name), ab::ParamType::integer, Json(), std::move(doc), lo, hi, {}};
-    };
+    using ab::null_int_param;
     s.params = {
         ab::enum_param("preset", "small", {"small", "lra"},
                        "defaults of the null parameters: small = documents of 512-1,024 bytes, 20,000 / 2,000 / "
                        "2,000; lra = 1,024-4,096 bytes (LRA's 4K setting), 25,000 / 2,000 / 25,000"),
-        null_int("min_length", "shortest document in bytes; null = 512 (small) / 1024 (lra)", 16, 1 << 24),
-        null_int("max_length", "longest document in bytes = seq_len; null = 1024 (small) / 4096 (lra)", 16, 1 << 24),
+        null_int_param("min_length", "shortest document in bytes; null = 512 (small) / 1024 (lra)", 16, 1 << 24),
+        null_int_param("max_length", "longest document in bytes = seq_len; null = 1024 (small) / 4096 (lra)",
+                       16, 1 << 24),
         ab::num_param("cues_per_kb", 6.0, "average cue words per 1,000 bytes (each document draws 0.5x-1.5x this)",
                       0.1, 200.0),
         ab::num_param("negated_fraction", 0.3, "probability that a cue is preceded by a negation", 0.0, 1.0),
         ab::int_param("negation_window", 3, "a negation flips the first cue among the next this many words", 1, 16),
-        null_int("train_size", "training documents; null = 20,000 (small) / 25,000 (lra)", 1, 1e10),
-        null_int("valid_size", "validation documents; null = 2,000", 1, 1e10),
-        null_int("test_size", "test documents; null = 2,000 (small) / 25,000 (lra)", 1, 1e10),
+        null_int_param("train_size", "training documents; null = 20,000 (small) / 25,000 (lra)", 1, 1e10),
+        null_int_param("valid_size", "validation documents; null = 2,000", 1, 1e10),
+        null_int_param("test_size", "test documents; null = 2,000 (small) / 25,000 (lra)", 1, 1e10),
     };
     return s;
   }
 
-  Text(const Json& p, uint64_t seed) : params_(p), seed_(seed) {
-    const bool lra = p.at("preset") == "lra";
-    auto pick = [&](const char* key, Json small, Json big) {
-      if (params_.at(key).is_null()) params_[key] = lra ? big : small;
-      return params_.at(key);
-    };
-    min_len_ = pick("min_length", 512, 1024).get<int64_t>();
-    max_len_ = pick("max_length", 1024, 4096).get<int64_t>();
-    sizes_ = {pick("train_size", 20000, 25000).get<int64_t>(), pick("valid_size", 2000, 2000).get<int64_t>(),
-              pick("test_size", 2000, 25000).get<int64_t>()};
+  Text(const Json& p, uint64_t seed) : SplitTask("text", p, seed, "lra") {
+    min_len_ = preset_default("min_length", 512, 1024).get<int64_t>();
+    max_len_ = preset_default("max_length", 1024, 4096).get<int64_t>();
+    sizes_ = {preset_default("train_size", 20000, 25000).get<int64_t>(),
+              preset_default("valid_size", 2000, 2000).get<int64_t>(),
+              preset_default("test_size", 2000, 25000).get<int64_t>()};
     cues_per_kb_ = p.at("cues_per_kb").get<double>();
     negated_ = p.at("negated_fraction").get<double>();
     window_ = static_cast<int>(p.at("negation_window").get<int64_t>());
@@ -113,26 +97,20 @@ class Text : public ab::Task {
   int64_t vocab_size() const override { return 257; }
   int64_t num_classes() const override { return 2; }
   int64_t seq_len() const override { return max_len_; }
-  int64_t split_size(ab::Split s) const override { return sizes_[split_index(s)]; }
-  Json effective_params() const override { return params_; }
   Json stats() const override {
     return {{"positive_cues", kPositive}, {"negative_cues", kNegative}, {"negations", kNegations},
-            {"lexicon_size", kLexiconSize}};
+            {"lexicon_size", ab::lexicon::kSize}};
   }
 
   ab::Example example(ab::Split s, int64_t index) const override {
-    const int k = split_index(s);
-    if (index < 0 || index >= sizes_[k])
-      throw std::out_of_range(fmt::format("task 'text': {} index {} is out of range [0, {})", ab::split_name(s), index,
-                                          sizes_[k]));
-    const ab::RngStream base(seed_, ab::Purpose::data, kTextStream, static_cast<uint64_t>(k));
+    const int k = checked_split(s, index);
+    const ab::RngStream base = split_stream(kTextStream, k);
     // Balanced labels: in each pair of indices one document of each class, in random order.
     ab::RngStream order = base.child(static_cast<uint64_t>(index / 2) | (uint64_t{1} << 63));
     const int label = static_cast<int>((order.below(2) + static_cast<uint64_t>(index % 2)) % 2);
     ab::RngStream rng = base.child(static_cast<uint64_t>(index));
     // Punctuation has its own stream, so a re-rendered document keeps its layout.
-    const ab::RngStream layout = ab::RngStream(seed_, ab::Purpose::data, kTextStream, static_cast<uint64_t>(k), 1)
-                                     .child(static_cast<uint64_t>(index));
+    const ab::RngStream layout = split_stream(kTextStream, k, 1).child(static_cast<uint64_t>(index));
     for (;;) {
       std::vector<Word> words = draw_words(rng);
       std::string doc = render(words, layout);
@@ -158,40 +136,15 @@ class Text : public ab::Task {
   }
 
  private:
-  static std::string syllable_word(ab::RngStream& rng, int syllables) {
-    static constexpr const char* kCons = "bcdfghjklmnprstvwz";
-    static constexpr const char* kVow = "aeiou";
-    std::string w;
-    for (int i = 0; i < syllables; ++i) {
-      w += kCons[rng.below(18)];
-      w += kVow[rng.below(5)];
-      if (rng.below(3) == 0) w += kCons[rng.below(18)];
-    }
-    return w;
-  }
-
-  void build_lexicon() {
-    ab::RngStream rng(0, ab::Purpose::data, kLexiconKey);
+  void build_lexicon() {  // the cue words and negations are kept out of the lexicon
     std::set<std::string> seen(kPositive.begin(), kPositive.end());
     seen.insert(kNegative.begin(), kNegative.end());
     seen.insert(kNegations.begin(), kNegations.end());
-    while (static_cast<int>(lexicon_.size()) < kLexiconSize) {
-      std::string w = syllable_word(rng, 1 + static_cast<int>(rng.below(3)));
-      if (w.size() > 6) w.resize(6);
-      if (seen.insert(w).second) lexicon_.push_back(w);
-    }
-    // Zipf CDF over ranks (frequent words first; the lexicon's order is its rank order).
-    cdf_.resize(kLexiconSize);
-    double acc = 0;
-    for (int r = 0; r < kLexiconSize; ++r) cdf_[r] = (acc += std::pow(r + 1.0, -kZipf));
-    for (auto& c : cdf_) c /= acc;
+    lexicon_ = ab::lexicon::common_words(seen);
+    cdf_ = ab::lexicon::zipf_cdf();
   }
 
-  int32_t zipf_word(ab::RngStream& rng) const {
-    const double u = rng.uniform_double();
-    return static_cast<int32_t>(std::min<ptrdiff_t>(std::upper_bound(cdf_.begin(), cdf_.end(), u) - cdf_.begin(),
-                                                     kLexiconSize - 1));
-  }
+  int32_t zipf_word(ab::RngStream& rng) const { return ab::lexicon::zipf_rank(cdf_, rng); }
 
   // The rule in the header: the label's definition.
   int score_of(const std::vector<Word>& words) const {
@@ -285,12 +238,9 @@ class Text : public ab::Task {
     return words;
   }
 
-  Json params_;
-  uint64_t seed_;
   int64_t min_len_ = 0, max_len_ = 0;
   double cues_per_kb_ = 6, negated_ = 0.3;
   int window_ = 3;
-  std::array<int64_t, 3> sizes_{};
   std::vector<std::string> lexicon_;
   std::vector<double> cdf_;
 };

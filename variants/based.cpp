@@ -111,9 +111,7 @@ class Based final : public ab::Mixer {
     if (taps_ > 0) {
       ab::Var xm = x;
       if (ctx.key_mask) {  // zero padded tokens so the convolution cannot carry them to real ones
-        ab::Tensor keep = ab::Tensor::empty({B, N, 1});
-        for (int64_t i = 0; i < B * N; ++i) keep[i] = (*ctx.key_mask)[i] > -1e30f ? 1.f : 0.f;
-        xm = ab::mul(x, ab::Var(keep));
+        xm = ab::mul(x, ab::Var(ab::keep_flags(ctx.key_mask, {B, N, 1})));
       }
       u = ab::add(x, ab::short_conv(xm, conv_w_, conv_b_, ctx.causal));  // [B, N, D]
     }

@@ -84,14 +84,7 @@ class BigBird final : public ab::AttentionMixer {
       const BigBirdShape shape{a.params->at("block").get<int64_t>(), a.params->at("random_blocks").get<int64_t>(),
                                a.params->at("global_blocks").get<int64_t>(), a.heads, 0, 0};
       const auto p = bigbird_pattern(a.length, shape, a.causal);
-      const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
-      ab::Cost c;
-      c.flops = 8 * B * N * D * D + ab::block_sparse_attention_flops(p, a.batch, a.heads, a.d_model / a.heads, a.causal);
-      c.activation_bytes = ab::block_sparse_activation_bytes(B, N, D, H);
-      // Peak in the block-sparse backward: y, q, k, v, O, the upstream gradient per head, dq, dk,
-      // dv (9 B N D), the log-sum-exp and dWo.
-      c.peak_bytes = 4 * (9 * B * N * D + B * H * N + D * D);
-      return c;
+      return ab::block_sparse_mixer_cost(p, a, a.causal);
     };
     // Blocks of one token at N = 8 leave room for random blocks beside the window and the globals.
     s.check_params = {{"block", 1}, {"random_blocks", 2}};

@@ -65,10 +65,8 @@ class Flowformer final : public ab::AttentionMixer {
   ab::Var attend(const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::MixerContext& ctx) override {
     const int64_t B = q.dim(0), N = q.dim(2);
     ab::Var fq = ab::sigmoid(q), fk = ab::sigmoid(k);  // [B, H, N, d]
-    ab::Tensor keep;                                    // [B, 1, N, 1]
-    if (ctx.key_mask) {
-      keep = ab::Tensor::empty({B, 1, N, 1});
-      for (int64_t i = 0; i < B * N; ++i) keep[i] = (*ctx.key_mask)[i] > -1e30f ? 1.f : 0.f;
+    const ab::Tensor keep = ab::keep_flags(ctx.key_mask, {B, 1, N, 1});  // undefined: no mask
+    if (keep.defined()) {
       fq = ab::mul(fq, ab::Var(keep));
       fk = ab::mul(fk, ab::Var(keep));
     }

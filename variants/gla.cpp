@@ -140,7 +140,7 @@ class Gla final : public ab::Mixer {
     p.v = heads(ab::linear(x, wv_), dv_);
     p.log_alpha = heads(ab::log_sigmoid(ab::linear(ab::linear(x, w1_), w2_, b_), inv_tau_), dk_);
     if (key_mask) {
-      const ab::Var keep(ab::keep_flags(*key_mask).reshape({B, 1, N, 1}));
+      const ab::Var keep(ab::keep_flags(key_mask, {B, 1, N, 1}));
       p.k = ab::mul(p.k, keep);
       p.log_alpha = ab::mul(p.log_alpha, keep);
     }

@@ -70,9 +70,8 @@ class Linformer final : public ab::AttentionMixer {
     if (N > max_length_)
       throw ab::UsageError(fmt::format("linformer: sequence length {} exceeds the model's max_length {}", N, max_length_));
     ab::Var kk = k, vv = v;
-    if (ctx.key_mask) {  // zero padded keys and values: keep [B, 1, N, 1]
-      ab::Tensor keep = ab::Tensor::empty({B, 1, N, 1});
-      for (int64_t i = 0; i < B * N; ++i) keep[i] = (*ctx.key_mask)[i] > -1e30f ? 1.f : 0.f;
+    if (ctx.key_mask) {  // zero padded keys and values
+      const ab::Tensor keep = ab::keep_flags(ctx.key_mask, {B, 1, N, 1});
       kk = ab::mul(kk, ab::Var(keep));
       vv = ab::mul(vv, ab::Var(keep));
     }

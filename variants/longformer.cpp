@@ -83,14 +83,7 @@ class Longformer final : public ab::AttentionMixer {
     s.cost = [](const ab::CostArgs& a) {
       const auto p = longformer_pattern(a.length, a.params->at("window").get<int64_t>(),
                                         a.params->at("global_tokens").get<int64_t>(), a.params->at("block").get<int64_t>());
-      const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
-      ab::Cost c;
-      c.flops = 8 * B * N * D * D + ab::block_sparse_attention_flops(p, a.batch, a.heads, a.d_model / a.heads, a.causal);
-      c.activation_bytes = ab::block_sparse_activation_bytes(B, N, D, H);
-      // Peak in the block-sparse backward: y, q, k, v, O, the upstream gradient per head, dq, dk,
-      // dv (9 B N D), the log-sum-exp and dWo.
-      c.peak_bytes = 4 * (9 * B * N * D + B * H * N + D * D);
-      return c;
+      return ab::block_sparse_mixer_cost(p, a, a.causal);
     };
     s.check_params = {{"window", 3}, {"global_tokens", 1}, {"block", 2}};
     return s;

@@ -163,11 +163,7 @@ class M2 final : public ab::Mixer {
   // x: [B, N, D] -> [B, N, D]
   ab::Var forward(const ab::Var& x, const ab::MixerContext& ctx) override {
     const int64_t B = x.dim(0), N = x.dim(1), D = d_;
-    ab::Tensor keep;  // [B, N, 1]: 1 real, 0 padded
-    if (ctx.key_mask) {
-      keep = ab::Tensor::empty({B, N, 1});
-      for (int64_t i = 0; i < B * N; ++i) keep[i] = std::isinf((*ctx.key_mask)[i]) ? 0.f : 1.f;
-    }
+    const ab::Tensor keep = ab::keep_flags(ctx.key_mask, {B, N, 1});  // 1 real, 0 padded; undefined: no mask
     ab::Var u = ab::linear(x, p("in.w"), p("in.b"));  // [B, N, 3D]
     if (keep.defined()) u = ab::mul(u, ab::Var(keep));
     u = ab::short_conv(u, p("short.w"), p("short.b"), /*causal=*/true);

@@ -174,11 +174,7 @@ class Mamba final : public ab::Mixer {
   // x: [B, N, D] -> [B, N, D]
   ab::Var forward(const ab::Var& x, const ab::MixerContext& ctx) override {
     const int64_t B = x.dim(0), N = x.dim(1);
-    ab::Tensor keep;  // [B, N, 1]: 1 real, 0 padded
-    if (ctx.key_mask) {
-      keep = ab::Tensor::empty({B, N, 1});
-      for (int64_t i = 0; i < B * N; ++i) keep[i] = (*ctx.key_mask)[i] > -1e30f ? 1.f : 0.f;
-    }
+    const ab::Tensor keep = ab::keep_flags(ctx.key_mask, {B, N, 1});  // 1 real, 0 padded; undefined: no mask
     const ab::Var u0 = ab::linear(x, w_in_x_);  // [B, N, D_in]
     const ab::Var z = ab::linear(x, w_in_z_);   // [B, N, D_in]
     ab::Var y = branch(branch_[0], u0, keep, false);

@@ -174,7 +174,7 @@ class Mamba2 final : public ab::Mixer {
 
   ab::Var run(const ab::Var& x_in, const ab::Tensor* key_mask, const ConvFn& conv, const MixFn& mix) {
     const int64_t B = x_in.dim(0), N = x_in.dim(1);
-    ab::Tensor keep = key_mask ? ab::keep_flags(*key_mask) : ab::Tensor();  // [B, N]
+    const ab::Tensor keep = ab::keep_flags(key_mask, {B, N});  // undefined: no mask
     const ab::Var x = key_mask ? ab::mul(x_in, ab::Var(keep.reshape({B, N, 1}))) : x_in;
     const ab::Var z = ab::linear(x, wz_);  // [B, N, Di]
     ab::Var u[3];                          // xs [B, N, Di], Bt, Ct [B, N, ds]

@@ -89,9 +89,9 @@ class Nystrom final : public ab::AttentionMixer {
     const float s4 = std::pow(static_cast<float>(d), -0.25f);
     ab::Var qs = ab::scale(q, s4), ks = ab::scale(k, s4), vm = v;
     // keep [B, 1, N, 1]: 1 for real tokens
-    ab::Tensor keep = ab::Tensor::full({B, 1, N, 1}, 1.f);
+    const ab::Tensor keep =
+        ctx.key_mask ? ab::keep_flags(ctx.key_mask, {B, 1, N, 1}) : ab::Tensor::full({B, 1, N, 1}, 1.f);
     if (ctx.key_mask) {
-      for (int64_t i = 0; i < B * N; ++i) keep[i] = (*ctx.key_mask)[i] > -1e30f ? 1.f : 0.f;
       qs = ab::mul(qs, ab::Var(keep));
       ks = ab::mul(ks, ab::Var(keep));
       vm = ab::mul(vm, ab::Var(keep));

@@ -82,15 +82,17 @@ class PoNet final : public ab::Mixer {
     const ab::Var qh = heads(ab::linear(x, wq_));  // [B, H, N, d]
     const ab::Var kh = heads(ab::linear(x, wk_));  // [B, H, N, d]
     // Global aggregation: g = mean of the real queries [B, H, 1, d].
+    const ab::Tensor keep = ab::keep_flags(mask, {B, N, 1});  // 1 real, 0 padded; undefined: no mask
     ab::Var g;
     if (mask) {
       ab::Tensor w = ab::Tensor::empty({B, H, 1, N});  // 1 / (real count) at real positions, else 0
       for (int64_t b = 0; b < B; ++b) {
         int64_t real = 0;
-        for (int64_t n = 0; n < N; ++n) real += std::isinf((*mask)[b * N + n]) ? 0 : 1;
+        for (int64_t n = 0; n < N; ++n) real += keep[b * N + n] != 0.f;
         for (int64_t h = 0; h < H; ++h)
           for (int64_t n = 0; n < N; ++n)
-            w[(b * H + h) * N + n] = std::isinf((*mask)[b * N + n]) ? 0.f : 1.f / static_cast<float>(std::max<int64_t>(real, 1));
+            w[(b * H + h) * N + n] =
+                keep[b * N + n] == 0.f ? 0.f : 1.f / static_cast<float>(std::max<int64_t>(real, 1));
       }
       g = ab::matmul(ab::Var(w), qh);
     } else {
@@ -103,11 +105,7 @@ class PoNet final : public ab::Mixer {
     const ab::Var sp = ab::segment_max_pool(ab::linear(x, ws_), segment_, mask);
     const ab::Var lp = ab::local_max_pool(ab::linear(x, wl_), window_, mask);
     ab::Var y = ab::add(ab::mul(ab::add(sp, ga), ab::linear(x, wo_)), lp);  // [B, N, D]
-    if (mask) {
-      ab::Tensor keep = ab::Tensor::empty({B, N, 1});
-      for (int64_t i = 0; i < B * N; ++i) keep[i] = std::isinf((*mask)[i]) ? 0.f : 1.f;
-      y = ab::mul(y, ab::Var(keep));
-    }
+    if (mask) y = ab::mul(y, ab::Var(keep));
     return ab::linear(y, wout_);
   }
 

@@ -145,7 +145,7 @@ class PoolFormer final : public ab::Mixer {
     std::vector<float> keep;
     if (ctx.key_mask) {
       keep.resize(static_cast<size_t>(B * N));
-      for (int64_t i = 0; i < B * N; ++i) keep[i] = (*ctx.key_mask)[i] > -1e30f ? 1.f : 0.f;
+      for (int64_t i = 0; i < B * N; ++i) keep[i] = ab::is_padded_key((*ctx.key_mask)[i]) ? 0.f : 1.f;
     }
     ab::Tensor y = ab::Tensor::empty({B, N, D});
     pool_forward(x.value().data(), y.data(), keep, B, N, D, w);

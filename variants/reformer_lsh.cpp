@@ -33,6 +33,7 @@
 
 #include "attnbench/parallel.hpp"
 #include "attnbench/variant.hpp"
+#include "kernels/vec.hpp"
 
 namespace {
 
@@ -49,28 +50,14 @@ struct LshConfig {
   float scale = 1.f;  // logit multiplier: 1/sqrt(d), or sqrt(d) in LRA compatibility
 };
 
-// y += a x (restrict: vectorises without run-time alias checks)
-inline void axpy(float* __restrict y, const float* __restrict x, float a, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
-}
-
-// a . b with 16 partial sums (vectorises without reassociation flags; fixed order, deterministic)
-inline float dot(const float* a, const float* b, int64_t n) {
-  float acc[16] = {0.f};
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int k = 0; k < 16; ++k) acc[k] += a[i + k] * b[i + k];
-  float s = 0.f;
-  for (; i < n; ++i) s += a[i] * b[i];
-  for (int k = 0; k < 16; ++k) s += acc[k];
-  return s;
-}
+using ab::vec::axpy;
+using ab::vec::dot;
 
 // Padded key positions [B, N] from an additive mask [B, 1, 1, N] (null: none).
 std::vector<uint8_t> padded_keys(const Tensor* key_mask, int64_t B, int64_t N) {
   std::vector<uint8_t> pad(static_cast<size_t>(B * N), 0);
   if (key_mask)
-    for (int64_t i = 0; i < B * N; ++i) pad[i] = (*key_mask)[i] < -1e4f ? 1 : 0;
+    for (int64_t i = 0; i < B * N; ++i) pad[i] = ab::is_padded_key((*key_mask)[i]) ? 1 : 0;
   return pad;
 }
 

@@ -126,7 +126,7 @@ class RetNet final : public ab::Mixer {
     Proj p;
     p.q = heads(wq_, dk_);
     p.k = ab::scale(heads(wk_, dk_), 1.0f / std::sqrt(static_cast<float>(dk_)));
-    if (key_mask) p.k = ab::mul(p.k, ab::Var(ab::keep_flags(*key_mask).reshape({B, 1, N, 1})));
+    if (key_mask) p.k = ab::mul(p.k, ab::Var(ab::keep_flags(key_mask, {B, 1, N, 1})));
     p.v = heads(wv_, dv_);
     p.gate = ab::silu(ab::linear(x, wg_));
     return p;
@@ -135,7 +135,7 @@ class RetNet final : public ab::Mixer {
   // log gamma_h per position [B, H, N]; 0 at padded positions (no decay).
   ab::Tensor log_decay(int64_t B, int64_t N, const ab::Tensor* key_mask) const {
     ab::Tensor g = ab::Tensor::empty({B, heads_, N});
-    const ab::Tensor keep = key_mask ? ab::keep_flags(*key_mask) : ab::Tensor();
+    const ab::Tensor keep = ab::keep_flags(key_mask, {B, N});  // undefined: no mask
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < heads_; ++h)
         for (int64_t n = 0; n < N; ++n)

@@ -36,6 +36,7 @@
 
 #include "attnbench/parallel.hpp"
 #include "attnbench/variant.hpp"
+#include "kernels/vec.hpp"
 
 namespace {
 
@@ -44,22 +45,8 @@ using ab::Var;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// a . b with 16 partial sums (vectorises without reassociation flags; fixed order, deterministic)
-inline float dot(const float* a, const float* b, int64_t n) {
-  float acc[16] = {0.f};
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int k = 0; k < 16; ++k) acc[k] += a[i + k] * b[i + k];
-  float s = 0.f;
-  for (; i < n; ++i) s += a[i] * b[i];
-  for (int k = 0; k < 16; ++k) s += acc[k];
-  return s;
-}
-
-// y += a x (restrict: vectorises without run-time alias checks)
-inline void axpy(float* __restrict y, const float* __restrict x, float a, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
-}
+using ab::vec::axpy;
+using ab::vec::dot;
 
 template <class F>
 void for_units(int64_t units, F&& f) {
@@ -465,11 +452,8 @@ class Sinkhorn final : public ab::AttentionMixer {
     Var k = k_in, v = v_in;
     auto col_mask = std::make_shared<std::vector<uint8_t>>();  // [B, N_b]: source block is all padding
     if (ctx.key_mask) {
-      Tensor keepf = Tensor::empty({B, 1, N, 1});
-      for (int64_t i = 0; i < B * N; ++i) {
-        masks->keep[i] = (*ctx.key_mask)[i] < -1e4f ? 0 : 1;
-        keepf[i] = masks->keep[i];
-      }
+      const Tensor keepf = ab::keep_flags(ctx.key_mask, {B, 1, N, 1});
+      for (int64_t i = 0; i < B * N; ++i) masks->keep[i] = keepf[i] != 0.f;
       // Padded keys and values are zeroed: their content reaches neither summaries nor mixtures.
       k = ab::mul(k, Var(keepf));
       v = ab::mul(v, Var(keepf));

@@ -112,15 +112,7 @@ class SparseFixed final : public ab::AttentionMixer {
     s.caps = {.causal = true, .bidirectional = true, .padding_mask = true};
     s.cost = [](const ab::CostArgs& a) {
       const auto p = sparse_pattern(a.length, *a.params);
-      const bool causal = a.causal || a.params->at("causal_pattern").get<bool>();
-      const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
-      ab::Cost c;
-      c.flops = 8 * B * N * D * D + ab::block_sparse_attention_flops(p, a.batch, a.heads, a.d_model / a.heads, causal);
-      c.activation_bytes = ab::block_sparse_activation_bytes(B, N, D, H);
-      // Peak in the block-sparse backward: y, q, k, v, O, the upstream gradient per head, dq, dk,
-      // dv (9 B N D), the log-sum-exp and dWo.
-      c.peak_bytes = 4 * (9 * B * N * D + B * H * N + D * D);
-      return c;
+      return ab::block_sparse_mixer_cost(p, a, a.causal || a.params->at("causal_pattern").get<bool>());
     };
     s.check_params = {{"stride", 4}, {"summary", 2}};
     return s;

@@ -100,9 +100,7 @@ class TransNormer final : public ab::AttentionMixer {
     } else {
       if (ctx.key_mask) {  // zero the features of padded keys: [B, 1, N, 1]
         const int64_t B = q.dim(0);
-        ab::Tensor keep = ab::Tensor::empty({B, 1, N, 1});
-        for (int64_t i = 0; i < B * N; ++i) keep[i] = (*ctx.key_mask)[i] > -1e30f ? 1.f : 0.f;
-        fk = ab::mul(fk, ab::Var(keep));
+        fk = ab::mul(fk, ab::Var(ab::keep_flags(ctx.key_mask, {B, 1, N, 1})));
       }
       const ab::Var state = ab::matmul(fk, v, true, false);  // [B, H, d, d]
       num = ab::matmul(fq, state);                           // [B, H, N, d]

@@ -229,10 +229,6 @@ std::unique_ptr<BenchCell> make_bench_cell(const VariantSpec& spec, const Json& 
   return std::make_unique<MixerCell>(spec, params, shape, dir, seed);
 }
 
-bool is_attention_style(const VariantSpec& spec, const Json& params, const BenchShape& s) {
-  const auto m = spec.make(MixerConfig{s.d_model, s.heads, s.length, 0, 0, params});
-  return dynamic_cast<const AttentionMixer*>(m.get()) != nullptr;
-}
 
 double predicted_peak_bytes(const VariantSpec& spec, const Json& params, const BenchShape& s, Direction dir) {
   if (dir == Direction::decode) {  // the state (grown by a few tokens) and one token's temporaries

@@ -58,8 +58,6 @@ class BenchCell {
 // about `length` (a KV cache grows by one token per iteration).
 inline constexpr int64_t kDecodeTokensPerRepetition = 32;
 
-// Whether the variant derives from AttentionMixer (has attend(q, k, v)); builds one at the shape.
-bool is_attention_style(const VariantSpec& spec, const Json& variant_params, const BenchShape& shape);
 
 // variant_params: resolved. Throws UsageError for an unsupported direction or shape.
 std::unique_ptr<BenchCell> make_bench_cell(const VariantSpec& spec, const Json& variant_params, const BenchShape& shape,

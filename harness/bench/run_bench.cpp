@@ -128,9 +128,6 @@ Json run_bench(const BenchRequest& req) {
                peaks.threads, peaks.fma_fp32_gflops, peaks.fma_bf16_gflops, peaks.gemm_fp32_gflops, peaks.bandwidth_gbs);
   }
 
-  std::map<std::string, bool> attention_style;
-  if (base.attend_only)
-    for (const auto& v : variants) attention_style[v] = is_attention_style(reg.get(v), params.at(v), base);
 
   std::vector<std::unique_ptr<Cell>> cells;
   TrackingMemoryManager mm;
@@ -153,7 +150,7 @@ Json run_bench(const BenchRequest& req) {
               reg.get(v).cost(CostArgs{base.batch, n, base.d_model, base.heads, &c->params, base.causal}).peak_bytes;
         const Capabilities& caps = reg.get(v).caps;
         const bool form_missing = d != Direction::decode && (base.causal ? !caps.causal : !caps.bidirectional);
-        const bool not_attention = base.attend_only && !attention_style.at(v);
+        const bool not_attention = base.attend_only && !reg.get(v).attention_style;
         if ((d == Direction::decode && !caps.decode) || form_missing || not_attention) {
           c->status = "unsupported";
           c->error = d == Direction::decode

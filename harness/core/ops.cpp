@@ -706,7 +706,18 @@ std::vector<float> kernels::key_keep_flags(const Tensor* mask, int64_t B, int64_
   if (!(s.size() == 4 && s[0] == B && s[1] == 1 && s[2] == 1 && s[3] == N))
     throw std::invalid_argument(fmt::format("{}: key mask {} must be [{}, 1, 1, {}]", op, shape_str(s), B, N));
   std::vector<float> keep(static_cast<size_t>(B * N));
-  for (int64_t i = 0; i < B * N; ++i) keep[i] = (*mask)[i] > -1e30f ? 1.f : 0.f;
+  for (int64_t i = 0; i < B * N; ++i) keep[i] = is_padded_key((*mask)[i]) ? 0.f : 1.f;
+  return keep;
+}
+
+Tensor keep_flags(const Tensor* key_mask, Shape shape) {
+  if (!key_mask) return Tensor();
+  const Shape& s = key_mask->shape();
+  if (!(s.size() == 4 && s[1] == 1 && s[2] == 1 && numel(shape) == s[0] * s[3]))
+    throw std::invalid_argument(fmt::format("keep_flags: key mask {} must be [B, 1, 1, N] with B * N = numel of {}",
+                                            shape_str(s), shape_str(shape)));
+  Tensor keep = Tensor::empty(std::move(shape));
+  for (int64_t i = 0; i < keep.numel(); ++i) keep[i] = is_padded_key((*key_mask)[i]) ? 0.f : 1.f;
   return keep;
 }
 

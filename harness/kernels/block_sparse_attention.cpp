@@ -242,6 +242,46 @@ int64_t csr_base(const SparseSegment& seg, int64_t h, int64_t nblocks) {
   return (seg.heads == 1 ? 0 : h) * (nblocks + 1);
 }
 
+// pos[i] = the sequence position of segment row row0 + i (i < n; at: row -> position), and the
+// smallest and largest of them (N and -1 when n = 0).
+template <class At>
+void stage_positions(At at, int64_t row0, int64_t n, int64_t N, int64_t* pos, int64_t& lo, int64_t& hi) {
+  lo = N, hi = -1;
+  for (int64_t i = 0; i < n; ++i) {
+    pos[i] = at(row0 + i);
+    lo = std::min(lo, pos[i]);
+    hi = std::max(hi, pos[i]);
+  }
+}
+
+// The key tiles a query chunk sees (chunk ch of head h, query positions in [qmin, qmax]): every key
+// block listed for its query block, cut into tiles of at most kTile keys, skipping blocks and tiles
+// wholly in the future when causal. visit(cn) runs with the tile's key positions in kpos[0, cn) and
+// its element mask in tm (the block pair's byte mask, the chunk's offsets, the causal flag).
+template <class Visit>
+void for_each_key_tile(const Problem& P, const SparseSegment& seg, int64_t h, const Chunk& ch, int64_t qmin,
+                       int64_t qmax, int64_t* kpos, TileMask& tm, Visit&& visit) {
+  const int64_t base = csr_base(seg, h, seg.q_blocks()) + ch.block;
+  for (int64_t e = seg.row_ptr[static_cast<size_t>(base)]; e < seg.row_ptr[static_cast<size_t>(base + 1)]; ++e) {
+    const int64_t kb = seg.cols[static_cast<size_t>(e)];
+    if (P.causal && seg.k_block_min[static_cast<size_t>(kb)] > qmax) continue;
+    const int64_t k0 = seg.k_bounds[static_cast<size_t>(kb)], ksize = seg.k_bounds[static_cast<size_t>(kb) + 1] - k0;
+    const int64_t moff = seg.mask_offset[static_cast<size_t>(e)];
+    tm.mask = moff >= 0 ? seg.masks.data() + moff : nullptr;
+    tm.mask_ld = ksize;
+    tm.mask_r0 = ch.offset;
+    for (int64_t c0 = 0; c0 < ksize; c0 += kTile) {
+      const int64_t cn = std::min(kTile, ksize - c0);
+      int64_t kmin, kmax;
+      stage_positions([&](int64_t c) { return seg.k_at(c); }, k0 + c0, cn, P.dims.N, kpos, kmin, kmax);
+      if (P.causal && kmin > qmax) continue;
+      tm.mask_c0 = c0;
+      tm.causal = P.causal && kmax > qmin;
+      visit(cn);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The three passes. The side a task owns (its query rows, or its key rows) is staged transposed
 // once per task; the other side is staged as rows per tile. Scores are computed as S^T = K . Q^T
@@ -254,7 +294,7 @@ int64_t csr_base(const SparseSegment& seg, int64_t h, int64_t nblocks) {
 void forward_segment(const Problem& P, const SparseSegment& seg, float* O, float* M, float* L) {
   const Dims D = P.dims;
   const auto chunks = chunks_of(seg.q_bounds);
-  const int64_t nch = static_cast<int64_t>(chunks.size()), nqb = seg.q_blocks();
+  const int64_t nch = static_cast<int64_t>(chunks.size());
   const int64_t BH = D.B * D.H, d = D.d, dp = D.dp;
   kernels::parallel_for(BH * nch, 1, [&](int64_t tb, int64_t te) {
     // QsT [d, T]; Oacc, Kc, Vc [T, dp]; St [T, T]; m, l, corr [T].
@@ -271,12 +311,8 @@ void forward_segment(const Problem& P, const SparseSegment& seg, float* O, float
       const int64_t bh = task / nch, b = bh / D.H, h = bh % D.H;
       const Chunk ch = chunks[static_cast<size_t>(task % nch)];
       const int64_t rn = ch.count, rp = round16(rn), row0 = seg.q_bounds[static_cast<size_t>(ch.block)] + ch.offset;
-      int64_t qmin = D.N, qmax = -1;
-      for (int64_t r = 0; r < rn; ++r) {
-        qpos[r] = seg.q_at(row0 + r);
-        qmin = std::min(qmin, qpos[r]);
-        qmax = std::max(qmax, qpos[r]);
-      }
+      int64_t qmin, qmax;
+      stage_positions([&](int64_t r) { return seg.q_at(r); }, row0, rn, D.N, qpos, qmin, qmax);
       const float* kh = P.k + bh * D.N * d;
       const float* vh = P.v + bh * D.N * d;
       float* Oh = O + bh * D.N * d;
@@ -288,56 +324,36 @@ void forward_segment(const Problem& P, const SparseSegment& seg, float* O, float
       }
       TileMask tm;
       tm.key_bias = P.key_bias(b);
-      const int64_t base = csr_base(seg, h, nqb) + ch.block;
-      for (int64_t e = seg.row_ptr[static_cast<size_t>(base)]; e < seg.row_ptr[static_cast<size_t>(base + 1)]; ++e) {
-        const int64_t kb = seg.cols[static_cast<size_t>(e)];
-        if (P.causal && seg.k_block_min[static_cast<size_t>(kb)] > qmax) continue;
-        const int64_t k0 = seg.k_bounds[static_cast<size_t>(kb)], ksize = seg.k_bounds[static_cast<size_t>(kb) + 1] - k0;
-        const int64_t moff = seg.mask_offset[static_cast<size_t>(e)];
-        tm.mask = moff >= 0 ? seg.masks.data() + moff : nullptr;
-        tm.mask_ld = ksize;
-        tm.mask_r0 = ch.offset;
-        for (int64_t c0 = 0; c0 < ksize; c0 += kTile) {
-          const int64_t cn = std::min(kTile, ksize - c0);
-          int64_t kmin = D.N, kmax = -1;
+      for_each_key_tile(P, seg, h, ch, qmin, qmax, kpos, tm, [&](int64_t cn) {
+        stage_rows(kh, kpos, cn, d, dp, 1.f, Kc);
+        stage_rows(vh, kpos, cn, d, dp, 1.f, Vc);
+        gemm(cn, rp, d, Kc, dp, 1, QsT, rp, St, rp, false);  // St [cn, rp] = K . Qs^T
+        apply_mask_transposed(St, rp, qpos, rn, kpos, cn, tm);
+        // Online softmax, 16 query rows per vector: new max, rescale factor, probabilities, sums.
+        for (int64_t r = 0; r < rp; r += 16) {
+          v16 mx = vsplat(-kInf);
+          for (int64_t c = 0; c < cn; ++c) mx = vmax(mx, vload(St + c * rp + r));
+          const v16 m_old = vload(m + r), m_new = vmax(m_old, mx);
+          const v16 shift = m_new == vsplat(-kInf) ? v16{} : m_new;  // rows with nothing visible yet
+          const v16 cr = vexp(m_old - shift);                         // 0 when m_old = -inf
+          v16 sum{};
           for (int64_t c = 0; c < cn; ++c) {
-            kpos[c] = seg.k_at(k0 + c0 + c);
-            kmin = std::min(kmin, kpos[c]);
-            kmax = std::max(kmax, kpos[c]);
+            const v16 p = vexp(vload(St + c * rp + r) - shift);
+            vstore(St + c * rp + r, p);
+            sum += p;
           }
-          if (P.causal && kmin > qmax) continue;
-          tm.mask_c0 = c0;
-          tm.causal = P.causal && kmax > qmin;
-          stage_rows(kh, kpos, cn, d, dp, 1.f, Kc);
-          stage_rows(vh, kpos, cn, d, dp, 1.f, Vc);
-          gemm(cn, rp, d, Kc, dp, 1, QsT, rp, St, rp, false);  // St [cn, rp] = K . Qs^T
-          apply_mask_transposed(St, rp, qpos, rn, kpos, cn, tm);
-          // Online softmax, 16 query rows per vector: new max, rescale factor, probabilities, sums.
-          for (int64_t r = 0; r < rp; r += 16) {
-            v16 mx = vsplat(-kInf);
-            for (int64_t c = 0; c < cn; ++c) mx = vmax(mx, vload(St + c * rp + r));
-            const v16 m_old = vload(m + r), m_new = vmax(m_old, mx);
-            const v16 shift = m_new == vsplat(-kInf) ? v16{} : m_new;  // rows with nothing visible yet
-            const v16 cr = vexp(m_old - shift);                         // 0 when m_old = -inf
-            v16 sum{};
-            for (int64_t c = 0; c < cn; ++c) {
-              const v16 p = vexp(vload(St + c * rp + r) - shift);
-              vstore(St + c * rp + r, p);
-              sum += p;
-            }
-            vstore(l + r, vload(l + r) * cr + sum);
-            vstore(m + r, m_new);
-            vstore(corr + r, cr);
-          }
-          for (int64_t r = 0; r < rn; ++r)
-            if (corr[r] != 1.f) {
-              float* o = Oacc + r * dp;
-              const v16 cv = vsplat(corr[r]);
-              for (int64_t t = 0; t < dp; t += 16) vstore(o + t, vload(o + t) * cv);
-            }
-          gemm(rn, dp, cn, St, 1, rp, Vc, dp, Oacc, dp, true);  // Oacc [rn, dp] += P . V (P = St^T)
+          vstore(l + r, vload(l + r) * cr + sum);
+          vstore(m + r, m_new);
+          vstore(corr + r, cr);
         }
-      }
+        for (int64_t r = 0; r < rn; ++r)
+          if (corr[r] != 1.f) {
+            float* o = Oacc + r * dp;
+            const v16 cv = vsplat(corr[r]);
+            for (int64_t t = 0; t < dp; t += 16) vstore(o + t, vload(o + t) * cv);
+          }
+        gemm(rn, dp, cn, St, 1, rp, Vc, dp, Oacc, dp, true);  // Oacc [rn, dp] += P . V (P = St^T)
+      });
       for (int64_t r = 0; r < rn; ++r) {
         std::memcpy(Oh + qpos[r] * d, Oacc + r * dp, static_cast<size_t>(d) * sizeof(float));
         M[bh * D.N + qpos[r]] = m[r];
@@ -352,7 +368,7 @@ void backward_queries(const Problem& P, const SparseSegment& seg, const float* l
                       const float* dout, float* dq) {
   const Dims D = P.dims;
   const auto chunks = chunks_of(seg.q_bounds);
-  const int64_t nch = static_cast<int64_t>(chunks.size()), nqb = seg.q_blocks();
+  const int64_t nch = static_cast<int64_t>(chunks.size());
   const int64_t BH = D.B * D.H, d = D.d, dp = D.dp;
   kernels::parallel_for(BH * nch, 1, [&](int64_t tb, int64_t te) {
     // QsT, dOT [d, T]; dQacc, Kc, Vc [T, dp]; St, dSt [T, T]; Lv, Dv [T].
@@ -370,12 +386,8 @@ void backward_queries(const Problem& P, const SparseSegment& seg, const float* l
       const int64_t bh = task / nch, b = bh / D.H, h = bh % D.H;
       const Chunk ch = chunks[static_cast<size_t>(task % nch)];
       const int64_t rn = ch.count, rp = round16(rn), row0 = seg.q_bounds[static_cast<size_t>(ch.block)] + ch.offset;
-      int64_t qmin = D.N, qmax = -1;
-      for (int64_t r = 0; r < rn; ++r) {
-        qpos[r] = seg.q_at(row0 + r);
-        qmin = std::min(qmin, qpos[r]);
-        qmax = std::max(qmax, qpos[r]);
-      }
+      int64_t qmin, qmax;
+      stage_positions([&](int64_t r) { return seg.q_at(r); }, row0, rn, D.N, qpos, qmin, qmax);
       const float* kh = P.k + bh * D.N * d;
       const float* vh = P.v + bh * D.N * d;
       stage_cols(P.q + bh * D.N * d, qpos, rn, rp, d, P.scale, QsT);
@@ -387,42 +399,22 @@ void backward_queries(const Problem& P, const SparseSegment& seg, const float* l
       }
       TileMask tm;
       tm.key_bias = P.key_bias(b);
-      const int64_t base = csr_base(seg, h, nqb) + ch.block;
-      for (int64_t e = seg.row_ptr[static_cast<size_t>(base)]; e < seg.row_ptr[static_cast<size_t>(base + 1)]; ++e) {
-        const int64_t kb = seg.cols[static_cast<size_t>(e)];
-        if (P.causal && seg.k_block_min[static_cast<size_t>(kb)] > qmax) continue;
-        const int64_t k0 = seg.k_bounds[static_cast<size_t>(kb)], ksize = seg.k_bounds[static_cast<size_t>(kb) + 1] - k0;
-        const int64_t moff = seg.mask_offset[static_cast<size_t>(e)];
-        tm.mask = moff >= 0 ? seg.masks.data() + moff : nullptr;
-        tm.mask_ld = ksize;
-        tm.mask_r0 = ch.offset;
-        for (int64_t c0 = 0; c0 < ksize; c0 += kTile) {
-          const int64_t cn = std::min(kTile, ksize - c0);
-          int64_t kmin = D.N, kmax = -1;
-          for (int64_t c = 0; c < cn; ++c) {
-            kpos[c] = seg.k_at(k0 + c0 + c);
-            kmin = std::min(kmin, kpos[c]);
-            kmax = std::max(kmax, kpos[c]);
+      for_each_key_tile(P, seg, h, ch, qmin, qmax, kpos, tm, [&](int64_t cn) {
+        stage_rows(kh, kpos, cn, d, dp, 1.f, Kc);
+        stage_rows(vh, kpos, cn, d, dp, 1.f, Vc);
+        gemm(cn, rp, d, Kc, dp, 1, QsT, rp, St, rp, false);   // St [cn, rp] = K . Qs^T
+        apply_mask_transposed(St, rp, qpos, rn, kpos, cn, tm);
+        gemm(cn, rp, d, Vc, dp, 1, dOT, rp, dSt, rp, false);  // dPt [cn, rp] = V . dO^T
+        for (int64_t c = 0; c < cn; ++c) {
+          const float* s = St + c * rp;
+          float* g = dSt + c * rp;
+          for (int64_t r = 0; r < rp; r += 16) {
+            const v16 p = vexp(vload(s + r) - vload(Lv + r));
+            vstore(g + r, p * (vload(g + r) - vload(Dv + r)));  // dSt
           }
-          if (P.causal && kmin > qmax) continue;
-          tm.mask_c0 = c0;
-          tm.causal = P.causal && kmax > qmin;
-          stage_rows(kh, kpos, cn, d, dp, 1.f, Kc);
-          stage_rows(vh, kpos, cn, d, dp, 1.f, Vc);
-          gemm(cn, rp, d, Kc, dp, 1, QsT, rp, St, rp, false);   // St [cn, rp] = K . Qs^T
-          apply_mask_transposed(St, rp, qpos, rn, kpos, cn, tm);
-          gemm(cn, rp, d, Vc, dp, 1, dOT, rp, dSt, rp, false);  // dPt [cn, rp] = V . dO^T
-          for (int64_t c = 0; c < cn; ++c) {
-            const float* s = St + c * rp;
-            float* g = dSt + c * rp;
-            for (int64_t r = 0; r < rp; r += 16) {
-              const v16 p = vexp(vload(s + r) - vload(Lv + r));
-              vstore(g + r, p * (vload(g + r) - vload(Dv + r)));  // dSt
-            }
-          }
-          gemm(rn, dp, cn, dSt, 1, rp, Kc, dp, dQacc, dp, true);  // dQacc [rn, dp] += dS . K (dS = dSt^T)
         }
-      }
+        gemm(rn, dp, cn, dSt, 1, rp, Kc, dp, dQacc, dp, true);  // dQacc [rn, dp] += dS . K (dS = dSt^T)
+      });
       float* dqh = dq + bh * D.N * d;
       for (int64_t r = 0; r < rn; ++r) {
         float* o = dqh + qpos[r] * d;
@@ -456,12 +448,8 @@ void backward_keys(const Problem& P, const SparseSegment& seg, const float* lse,
       const Chunk ch = chunks[static_cast<size_t>(task % nch)];
       const int64_t cn = ch.count, cp = round16(cn), col0 = seg.k_bounds[static_cast<size_t>(ch.block)] + ch.offset;
       const int64_t ksize = seg.k_bounds[static_cast<size_t>(ch.block) + 1] - seg.k_bounds[static_cast<size_t>(ch.block)];
-      int64_t kmin = D.N, kmax = -1;
-      for (int64_t c = 0; c < cn; ++c) {
-        kpos[c] = seg.k_at(col0 + c);
-        kmin = std::min(kmin, kpos[c]);
-        kmax = std::max(kmax, kpos[c]);
-      }
+      int64_t kmin, kmax;
+      stage_positions([&](int64_t c) { return seg.k_at(c); }, col0, cn, D.N, kpos, kmin, kmax);
       const float* qh = P.q + bh * D.N * d;
       const float* dOh = dout + bh * D.N * d;
       const float* lse_h = lse + bh * D.N;
@@ -776,6 +764,15 @@ void block_sparse_backward(const SparsePattern& p, const SparseAttentionShape& s
 double block_sparse_attention_flops(const SparsePattern& pattern, int64_t batch, int64_t heads, int64_t head_dim,
                                     bool causal) {
   return 4.0 * static_cast<double>(batch) * static_cast<double>(head_dim) * pattern.computed_pairs(heads, causal);
+}
+
+Cost block_sparse_mixer_cost(const SparsePattern& pattern, const CostArgs& a, bool causal) {
+  const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
+  Cost c;
+  c.flops = 8 * B * N * D * D + block_sparse_attention_flops(pattern, a.batch, a.heads, a.d_model / a.heads, causal);
+  c.activation_bytes = block_sparse_activation_bytes(B, N, D, H);
+  c.peak_bytes = 4 * (9 * B * N * D + B * H * N + D * D);
+  return c;
 }
 
 Var block_sparse_attention(const Var& q, const Var& k, const Var& v, std::shared_ptr<const SparsePattern> pattern,

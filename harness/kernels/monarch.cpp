@@ -377,7 +377,7 @@ Var max_pool(const Var& x, const Tensor* key_mask, int64_t pools, Range range, I
       float* a = ap + q * C;
       std::fill(a, a + C, -1.f);
       for (int64_t s = lo; s < hi; ++s) {
-        if (mp && std::isinf(mp[b * N + s])) continue;
+        if (mp && is_padded_key(mp[b * N + s])) continue;
         const float* xr = xp + (b * N + s) * C;
         for (int64_t c = 0; c < C; ++c)
           if (a[c] < 0 || xr[c] > best[c]) best[c] = xr[c], a[c] = static_cast<float>(s);

@@ -63,6 +63,15 @@ Var cross_entropy(const Var& logits, const std::vector<int32_t>& labels, int32_t
 Tensor key_padding_mask(const std::vector<int32_t>& tokens, int64_t batch, int64_t length, int32_t pad_id = 0);
 // [N, N] additive mask, -inf above the diagonal.
 Tensor causal_mask(int64_t length);
+// What a key mask means (MixerContext::key_mask, additive [B, 1, 1, N]): a key is padded when its
+// value is below -1e4 (-inf in the masks the harness builds), real otherwise. Softmax-style
+// consumers add the value to their scores, where anything below -1e4 is a weight of exactly 0 in
+// fp32 as well, so every variant and kernel reads the same mask the same way.
+inline bool is_padded_key(float mask_value) { return mask_value < -1e4f; }
+// Keep flags of a key mask [B, 1, 1, N], 1 real key and 0 padded (is_padded_key), shaped `shape`
+// (B * N elements: [B, N], [B, N, 1] against x [B, N, D], [B, 1, N, 1] against heads
+// [B, H, N, d]); an undefined tensor when key_mask is null.
+Tensor keep_flags(const Tensor* key_mask, Shape shape);
 
 // Threads for oneDNN's OpenMP runtime and TBB together; 0 = all cores.
 void set_num_threads(int threads);

@@ -19,7 +19,11 @@ namespace ab {
 // 3: Cost gained peak_bytes (its layout changed).
 // 4: the SDK holds only what a plugin may use: fused kernels moved to attnbench/kernels/ (the old
 //    paths forward there until ABI 5), DecodeState to decode_state.hpp; the application headers
-//    (train, bench, sweep, model, fidelity, PNG, LRA loaders) left it.
+//    (train, bench, sweep, model, fidelity, PNG, LRA loaders) left it. ops.hpp gained
+//    keep_flags(mask, shape) and is_padded_key, the one reading of a key mask, which replaced the
+//    GLA kernel's keep_flags. VariantSpec gained attention_style (set by the registration
+//    template). Cost and CostArgs moved to cost.hpp (same layout), so a kernel header can state
+//    the cost of the mixers built on it (block_sparse_mixer_cost).
 inline constexpr int kPluginAbiVersion = 4;
 
 struct PluginInfo {

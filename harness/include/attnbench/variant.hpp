@@ -8,8 +8,10 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include "attnbench/cost.hpp"
 #include "attnbench/decode_state.hpp"
 #include "attnbench/module.hpp"
 #include "attnbench/ops.hpp"
@@ -27,39 +29,6 @@ struct Capabilities {
   bool decode = false;           // decodes one token at a time with a carried state (causal)
 };
 
-// Arguments of the analytic cost model. activation_bytes is what a training-mode forward keeps
-// alive for backward, as the tracking allocator counts it, excluding the input x and the output y;
-// `attnbench check` compares it with the measured figure (within 25%).
-struct CostArgs {
-  int64_t batch, length, d_model, heads;
-  const Json* params;  // the variant's resolved parameters
-  bool causal;
-};
-struct Cost {
-  double flops = 0;             // forward FLOPs of the mixer (multiply-add = 2)
-  // Forward memory traffic the algorithm cannot avoid, in bytes. With flops it places the mixer on
-  // the roofline: bench reports max(flops / FMA peak, bytes / bandwidth) / time, counting a
-  // forward+backward as 3x both. 0 = the default: reading x and the parameters, writing y and
-  // activation_bytes (what the forward saves). Declare it when the algorithm must stream more
-  // through memory than that (e.g. a state larger than the caches).
-  double bytes = 0;
-  double activation_bytes = 0;  // saved for backward
-  // Decode state of the whole batch after `length` tokens (KV cache, recurrent state, convolution
-  // history); 0 for variants that do not decode. `attnbench check` compares it with
-  // DecodeState::bytes().
-  double state_bytes = 0;
-  // Peak of a training-mode forward followed by a backward from an upstream gradient of ones, in
-  // bytes above what was live before the forward, as the tracking allocator counts them (sizes
-  // rounded up to its granules). Out: x, the mixer's parameters and the upstream gradient (all
-  // allocated before). In: y, everything the forward saves for backward, the transient buffers of
-  // the op that is running at the worst moment, the gradient of x and the parameter gradients
-  // (held to the end). Usually the worst moment is early in backward: saved activations plus the
-  // first gradient buffers. `attnbench check` (peak_model) compares it with
-  // measure_mixer_memory().peak_bytes at two lengths (within 25%); `attnbench bench` uses it to
-  // predict fwd_bwd cells. 0 = not declared (the bench then falls back to a heuristic).
-  double peak_bytes = 0;
-};
-
 struct MixerConfig {
   int64_t d_model = 64;
   int64_t heads = 4;
@@ -71,7 +40,9 @@ struct MixerConfig {
 
 // What a forward call may know beyond x.
 struct MixerContext {
-  const Tensor* key_mask = nullptr;  // additive [B, 1, 1, N]: 0 keep, -inf padded key; null = none
+  // Additive [B, 1, 1, N]: 0 keep, -inf padded key; null = none. A key is padded when its value is
+  // below -1e4 (is_padded_key in ops.hpp); keep_flags() turns the mask into 0/1 flags.
+  const Tensor* key_mask = nullptr;
   bool causal = false;
   bool training = false;
   uint64_t seed = 0;
@@ -122,6 +93,7 @@ struct VariantSpec {
   std::function<Cost(const CostArgs&)> cost;
   std::function<std::unique_ptr<Mixer>(const MixerConfig&)> make;
   std::string origin = "built-in";  // or the plugin path
+  bool attention_style = false;     // derives from AttentionMixer (attend() exists); set by registration
   // Parameter overrides for the conformance checks, which run at tiny sizes (N = 8, D = 16,
   // H = 2), e.g. a block size that divides 8. Empty = the defaults.
   Json check_params = Json::object();
@@ -144,6 +116,7 @@ template <class T>
 void register_variant(const std::string& origin) {
   VariantSpec s = T::spec();
   s.make = [](const MixerConfig& cfg) -> std::unique_ptr<Mixer> { return std::make_unique<T>(cfg); };
+  s.attention_style = std::is_base_of_v<AttentionMixer, T>;
   if (!origin.empty()) s.origin = origin;
   VariantRegistry::instance().add(std::move(s));
 }

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "attnbench/autograd.hpp"
+#include "attnbench/cost.hpp"
 
 namespace ab {
 
@@ -118,6 +119,12 @@ double block_sparse_attention_flops(const SparsePattern& pattern, int64_t batch,
 inline double block_sparse_activation_bytes(double batch, double length, double d_model, double heads) {
   return 4.0 * (5.0 * batch * length * d_model + batch * heads * length);
 }
+
+// The cost model of such an AttentionMixer, `pattern` built for args.length: the four projections
+// (8 B N D^2 FLOPs) plus the attention core over the pattern (causal: intersected with j <= i),
+// block_sparse_activation_bytes, and the peak in the backward: y, q, k, v, O, the upstream
+// gradient per head, dq, dk, dv (9 B N D), the log-sum-exp and dWo.
+Cost block_sparse_mixer_cost(const SparsePattern& pattern, const CostArgs& args, bool causal);
 
 // ---- raw kernels (no autograd) ----
 struct SparseAttentionShape {

@@ -59,9 +59,6 @@ Var gated_linear_attention_mix(const Var& q, const Var& k, const Var& v, const V
 // "chunked" | "parallel" | "recurrent" (UsageError otherwise).
 GlaForm gla_form_from_string(const std::string& name);
 
-// Additive key mask [B, 1, 1, N] (0 keep, -inf padded) -> keep flags [B, N] (1 real, 0 padded).
-Tensor keep_flags(const Tensor& key_mask);
-
 // Elementwise helpers for the gates (they save x):
 //   log_sigmoid(x) = log(1 / (1 + exp(-x))) * scale   (GLA's gate, scale = 1 / tau)
 //   softplus(x)    = log(1 + exp(x))                  (Mamba-2's step size)
