@@ -3,9 +3,18 @@
 # folder and to the folders of the layers it may use, under the layer names, so `#include
 # "train/train.hpp"` resolves in the layers above train and fails to compile below it.
 
+# The SDK as plugins see it: harness/include/attnbench/, plus the public headers of the fused
+# kernels, which live beside their sources in harness/kernels/ (so that adding a kernel touches one
+# folder) and appear as attnbench/kernels/ through a link in the build tree and in the install.
+set(ATTNBENCH_SDK_VIEW ${CMAKE_BINARY_DIR}/sdk)
+file(MAKE_DIRECTORY ${ATTNBENCH_SDK_VIEW}/attnbench)
+file(CREATE_LINK ${CMAKE_SOURCE_DIR}/harness/kernels ${ATTNBENCH_SDK_VIEW}/attnbench/kernels SYMBOLIC)
+file(GLOB ATTNBENCH_KERNEL_HEADERS CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/harness/kernels/*.hpp)
+
 # What every layer compiles and links against (usage requirements only).
 add_library(attnbench_layer_deps INTERFACE)
-target_include_directories(attnbench_layer_deps INTERFACE ${CMAKE_SOURCE_DIR}/harness/include ${CMAKE_BINARY_DIR}/generated)
+target_include_directories(attnbench_layer_deps INTERFACE ${CMAKE_SOURCE_DIR}/harness/include ${ATTNBENCH_SDK_VIEW}
+                                                          ${CMAKE_BINARY_DIR}/generated)
 target_link_libraries(attnbench_layer_deps INTERFACE nlohmann_json::nlohmann_json fmt::fmt DNNL::dnnl TBB::tbb
                       OpenMP::OpenMP_CXX PkgConfig::FFTW3F benchmark::benchmark ${CMAKE_DL_LIBS})
 target_compile_definitions(attnbench_layer_deps INTERFACE ATTNBENCH_SOURCE_DIR="${CMAKE_SOURCE_DIR}")

@@ -33,7 +33,7 @@
 
 #include "attnbench/parallel.hpp"
 #include "attnbench/variant.hpp"
-#include "kernels/vec.hpp"
+#include "kernels/detail/vec.hpp"
 
 namespace {
 

@@ -13,7 +13,7 @@
 
 #include "attnbench/ops.hpp"
 #include "core/backend/onednn.hpp"
-#include "kernels/vec.hpp"
+#include "kernels/detail/vec.hpp"
 
 namespace ab {
 
