@@ -85,7 +85,8 @@ int cmd_list(int argc, char** argv, int first) {
       }
       for (const auto& n : reg.names()) {
         const auto& s = reg.get(n);
-        fmt::print("{:<{}}  {:<{}}  {:<{}}  {}\n", s.name, wn, s.family, wf, caps_text(s.caps), wc, s.summary);
+        fmt::print("{:<{}}  {:<{}}  {:<{}}  {}  [{}]\n", s.name, wn, s.family, wf, caps_text(s.caps), wc, s.summary,
+                   s.origin);
       }
     }
   } else if (what == "tasks") {
@@ -96,7 +97,7 @@ int cmd_list(int argc, char** argv, int first) {
     else {
       size_t wn = 0;
       for (const auto& n : reg.names()) wn = std::max(wn, n.size());
-      for (const auto& n : reg.names()) fmt::print("{:<{}}  {}\n", n, wn, reg.get(n).summary);
+      for (const auto& n : reg.names()) fmt::print("{:<{}}  {}  [{}]\n", n, wn, reg.get(n).summary, reg.get(n).origin);
     }
   } else {
     throw UsageError("list: " + unknown_name_message("list", what, kinds));
@@ -138,6 +139,7 @@ int cmd_describe(int argc, char** argv, int first) {
   }
   fmt::print("{} ({})\n", j["name"].get<std::string>(), j["kind"].get<std::string>());
   if (j.contains("summary")) fmt::print("  {}\n  reference: {}\n", j["summary"].get<std::string>(), j["reference"].get<std::string>());
+  if (j.contains("origin")) fmt::print("  origin: {}\n", j["origin"].get<std::string>());
   if (j.contains("capabilities")) fmt::print("  capabilities: {}\n", j["capabilities"].dump());
   fmt::print("parameters (--set {}.NAME=VALUE):\n", j["kind"] == "group" ? name : j["kind"].get<std::string>());
   print_params(j["params"]);
