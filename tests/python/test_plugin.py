@@ -80,6 +80,17 @@ class OutOfTreePlugin(unittest.TestCase):
     def run_ab(self, *args, env=None):
         return sh(self.bin, *args, env=env)
 
+    def test_scaffold_uses_an_empty_folder_and_refuses_a_full_one(self):
+        new_variant = self.prefix / "share" / "attnbench" / "scripts" / "new-variant"
+        empty = Path(self.tmp.name) / "empty"
+        empty.mkdir()
+        r = sh(new_variant, "in_empty", empty)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue((empty / "in_empty.cpp").exists())
+        r = sh(new_variant, "in_empty", empty)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("not an empty folder", r.stderr)
+
     def test_scaffold_refuses_bad_names(self):
         r = sh(self.prefix / "share" / "attnbench" / "scripts" / "new-variant", "Bad-Name", Path(self.tmp.name) / "x")
         self.assertEqual(r.returncode, 2)
