@@ -10,6 +10,7 @@
 #include "train/train.hpp"
 #include "attnbench/variant.hpp"
 #include "commands.hpp"
+#include "mixer/plugin_hint.hpp"
 
 namespace ab::cli {
 namespace {
@@ -131,7 +132,7 @@ int cmd_describe(int argc, char** argv, int first) {
     for (auto& t : TaskRegistry::instance().names()) names.push_back(t);
     names.push_back("model");
     names.push_back("train");
-    throw UsageError(unknown_name_message("variant or task", name, names));
+    throw UsageError(unknown_with_plugin_hint("variant or task", name, names));
   }
   if (args.has("json")) {
     fmt::print("{}\n", j.dump(2));

@@ -9,13 +9,11 @@
 #include "attnbench/plugin.hpp"
 #include "attnbench/task.hpp"
 #include "attnbench/variant.hpp"
+#include "mixer/plugin_hint.hpp"
 
 namespace ab {
 
-// An unknown name may be a plugin's that was not loaded: say how to load one, and name the
-// modules in the current directory when none is loaded.
-static std::string unknown_with_plugin_hint(const char* what, const std::string& name,
-                                            const std::vector<std::string>& names) {
+std::string unknown_with_plugin_hint(const char* what, const std::string& name, const std::vector<std::string>& names) {
   std::string hint = fmt::format("; a plugin's {}s need --plugin PATH (or ATTNBENCH_PLUGINS)", what);
   if (loaded_plugins().empty()) {
     std::vector<std::string> here;

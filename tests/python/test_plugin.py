@@ -122,6 +122,9 @@ class OutOfTreePlugin(unittest.TestCase):
         r = sh(self.bin, "train", "--variant", "lowtemp", "--task", "listops", "--out", "x.json")
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("--plugin PATH", r.stderr)
+        r = sh(self.bin, "describe", "lowtemp", cwd=self.plugin.parent)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--plugin ./lowtemp.so", r.stderr)
 
     def test_check_passes(self):
         r = self.run_ab("check", "--plugin", self.plugin, "--variant", "lowtemp")
