@@ -599,6 +599,14 @@ CONTEXT_FIELDS = ("host", "cpu_model", "logical_cpus", "threads", "compiler", "c
                   "build_type", "git_revision")
 
 
+def plugin_text(p):
+    """A context.plugins entry as "path (hash)"; older run files have no hash."""
+    if not isinstance(p, dict):
+        return value_text(p)
+    path = str(p.get("path", "?"))
+    return f"{path} ({p['hash']})" if isinstance(p.get("hash"), str) and p["hash"] else path
+
+
 def context_summary(runs):
     """{field: {value_text: count}} over all runs, for the fields of CONTEXT_FIELDS, versions.*,
     cpu_flags; plus "dates" (min, max) and "commands" (distinct command lines with counts)."""
@@ -620,6 +628,11 @@ def context_summary(runs):
             t = " ".join(flags) if isinstance(flags, list) else str(flags)
             fields.setdefault("cpu_flags", {}).setdefault(t, 0)
             fields["cpu_flags"][t] += 1
+        if isinstance(c.get("plugins"), list) and c["plugins"]:
+            # Which plugin build made the figures: its path and the hash of its file.
+            t = "; ".join(plugin_text(p) for p in c["plugins"])
+            fields.setdefault("plugins", {}).setdefault(t, 0)
+            fields["plugins"][t] += 1
         if isinstance(c.get("date"), str):
             dates.append(c["date"])
         cmd = command_text(c.get("command_line"))

@@ -10,6 +10,7 @@
 #include "train/train.hpp"
 #include "attnbench/variant.hpp"
 #include "commands.hpp"
+#include "mixer/plugin_hint.hpp"
 
 namespace ab::cli {
 namespace {
@@ -85,7 +86,8 @@ int cmd_list(int argc, char** argv, int first) {
       }
       for (const auto& n : reg.names()) {
         const auto& s = reg.get(n);
-        fmt::print("{:<{}}  {:<{}}  {:<{}}  {}\n", s.name, wn, s.family, wf, caps_text(s.caps), wc, s.summary);
+        fmt::print("{:<{}}  {:<{}}  {:<{}}  {}  [{}]\n", s.name, wn, s.family, wf, caps_text(s.caps), wc, s.summary,
+                   s.origin);
       }
     }
   } else if (what == "tasks") {
@@ -96,7 +98,7 @@ int cmd_list(int argc, char** argv, int first) {
     else {
       size_t wn = 0;
       for (const auto& n : reg.names()) wn = std::max(wn, n.size());
-      for (const auto& n : reg.names()) fmt::print("{:<{}}  {}\n", n, wn, reg.get(n).summary);
+      for (const auto& n : reg.names()) fmt::print("{:<{}}  {}  [{}]\n", n, wn, reg.get(n).summary, reg.get(n).origin);
     }
   } else {
     throw UsageError("list: " + unknown_name_message("list", what, kinds));
@@ -130,7 +132,7 @@ int cmd_describe(int argc, char** argv, int first) {
     for (auto& t : TaskRegistry::instance().names()) names.push_back(t);
     names.push_back("model");
     names.push_back("train");
-    throw UsageError(unknown_name_message("variant or task", name, names));
+    throw UsageError(unknown_with_plugin_hint("variant or task", name, names));
   }
   if (args.has("json")) {
     fmt::print("{}\n", j.dump(2));
@@ -138,6 +140,7 @@ int cmd_describe(int argc, char** argv, int first) {
   }
   fmt::print("{} ({})\n", j["name"].get<std::string>(), j["kind"].get<std::string>());
   if (j.contains("summary")) fmt::print("  {}\n  reference: {}\n", j["summary"].get<std::string>(), j["reference"].get<std::string>());
+  if (j.contains("origin")) fmt::print("  origin: {}\n", j["origin"].get<std::string>());
   if (j.contains("capabilities")) fmt::print("  capabilities: {}\n", j["capabilities"].dump());
   fmt::print("parameters (--set {}.NAME=VALUE):\n", j["kind"] == "group" ? name : j["kind"].get<std::string>());
   print_params(j["params"]);

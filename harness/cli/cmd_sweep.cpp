@@ -91,6 +91,8 @@ int cmd_sweep(int argc, char** argv, int first) {
   remove_stale_temporaries(dir / "runs");
   remove_stale_temporaries(dir);  // manifest.json.tmp.<pid> of a killed sweep
 
+  if (args.has("resume")) require_same_plugins(dir / manifest_name);
+  const Json plugins = plugins_record();
   std::map<std::string, std::string> status;  // cell id -> final status
   auto write_manifest = [&] {
     Json cells = Json::array();
@@ -99,8 +101,8 @@ int cmd_sweep(int argc, char** argv, int first) {
       cells.push_back({{"id", c.id}, {"kind", c.kind}, {"variant", c.variant}, {"task", c.task}, {"seed", c.seed},
                        {"set", c.set}, {"status", status.count(c.id) ? Json(status[c.id]) : Json("pending")}});
     }
-    write_json_atomic((dir / manifest_name).string(),
-                      {{"schema", "attnbench.sweep/1"}, {"name", spec.name}, {"spec", spec.raw}, {"cells", cells}});
+    write_json_atomic((dir / manifest_name).string(), {{"schema", "attnbench.sweep/1"}, {"name", spec.name},
+                                                       {"spec", spec.raw}, {"plugins", plugins}, {"cells", cells}});
   };
 
   std::vector<size_t> todo;

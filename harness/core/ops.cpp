@@ -252,7 +252,39 @@ Var linear(const Var& x, const Var& w, const Var& bias) {
 
 // ---- elementwise ----
 namespace {
-enum class BinOp { add, sub, mul };
+enum class BinOp { add, sub, mul, div, max, min };
+
+inline float bin_apply(BinOp op, float x, float y) {
+  switch (op) {
+    case BinOp::add: return x + y;
+    case BinOp::sub: return x - y;
+    case BinOp::mul: return x * y;
+    case BinOp::div: return x / y;
+    case BinOp::max: return x >= y ? x : y;
+    case BinOp::min: return x <= y ? x : y;
+  }
+  return 0.f;
+}
+// d(x op y)/dx and d(x op y)/dy; a tie of max / min goes to x.
+inline float bin_dx(BinOp op, float x, float y) {
+  switch (op) {
+    case BinOp::mul: return y;
+    case BinOp::div: return 1.f / y;
+    case BinOp::max: return x >= y ? 1.f : 0.f;
+    case BinOp::min: return x <= y ? 1.f : 0.f;
+    default: return 1.f;
+  }
+}
+inline float bin_dy(BinOp op, float x, float y) {
+  switch (op) {
+    case BinOp::mul: return x;
+    case BinOp::div: return -x / (y * y);
+    case BinOp::max: return x >= y ? 0.f : 1.f;
+    case BinOp::min: return x <= y ? 0.f : 1.f;
+    case BinOp::sub: return -1.f;
+    default: return 1.f;
+  }
+}
 
 Var binary(const Var& a, const Var& b, BinOp op, const char* name) {
   const Broadcast bc = broadcast_shapes(a.shape(), b.shape(), name);
@@ -262,40 +294,62 @@ Var binary(const Var& a, const Var& b, BinOp op, const char* name) {
   float* yp = y.data();
   if (a.shape() == b.shape()) {
     parallel_for(y.numel(), kGrain, [&](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i)
-        yp[i] = op == BinOp::add ? ap[i] + bp[i] : op == BinOp::sub ? ap[i] - bp[i] : ap[i] * bp[i];
+      for (int64_t i = s; i < e; ++i) yp[i] = bin_apply(op, ap[i], bp[i]);
     });
   } else {
-    for_each_broadcast(bc, [&](int64_t o, int64_t ia, int64_t ib) {
-      yp[o] = op == BinOp::add ? ap[ia] + bp[ib] : op == BinOp::sub ? ap[ia] - bp[ib] : ap[ia] * bp[ib];
-    });
+    for_each_broadcast(bc, [&](int64_t o, int64_t ia, int64_t ib) { yp[o] = bin_apply(op, ap[ia], bp[ib]); });
   }
-  // Only mul reads values in backward: each operand's gradient needs the other operand.
+  // add / sub read no values in backward; mul's gradient of each operand reads the other; div's
+  // gradient of a reads b, of b both; max / min compare both.
   const GradSink ga = a.sink(), gb = b.sink();
-  const bool is_mul = op == BinOp::mul;
-  const Tensor av = is_mul && gb.wanted() ? a.value() : Tensor(), bv = is_mul && ga.wanted() ? b.value() : Tensor();
-  return make_op_result(std::move(y), {a, b}, [ga, gb, av, bv, sa = a.shape(), sb = b.shape(), bc, op](const Tensor& g) {
+  const bool linear_op = op == BinOp::add || op == BinOp::sub;
+  const bool need_a = !linear_op && (op == BinOp::max || op == BinOp::min ? ga.wanted() || gb.wanted() : gb.wanted());
+  const bool need_b = !linear_op && (op == BinOp::mul ? ga.wanted() : ga.wanted() || gb.wanted());
+  const Tensor av = need_a ? a.value() : Tensor(), bv = need_b ? b.value() : Tensor();
+  return make_op_result(std::move(y), {a, b}, [ga, gb, av, bv, sa = a.shape(), sb = b.shape(), bc, op, linear_op](const Tensor& g) {
     const float* gp = g.data();
-    auto grad_for = [&](const GradSink& self, const Shape& self_shape, const Tensor& other,
-                        const std::vector<int64_t>& self_st, const std::vector<int64_t>& other_st, float sign) {
+    const float* ap = av.defined() ? av.data() : nullptr;
+    const float* bp = bv.defined() ? bv.data() : nullptr;
+    auto grad_for = [&](const GradSink& self, const Shape& self_shape, const std::vector<int64_t>& self_st, bool is_a) {
       if (!self.wanted()) return;
-      if (op != BinOp::mul) {
+      if (linear_op) {
         Tensor r = reduce_to(g, bc, self_st, self_shape);
-        if (sign < 0) r = map_unary(r, [](float v, float) { return -v; }, 0.f);
+        if (!is_a && op == BinOp::sub) r = map_unary(r, [](float v, float) { return -v; }, 0.f);
         self.accumulate(r);
         return;
       }
       Tensor full = Tensor::empty(bc.out);
       float* fp = full.data();
-      const float* op_ = other.data();
-      Broadcast only_other = bc;
-      only_other.stride_a = std::vector<int64_t>(bc.out.size(), 0);
-      only_other.stride_b = other_st;
-      for_each_broadcast(only_other, [&](int64_t o, int64_t, int64_t io) { fp[o] = gp[o] * op_[io]; });
+      for_each_broadcast(bc, [&](int64_t o, int64_t ia, int64_t ib) {
+        const float x = ap ? ap[ia] : 0.f, yv = bp ? bp[ib] : 0.f;  // an operand not saved is not read
+        fp[o] = gp[o] * (is_a ? bin_dx(op, x, yv) : bin_dy(op, x, yv));
+      });
       self.accumulate(reduce_to(full, bc, self_st, self_shape));
     };
-    grad_for(ga, sa, bv, bc.stride_a, bc.stride_b, 1.f);
-    grad_for(gb, sb, av, bc.stride_b, bc.stride_a, op == BinOp::sub ? -1.f : 1.f);
+    grad_for(ga, sa, bc.stride_a, true);
+    grad_for(gb, sb, bc.stride_b, false);
+  });
+}
+
+// y = f(x) elementwise; backward dx = g * df(s), s = y when df_of_y (saves y) else x (saves x).
+template <class F, class DF>
+Var pointwise(const Var& x, F f, DF df, bool df_of_y) {
+  Tensor y = Tensor::empty(x.shape());
+  const float* xp = x.value().data();
+  float* yp = y.data();
+  parallel_for(y.numel(), kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) yp[i] = f(xp[i]);
+  });
+  const Tensor saved = df_of_y ? y : x.value();
+  return make_op_result(std::move(y), {x}, [gx = x.sink(), saved, df](const Tensor& g) {
+    Tensor dx = Tensor::empty(saved.shape());
+    const float* sp = saved.data();
+    const float* gp = g.data();
+    float* dp = dx.data();
+    parallel_for(dx.numel(), kGrain, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) dp[i] = gp[i] * df(sp[i]);
+    });
+    gx.accumulate(dx);
   });
 }
 }  // namespace
@@ -303,6 +357,31 @@ Var binary(const Var& a, const Var& b, BinOp op, const char* name) {
 Var add(const Var& a, const Var& b) { return binary(a, b, BinOp::add, "add"); }
 Var sub(const Var& a, const Var& b) { return binary(a, b, BinOp::sub, "sub"); }
 Var mul(const Var& a, const Var& b) { return binary(a, b, BinOp::mul, "mul"); }
+Var div(const Var& a, const Var& b) { return binary(a, b, BinOp::div, "div"); }
+Var maximum(const Var& a, const Var& b) { return binary(a, b, BinOp::max, "maximum"); }
+Var minimum(const Var& a, const Var& b) { return binary(a, b, BinOp::min, "minimum"); }
+
+Var reciprocal(const Var& x) {
+  return pointwise(x, [](float v) { return 1.f / v; }, [](float y) { return -y * y; }, true);
+}
+Var sqrt(const Var& x) {
+  return pointwise(x, [](float v) { return std::sqrt(v); }, [](float y) { return 0.5f / y; }, true);
+}
+Var rsqrt(const Var& x) {
+  return pointwise(x, [](float v) { return 1.f / std::sqrt(v); }, [](float y) { return -0.5f * y * y * y; }, true);
+}
+Var pow(const Var& x, float p) {
+  return pointwise(x, [p](float v) { return std::pow(v, p); }, [p](float v) { return p * std::pow(v, p - 1.f); }, false);
+}
+Var abs(const Var& x) {
+  return pointwise(x, [](float v) { return std::fabs(v); }, [](float v) { return v > 0.f ? 1.f : v < 0.f ? -1.f : 0.f; },
+                   false);
+}
+Var clamp(const Var& x, float lo, float hi) {
+  if (!(lo <= hi)) throw std::invalid_argument(fmt::format("clamp: lo {} is above hi {}", lo, hi));
+  return pointwise(x, [lo, hi](float v) { return std::min(std::max(v, lo), hi); },
+                   [lo, hi](float v) { return v > lo && v < hi ? 1.f : 0.f; }, false);
+}
 
 Var scale(const Var& a, float s) {
   Tensor y = map_unary(a.value(), [](float v, float k) { return v * k; }, s);
@@ -450,6 +529,52 @@ Var concat(const std::vector<Var>& parts, int dim) {
   });
 }
 
+namespace {
+// Checks index [outer, m, inner] against x [outer, n, inner] (same dims except `dim`, ids in [0, n)).
+void check_index(const Shape& xs, int dim, const std::vector<int32_t>& index, const Shape& is) {
+  Shape a = xs, b = is;
+  if (a.size() != b.size()) shape_error("gather", fmt::format("index {} and x {} differ in rank", shape_str(is), shape_str(xs)));
+  a[dim] = b[dim] = 0;
+  if (a != b) shape_error("gather", fmt::format("index {} must match x {} outside dimension {}", shape_str(is), shape_str(xs), dim));
+  if (static_cast<int64_t>(index.size()) != numel(is))
+    shape_error("gather", fmt::format("{} ids for index shape {}", index.size(), shape_str(is)));
+  for (size_t i = 0; i < index.size(); ++i)
+    if (index[i] < 0 || index[i] >= xs[dim])
+      throw std::invalid_argument(fmt::format("gather: id {} at {} is outside [0, {})", index[i], i, xs[dim]));
+}
+}  // namespace
+
+Var gather(const Var& x, int dim, const std::vector<int32_t>& index, const Shape& index_shape) {
+  dim = norm_dim(dim, x.rank(), "gather");
+  check_index(x.shape(), dim, index, index_shape);
+  const auto oi = outer_inner(x.shape(), dim);
+  const int64_t outer = oi.first, inner = oi.second;  // named: clang 14 cannot capture bindings
+  const int64_t n = x.dim(dim), m = index_shape[dim];
+  // x: [outer, n, inner], index and y: [outer, m, inner]
+  Tensor y = Tensor::empty(index_shape);
+  const float* xp = x.value().data();
+  float* yp = y.data();
+  parallel_for(outer * m, std::max<int64_t>(1, kGrain / std::max<int64_t>(inner, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r)
+      for (int64_t i = 0; i < inner; ++i) yp[r * inner + i] = xp[((r / m) * n + index[r * inner + i]) * inner + i];
+  });
+  return make_op_result(std::move(y), {x}, [gx = x.sink(), sx = x.shape(), index, outer, n, m, inner](const Tensor& g) {
+    Tensor dx = Tensor::zeros(sx);
+    const float* gp = g.data();
+    float* dp = dx.data();
+    // Parallel over `outer` only: ids may repeat within one [m, inner] block.
+    parallel_for(outer, 1, [&](int64_t ob, int64_t oe) {
+      for (int64_t o = ob; o < oe; ++o)
+        for (int64_t j = 0; j < m; ++j)
+          for (int64_t i = 0; i < inner; ++i) {
+            const int64_t at = (o * m + j) * inner + i;
+            dp[(o * n + index[at]) * inner + i] += gp[at];
+          }
+    });
+    gx.accumulate(dx);
+  });
+}
+
 // ---- normalisation and activations ----
 Var softmax(const Var& x, const Tensor* additive_mask) {
   const int64_t cols = x.shape().back(), rows = x.value().numel() / std::max<int64_t>(cols, 1);
@@ -475,6 +600,47 @@ Var softmax(const Var& x, const Tensor* additive_mask) {
   });
 }
 
+namespace {
+// Row maximum and sum of exp(r - max) in double: the stable log-sum-exp of one row of logits.
+std::pair<float, double> row_max_and_sum(const float* r, int64_t C) {
+  const float mx = *std::max_element(r, r + C);
+  double s = 0;
+  for (int64_t c = 0; c < C; ++c) s += std::exp(static_cast<double>(r[c] - mx));
+  return {mx, s};
+}
+}  // namespace
+
+Var log_softmax(const Var& x) {
+  const int64_t cols = x.shape().back(), rows = x.value().numel() / std::max<int64_t>(cols, 1);
+  Tensor y = Tensor::empty(x.shape());
+  const float* xp = x.value().data();
+  float* yp = y.data();
+  parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const auto [mx, s] = row_max_and_sum(xp + r * cols, cols);
+      const float lse = static_cast<float>(std::log(s)) + mx;
+      for (int64_t c = 0; c < cols; ++c) yp[r * cols + c] = xp[r * cols + c] - lse;
+    }
+  });
+  Tensor saved = y;
+  return make_op_result(std::move(y), {x}, [gx = x.sink(), saved, rows, cols](const Tensor& g) {
+    // dx = g - softmax(x) * sum(g), softmax(x) = exp(y)
+    Tensor dx = Tensor::empty(saved.shape());
+    const float* yp = saved.data();
+    const float* gp = g.data();
+    float* dp = dx.data();
+    parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        double gs = 0;
+        for (int64_t c = 0; c < cols; ++c) gs += gp[r * cols + c];
+        for (int64_t c = 0; c < cols; ++c)
+          dp[r * cols + c] = gp[r * cols + c] - std::exp(yp[r * cols + c]) * static_cast<float>(gs);
+      }
+    });
+    gx.accumulate(dx);
+  });
+}
+
 Var layer_norm(const Var& x, const Var& gamma, const Var& beta, float eps) {
   const int64_t cols = x.shape().back(), rows = x.value().numel() / std::max<int64_t>(cols, 1);
   if (gamma.value().numel() != cols || beta.value().numel() != cols)
@@ -492,6 +658,53 @@ Var layer_norm(const Var& x, const Var& gamma, const Var& beta, float eps) {
     gx.accumulate(dx);
     gg.accumulate(dg);
     gb.accumulate(db);
+  });
+}
+
+Var l2_normalize(const Var& x, int dim, float eps) {
+  dim = norm_dim(dim, x.rank(), "l2_normalize");
+  const auto oi = outer_inner(x.shape(), dim);
+  const int64_t outer = oi.first, inner = oi.second;  // named: clang 14 cannot capture bindings
+  const int64_t n = x.dim(dim);
+  // x, y: [outer, n, inner]; norm: [outer, inner], max(||x||, eps) over n
+  Tensor y = Tensor::empty(x.shape()), norm = Tensor::empty({outer, inner});
+  const float* xp = x.value().data();
+  float* yp = y.data();
+  float* np_ = norm.data();
+  parallel_for(outer, 1, [&](int64_t ob, int64_t oe) {
+    std::vector<double> ss(static_cast<size_t>(inner));
+    for (int64_t o = ob; o < oe; ++o) {
+      std::fill(ss.begin(), ss.end(), 0.0);
+      for (int64_t k = 0; k < n; ++k)
+        for (int64_t i = 0; i < inner; ++i) ss[i] += double(xp[(o * n + k) * inner + i]) * xp[(o * n + k) * inner + i];
+      for (int64_t i = 0; i < inner; ++i) np_[o * inner + i] = std::max(static_cast<float>(std::sqrt(ss[i])), eps);
+      for (int64_t k = 0; k < n; ++k)
+        for (int64_t i = 0; i < inner; ++i) yp[(o * n + k) * inner + i] = xp[(o * n + k) * inner + i] / np_[o * inner + i];
+    }
+  });
+  Tensor saved = y;
+  return make_op_result(std::move(y), {x}, [gx = x.sink(), saved, norm, outer, n, inner, eps](const Tensor& g) {
+    // dx = (g - y (g . y)) / ||x|| where the norm exceeds eps; g / eps where eps is the divisor.
+    Tensor dx = Tensor::empty(saved.shape());
+    const float* yp = saved.data();
+    const float* gp = g.data();
+    const float* np_ = norm.data();
+    float* dp = dx.data();
+    parallel_for(outer, 1, [&](int64_t ob, int64_t oe) {
+      std::vector<double> dot(static_cast<size_t>(inner));
+      for (int64_t o = ob; o < oe; ++o) {
+        std::fill(dot.begin(), dot.end(), 0.0);
+        for (int64_t k = 0; k < n; ++k)
+          for (int64_t i = 0; i < inner; ++i) dot[i] += double(gp[(o * n + k) * inner + i]) * yp[(o * n + k) * inner + i];
+        for (int64_t k = 0; k < n; ++k)
+          for (int64_t i = 0; i < inner; ++i) {
+            const int64_t at = (o * n + k) * inner + i;
+            const float nv = np_[o * inner + i];
+            dp[at] = nv > eps ? (gp[at] - yp[at] * static_cast<float>(dot[i])) / nv : gp[at] / nv;
+          }
+      }
+    });
+    gx.accumulate(dx);
   });
 }
 
@@ -620,13 +833,21 @@ Var sum(const Var& x) {
 
 Var mean(const Var& x) { return scale(sum(x), 1.f / static_cast<float>(std::max<int64_t>(1, x.value().numel()))); }
 
-Var sum_dim(const Var& x, int dim) {
+namespace {
+// The shape of a reduction along `dim`: without it, or with it as 1.
+Shape reduced_shape(Shape s, int dim, bool keepdim) {
+  if (keepdim) s[dim] = 1;
+  else s.erase(s.begin() + dim);
+  return s;
+}
+}  // namespace
+
+Var sum_dim(const Var& x, int dim, bool keepdim) {
   dim = norm_dim(dim, x.rank(), "sum_dim");
   const auto oi = outer_inner(x.shape(), dim);
   const int64_t outer = oi.first, inner = oi.second;  // named: clang 14 cannot capture bindings
   const int64_t n = x.dim(dim);
-  Shape out_shape = x.shape();
-  out_shape.erase(out_shape.begin() + dim);
+  const Shape out_shape = reduced_shape(x.shape(), dim, keepdim);
   Tensor y = Tensor::empty(out_shape);
   sum_middle(x.value().data(), y.data(), outer, n, inner);
   return make_op_result(std::move(y), {x}, [gx = x.sink(), sx = x.shape(), outer, inner, n](const Tensor& g) {
@@ -641,20 +862,85 @@ Var sum_dim(const Var& x, int dim) {
   });
 }
 
-Var mean_dim(const Var& x, int dim) {
+Var mean_dim(const Var& x, int dim, bool keepdim) {
   const int64_t n = x.dim(norm_dim(dim, x.rank(), "mean_dim"));
-  return scale(sum_dim(x, dim), 1.f / static_cast<float>(std::max<int64_t>(n, 1)));
+  return scale(sum_dim(x, dim, keepdim), 1.f / static_cast<float>(std::max<int64_t>(n, 1)));
 }
 
-namespace {
-// Row maximum and sum of exp(r - max) in double: the stable log-sum-exp of one row of logits.
-std::pair<float, double> row_max_and_sum(const float* r, int64_t C) {
-  const float mx = *std::max_element(r, r + C);
-  double s = 0;
-  for (int64_t c = 0; c < C; ++c) s += std::exp(static_cast<double>(r[c] - mx));
-  return {mx, s};
+// The maxima are gathered at their positions, so backward is gather's (routes g to the argmax).
+Var max_dim(const Var& x, int dim, bool keepdim) {
+  dim = norm_dim(dim, x.rank(), "max_dim");
+  const auto oi = outer_inner(x.shape(), dim);
+  const int64_t outer = oi.first, inner = oi.second;  // named: clang 14 cannot capture bindings
+  const int64_t n = x.dim(dim);
+  if (n == 0) shape_error("max_dim", fmt::format("dimension {} of {} is empty", dim, shape_str(x.shape())));
+  // x: [outer, n, inner] -> arg: [outer, 1, inner]
+  std::vector<int32_t> arg(static_cast<size_t>(outer * inner), 0);
+  const float* xp = x.value().data();
+  parallel_for(outer, 1, [&](int64_t ob, int64_t oe) {
+    for (int64_t o = ob; o < oe; ++o)
+      for (int64_t k = 1; k < n; ++k)
+        for (int64_t i = 0; i < inner; ++i) {
+          int32_t& a = arg[o * inner + i];
+          if (xp[(o * n + k) * inner + i] > xp[(o * n + a) * inner + i]) a = static_cast<int32_t>(k);
+        }
+  });
+  const Var m = gather(x, dim, arg, reduced_shape(x.shape(), dim, true));
+  return keepdim ? m : reshape(m, reduced_shape(x.shape(), dim, false));
 }
-}  // namespace
+
+Var cumsum(const Var& x, int dim) {
+  dim = norm_dim(dim, x.rank(), "cumsum");
+  const auto oi = outer_inner(x.shape(), dim);
+  const int64_t outer = oi.first, inner = oi.second;  // named: clang 14 cannot capture bindings
+  const int64_t n = x.dim(dim);
+  // Prefix (forward) or suffix (backward) sums of [outer, n, inner] along n.
+  auto scan = [outer, n, inner](const Tensor& in, bool reverse) {
+    Tensor y = Tensor::empty(in.shape());
+    const float* ip = in.data();
+    float* yp = y.data();
+    parallel_for(outer, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, n * inner)), [&](int64_t o0, int64_t o1) {
+      for (int64_t o = o0; o < o1; ++o) {
+        const float* xi = ip + o * n * inner;
+        float* yo = yp + o * n * inner;
+        for (int64_t s = 0; s < n; ++s) {
+          const int64_t t = reverse ? n - 1 - s : s;
+          const int64_t prev = reverse ? t + 1 : t - 1;
+          for (int64_t c = 0; c < inner; ++c) yo[t * inner + c] = xi[t * inner + c] + (s > 0 ? yo[prev * inner + c] : 0.f);
+        }
+      }
+    });
+    return y;
+  };
+  return make_op_result(scan(x.value(), false), {x}, [gx = x.sink(), scan](const Tensor& g) { gx.accumulate(scan(g, true)); });
+}
+
+TopK topk(const Var& x, int64_t k) {
+  if (x.rank() == 0) shape_error("topk", "x has rank 0");
+  const int64_t cols = x.shape().back(), rows = x.value().numel() / std::max<int64_t>(cols, 1);
+  if (k < 0 || k > cols) shape_error("topk", fmt::format("k = {} outside [0, {}]", k, cols));
+  Shape out_shape = x.shape();
+  out_shape.back() = k;
+  std::vector<int32_t> idx(static_cast<size_t>(rows * k));
+  const float* xp = x.value().data();
+  parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
+    std::vector<int32_t> order(static_cast<size_t>(cols));
+    for (int64_t r = b; r < e; ++r) {
+      const float* row = xp + r * cols;
+      // NaN ranks above everything (as in torch), which also keeps the order strict and weak.
+      auto key = [row](int32_t i) { return std::isnan(row[i]) ? std::numeric_limits<float>::infinity() : row[i]; };
+      auto before = [&](int32_t i, int32_t j) {
+        const float a = key(i), b = key(j);
+        return a > b || (a == b && (std::isnan(row[i]) > std::isnan(row[j]) || (std::isnan(row[i]) == std::isnan(row[j]) && i < j)));
+      };
+      std::iota(order.begin(), order.end(), 0);
+      std::partial_sort(order.begin(), order.begin() + k, order.end(), before);
+      std::copy(order.begin(), order.begin() + k, idx.begin() + r * k);
+    }
+  });
+  Var values = gather(x, -1, idx, out_shape);
+  return {std::move(values), std::move(idx)};
+}
 
 Var cross_entropy(const Var& logits, const std::vector<int32_t>& labels, int32_t ignore_label) {
   if (logits.rank() != 2) shape_error("cross_entropy", "logits must be [M, C]");

@@ -13,6 +13,8 @@
 
 namespace ab {
 
+UsageError::~UsageError() = default;
+
 ParamSpec int_param(std::string name, int64_t def, std::string doc, double min, double max) {
   return ParamSpec{std::move(name), ParamType::integer, Json(def), std::move(doc), min, max, {}};
 }

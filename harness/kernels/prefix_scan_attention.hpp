@@ -11,10 +11,11 @@
 //  * causal_linear_numerator: out_i = sum_{j<=i} (q_i . k_j) v_j, linear attention WITHOUT the
 //    normaliser (TransNormer's NormAttention, Flowformer's causal dot product); a sequential scan
 //    per (batch, head) with the [m, dv] state, backward by the reverse scan; saves q, k, v only.
-//  * cumsum, reciprocal, clamp: small differentiable helpers the ops in ops.hpp do not have.
+// The small helpers these variants also use (cumsum, reciprocal, clamp) are in ops.hpp.
 #include <cstdint>
 
 #include "attnbench/autograd.hpp"
+#include "attnbench/ops.hpp"
 
 namespace ab {
 
@@ -24,12 +25,5 @@ Var prefix_softmax_attention(const Var& s, const Var& v, const Tensor* key_mask 
 
 // q, k: [B, H, N, m], v: [B, H, N, dv] -> [B, H, N, dv]; padded keys (mask as above) are left out.
 Var causal_linear_numerator(const Var& q, const Var& k, const Var& v, const Tensor* key_mask = nullptr);
-
-// Inclusive prefix sum along dimension `dim` (any rank).
-Var cumsum(const Var& x, int dim);
-// 1 / x elementwise (x must not be 0).
-Var reciprocal(const Var& x);
-// min(max(x, lo), hi); the gradient is 0 where x is outside (lo, hi).
-Var clamp(const Var& x, float lo, float hi);
 
 }  // namespace ab

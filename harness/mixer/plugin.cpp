@@ -4,14 +4,20 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <sstream>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "attnbench/sdk_signature.hpp"
 #include "attnbench/task.hpp"
 #include "attnbench/variant.hpp"
+#include "core/hash.hpp"
 
 namespace ab {
 
@@ -19,6 +25,29 @@ namespace {
 std::vector<PluginInfo>& plugins() {
   static std::vector<PluginInfo> p;
   return p;
+}
+
+// "key=value;key=value" -> its parts in order.
+std::vector<std::pair<std::string, std::string>> signature_parts(const std::string& sig) {
+  std::vector<std::pair<std::string, std::string>> out;
+  std::istringstream in(sig);
+  for (std::string part; std::getline(in, part, ';');) {
+    const size_t eq = part.find('=');
+    out.emplace_back(part.substr(0, eq), eq == std::string::npos ? "" : part.substr(eq + 1));
+  }
+  return out;
+}
+
+// What differs between a plugin's signature and ours, e.g. "sdk (plugin 1a2b.., attnbench 3c4d..)".
+std::string signature_difference(const std::string& theirs, const std::string& ours) {
+  const auto t = signature_parts(theirs), o = signature_parts(ours);
+  std::vector<std::string> diff;
+  for (const auto& [key, value] : o) {
+    const auto it = std::find_if(t.begin(), t.end(), [&](const auto& p) { return p.first == key; });
+    const std::string v = it == t.end() ? "none" : it->second;
+    if (v != value) diff.push_back(fmt::format("{} (plugin: {}, attnbench: {})", key, v, value));
+  }
+  return diff.empty() ? fmt::format("'{}' vs '{}'", theirs, ours) : fmt::format("{}", fmt::join(diff, ", "));
 }
 
 std::vector<std::string> added(const std::vector<std::string>& before, const std::vector<std::string>& after) {
@@ -29,6 +58,15 @@ std::vector<std::string> added(const std::vector<std::string>& before, const std
 }  // namespace
 
 const std::vector<PluginInfo>& loaded_plugins() { return plugins(); }
+
+const char* build_signature() { return ATTNBENCH_BUILD_SIGNATURE; }
+
+std::string plugin_file_hash(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return "";
+  const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  return fmt::format("fnv1a64:{:016x}", fnv1a64(bytes));
+}
 
 const PluginInfo& load_plugin(const std::string& given) {
   namespace fs = std::filesystem;
@@ -53,7 +91,8 @@ const PluginInfo& load_plugin(const std::string& given) {
   void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!handle) throw UsageError(fmt::format("plugin '{}' cannot be loaded: {}", given, dlerror()));
   using AbiFn = int (*)();
-  using RegisterFn = void (*)(const char*);
+  using SignatureFn = const char* (*)();
+  using RegisterFn = int (*)(const char*, char*, size_t);
   auto abi = reinterpret_cast<AbiFn>(dlsym(handle, "attnbench_plugin_abi_version"));
   auto reg = reinterpret_cast<RegisterFn>(dlsym(handle, "attnbench_plugin_register"));
   if (!abi || !reg) {
@@ -69,18 +108,26 @@ const PluginInfo& load_plugin(const std::string& given) {
                                  "rebuild the plugin against this attnbench",
                                  given, version, kPluginAbiVersion));
   }
+  // Same ABI version, but other headers, standard library or JSON library: layouts may differ.
+  auto sig = reinterpret_cast<SignatureFn>(dlsym(handle, "attnbench_plugin_signature"));
+  const std::string signature = sig ? sig() : "";
+  if (signature != build_signature()) {
+    dlclose(handle);
+    throw UsageError(fmt::format("plugin '{}' was built with another build signature: {}; rebuild the plugin "
+                                 "against this attnbench (its installed headers and the same compiler)",
+                                 given, signature_difference(signature, build_signature())));
+  }
   const auto variants_before = VariantRegistry::instance().names();
   const auto tasks_before = TaskRegistry::instance().names();
-  try {
-    reg(path.c_str());
-  } catch (const UsageError&) {
-    throw;
-  } catch (const std::exception& e) {
-    // The module stays loaded: registrations that succeeded may already point into it.
-    throw UsageError(fmt::format("plugin '{}' failed to register: {}", given, e.what()));
+  std::array<char, 4096> message{};
+  // The module stays loaded after a failure: registrations that succeeded may point into it.
+  switch (reg(path.c_str(), message.data(), message.size())) {
+    case 0: break;
+    case 1: throw UsageError(fmt::format("plugin '{}': {}", given, message.data()));
+    default: throw UsageError(fmt::format("plugin '{}' failed to register: {}", given, message.data()));
   }
   PluginInfo info{path, version, added(variants_before, VariantRegistry::instance().names()),
-                  added(tasks_before, TaskRegistry::instance().names())};
+                  added(tasks_before, TaskRegistry::instance().names()), plugin_file_hash(path), signature};
   plugins().push_back(std::move(info));
   return plugins().back();
 }

@@ -1,13 +1,30 @@
 // The variant and task registries. Both are function-local statics, so registration from static
 // initialisers (built-in sources or plugins) never depends on initialisation order.
 #include <algorithm>
+#include <filesystem>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
+#include "attnbench/plugin.hpp"
 #include "attnbench/task.hpp"
 #include "attnbench/variant.hpp"
+#include "mixer/plugin_hint.hpp"
 
 namespace ab {
+
+std::string unknown_with_plugin_hint(const char* what, const std::string& name, const std::vector<std::string>& names) {
+  std::string hint = fmt::format("; a plugin's {}s need --plugin PATH (or ATTNBENCH_PLUGINS)", what);
+  if (loaded_plugins().empty()) {
+    std::vector<std::string> here;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(".", ec))
+      if (e.path().extension() == ".so") here.push_back(e.path().string());
+    std::sort(here.begin(), here.end());
+    if (!here.empty()) hint += fmt::format(", e.g. --plugin {} (no plugin is loaded)", fmt::join(here, " or --plugin "));
+  }
+  return unknown_name_message(what, name, names) + hint;
+}
 
 template <class Spec>
 static void add_unique(std::vector<Spec>& specs, Spec spec, const char* what) {
@@ -41,7 +58,7 @@ void VariantRegistry::add(VariantSpec spec) { add_unique(specs_, std::move(spec)
 const VariantSpec* VariantRegistry::find(const std::string& name) const { return find_spec(specs_, name); }
 const VariantSpec& VariantRegistry::get(const std::string& name) const {
   if (auto* s = find(name)) return *s;
-  throw UsageError(unknown_name_message("variant", name, names()));
+  throw UsageError(unknown_with_plugin_hint("variant", name, names()));
 }
 std::vector<std::string> VariantRegistry::names() const { return sorted_names(specs_); }
 
@@ -53,7 +70,7 @@ void TaskRegistry::add(TaskSpec spec) { add_unique(specs_, std::move(spec), "tas
 const TaskSpec* TaskRegistry::find(const std::string& name) const { return find_spec(specs_, name); }
 const TaskSpec& TaskRegistry::get(const std::string& name) const {
   if (auto* s = find(name)) return *s;
-  throw UsageError(unknown_name_message("task", name, names()));
+  throw UsageError(unknown_with_plugin_hint("task", name, names()));
 }
 std::vector<std::string> TaskRegistry::names() const { return sorted_names(specs_); }
 

@@ -59,7 +59,7 @@ Json run_context(const std::vector<std::string>& command_line) {
   Json plugins = Json::array();
   for (const auto& p : loaded_plugins())
     plugins.push_back({{"path", valid_utf8(p.path)}, {"abi_version", p.abi_version}, {"variants", p.variants},
-                       {"tasks", p.tasks}});
+                       {"tasks", p.tasks}, {"hash", p.hash}});
   char host[256] = {0};
   gethostname(host, sizeof host - 1);
   std::string cpu = "unknown", flags;

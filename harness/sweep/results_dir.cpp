@@ -13,7 +13,10 @@
 
 #include <fmt/format.h>
 
+#include <fmt/ranges.h>
+
 #include "attnbench/params.hpp"
+#include "attnbench/plugin.hpp"
 
 namespace ab {
 namespace {
@@ -63,6 +66,32 @@ void remove_stale_temporaries(const fs::path& dir) {
     const long writer = std::strtol(name.c_str() + at + 5, &end, 10);
     if (*end == '\0' && writer > 0 && !alive(static_cast<pid_t>(writer))) fs::remove(e.path(), ec);
   }
+}
+
+Json plugins_record() {
+  Json out = Json::array();
+  for (const auto& p : loaded_plugins()) out.push_back({{"path", p.path}, {"hash", p.hash}});
+  return out;
+}
+
+void require_same_plugins(const fs::path& manifest) {
+  std::ifstream f(manifest);
+  if (!f) return;
+  const Json m = Json::parse(f, nullptr, false);
+  if (m.is_discarded() || !m.is_object() || !m.contains("plugins") || !m["plugins"].is_array()) return;
+  std::vector<std::string> changed;
+  for (const auto& p : m["plugins"]) {
+    if (!p.is_object() || !p.contains("path") || !p["path"].is_string()) continue;
+    const std::string path = p["path"].get<std::string>(), then = p.value("hash", ""),
+                      now = plugin_file_hash(path);
+    if (now != then)
+      changed.push_back(now.empty() ? fmt::format("'{}' is gone (was {})", path, then)
+                                    : fmt::format("'{}' changed ({} then, {} now)", path, then, now));
+  }
+  if (!changed.empty())
+    throw UsageError(fmt::format("sweep --resume: plugin {} since {} was written, so its cells would mix two builds; "
+                                 "restore the plugin, or run the sweep into a new --out directory",
+                                 fmt::join(changed, ", plugin "), manifest.string()));
 }
 
 }  // namespace ab

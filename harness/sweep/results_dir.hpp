@@ -3,6 +3,8 @@
 #include <filesystem>
 #include <string>
 
+#include "attnbench/params.hpp"
+
 namespace ab {
 
 // Locks `dir` for this process's lifetime (flock, released when the process ends however it ends).
@@ -15,5 +17,12 @@ void lock_results_dir(const std::filesystem::path& dir, const std::string& shard
 // Removes, in `dir`, temporary files "<name>.tmp.<pid>" whose writer no longer runs (a killed
 // sweep or cell); those of live writers (another shard) are left alone.
 void remove_stale_temporaries(const std::filesystem::path& dir);
+
+// The loaded plugins as the manifest records them: [{path, hash}].
+Json plugins_record();
+// For --resume: a UsageError naming every plugin that the manifest at `manifest` records and
+// whose file now hashes differently (or is gone). Cells of two builds would be mixed otherwise.
+// A missing or unreadable manifest records nothing.
+void require_same_plugins(const std::filesystem::path& manifest);
 
 }  // namespace ab

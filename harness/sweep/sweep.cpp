@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -11,19 +12,15 @@
 #include <fmt/format.h>
 
 #include "bench/bench.hpp"
+#include "core/hash.hpp"
 #include "core/json_input.hpp"
 #include "core/numbers.hpp"
 #include "train/train.hpp"
+#include "attnbench/plugin.hpp"
 #include "attnbench/variant.hpp"
 
 namespace ab {
 namespace {
-
-uint64_t fnv1a(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
 
 std::string value_text(const Json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
 
@@ -155,26 +152,35 @@ std::vector<std::string> SweepCell::command(const std::string& out) const {
     for (const auto& [k, v] : set.items()) a.push_back("--set"), a.push_back(k + "=" + value_text(v));
   }
   if (threads > 0) a.push_back("--threads"), a.push_back(std::to_string(threads));
+  for (const auto& p : plugins) a.push_back("--plugin"), a.push_back(p);  // a copied command works alone
   a.push_back("--out");
   a.push_back(out);
   return a;
 }
 
 namespace {
-SweepSpec parse_and_expand(const std::string& text, const std::string& origin) {
+// plugin_dir: where the spec's `plugins` are relative to, and loaded from; null: not loaded.
+SweepSpec parse_and_expand(const std::string& text, const std::string& origin, const std::filesystem::path* plugin_dir) {
   const Json spec = parse_json_input(text, fmt::format("sweep spec {}", origin));
   require_keys(spec,
-               {"name", "description", "base", "grid", "per_variant", "per_task", "exclude", "limits", "bench", "protocol"},
+               {"name", "description", "plugins", "base", "grid", "per_variant", "per_task", "exclude", "limits",
+                "bench", "protocol"},
                "the spec");
   const std::pair<const char*, Json::value_t> kinds[] = {
       {"name", Json::value_t::string},   {"description", Json::value_t::string}, {"base", Json::value_t::object},
       {"grid", Json::value_t::object},   {"per_variant", Json::value_t::object}, {"per_task", Json::value_t::object},
       {"exclude", Json::value_t::array}, {"limits", Json::value_t::object},      {"bench", Json::value_t::object},
-      {"protocol", Json::value_t::object}};
+      {"protocol", Json::value_t::object}, {"plugins", Json::value_t::array}};
   for (const auto& [key, kind] : kinds)
     if (spec.contains(key) && spec[key].type() != kind)
       throw UsageError(fmt::format("sweep spec {}: '{}' must be of type {}, got {}", origin, key, Json(kind).type_name(),
                                    spec[key].type_name()));
+  // Plugins first: the cells below name their variants and tasks.
+  for (const auto& p : spec.value("plugins", Json::array())) {
+    if (!p.is_string() || p.get<std::string>().empty())
+      throw UsageError(fmt::format("sweep spec {}: 'plugins' must list paths to plugin modules, got {}", origin, p.dump()));
+    if (plugin_dir) load_plugin((*plugin_dir / p.get<std::string>()).lexically_normal().string());
+  }
   SweepSpec out;
   out.raw = spec;
   out.name = spec.value("name", "sweep");
@@ -272,7 +278,7 @@ SweepSpec parse_and_expand(const std::string& text, const std::string& origin) {
       Json key = {{"kind", c.kind}, {"variant", c.variant}, {"task", c.task}, {"seed", c.seed}, {"set", c.set}};
       if (threads_axis) key["threads"] = c.threads;
       key = canonical(key);
-      c.id = fmt::format("{}.{}.s{}.{:012x}", c.variant, c.task, c.seed, fnv1a(key.dump()) & 0xFFFFFFFFFFFFull);
+      c.id = fmt::format("{}.{}.s{}.{:012x}", c.variant, c.task, c.seed, fnv1a64(key.dump()) & 0xFFFFFFFFFFFFull);
       if (seen.insert(c.id).second) out.cells.push_back(std::move(c));
     }
     // Next combination (odometer over the axes).
@@ -340,22 +346,31 @@ SweepSpec parse_and_expand(const std::string& text, const std::string& origin) {
       c.bench = b;
       c.bench.erase("variants");
       const Json key = canonical({{"kind", c.kind}, {"variant", c.variant}, {"seed", c.seed}, {"bench", c.bench}});
-      c.id = fmt::format("bench.{}.{:012x}", c.variant, fnv1a(key.dump()) & 0xFFFFFFFFFFFFull);
+      c.id = fmt::format("bench.{}.{:012x}", c.variant, fnv1a64(key.dump()) & 0xFFFFFFFFFFFFull);
       out.cells.push_back(std::move(c));
     }
   }
   if (out.cells.empty()) throw UsageError("sweep spec: every cell is excluded: the sweep has nothing to run");
+  std::vector<std::string> plugins;
+  for (const auto& p : loaded_plugins()) plugins.push_back(p.path);
+  for (auto& c : out.cells) c.plugins = plugins;
   return out;
 }
 
 }  // namespace
 
-SweepSpec parse_sweep_spec(const std::string& text, const std::string& origin) {
+namespace {
+SweepSpec parse_or_usage_error(const std::string& text, const std::string& origin, const std::filesystem::path* plugin_dir) {
   try {
-    return parse_and_expand(text, origin);
+    return parse_and_expand(text, origin, plugin_dir);
   } catch (const Json::exception& e) {  // a value of the wrong type somewhere deeper
     throw UsageError(fmt::format("sweep spec {}: a value has the wrong type: {}", origin, e.what()));
   }
+}
+}  // namespace
+
+SweepSpec parse_sweep_spec(const std::string& text, const std::string& origin) {
+  return parse_or_usage_error(text, origin, nullptr);
 }
 
 SweepSpec load_sweep_spec(const std::string& path) {
@@ -363,7 +378,9 @@ SweepSpec load_sweep_spec(const std::string& path) {
   if (!f) throw UsageError(fmt::format("cannot read sweep spec '{}'", path));
   std::stringstream ss;
   ss << f.rdbuf();
-  return parse_sweep_spec(ss.str(), path);
+  const std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  const std::filesystem::path plugin_dir = dir.empty() ? std::filesystem::path(".") : dir;
+  return parse_or_usage_error(ss.str(), path, &plugin_dir);
 }
 
 std::pair<int, int> parse_shard(const std::string& text) {

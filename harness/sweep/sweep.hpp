@@ -15,6 +15,7 @@ struct SweepCell {
   Json set = Json::object();  // dotted key -> value (train: all groups; bench: variant.*)
   Json bench;                 // bench cells: seq_len, direction, batch, d_model, heads, repetitions, ...
   int threads = 0;
+  std::vector<std::string> plugins;  // absolute paths of every plugin loaded: --plugin flags
   // The attnbench command line (after the program name) that runs this cell into `out`.
   std::vector<std::string> command(const std::string& out) const;
 };
@@ -28,7 +29,9 @@ struct SweepSpec {
 };
 
 // Parses and expands a spec; every cell's configuration is validated (UsageError naming the
-// cell and the problem). Malformed JSON reports its line and column.
+// cell and the problem). Malformed JSON reports its line and column. load_sweep_spec loads the
+// spec's `plugins` (paths relative to the spec file) before the cells are validated;
+// parse_sweep_spec checks that they are a list of paths but loads nothing.
 SweepSpec load_sweep_spec(const std::string& path);
 SweepSpec parse_sweep_spec(const std::string& text, const std::string& origin);
 

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 from pathlib import Path
 
@@ -32,7 +33,14 @@ def sh(*args, env=None, cwd=None, timeout=600):
 
 def abi_version():
     text = (ROOT / "harness" / "include" / "attnbench" / "plugin.hpp").read_text()
-    return int(text.split("kPluginAbiVersion = ")[1].split(";")[0])
+    return int(text.split("#define ATTNBENCH_PLUGIN_ABI_VERSION ")[1].split()[0])
+
+
+def fnv1a64(path):
+    h = 1469598103934665603
+    for b in Path(path).read_bytes():
+        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return f"fnv1a64:{h:016x}"
 
 
 def valid(test, path):
@@ -72,6 +80,17 @@ class OutOfTreePlugin(unittest.TestCase):
     def run_ab(self, *args, env=None):
         return sh(self.bin, *args, env=env)
 
+    def test_scaffold_uses_an_empty_folder_and_refuses_a_full_one(self):
+        new_variant = self.prefix / "share" / "attnbench" / "scripts" / "new-variant"
+        empty = Path(self.tmp.name) / "empty"
+        empty.mkdir()
+        r = sh(new_variant, "in_empty", empty)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue((empty / "in_empty.cpp").exists())
+        r = sh(new_variant, "in_empty", empty)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("not an empty folder", r.stderr)
+
     def test_scaffold_refuses_bad_names(self):
         r = sh(self.prefix / "share" / "attnbench" / "scripts" / "new-variant", "Bad-Name", Path(self.tmp.name) / "x")
         self.assertEqual(r.returncode, 2)
@@ -85,6 +104,27 @@ class OutOfTreePlugin(unittest.TestCase):
         r = self.run_ab("describe", "lowtemp", "--plugin", self.plugin)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("temperature", r.stdout)
+
+    def test_text_list_and_describe_name_the_origin(self):
+        r = self.run_ab("list", "variants", "--plugin", self.plugin)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        (line,) = [x for x in r.stdout.splitlines() if x.startswith("lowtemp ")]
+        self.assertTrue(line.endswith(f"[{self.plugin.resolve()}]"), line)
+        (line,) = [x for x in r.stdout.splitlines() if x.startswith("softmax ")]
+        self.assertTrue(line.endswith("[built-in]"), line)
+        r = self.run_ab("describe", "lowtemp", "--plugin", self.plugin)
+        self.assertIn(f"origin: {self.plugin.resolve()}", r.stdout)
+
+    def test_an_unknown_variant_suggests_the_plugin_next_door(self):
+        r = sh(self.bin, "train", "--variant", "lowtemp", "--task", "listops", "--out", "x.json", cwd=self.plugin.parent)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--plugin ./lowtemp.so", r.stderr)
+        r = sh(self.bin, "train", "--variant", "lowtemp", "--task", "listops", "--out", "x.json")
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--plugin PATH", r.stderr)
+        r = sh(self.bin, "describe", "lowtemp", cwd=self.plugin.parent)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--plugin ./lowtemp.so", r.stderr)
 
     def test_check_passes(self):
         r = self.run_ab("check", "--plugin", self.plugin, "--variant", "lowtemp")
@@ -110,6 +150,7 @@ class OutOfTreePlugin(unittest.TestCase):
             (p,) = doc["context"]["plugins"]
             self.assertEqual(p["path"], str(self.plugin.resolve()))
             self.assertEqual(p["variants"], ["lowtemp"])
+            self.assertEqual(p["hash"], fnv1a64(self.plugin))
 
     def test_sweep_children_load_the_plugin_from_the_environment(self):
         with tempfile.TemporaryDirectory() as d:
@@ -171,6 +212,23 @@ class LoaderRefusals(unittest.TestCase):
             r = self.usage_error("list", "variants", "--plugin", so, fragments=("999",))
             self.assertIn(f"version {abi_version()}", r.stderr)
 
+    def test_a_plugin_built_against_other_headers_is_refused_naming_the_difference(self):
+        # The real entry points, compiled as attnbench_add_plugin() would, once as they are (loads)
+        # and once with another public-header hash in the build signature (refused).
+        with tempfile.TemporaryDirectory() as d:
+            def build(name, *defines):
+                so = Path(d) / f"{name}.so"
+                r = sh("g++", "-std=c++20", "-shared", "-fPIC", "-DATTNBENCH_PLUGIN", *defines,
+                       "-I", ROOT / "harness" / "include", "-I", BUILD / "generated",
+                       ROOT / "harness" / "plugin" / "plugin_entry.cpp", "-o", so)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                return so
+            r = sh(BIN, "list", "variants", "--plugin", build("same"))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            r = self.usage_error("list", "variants", "--plugin", build("other", '-DATTNBENCH_SDK_HASH="0123456789abcdef"'),
+                                 fragments=("build signature", "sdk (plugin: 0123456789abcdef, attnbench: "))
+            self.assertNotIn("stdlib", r.stderr)  # only what differs is named
+
     def test_environment_list_is_loaded_and_checked(self):
         env = dict(os.environ, ATTNBENCH_PLUGINS="/nonexistent/plugin.so")
         r = sh(BIN, "list", "variants", env=env)
@@ -207,6 +265,61 @@ class FailingPlugins(unittest.TestCase):
             md = (Path(d) / "report.md").read_text()
             for status in ("crashed", "error", "diverged"):
                 self.assertIn(status, md)
+
+    def test_a_spec_names_its_plugins_and_resume_needs_no_flag(self):
+        # The spec lists the plugin relative to itself; a killed sweep resumes with neither
+        # --plugin nor ATTNBENCH_PLUGINS; the manifest records the plugin and its hash; the
+        # printed cell commands carry --plugin; a plugin file that changed is refused on resume.
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            (d / "plugins").mkdir()
+            plugin = d / "plugins" / "faults.so"
+            shutil.copy(FIXTURE, plugin)
+            spec = d / "spec.json"
+            spec.write_text(json.dumps({
+                "name": "spec-plugins", "plugins": ["plugins/faults.so"],
+                "base": {"task": "listops", "threads": 1, "set": {
+                    "task.max_length": 32, "task.train_size": 128, "task.valid_size": 32, "task.test_size": 32,
+                    "model.layers": 1, "model.d_model": 16, "model.heads": 2, "train.steps": 6,
+                    "train.eval_every": 3}},
+                "grid": {"variant": ["fault_nan", "softmax", "fault_throw"]}}))
+            env = {k: v for k, v in os.environ.items() if k != "ATTNBENCH_PLUGINS"}
+            out = d / "out"
+            p = subprocess.Popen([str(BIN), "sweep", str(spec), "--out", str(out)], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.time() + 300
+            while p.poll() is None and time.time() < deadline and not list((out / "runs").glob("*.json")):
+                time.sleep(0.05)
+            p.kill()
+            p.wait()
+            time.sleep(0.5)  # the running cell dies with its parent
+            before = len(list((out / "runs").glob("*.json")))
+            self.assertLess(before, 3, "the sweep finished before it could be killed")
+            r = sh(BIN, "sweep", spec, "--out", out, "--resume", env=env)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn(f"{3 - before} cells done", r.stdout)
+            docs = {x["variant"]["name"]: x for x in (valid(self, f) for f in sorted((out / "runs").glob("*.json")))}
+            self.assertEqual({k: v["status"] for k, v in docs.items()},
+                             {"fault_nan": "diverged", "softmax": "ok", "fault_throw": "error"})
+            manifest = json.loads((out / "manifest.json").read_text())
+            (rec,) = manifest["plugins"]
+            self.assertEqual(rec["path"], str(plugin.resolve()))
+            self.assertRegex(rec["hash"], r"^fnv1a64:[0-9a-f]{16}$")
+            # A printed command runs as it is, plugin and all.
+            r = sh(BIN, "sweep", spec, "--dry-run", env=env)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            (cmd,) = [line.split()[1:] for line in r.stdout.splitlines() if "--variant fault_nan" in line]
+            self.assertIn(str(plugin.resolve()), cmd[cmd.index("--plugin") + 1])
+            cmd[cmd.index("--out") + 1] = str(d / "copied.json")
+            r = sh(BIN, *cmd, env=env)
+            self.assertEqual(valid(self, d / "copied.json")["variant"]["name"], "fault_nan", r.stderr)
+            # A rebuilt (here: changed) plugin file is refused on resume, by name.
+            with open(plugin, "ab") as f:
+                f.write(b"\0rebuilt")
+            r = sh(BIN, "sweep", spec, "--out", out, "--resume", env=env)
+            self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+            self.assertIn(str(plugin.resolve()), r.stderr)
+            self.assertIn("changed", r.stderr)
 
     def test_a_cell_printing_bytes_that_are_not_utf8_is_recorded_and_the_sweep_goes_on(self):
         # The cells print invalid UTF-8 and die (a crash; an exception quoting the bytes), and the

@@ -17,9 +17,12 @@ namespace ab {
 using Json = nlohmann::ordered_json;
 
 // A usage error: bad input from the user. The CLI maps it to exit code 2.
+// The out-of-line destructor (core/params.cpp) is its key function: its typeinfo lives only in
+// libattnbench, so a plugin catches and throws the same type as the library.
 class UsageError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
+  ~UsageError() override;
 };
 
 enum class ParamType { integer, number, boolean, string };

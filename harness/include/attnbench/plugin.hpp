@@ -7,39 +7,52 @@
 // Inside a plugin (compiled with ATTNBENCH_PLUGIN defined) the registration macros do not touch
 // the registries when the module loads: they queue their registrations, and the loader runs the
 // queue through the module's `attnbench_plugin_register` entry point only after its
-// `attnbench_plugin_abi_version` has matched kPluginAbiVersion. Both entry points come from
-// plugin_entry.cpp, which attnbench_add_plugin() compiles into every plugin.
+// `attnbench_plugin_abi_version` has matched kPluginAbiVersion and its
+// `attnbench_plugin_signature` our build signature. The entry points come from plugin_entry.cpp,
+// which attnbench_add_plugin() compiles into every plugin; no exception crosses them.
 #include <string>
 #include <vector>
 
 namespace ab {
 
-// Bumped whenever a public class layout, virtual table or registration signature changes.
+// Bumped whenever a public header changes (CTest `plugin_abi_pinned` compares the headers' hash
+// with harness/include/attnbench/ABI, which records it per version):
 // 2: Mixer gained begin_decode / decode_step, Cost gained state_bytes.
 // 3: Cost gained peak_bytes (its layout changed).
 // 4: the SDK holds only what a plugin may use: fused kernels moved to attnbench/kernels/ (the old
 //    paths forward there until ABI 5), DecodeState to decode_state.hpp; the application headers
 //    (train, bench, sweep, model, fidelity, PNG, LRA loaders) left it. ops.hpp gained
 //    keep_flags(mask, shape) and is_padded_key, the one reading of a key mask, which replaced the
-//    GLA kernel's keep_flags. VariantSpec gained attention_style (set by the registration
-//    template). Cost and CostArgs moved to cost.hpp (same layout), so a kernel header can state
-//    the cost of the mixers built on it (block_sparse_mixer_cost).
-inline constexpr int kPluginAbiVersion = 4;
+//    GLA kernel's keep_flags, and more ops (div, sqrt, log_softmax, gather, topk, ...; sum_dim and
+//    mean_dim take keepdim). VariantSpec gained attention_style (set by the registration
+//    template). Cost and CostArgs moved to cost.hpp, and Cost gained bytes. PluginInfo gained hash
+//    and signature; the entry points catch every exception and the loader checks a build
+//    signature (attnbench/sdk_signature.hpp, generated).
+#define ATTNBENCH_PLUGIN_ABI_VERSION 4
+inline constexpr int kPluginAbiVersion = ATTNBENCH_PLUGIN_ABI_VERSION;
 
 struct PluginInfo {
   std::string path;  // absolute
   int abi_version = 0;
   std::vector<std::string> variants, tasks;  // what it registered
+  std::string hash;       // of the file's bytes when it was loaded: plugin_file_hash()
+  std::string signature;  // the build signature it was compiled with (equal to ours)
 };
 
 // Loads one plugin (once per path). Refuses with a UsageError: a missing file, a library that is
-// not an attnbench plugin, an ABI version other than kPluginAbiVersion (naming both) and a name
-// that is already registered (naming both origins). An exception from the plugin's own
-// registration code is reported as a failure naming the plugin.
+// not an attnbench plugin, an ABI version other than kPluginAbiVersion (naming both), a build
+// signature other than ours (naming the parts that differ: SDK headers, C++ standard library,
+// nlohmann-json) and a name that is already registered (naming both origins). An exception
+// from the plugin's own registration code is reported as a failure naming the plugin.
 const PluginInfo& load_plugin(const std::string& path);
 // Loads every plugin named in ATTNBENCH_PLUGINS that is not loaded yet.
 void load_plugins_from_env();
 const std::vector<PluginInfo>& loaded_plugins();
+// "fnv1a64:<16 hex digits>" of a file's bytes; "" when it cannot be read. Sweeps record it and
+// refuse to resume with a plugin file that changed.
+std::string plugin_file_hash(const std::string& path);
+// The build signature of this library (what every plugin must have been compiled with).
+const char* build_signature();
 
 namespace detail {
 using PluginRegisterFn = void (*)(const std::string& origin);
