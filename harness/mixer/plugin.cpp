@@ -42,10 +42,10 @@ std::vector<std::pair<std::string, std::string>> signature_parts(const std::stri
 std::string signature_difference(const std::string& theirs, const std::string& ours) {
   const auto t = signature_parts(theirs), o = signature_parts(ours);
   std::vector<std::string> diff;
-  for (const auto& [key, value] : o) {
-    const auto it = std::find_if(t.begin(), t.end(), [&](const auto& p) { return p.first == key; });
+  for (const auto& part : o) {  // (clang 14 cannot capture a structured binding in a lambda)
+    const auto it = std::find_if(t.begin(), t.end(), [&](const auto& p) { return p.first == part.first; });
     const std::string v = it == t.end() ? "none" : it->second;
-    if (v != value) diff.push_back(fmt::format("{} (plugin: {}, attnbench: {})", key, v, value));
+    if (v != part.second) diff.push_back(fmt::format("{} (plugin: {}, attnbench: {})", part.first, v, part.second));
   }
   return diff.empty() ? fmt::format("'{}' vs '{}'", theirs, ours) : fmt::format("{}", fmt::join(diff, ", "));
 }
