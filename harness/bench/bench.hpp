@@ -97,7 +97,7 @@ int64_t peak_rss_bytes_now();  // VmHWM
 // The ceilings of this machine at a thread count, measured in the run whose cells they judge.
 struct MachinePeaks {
   int threads = 1;
-  double fma_fp32_gflops = 0;   // register-only FMA loop, 12 chains per thread
+  double fma_fp32_gflops = 0;   // register-only FMA loop, 12 chains per thread (best of 7 tries)
   double fma_bf16_gflops = 0;   // vdpbf16ps loop; 0 = the CPU (or the build) has no bf16 dot product
   double bandwidth_gbs = 0;     // triad over 3 x 64 MiB, 3 x 4 bytes per element
   double gemm_fp32_gflops = 0;  // oneDNN's square fp32 matmul (calibrate_gemm_gflops); 0 = not measured
