@@ -59,7 +59,7 @@ def context(command):
     return {"date": "2026-11-23T19:24:48Z", "host": "vm", "cpu_model": "Example CPU", "logical_cpus": 2,
             "threads": 2, "compiler": "GNU 12.2.0", "build_type": "Release", "git_revision": "d3d8f01c9767",
             "command_line": command, "versions": {"attnbench": "0.1.0", "onednn": "2.6.3", "tbb": "2021.8"},
-            "plugins": [{"path": "/home/me/lowtemp.so", "abi_version": 5, "variants": ["lowtemp"], "tasks": [],
+            "plugins": [{"path": "plugins/lowtemp.so", "abi_version": 5, "variants": ["lowtemp"], "tasks": [],
                          "hash": "fnv1a64:00112233aabbccdd"}]}
 
 
@@ -325,7 +325,7 @@ class ReportOnFakeSweep(unittest.TestCase):
         table = element(self.page, "table", "context")
         self.assertIsNotNone(table)
         for text in ("Example CPU", "d3d8f01c9767", "2.6.3", "logical_cpus", "fake-sweep",
-                     "/home/me/lowtemp.so (fnv1a64:00112233aabbccdd)"):
+                     "plugins/lowtemp.so (fnv1a64:00112233aabbccdd)"):
             self.assertIn(text, table)
         self.assertIn("attnbench train --variant softmax --task listops --seed 0", self.page)
 
