@@ -202,8 +202,38 @@ ModeParams mode_params(const float* log_dt, const float* lar, const float* aim, 
   return m;
 }
 
-// Re-anchor the power recurrence p_l = p_{l-1} z with an exact exp every kAnchor steps.
-constexpr int64_t kAnchor = 64;
+// The Vandermonde sums as real GEMMs. With lags split as l = R j + r (0 <= r < R, 0 <= j < J),
+//   K[c, R j + r] = 2 Re(sum_n W_n z_n^{R j} z_n^r) = sum_n (Q[j, 2n] P[r, 2n] + Q[j, 2n+1] P[r, 2n+1])
+// with Q[j] = 2 W z^{R j} as (re, -im) and P[r] = z^r as (re, im): per channel a [J, 2n] x [2n, R]
+// product (oneDNN, batched over a block of channels). The powers come from repeated multiplication
+// in double (at most max(R, J) ~ sqrt(L) steps, so their rounding stays ~1e-14 relative) and are
+// rounded to float once; the fp32 accumulation over 2n terms bounds the error of K near 1e-7 of
+// sum_n |W_n|. Channels go in blocks of kVandermondeBlock so the factors stay O(block sqrt(L) n)
+// in memory; R ~ sqrt(L) keeps P and Q small beside K.
+constexpr int64_t kVandermondeBlock = 16;
+
+struct Blocking {
+  int64_t R, J;  // R * J >= L lags
+};
+Blocking blocking(int64_t L) {
+  int64_t R = 1;
+  while (R * R < L) R *= 2;
+  return {R, (L + R - 1) / R};
+}
+
+// Channel ch's modes, their z^R, and P [R, 2n] = z^r as (re, im).
+void vandermonde_rows(const Tensor& tdt, const Tensor& tlar, const Tensor& taim, const Tensor& tc, int64_t ch,
+                      int64_t n, int64_t R, ModeParams* modes, cdouble* zR, float* P) {
+  for (int64_t m = 0; m < n; ++m) {
+    modes[m] = mode_params(tdt.data(), tlar.data(), taim.data(), tc.data(), ch, m, n);
+    cdouble pw = 1.0;
+    for (int64_t r = 0; r < R; ++r, pw *= modes[m].z) {
+      P[r * 2 * n + 2 * m] = static_cast<float>(pw.real());
+      P[r * 2 * n + 2 * m + 1] = static_cast<float>(pw.imag());
+    }
+    zR[m] = pw;
+  }
+}
 
 }  // namespace
 
@@ -219,58 +249,94 @@ Var ssm_diag_kernel(const Var& log_dt, const Var& log_a_re, const Var& a_im, con
           fmt::format("c {} must be [{}, {}, 2]", shape_str(c.shape()), C, n));
   require(length >= 1, op, "length must be positive");
   const int64_t L = length;
+  const Blocking bk = blocking(L);
+  const int64_t R = bk.R, J = bk.J, cb = std::min(C, kVandermondeBlock);
   const Tensor tdt = log_dt.value(), tlar = log_a_re.value(), taim = a_im.value(), tc = c.value();
 
   Tensor K = Tensor::empty({C, L});
-  kernels::parallel_for(C, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<double> acc(static_cast<size_t>(L));
-    for (int64_t ch = c0; ch < c1; ++ch) {
-      std::fill(acc.begin(), acc.end(), 0.0);
-      for (int64_t m = 0; m < n; ++m) {
-        const ModeParams p = mode_params(tdt.data(), tlar.data(), taim.data(), tc.data(), ch, m, n);
-        cdouble pw = 0;
-        for (int64_t l = 0; l < L; ++l) {
-          pw = l % kAnchor == 0 ? p.W * std::exp(static_cast<double>(l) * p.dt * p.A) : pw * p.z;
-          acc[l] += 2.0 * pw.real();
+  {
+    // Per block of channels: Q [cb, J, 2n], P [cb, R, 2n] -> Kb [cb, J, R] (the first L lags of each row)
+    Tensor Q = Tensor::empty({cb, J, 2 * n}), P = Tensor::empty({cb, R, 2 * n}), Kb = Tensor::empty({cb, J, R});
+    for (int64_t b0 = 0; b0 < C; b0 += cb) {
+      const int64_t nb = std::min(cb, C - b0);
+      kernels::parallel_for(nb, 1, [&](int64_t c0, int64_t c1) {
+        std::vector<ModeParams> modes(static_cast<size_t>(n));
+        std::vector<cdouble> zR(static_cast<size_t>(n));
+        for (int64_t k = c0; k < c1; ++k) {
+          vandermonde_rows(tdt, tlar, taim, tc, b0 + k, n, R, modes.data(), zR.data(), P.data() + k * R * 2 * n);
+          float* q = Q.data() + k * J * 2 * n;
+          for (int64_t m = 0; m < n; ++m) {
+            cdouble pw = 2.0 * modes[m].W;
+            for (int64_t j = 0; j < J; ++j, pw *= zR[m]) {
+              q[j * 2 * n + 2 * m] = static_cast<float>(pw.real());
+              q[j * 2 * n + 2 * m + 1] = static_cast<float>(-pw.imag());
+            }
+          }
         }
-      }
-      for (int64_t l = 0; l < L; ++l) K[ch * L + l] = static_cast<float>(acc[l]);
+      });
+      float* dst = J * R == L ? K.data() + b0 * L : Kb.data();
+      kernels::matmul(Q.data(), P.data(), dst, nb, nb, J, R, 2 * n, false, true);
+      if (dst == Kb.data())
+        for (int64_t k = 0; k < nb; ++k)
+          std::memcpy(K.data() + (b0 + k) * L, Kb.data() + k * J * R, static_cast<size_t>(L) * sizeof(float));
     }
-  });
+  }
 
   const GradSink gdt = log_dt.sink(), glar = log_a_re.sink(), gaim = a_im.sink(), gc = c.sink();
   return make_op_result(std::move(K), {log_dt, log_a_re, a_im, c},
-                        [gdt, glar, gaim, gc, tdt, tlar, taim, tc, C, n, L](const Tensor& G) {
+                        [gdt, glar, gaim, gc, tdt, tlar, taim, tc, C, n, L, R, J, cb](const Tensor& G) {
+    // S = sum_l g_l z^l and S1 = sum_l g_l l z^l per (channel, mode), with l = R j + r:
+    //   T[j] = sum_r g[R j + r] z^r, T[J + j] = sum_r (R j + r) g[R j + r] z^r
+    //     (GEMM: Gs [2J, R] = (g, l g) zero-padded to J R lags, times P [R, 2n]),
+    //   S = sum_j z^{R j} T[j],  S1 = sum_j z^{R j} T[J + j]   (in double)
     Tensor ddt = Tensor::zeros({C}), dlar = Tensor::zeros({C, n}), daim = Tensor::zeros({C, n}),
            dc = Tensor::zeros({C, n, 2});
-    kernels::parallel_for(C, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t ch = c0; ch < c1; ++ch) {
-        const float* g = G.data() + ch * L;
-        double dlogdt = 0;
-        for (int64_t m = 0; m < n; ++m) {
-          const ModeParams p = mode_params(tdt.data(), tlar.data(), taim.data(), tc.data(), ch, m, n);
-          // S = sum_l g_l z^l, S1 = sum_l g_l l z^l
-          cdouble S = 0, S1 = 0, pw = 0;
-          for (int64_t l = 0; l < L; ++l) {
-            pw = l % kAnchor == 0 ? std::exp(static_cast<double>(l) * p.dt * p.A) : pw * p.z;
-            const cdouble t = static_cast<double>(g[l]) * pw;
-            S += t;
-            S1 += static_cast<double>(l) * t;
+    Tensor Gs = Tensor::empty({cb, 2 * J, R}), P = Tensor::empty({cb, R, 2 * n}), T = Tensor::empty({cb, 2 * J, 2 * n});
+    std::vector<ModeParams> modes(static_cast<size_t>(cb * n));
+    std::vector<cdouble> zR(static_cast<size_t>(cb * n));
+    for (int64_t b0 = 0; b0 < C; b0 += cb) {
+      const int64_t nb = std::min(cb, C - b0);
+      kernels::parallel_for(nb, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t k = c0; k < c1; ++k) {
+          vandermonde_rows(tdt, tlar, taim, tc, b0 + k, n, R, modes.data() + k * n, zR.data() + k * n,
+                           P.data() + k * R * 2 * n);
+          const float* g = G.data() + (b0 + k) * L;
+          float* gs = Gs.data() + k * 2 * J * R;
+          for (int64_t l = 0; l < J * R; ++l) {
+            gs[l] = l < L ? g[l] : 0.f;
+            gs[J * R + l] = l < L ? static_cast<float>(l) * g[l] : 0.f;
           }
-          // L = 2 Re(Phi), Phi = sum_l g_l W z^l, a holomorphic function of C, A and dt.
-          const cdouble dPhi_dC = p.E * S;
-          const cdouble dPhi_dA = p.C * (p.dt * p.z / p.A - (p.z - 1.0) / (p.A * p.A)) * S + p.W * p.dt * S1;
-          const cdouble dPhi_ddt = p.C * p.z * S + p.W * p.A * S1;
-          const int64_t i = ch * n + m;
-          dc[2 * i] = static_cast<float>(2.0 * dPhi_dC.real());
-          dc[2 * i + 1] = static_cast<float>(-2.0 * dPhi_dC.imag());
-          dlar[i] = static_cast<float>(2.0 * dPhi_dA.real() * p.A.real());  // dA_re/dlar = A_re
-          daim[i] = static_cast<float>(-2.0 * dPhi_dA.imag());
-          dlogdt += 2.0 * dPhi_ddt.real() * p.dt;
         }
-        ddt[ch] = static_cast<float>(dlogdt);
-      }
-    });
+      });
+      kernels::matmul(Gs.data(), P.data(), T.data(), nb, nb, 2 * J, 2 * n, R, false, false);
+      kernels::parallel_for(nb, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t k = c0; k < c1; ++k) {
+          const int64_t ch = b0 + k;
+          const float* t = T.data() + k * 2 * J * 2 * n;
+          double dlogdt = 0;
+          for (int64_t m = 0; m < n; ++m) {
+            const ModeParams& p = modes[static_cast<size_t>(k * n + m)];
+            const cdouble zr = zR[static_cast<size_t>(k * n + m)];
+            cdouble S = 0, S1 = 0, pw = 1.0;
+            for (int64_t j = 0; j < J; ++j, pw *= zr) {
+              S += pw * cdouble(t[j * 2 * n + 2 * m], t[j * 2 * n + 2 * m + 1]);
+              S1 += pw * cdouble(t[(J + j) * 2 * n + 2 * m], t[(J + j) * 2 * n + 2 * m + 1]);
+            }
+            // L = 2 Re(Phi), Phi = sum_l g_l W z^l, a holomorphic function of C, A and dt.
+            const cdouble dPhi_dC = p.E * S;
+            const cdouble dPhi_dA = p.C * (p.dt * p.z / p.A - (p.z - 1.0) / (p.A * p.A)) * S + p.W * p.dt * S1;
+            const cdouble dPhi_ddt = p.C * p.z * S + p.W * p.A * S1;
+            const int64_t i = ch * n + m;
+            dc[2 * i] = static_cast<float>(2.0 * dPhi_dC.real());
+            dc[2 * i + 1] = static_cast<float>(-2.0 * dPhi_dC.imag());
+            dlar[i] = static_cast<float>(2.0 * dPhi_dA.real() * p.A.real());  // dA_re/dlar = A_re
+            daim[i] = static_cast<float>(-2.0 * dPhi_dA.imag());
+            dlogdt += 2.0 * dPhi_ddt.real() * p.dt;
+          }
+          ddt[ch] = static_cast<float>(dlogdt);
+        }
+      });
+    }
     gdt.accumulate(ddt);
     glar.accumulate(dlar);
     gaim.accumulate(daim);

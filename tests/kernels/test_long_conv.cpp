@@ -168,6 +168,24 @@ TEST(SsmDiagKernel, EqualsDefinitionAndGradientsMatchFiniteDifferences) {
   EXPECT_TRUE(r.passed) << r.detail;
 }
 
+// The kernel is computed as blocked Vandermonde GEMMs (powers z^r and z^{R j} by repeated products in
+// double, rounded to float, R ~ sqrt(L)): at bench lengths, with S4D-Lin modes and a lag count that is
+// not a multiple of the block, it still equals the definition in double.
+TEST(SsmDiagKernel, BlockedVandermondeEqualsDefinitionAtLongLengths) {
+  const int64_t C = 3, n = 32, L = 4100;
+  SsmParams p = ssm_params(C, n, 31);
+  for (int64_t c = 0; c < C; ++c) {
+    p.log_dt.value_mut()[c] = std::log(c == 0 ? 0.1f : c == 1 ? 0.01f : 0.001f);
+    for (int64_t m = 0; m < n; ++m) p.aim.value_mut()[c * n + m] = static_cast<float>(3.14159265358979 * m);
+  }
+  NoGrad ng;
+  const Tensor K = ssm_diag_kernel(p.log_dt, p.lar, p.aim, p.c, L).value();
+  const Tensor ref = naive_kernel(p, L);
+  double worst = 0;
+  for (int64_t i = 0; i < K.numel(); ++i) worst = std::max(worst, double(std::fabs(K[i] - ref[i]) / (1 + std::fabs(ref[i]))));
+  EXPECT_LT(worst, 1e-5);
+}
+
 // At S4D-Lin sizes (32 modes, Im(A) up to 31 pi, dt up to 0.1) float finite differences are too coarse,
 // so the analytic gradient is compared with central differences of the definition in double.
 TEST(SsmDiagKernel, GradientsAtS4dLinSizesEqualDoubleFiniteDifferences) {
