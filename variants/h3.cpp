@@ -107,9 +107,11 @@ class H3 final : public ab::Mixer {
       // (5 B N D floats), kv and the SSM output s (2 B N D d floats), the kernel spectrum [M/2+1, H].
       c.activation_bytes = 4 * (5 * B * N * D + 2 * B * N * D * d + 2 * Mh * H);
       c.state_bytes = 4 * B * (K - 1) * D + 8 * B * D * d * n;
-      // Peak in the FFT convolution's backward: the saved tensors, its per-sequence workspaces
-      // (about 8 M channels of D d), y and du (2 B N D) and one projection's gradient.
-      c.peak_bytes = c.activation_bytes + 4 * (2 * B * N * D + 8 * M * D * d + D * D);
+      // Peak in the FFT convolution's backward: the saved tensors, its channel-major workspaces
+      // (padded rows, the gradient's and input's spectra, the kernel-gradient accumulator) and the
+      // gradients of kv and s around it (about 6 M channels of D d), y and du (2 B N D) and one
+      // projection's gradient.
+      c.peak_bytes = c.activation_bytes + 4 * (2 * B * N * D + 6 * M * D * d + D * D);
       return c;
     };
     // Finite differences in log dt (step 1e-2) are only accurate while the phase l dt Im(A) of the

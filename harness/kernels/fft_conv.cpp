@@ -31,54 +31,86 @@ struct ConvGeom {
   int64_t B, N, C, G, L, Le, M, Mh, r;  // r = channels per kernel row
 };
 
-// Spectrum of one sequence: src [N, C] (row-major, zero-padded to M rows in `pad` [M, C], whose
-// rows N..M-1 must be zero) -> spec [Mh, C] complex.
-void forward_spectrum(const float* src, Tensor& pad, Tensor& spec, const ConvGeom& g) {
-  std::memcpy(pad.data(), src, static_cast<size_t>(g.N * g.C) * sizeof(float));
-  fft::r2c(pad.data(), as_complex(spec), fft::Layout{g.M, g.C, g.C, {{g.C, 1, 1}}});
+// The transforms run channel-major: a block of kConvBlock channels is gathered from [N, C] into
+// contiguous zero-padded rows [cb, M], transformed, multiplied and transformed back while it is in
+// cache, and scattered back, one TBB task per block. (Strided transforms along the sequence axis
+// made FFTW copy every column through a buffer, its cpy2d_pair, and left the spectrum products and
+// pads as separate passes over O(M C) memory.)
+constexpr int64_t kConvBlock = 16;
+
+// Rows [c0, c0 + nb) of buf [C, M] <- columns of src [N, C], zero-padded to M.
+void gather(const float* src, float* buf, int64_t c0, int64_t nb, const ConvGeom& g) {
+  for (int64_t t = 0; t < g.N; ++t) {
+    const float* row = src + t * g.C + c0;
+    for (int64_t k = 0; k < nb; ++k) buf[(c0 + k) * g.M + t] = row[k];
+  }
+  for (int64_t k = 0; k < nb; ++k) std::fill(buf + (c0 + k) * g.M + g.N, buf + (c0 + k + 1) * g.M, 0.f);
 }
 
-// spec [Mh, C] complex *= kspec[f, g(c)] (or its conjugate) in place.
-void multiply_by_kernel(Tensor& spec, const Tensor& kspec, bool conjugate, const ConvGeom& g) {
-  cfloat* sp = as_complex(spec);
-  const cfloat* kp = as_complex(kspec);
-  kernels::parallel_for(g.Mh, std::max<int64_t>(1, kernels::kGrain / (4 * g.C)), [&](int64_t f0, int64_t f1) {
-    for (int64_t f = f0; f < f1; ++f) {
-      cfloat* row = sp + f * g.C;
-      const cfloat* krow = kp + f * g.G;
-      for (int64_t c = 0; c < g.C; ++c) {
-        const cfloat k = conjugate ? std::conj(krow[c / g.r]) : krow[c / g.r];
-        row[c] *= k;
-      }
+// Columns [c0, c0 + nb) of dst [N, C] <- the first N entries of rows of buf [C, M].
+void scatter(const float* buf, float* dst, int64_t c0, int64_t nb, const ConvGeom& g) {
+  for (int64_t t = 0; t < g.N; ++t) {
+    float* row = dst + t * g.C + c0;
+    for (int64_t k = 0; k < nb; ++k) row[k] = buf[(c0 + k) * g.M + t];
+  }
+}
+
+// Rows [c0, c0 + nb) of buf [C, M] -> spec [C, Mh] complex, and back.
+void rows_r2c(const float* buf, cfloat* spec, int64_t c0, int64_t nb, const ConvGeom& g) {
+  fft::r2c(buf + c0 * g.M, spec + c0 * g.Mh, fft::Layout{g.M, 1, 1, {{nb, g.M, g.Mh}}});
+}
+void rows_c2r(const cfloat* spec, float* buf, int64_t c0, int64_t nb, const ConvGeom& g) {
+  fft::c2r(spec + c0 * g.Mh, buf + c0 * g.M, fft::Layout{g.M, 1, 1, {{nb, g.Mh, g.M}}});
+}
+
+// spec rows [c0, c0 + nb) [Mh] *= kspec[g(c)] (or its conjugate).
+void multiply_by_kernel(cfloat* spec, const cfloat* kspec, bool conjugate, int64_t c0, int64_t nb, const ConvGeom& g) {
+  for (int64_t c = c0; c < c0 + nb; ++c) {
+    cfloat* row = spec + c * g.Mh;
+    const cfloat* krow = kspec + (c / g.r) * g.Mh;
+    if (conjugate)
+      for (int64_t f = 0; f < g.Mh; ++f) row[f] *= std::conj(krow[f]);
+    else
+      for (int64_t f = 0; f < g.Mh; ++f) row[f] *= krow[f];
+  }
+}
+
+// Runs f(c0, nb) for every block of channels, in parallel.
+template <class F>
+void for_channel_blocks(const ConvGeom& g, F&& f) {
+  const int64_t blocks = (g.C + kConvBlock - 1) / kConvBlock;
+  kernels::parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t c0 = blk * kConvBlock;
+      f(c0, std::min(kConvBlock, g.C - c0));
     }
   });
 }
 
-// Inverse transform of spec [Mh, C] into `out` [M, C] and copy rows [0, N) to dst [N, C].
-void inverse_to(const Tensor& spec, Tensor& out, float* dst, const ConvGeom& g) {
-  fft::c2r(as_complex(spec), out.data(), fft::Layout{g.M, g.C, g.C, {{g.C, 1, 1}}});
-  std::memcpy(dst, out.data(), static_cast<size_t>(g.N * g.C) * sizeof(float));
-}
-
-// Frequency-domain kernel (K_fwd + conj(K_bwd)) / M, transposed to [Mh, G] complex.
+// Frequency-domain kernel (K_fwd + conj(K_bwd)) / M: [G, Mh] complex.
 Tensor kernel_spectrum(const Tensor& kf, const Tensor* kb, const ConvGeom& g) {
   Tensor pad = Tensor::zeros({g.G, g.M});
-  Tensor spec = Tensor::empty({g.G, g.Mh, 2});
-  Tensor out = Tensor::zeros({g.Mh, g.G, 2});
-  const float inv = 1.0f / static_cast<float>(g.M);
-  for (int pass = 0; pass < (kb ? 2 : 1); ++pass) {
-    const Tensor& k = pass == 0 ? kf : *kb;
-    for (int64_t row = 0; row < g.G; ++row)
-      std::memcpy(pad.data() + row * g.M, k.data() + row * g.L, static_cast<size_t>(g.Le) * sizeof(float));
-    fft::r2c(pad.data(), as_complex(spec), fft::Layout{g.M, 1, 1, {{g.G, g.M, g.Mh}}});
-    const cfloat* sp = as_complex(spec);
-    cfloat* op = as_complex(out);
-    for (int64_t row = 0; row < g.G; ++row)
-      for (int64_t f = 0; f < g.Mh; ++f) {
-        const cfloat v = sp[row * g.Mh + f] * inv;
-        op[f * g.G + row] += pass == 0 ? v : std::conj(v);
-      }
+  Tensor out = Tensor::empty({g.G, g.Mh, 2});
+  Tensor spec = kb ? Tensor::empty({g.G, g.Mh, 2}) : Tensor();
+  const fft::Layout rows{g.M, 1, 1, {{g.G, g.M, g.Mh}}};
+  auto load = [&](const Tensor& k) {
+    kernels::parallel_for(g.G, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t row = r0; row < r1; ++row)
+        std::memcpy(pad.data() + row * g.M, k.data() + row * g.L, static_cast<size_t>(g.Le) * sizeof(float));
+    });
+  };
+  load(kf);
+  fft::r2c(pad.data(), as_complex(out), rows);
+  if (kb) {
+    load(*kb);
+    fft::r2c(pad.data(), as_complex(spec), rows);
   }
+  const float inv = 1.0f / static_cast<float>(g.M);
+  cfloat* op = as_complex(out);
+  const cfloat* sp = kb ? as_complex(spec) : nullptr;
+  kernels::parallel_for(g.G * g.Mh, kernels::kGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) op[i] = (sp ? op[i] + std::conj(sp[i]) : op[i]) * inv;
+  });
   return out;
 }
 
@@ -102,18 +134,24 @@ Var fft_conv(const Var& u, const Var& k_fwd, const Var& k_bwd) {
   g.Mh = fft::rfft_length(g.M);
   const bool two_sided = k_bwd.defined();
 
-  Tensor kspec = kernel_spectrum(k_fwd.value(), two_sided ? &k_bwd.value() : nullptr, g);  // [Mh, G] complex
+  Tensor kspec = kernel_spectrum(k_fwd.value(), two_sided ? &k_bwd.value() : nullptr, g);  // [G, Mh] complex
   Tensor y = Tensor::empty({g.B, g.N, g.C});
   {
-    Tensor pad = Tensor::zeros({g.M, g.C});
-    Tensor spec = Tensor::empty({g.Mh, g.C, 2});
-    Tensor out = Tensor::empty({g.M, g.C});
-    for (int64_t b = 0; b < g.B; ++b) {
-      // u_b [N, C] -> U_b [Mh, C] -> U_b K -> y_b [N, C]
-      forward_spectrum(u.value().data() + b * g.N * g.C, pad, spec, g);
-      multiply_by_kernel(spec, kspec, false, g);
-      inverse_to(spec, out, y.data() + b * g.N * g.C, g);
-    }
+    Tensor buf = Tensor::empty({g.C, g.M});         // padded rows, then the inverse transforms
+    Tensor spec = Tensor::empty({g.C, g.Mh, 2});    // their spectra
+    float* bp = buf.data();
+    cfloat* sp = as_complex(spec);
+    const cfloat* kp = as_complex(kspec);
+    const float* up = u.value().data();
+    for_channel_blocks(g, [&](int64_t c0, int64_t nb) {
+      for (int64_t b = 0; b < g.B; ++b) {  // u_b [N, C] -> U_b [C, Mh] -> U_b K -> y_b [N, C]
+        gather(up + b * g.N * g.C, bp, c0, nb, g);
+        rows_r2c(bp, sp, c0, nb, g);
+        multiply_by_kernel(sp, kp, false, c0, nb, g);
+        rows_c2r(sp, bp, c0, nb, g);
+        scatter(bp, y.data() + b * g.N * g.C, c0, nb, g);
+      }
+    });
   }
 
   const GradSink gu = u.sink(), gkf = k_fwd.sink(), gkb = two_sided ? k_bwd.sink() : GradSink();
@@ -123,59 +161,60 @@ Var fft_conv(const Var& u, const Var& k_fwd, const Var& k_bwd) {
   std::vector<Var> inputs{u, k_fwd};
   if (two_sided) inputs.push_back(k_bwd);
   return make_op_result(std::move(y), inputs, [gu, gkf, gkb, uv, kspec, g, want_k](const Tensor& dy) {
-    Tensor pad = Tensor::zeros({g.M, g.C});
-    Tensor gspec = Tensor::empty({g.Mh, g.C, 2});
-    Tensor uspec, acc, out;
+    Tensor buf = Tensor::empty({g.C, g.M});
+    Tensor gspec = Tensor::empty({g.C, g.Mh, 2});
+    Tensor uspec, acc, du;
     if (want_k) {
-      uspec = Tensor::empty({g.Mh, g.C, 2});
-      acc = Tensor::zeros({g.Mh, g.C, 2});
+      uspec = Tensor::empty({g.C, g.Mh, 2});
+      acc = Tensor::zeros({g.C, g.Mh, 2});
     }
-    Tensor du;
-    if (gu.wanted()) {
-      du = Tensor::empty({g.B, g.N, g.C});
-      out = Tensor::empty({g.M, g.C});
-    }
-    for (int64_t b = 0; b < g.B; ++b) {
-      // dy_b [N, C] -> DY_b [Mh, C]
-      forward_spectrum(dy.data() + b * g.N * g.C, pad, gspec, g);
-      if (want_k) {  // acc += conj(U_b) DY_b
-        forward_spectrum(uv.data() + b * g.N * g.C, pad, uspec, g);
-        cfloat* ap = as_complex(acc);
-        const cfloat* up = as_complex(uspec);
-        const cfloat* gp = as_complex(gspec);
-        kernels::parallel_for(g.Mh * g.C, kernels::kGrain, [&](int64_t i0, int64_t i1) {
-          for (int64_t i = i0; i < i1; ++i) ap[i] += std::conj(up[i]) * gp[i];
-        });
+    if (gu.wanted()) du = Tensor::empty({g.B, g.N, g.C});
+    float* bp = buf.data();
+    cfloat* gp = as_complex(gspec);
+    for_channel_blocks(g, [&](int64_t c0, int64_t nb) {
+      for (int64_t b = 0; b < g.B; ++b) {
+        // dy_b [N, C] -> DY_b [C, Mh]
+        gather(dy.data() + b * g.N * g.C, bp, c0, nb, g);
+        rows_r2c(bp, gp, c0, nb, g);
+        if (want_k) {  // acc += conj(U_b) DY_b, on this block's rows
+          cfloat* usp = as_complex(uspec);
+          gather(uv.data() + b * g.N * g.C, bp, c0, nb, g);
+          rows_r2c(bp, usp, c0, nb, g);
+          cfloat* ap = as_complex(acc);
+          for (int64_t i = c0 * g.Mh; i < (c0 + nb) * g.Mh; ++i) ap[i] += std::conj(usp[i]) * gp[i];
+        }
+        if (gu.wanted()) {  // du_b = DY_b conj(K) -> [N, C]
+          multiply_by_kernel(gp, as_complex(kspec), true, c0, nb, g);
+          rows_c2r(gp, bp, c0, nb, g);
+          scatter(bp, du.data() + b * g.N * g.C, c0, nb, g);
+        }
       }
-      if (gu.wanted()) {  // du_b = DY_b conj(K) -> [N, C]
-        multiply_by_kernel(gspec, kspec, true, g);
-        inverse_to(gspec, out, du.data() + b * g.N * g.C, g);
-      }
-    }
+    });
     if (gu.wanted()) gu.accumulate(du);
     if (want_k) {
-      // Sum the channels of each kernel row: [Mh, C] -> [G, Mh], then one inverse transform per row.
+      // Sum the channels of each kernel row: [C, Mh] -> [G, Mh], then one inverse transform per row.
       Tensor red = Tensor::zeros({g.G, g.Mh, 2});
       cfloat* rp = as_complex(red);
       const cfloat* ap = as_complex(acc);
-      for (int64_t f = 0; f < g.Mh; ++f)
-        for (int64_t c = 0; c < g.C; ++c) rp[(c / g.r) * g.Mh + f] += ap[f * g.C + c];
+      kernels::parallel_for(g.G, 1, [&](int64_t r0, int64_t r1) {
+        for (int64_t row = r0; row < r1; ++row)
+          for (int64_t c = row * g.r; c < (row + 1) * g.r; ++c)
+            for (int64_t f = 0; f < g.Mh; ++f) rp[row * g.Mh + f] += ap[c * g.Mh + f];
+      });
       Tensor p = Tensor::empty({g.G, g.M});
       fft::c2r(rp, p.data(), fft::Layout{g.M, 1, 1, {{g.G, g.Mh, g.M}}});
       const float inv = 1.0f / static_cast<float>(g.M);
       // p[l] = sum_t dy[t] u[t - l] (circular), so dk_fwd[l] = p[l] and dk_bwd[l] = p[-l mod M].
-      if (gkf.wanted()) {
+      auto extract = [&](const GradSink& sink, bool mirrored) {
         Tensor dk = Tensor::zeros({g.G, g.L});
-        for (int64_t row = 0; row < g.G; ++row)
-          for (int64_t l = 0; l < g.Le; ++l) dk[row * g.L + l] = p[row * g.M + l] * inv;
-        gkf.accumulate(dk);
-      }
-      if (gkb.wanted()) {
-        Tensor dk = Tensor::zeros({g.G, g.L});
-        for (int64_t row = 0; row < g.G; ++row)
-          for (int64_t l = 0; l < g.Le; ++l) dk[row * g.L + l] = p[row * g.M + (g.M - l) % g.M] * inv;
-        gkb.accumulate(dk);
-      }
+        kernels::parallel_for(g.G, 16, [&](int64_t r0, int64_t r1) {
+          for (int64_t row = r0; row < r1; ++row)
+            for (int64_t l = 0; l < g.Le; ++l) dk[row * g.L + l] = p[row * g.M + (mirrored ? (g.M - l) % g.M : l)] * inv;
+        });
+        sink.accumulate(dk);
+      };
+      if (gkf.wanted()) extract(gkf, false);
+      if (gkb.wanted()) extract(gkb, true);
     }
   });
 }
