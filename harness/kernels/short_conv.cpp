@@ -78,32 +78,46 @@ Var short_conv(const Var& x, const Var& w, const Var& bias, bool causal) {
       });
       gx.accumulate(dx);
     }
-    if (gw.wanted()) {  // dw[c, j] = sum_{b, t} g[b, t, c] x[b, t + off(j), c]; per channel block, fixed order
-      Tensor dw = Tensor::zeros({C, K});
-      const float* xp = xv.data();
-      constexpr int64_t kBlock = 16;
+    if (gw.wanted() || gb.wanted()) {
+      // dw[c, j] = sum_{b, t} g[b, t, c] x[b, t + off(j), c], db[c] = sum_{b, t} g[b, t, c]; per block of
+      // 16 channels and group of 8 taps, so each g row is loaded once for 8 independent accumulators
+      // (one accumulator per tap was bound by the FMA latency). Fixed order: thread-count independent.
+      Tensor dw = gw.wanted() ? Tensor::zeros({C, K}) : Tensor(), db = gb.wanted() ? Tensor::zeros({C}) : Tensor();
+      const float* xp = gw.wanted() ? xv.data() : nullptr;
+      constexpr int64_t kBlock = 16, kTaps = 8;
       kernels::parallel_for((C + kBlock - 1) / kBlock, 1, [&](int64_t q0, int64_t q1) {
         for (int64_t q = q0; q < q1; ++q) {
-          const int64_t c0 = q * kBlock, c1 = std::min(C, c0 + kBlock);
-          for (int64_t j = 0; j < K; ++j) {
+          const int64_t c0 = q * kBlock, nc = std::min(C, c0 + kBlock) - c0;
+          if (db.defined()) {
             float acc[kBlock] = {};
+            for (int64_t r = 0; r < B * N; ++r)
+              for (int64_t c = 0; c < nc; ++c) acc[c] += gp[r * C + c0 + c];
+            for (int64_t c = 0; c < nc; ++c) db[c0 + c] = acc[c];
+          }
+          if (!xp) continue;
+          for (int64_t j0 = 0; j0 < K; j0 += kTaps) {
+            const int64_t nj = std::min(kTaps, K - j0);
+            float acc[kTaps][kBlock] = {};
             for (int64_t b = 0; b < B; ++b)
-              for (int64_t t = std::max<int64_t>(0, -off(j)); t < std::min(N, N - off(j)); ++t) {
-                const float* gr = gp + (b * N + t) * C;
-                const float* xr = xp + (b * N + t + off(j)) * C;
-                for (int64_t c = c0; c < c1; ++c) acc[c - c0] += gr[c] * xr[c];
+              for (int64_t t = 0; t < N; ++t) {
+                const float* gr = gp + (b * N + t) * C + c0;
+                for (int64_t jj = 0; jj < nj; ++jj) {
+                  const int64_t s = t + off(j0 + jj);
+                  if (s < 0 || s >= N) continue;
+                  const float* xr = xp + (b * N + s) * C + c0;
+                  if (nc == kBlock)  // a constant trip count: one 16-wide FMA
+                    for (int64_t c = 0; c < kBlock; ++c) acc[jj][c] += gr[c] * xr[c];
+                  else
+                    for (int64_t c = 0; c < nc; ++c) acc[jj][c] += gr[c] * xr[c];
+                }
               }
-            for (int64_t c = c0; c < c1; ++c) dw[c * K + j] = acc[c - c0];
+            for (int64_t jj = 0; jj < nj; ++jj)
+              for (int64_t c = 0; c < nc; ++c) dw[(c0 + c) * K + j0 + jj] = acc[jj][c];
           }
         }
       });
-      gw.accumulate(dw);
-    }
-    if (gb.wanted()) {
-      Tensor db = Tensor::zeros({C});
-      for (int64_t r = 0; r < B * N; ++r)
-        for (int64_t c = 0; c < C; ++c) db[c] += gp[r * C + c];
-      gb.accumulate(db);
+      if (gw.wanted()) gw.accumulate(dw);
+      if (gb.wanted()) gb.accumulate(db);
     }
   });
 }
