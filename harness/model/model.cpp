@@ -47,8 +47,9 @@ std::vector<ParamSpec> model_param_specs() {
                 "query heads (1 = multi-query); must divide model.heads; 0 = model.heads (standard MHA)",
                 0, 1024),
       int_param("short_conv", 0,
-                "taps of a causal depthwise convolution (per channel, with bias) applied to the normed input "
-                "before every layer's mixer, as Zoology gives every recurrent mixer; 0 = off",
+                "taps K of a causal depthwise convolution (per channel, with bias) added to the normed input of "
+                "every layer's mixer (u + conv(u), as Based and Zoology's BaseConv), the local mixing Zoology "
+                "gives every recurrent mixer; 0 = off",
                 0, 256),
       bool_param("mlp", true,
                  "an MLP sublayer in every block; false = mixer-only blocks, as in Zoology (model.mlp_dim still "
@@ -324,8 +325,10 @@ Var Model::encode(const std::vector<int32_t>& tokens, int64_t B, int64_t N, bool
     Block& b = *blocks_[l];
     ctx.layer = static_cast<int>(l);
     Var u = layer_norm(x, b.ln1_g, b.ln1_b);
+    // Beside the identity, as Based's and Zoology's BaseConv: the mixer keeps each token and gains
+    // its K - 1 predecessors (a plain conv, random at init, smears the tokens the mixer must match).
     // Causal whatever model.causal says: a layer's input never reads later tokens through it.
-    if (b.conv_w.defined()) u = short_conv(u, b.conv_w, b.conv_b, /*causal=*/true);
+    if (b.conv_w.defined()) u = add(u, short_conv(u, b.conv_w, b.conv_b, /*causal=*/true));
     x = add(x, drop(b.mixer->forward(u, ctx), l + 1, 1));
     if (!b.w1.defined()) continue;  // model.mlp=false
     Var h = gelu(linear(layer_norm(x, b.ln2_g, b.ln2_b), b.w1, b.b1));

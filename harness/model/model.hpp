@@ -1,6 +1,6 @@
 #pragma once
 // The encoder every variant is evaluated in: token embedding + positions -> L pre-norm blocks
-// (norm -> [short conv] -> mixer -> residual; norm -> MLP -> residual, unless model.mlp=false)
+// (norm -> [u + short conv(u)] -> mixer -> residual; norm -> MLP -> residual, unless model.mlp=false)
 // -> final norm -> head. model.mixers gives each layer its own variant (hybrids).
 #include <memory>
 #include <vector>

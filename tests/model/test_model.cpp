@@ -251,3 +251,19 @@ TEST(ModelBlock, HybridWithShortConvNoMlpAndMqaGradientsMatchFiniteDifferences) 
     EXPECT_TRUE(rep.passed) << conv << ": " << rep.detail;
   }
 }
+
+TEST(ModelBlock, ShortConvNeverReadsLaterTokens) {
+  // A causal model with the convolution: changing the last token changes no earlier position's logits.
+  const RunConfig c = config("softmax", {"model.short_conv=4", "model.dropout=0", "model.d_model=16", "model.heads=2"});
+  auto task = TaskRegistry::instance().get(c.task).make(c.task_params, 1);
+  Model model(c.model_params, VariantRegistry::instance().get("softmax"), c.variant_params, *task, 1);
+  Batch a = make_batch(*task, Split::train, {0});
+  Batch b = a;
+  b.tokens.back() = b.tokens.back() == 1 ? 2 : 1;
+  const Tensor la = model.forward(a, false, 0).value(), lb = model.forward(b, false, 0).value();
+  const int64_t C = la.dim(1), N = a.length;
+  for (int64_t i = 0; i < (N - 1) * C; ++i) ASSERT_EQ(la[i], lb[i]) << "position " << i / C;
+  bool last_changed = false;
+  for (int64_t i = (N - 1) * C; i < N * C; ++i) last_changed |= la[i] != lb[i];
+  EXPECT_TRUE(last_changed);
+}
