@@ -33,7 +33,8 @@ std::string caps_text(const Capabilities& c) {
 
 Json variant_json(const VariantSpec& s, bool with_cost) {
   Json j = {{"name", s.name}, {"family", s.family}, {"summary", s.summary}, {"reference", s.reference},
-            {"origin", s.origin}, {"capabilities", caps_json(s.caps)}, {"params", describe_params(s.params)}};
+            {"origin", s.origin}, {"capabilities", caps_json(s.caps)}, {"params", describe_params(s.params)},
+            {"attention_style", s.attention_style}};  // q/k/v projections: model.kv_heads, positions_for
   if (with_cost && s.cost) {
     const Json defaults = resolve_params(s.params, Json::object(), s.name);
     Json cost = Json::array();
@@ -142,6 +143,8 @@ int cmd_describe(int argc, char** argv, int first) {
   if (j.contains("summary")) fmt::print("  {}\n  reference: {}\n", j["summary"].get<std::string>(), j["reference"].get<std::string>());
   if (j.contains("origin")) fmt::print("  origin: {}\n", j["origin"].get<std::string>());
   if (j.contains("capabilities")) fmt::print("  capabilities: {}\n", j["capabilities"].dump());
+  if (j.contains("attention_style"))
+    fmt::print("  attention-style: {}\n", j["attention_style"].get<bool>() ? "yes (model.kv_heads applies)" : "no");
   fmt::print("parameters (--set {}.NAME=VALUE):\n", j["kind"] == "group" ? name : j["kind"].get<std::string>());
   print_params(j["params"]);
   if (j.contains("cost_examples")) {

@@ -5,24 +5,41 @@
 
 namespace ab {
 
+namespace {
+// k or v heads [B, G, N, d] -> [B, G * r, N, d]: head g serves query heads g * r .. g * r + r - 1
+// (consecutive groups, as in GQA). The copies' gradients sum back into the shared head.
+Var repeat_heads(const Var& t, int64_t r) {
+  if (r == 1) return t;
+  const int64_t B = t.dim(0), G = t.dim(1), N = t.dim(2), d = t.dim(3);
+  const Var one = reshape(t, {B, G, 1, N * d});
+  return reshape(concat(std::vector<Var>(static_cast<size_t>(r), one), 2), {B, G * r, N, d});
+}
+}  // namespace
+
 AttentionMixer::AttentionMixer(const MixerConfig& cfg)
-    : d_model_(cfg.d_model), heads_(cfg.heads), head_dim_(cfg.heads > 0 ? cfg.d_model / cfg.heads : 0) {
+    : d_model_(cfg.d_model), heads_(cfg.heads), head_dim_(cfg.heads > 0 ? cfg.d_model / cfg.heads : 0),
+      kv_heads_(cfg.kv_heads == 0 ? cfg.heads : cfg.kv_heads) {
   if (heads_ <= 0 || d_model_ % heads_ != 0)
     throw UsageError(fmt::format("model.d_model = {} must be a multiple of model.heads = {}", d_model_, heads_));
+  if (kv_heads_ <= 0 || heads_ % kv_heads_ != 0)
+    throw UsageError(fmt::format("model.kv_heads = {} must divide model.heads = {}", kv_heads_, heads_));
   auto stream = [&](uint64_t which) { return RngStream(cfg.seed, Purpose::init, 1000 + cfg.layer, which); };
   wq_ = add_param("wq", init_xavier_uniform(d_model_, d_model_, stream(0)));
-  wk_ = add_param("wk", init_xavier_uniform(d_model_, d_model_, stream(1)));
-  wv_ = add_param("wv", init_xavier_uniform(d_model_, d_model_, stream(2)));
+  wk_ = add_param("wk", init_xavier_uniform(d_model_, kv_heads_ * head_dim_, stream(1)));
+  wv_ = add_param("wv", init_xavier_uniform(d_model_, kv_heads_ * head_dim_, stream(2)));
   wo_ = add_param("wo", init_xavier_uniform(d_model_, d_model_, stream(3)));
 }
 
 Var AttentionMixer::forward(const Var& x, const MixerContext& ctx) {
-  // x: [B, N, D] -> q, k, v: [B, H, N, d]
+  // x: [B, N, D] -> q, k, v: [B, H, N, d] (k, v projected to kv_heads heads and repeated)
   const int64_t B = x.dim(0), N = x.dim(1);
-  auto heads = [&](const Var& w) { return permute(reshape(linear(x, w), {B, N, heads_, head_dim_}), {0, 2, 1, 3}); };
+  auto heads = [&](const Var& w, int64_t h) {
+    return permute(reshape(linear(x, w), {B, N, h, head_dim_}), {0, 2, 1, 3});
+  };
   Var o;
   {  // q, k, v die before the output projection, as they would as temporaries
-    const Var q = heads(wq_), k = heads(wk_), v = heads(wv_);
+    const Var q = heads(wq_, heads_), k = repeat_heads(heads(wk_, kv_heads_), heads_ / kv_heads_),
+              v = repeat_heads(heads(wv_, kv_heads_), heads_ / kv_heads_);
     if (const auto& probe = attention_probe()) probe(ctx.layer, q.value(), k.value(), v.value());
     o = attend(q, k, v, ctx);  // [B, H, N, d]
   }
@@ -49,8 +66,10 @@ Tensor AttentionMixer::decode_step(const Tensor& x_t, DecodeState& state, const 
   if (x_t.rank() != 3 || x_t.dim(1) != 1 || x_t.dim(2) != d_model_)
     throw UsageError(fmt::format("decode_step takes one token [B, 1, {}], got {}", d_model_, shape_str(x_t.shape())));
   const Var x(x_t);
-  auto heads = [&](const Var& w) { return linear(x, w).value().reshape({B, heads_, 1, head_dim_}); };
-  const Tensor o = attend_step(heads(wq_), heads(wk_), heads(wv_), state, ctx);  // [B, H, 1, d]
+  auto heads = [&](const Var& w, int64_t h) {
+    return repeat_heads(Var(linear(x, w).value().reshape({B, h, 1, head_dim_})), heads_ / h).value();
+  };
+  const Tensor o = attend_step(heads(wq_, heads_), heads(wk_, kv_heads_), heads(wv_, kv_heads_), state, ctx);
   return linear(Var(o.reshape({B, 1, d_model_})), wo_).value();
 }
 

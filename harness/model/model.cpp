@@ -1,8 +1,12 @@
 #include "model/model.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "attnbench/kernels/short_conv.hpp"
 
 namespace ab {
 
@@ -31,7 +35,142 @@ std::vector<ParamSpec> model_param_specs() {
       bool_param("padding_mask", true, "LRA convention: token 0 is padding, masked as a key and out of the mean"),
       bool_param("causal", false, "causal mixing (prefix only); needs a variant with the causal capability"),
       num_param("dropout", 0.1, "dropout after each mixer and in each MLP", 0.0, 0.95),
+      ParamSpec{"mixers", ParamType::string, "",
+                "per-layer mixer schedule for hybrids: variant names separated by commas, repeated cyclically "
+                "over model.layers (their count must divide it), e.g. mamba,mamba,mamba,softmax = attention in "
+                "every fourth layer; one entry may end in '*' to fill the layers the others leave, e.g. "
+                "softmax,mamba* = attention in the first layer only. It must name --variant, whose layers take "
+                "the variant.* settings; the other layers use their defaults. Empty = --variant in every layer",
+                -1e300, 1e300, {}},
+      int_param("kv_heads", 0,
+                "grouped-query attention in the attention-style layers: k/v heads, each shared by heads/kv_heads "
+                "query heads (1 = multi-query); must divide model.heads; 0 = model.heads (standard MHA)",
+                0, 1024),
+      int_param("short_conv", 0,
+                "taps K of a causal depthwise convolution (per channel, with bias) added to the normed input of "
+                "every layer's mixer (u + conv(u), as Based and Zoology's BaseConv), the local mixing Zoology "
+                "gives every recurrent mixer; 0 = off",
+                0, 256),
+      bool_param("mlp", true,
+                 "an MLP sublayer in every block; false = mixer-only blocks, as in Zoology (model.mlp_dim still "
+                 "sets the classifier head's width)"),
+      enum_param("positions_for", "all", {"all", "attention"},
+                 "all: model.positions always; attention: only when some layer is attention-style "
+                 "(AttentionMixer; 'attnbench list variants --json'), as Zoology gives positions to attention "
+                 "models only (max_position_embeddings = 0 for the others)"),
   };
+}
+
+namespace {
+std::string trim(const std::string& s) {
+  const size_t a = s.find_first_not_of(" \t"), b = s.find_last_not_of(" \t");
+  return a == std::string::npos ? std::string() : s.substr(a, b - a + 1);
+}
+
+std::vector<std::string> attention_style_names() {
+  std::vector<std::string> out;
+  for (const auto& n : VariantRegistry::instance().names())
+    if (VariantRegistry::instance().get(n).attention_style) out.push_back(n);
+  return out;
+}
+}  // namespace
+
+std::vector<LayerMixer> plan_layers(const Json& mp, const VariantSpec& variant, const Json& variant_params) {
+  const int64_t layers = mp.at("layers").get<int64_t>();
+  const std::string text = trim(mp.value("mixers", ""));
+  std::vector<LayerMixer> out;
+  if (text.empty()) {
+    out.assign(static_cast<size_t>(layers), LayerMixer{&variant, variant_params});
+  } else {
+    // Entries: names, at most one of them marked '*' (fills the layers the others leave).
+    std::vector<std::string> names;
+    int star = -1;
+    for (size_t a = 0; a <= text.size();) {
+      const size_t comma = std::min(text.find(',', a), text.size());
+      std::string e = trim(text.substr(a, comma - a));
+      if (!e.empty() && e.back() == '*') {
+        if (star >= 0)
+          throw UsageError(fmt::format("model.mixers = '{}' marks more than one entry with '*'; one entry fills the "
+                                       "remaining layers, e.g. softmax,mamba*", text));
+        star = static_cast<int>(names.size());
+        e = trim(e.substr(0, e.size() - 1));
+      }
+      if (e.empty())
+        throw UsageError(fmt::format("model.mixers = '{}' has an empty entry; write variant names separated by "
+                                     "commas, e.g. mamba,mamba,mamba,softmax", text));
+      names.push_back(e);
+      a = comma + 1;
+    }
+    std::vector<const VariantSpec*> specs;
+    for (const auto& n : names) {
+      if (n == variant.name) {
+        specs.push_back(&variant);
+      } else if (const VariantSpec* s = VariantRegistry::instance().find(n)) {
+        specs.push_back(s);
+      } else {
+        throw UsageError("model.mixers: " + unknown_name_message("variant", n, VariantRegistry::instance().names()));
+      }
+    }
+    const auto count = static_cast<int64_t>(names.size());
+    std::vector<size_t> order;  // entry index per layer
+    if (star >= 0) {
+      if (count - 1 > layers)
+        throw UsageError(fmt::format("model.mixers = '{}' names {} fixed layers, more than model.layers = {}; nearest "
+                                     "valid model.layers: {}", text, count - 1, layers, count - 1));
+      for (int64_t e = 0; e < count; ++e)
+        for (int64_t k = 0; k < (e == star ? layers - (count - 1) : 1); ++k) order.push_back(static_cast<size_t>(e));
+    } else {
+      if (layers % count != 0) {
+        const int64_t lo = layers / count * count, hi = lo + count;
+        throw UsageError(fmt::format("model.mixers = '{}' has {} entries, which repeat over the layers, but model.layers "
+                                     "= {} is not a multiple of {}; nearest valid model.layers: {} (or end one entry "
+                                     "with '*' to fill the remaining layers)",
+                                     text, count, layers, count, lo > 0 && layers - lo <= hi - layers ? lo : hi));
+      }
+      for (int64_t l = 0; l < layers; ++l) order.push_back(static_cast<size_t>(l % count));
+    }
+    if (layers > 0 && std::find(names.begin(), names.end(), variant.name) == names.end())
+      throw UsageError(fmt::format("model.mixers = '{}' does not name --variant '{}', whose variant.* settings would "
+                                   "apply to no layer; pass one of its variants as --variant (e.g. --variant {})",
+                                   text, variant.name, names.front()));
+    for (const size_t e : order) {
+      const VariantSpec* s = specs[e];
+      out.push_back(LayerMixer{s, s == &variant ? variant_params : resolve_params(s->params, Json::object(), s->name)});
+    }
+  }
+  // Every layer's form must exist.
+  const bool causal = mp.at("causal").get<bool>();
+  for (size_t l = 0; l < out.size(); ++l) {
+    const VariantSpec& s = *out[l].spec;
+    const std::string where = text.empty() ? "" : fmt::format(" (layer {} of model.mixers)", l);
+    if (causal && !s.caps.causal)
+      throw UsageError(fmt::format("variant '{}'{} has no causal form; set model.causal=false", s.name, where));
+    if (!causal && !s.caps.bidirectional)
+      throw UsageError(fmt::format("variant '{}'{} is causal only; set model.causal=true", s.name, where));
+  }
+  const int64_t kv = mp.value("kv_heads", int64_t{0}), heads = mp.at("heads").get<int64_t>();
+  if (kv != 0) {
+    if (kv > heads || heads % kv != 0) {
+      int64_t best = 1;  // the divisor of heads nearest kv
+      for (int64_t c = 1; c <= heads; ++c)
+        if (heads % c == 0 && std::llabs(c - kv) < std::llabs(best - kv)) best = c;
+      throw UsageError(fmt::format("model.kv_heads = {} must divide model.heads = {}; nearest valid kv_heads: {}", kv,
+                                   heads, best));
+    }
+    if (std::none_of(out.begin(), out.end(), [](const LayerMixer& m) { return m.spec->attention_style; }))
+      throw UsageError(fmt::format("model.kv_heads = {} shares k/v heads of attention-style layers (q/k/v "
+                                   "projections), but no layer is one ('{}' is not); set model.kv_heads=0 or use an "
+                                   "attention-style variant: {}",
+                                   kv, out.empty() ? variant.name : out.front().spec->name,
+                                   fmt::join(attention_style_names(), ", ")));
+  }
+  return out;
+}
+
+std::vector<std::string> mixer_schedule(const Json& mp, const VariantSpec& variant) {
+  std::vector<std::string> names;
+  for (const auto& m : plan_layers(mp, variant, Json::object())) names.push_back(m.spec->name);
+  return names;
 }
 
 Batch make_batch(const Task& task, Split split, const std::vector<int64_t>& indices) {
@@ -59,7 +198,7 @@ Batch make_batch(const Task& task, Split split, const std::vector<int64_t>& indi
 }
 
 struct Model::Block : Module {
-  Var ln1_g, ln1_b, ln2_g, ln2_b, w1, b1, w2, b2;
+  Var ln1_g, ln1_b, ln2_g, ln2_b, w1, b1, w2, b2, conv_w, conv_b;  // conv_*: model.short_conv; ln2..b2: model.mlp
   std::unique_ptr<Mixer> mixer;
 };
 
@@ -78,15 +217,16 @@ Model::Model(const Json& mp, const VariantSpec& variant, const Json& variant_par
                                  d_, heads, (d_ / heads + 1) * heads));
   if (kind_ == TaskKind::per_position && cls_)
     throw UsageError("model.pooling = cls does not fit a per-position task; use model.pooling=mean");
-  if (causal_ && !variant.caps.causal)
-    throw UsageError(fmt::format("variant '{}' has no causal form; set model.causal=false", variant.name));
-  if (!causal_ && !variant.caps.bidirectional)
-    throw UsageError(fmt::format("variant '{}' is causal only; set model.causal=true", variant.name));
+  layers_ = plan_layers(mp, variant, variant_params);
   model_length_ = task_length_ + (cls_ ? 1 : 0);
   auto init = [&](uint64_t a, uint64_t b = 0) { return RngStream(seed, Purpose::init, a, b); };
 
   tok_emb_ = add_param("tok_emb", init_normal({vocab_, d_}, 1.0f, init(1)));
-  if (mp.at("positions") == "learned") {
+  const bool positions = mp.value("positions_for", "all") == "all" ||
+                         std::any_of(layers_.begin(), layers_.end(), [](const LayerMixer& m) { return m.spec->attention_style; });
+  if (!positions) {
+    // model.positions_for=attention and no attention-style layer: no position information.
+  } else if (mp.at("positions") == "learned") {
     pos_emb_ = add_param("pos_emb", init_normal({model_length_, d_}, 0.02f, init(2)));
   } else if (mp.at("positions") == "sinusoidal") {
     sinusoid_ = Tensor::empty({model_length_, d_});
@@ -108,18 +248,26 @@ Model::Model(const Json& mp, const VariantSpec& variant, const Json& variant_par
   }
   if (cls_) cls_emb_ = add_param("cls", Tensor::zeros({1, 1, d_}));
 
+  const bool with_mlp = mp.value("mlp", true);
+  const int64_t taps = mp.value("short_conv", int64_t{0}), kv_heads = mp.value("kv_heads", int64_t{0});
   for (int l = 0; l < layers; ++l) {
     auto b = std::make_unique<Block>();
     b->ln1_g = b->add_param("ln1.gamma", Tensor::full({d_}, 1.f));
     b->ln1_b = b->add_param("ln1.beta", Tensor::zeros({d_}));
-    b->ln2_g = b->add_param("ln2.gamma", Tensor::full({d_}, 1.f));
-    b->ln2_b = b->add_param("ln2.beta", Tensor::zeros({d_}));
-    b->w1 = b->add_param("mlp.w1", init_xavier_uniform(d_, mlp, init(10 + l, 1)));
-    b->b1 = b->add_param("mlp.b1", Tensor::zeros({mlp}));
-    b->w2 = b->add_param("mlp.w2", init_xavier_uniform(mlp, d_, init(10 + l, 2)));
-    b->b2 = b->add_param("mlp.b2", Tensor::zeros({d_}));
-    MixerConfig mc{d_, heads, model_length_, l, seed, variant_params};
-    b->mixer = variant.make(mc);
+    if (taps > 0) {  // PyTorch Conv1d's default bound 1/sqrt(fan_in), as based's convolution
+      b->conv_w = b->add_param("conv.w", init_uniform({d_, taps}, 1.0f / std::sqrt(static_cast<float>(taps)), init(10 + l, 3)));
+      b->conv_b = b->add_param("conv.b", Tensor::zeros({d_}));
+    }
+    if (with_mlp) {
+      b->ln2_g = b->add_param("ln2.gamma", Tensor::full({d_}, 1.f));
+      b->ln2_b = b->add_param("ln2.beta", Tensor::zeros({d_}));
+      b->w1 = b->add_param("mlp.w1", init_xavier_uniform(d_, mlp, init(10 + l, 1)));
+      b->b1 = b->add_param("mlp.b1", Tensor::zeros({mlp}));
+      b->w2 = b->add_param("mlp.w2", init_xavier_uniform(mlp, d_, init(10 + l, 2)));
+      b->b2 = b->add_param("mlp.b2", Tensor::zeros({d_}));
+    }
+    MixerConfig mc{d_, heads, model_length_, l, seed, layers_[static_cast<size_t>(l)].params, kv_heads};
+    b->mixer = layers_[static_cast<size_t>(l)].spec->make(mc);
     b->add_child("mixer", b->mixer.get());
     add_child(fmt::format("blocks.{}", l), b.get());
     blocks_.push_back(std::move(b));
@@ -176,7 +324,13 @@ Var Model::encode(const std::vector<int32_t>& tokens, int64_t B, int64_t N, bool
   for (size_t l = 0; l < blocks_.size(); ++l) {
     Block& b = *blocks_[l];
     ctx.layer = static_cast<int>(l);
-    x = add(x, drop(b.mixer->forward(layer_norm(x, b.ln1_g, b.ln1_b), ctx), l + 1, 1));
+    Var u = layer_norm(x, b.ln1_g, b.ln1_b);
+    // Beside the identity, as Based's and Zoology's BaseConv: the mixer keeps each token and gains
+    // its K - 1 predecessors (a plain conv, random at init, smears the tokens the mixer must match).
+    // Causal whatever model.causal says: a layer's input never reads later tokens through it.
+    if (b.conv_w.defined()) u = add(u, short_conv(u, b.conv_w, b.conv_b, /*causal=*/true));
+    x = add(x, drop(b.mixer->forward(u, ctx), l + 1, 1));
+    if (!b.w1.defined()) continue;  // model.mlp=false
     Var h = gelu(linear(layer_norm(x, b.ln2_g, b.ln2_b), b.w1, b.b1));
     x = add(x, drop(linear(drop(h, l + 1, 2), b.w2, b.b2), l + 1, 3));
   }

@@ -1,6 +1,7 @@
 #pragma once
 // The encoder every variant is evaluated in: token embedding + positions -> L pre-norm blocks
-// (norm -> mixer -> residual; norm -> MLP -> residual) -> final norm -> head.
+// (norm -> [u + short conv(u)] -> mixer -> residual; norm -> MLP -> residual, unless model.mlp=false)
+// -> final norm -> head. model.mixers gives each layer its own variant (hybrids).
 #include <memory>
 #include <vector>
 
@@ -10,6 +11,19 @@
 namespace ab {
 
 std::vector<ParamSpec> model_param_specs();
+
+// The mixer of each layer: one entry per layer of model.layers.
+struct LayerMixer {
+  const VariantSpec* spec;
+  Json params;  // `variant_params` for the layers of the run's variant, the defaults for the others
+};
+// Resolves model.mixers against model.layers (empty = `variant` in every layer) and checks what the
+// layers must satisfy together: every layer's capabilities against model.causal, and model.kv_heads
+// against model.heads and the presence of an attention-style layer. UsageError naming the problem
+// and the nearest valid choice otherwise.
+std::vector<LayerMixer> plan_layers(const Json& model_params, const VariantSpec& variant, const Json& variant_params);
+// The variant names of plan_layers, layer by layer (the run file's variant.layers).
+std::vector<std::string> mixer_schedule(const Json& model_params, const VariantSpec& variant);
 
 // One batch of padded examples. tokens: [B, N]; tokens2: [B, N] for pair tasks;
 // labels: [B] (classification) or [B * N] (per position, kIgnoreLabel where unscored).
@@ -32,6 +46,7 @@ class Model : public Module {
   // -> logits [B, C] (classification) or [B * N, C] (per position); batch.length <= max_length
   Var forward(const Batch& batch, bool training, int64_t step);
   int64_t model_length() const { return model_length_; }  // max task length (+1 with a CLS token)
+  const std::vector<LayerMixer>& layers() const { return layers_; }
 
  private:
   struct Block;
@@ -46,6 +61,7 @@ class Model : public Module {
   uint64_t seed_;
   Var tok_emb_, pos_emb_, cls_emb_, final_gamma_, final_beta_, head_w1_, head_b1_, head_w2_, head_b2_;
   Tensor sinusoid_;
+  std::vector<LayerMixer> layers_;
   std::vector<std::unique_ptr<Block>> blocks_;
 };
 

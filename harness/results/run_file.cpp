@@ -30,6 +30,7 @@ Json run_header(const RunConfig& cfg) {
   doc["status"] = "ok";
   // String parameters come from the user (task.path), so they may hold any bytes.
   doc["variant"] = {{"name", cfg.variant}, {"params", valid_utf8_json(cfg.variant_params)}};
+  if (!cfg.layers.empty()) doc["variant"]["layers"] = cfg.layers;
   doc["task"] = {{"name", cfg.task}, {"params", valid_utf8_json(cfg.task_params)}};
   doc["model"] = valid_utf8_json(cfg.model_params);
   doc["train"] = valid_utf8_json(cfg.train_params);

@@ -13,12 +13,13 @@ namespace ab {
 struct RunConfig {
   std::string variant, task;
   Json variant_params, task_params, model_params, train_params;
+  std::vector<std::string> layers;  // the variant of each layer (model.mixers resolved)
   uint64_t seed = 0;
   int threads = 0;
 };
 
-// The identity fields of a run document: schema, kind, status ok, and for a train run variant,
-// task, model, train and seed (as resolved); for a bench run the variants with their parameters,
+// The identity fields of a run document: schema, kind, status ok, and for a train run variant
+// (with its per-layer schedule, variant.layers, when known), task, model, train and seed (as resolved); for a bench run the variants with their parameters,
 // the shapes measured (`model`) and the seed, with task and train null.
 Json run_header(const RunConfig& cfg);
 Json bench_run_header(const Json& variants, const Json& model, uint64_t seed);

@@ -110,6 +110,8 @@ RunConfig resolve_run_config(const std::string& variant, const std::string& task
   if (d % h != 0)
     throw UsageError(fmt::format("model.d_model = {} is not a multiple of model.heads = {}; nearest valid d_model: {}", d,
                                  h, d < h ? h : d / h * h));
+  // The per-layer schedule, checked (names, counts, every layer's form, kv_heads) before any work.
+  c.layers = mixer_schedule(c.model_params, vs);
   c.seed = seed;
   c.threads = threads;
   return c;
@@ -208,13 +210,18 @@ Json train_run(const RunConfig& cfg, bool progress, const std::function<void(Mod
     int64_t n_params = 0;
     for (auto& [n, v] : opt.params) n_params += v.value().numel();
     metrics["parameters"] = n_params;
-    // The state a decoder carries per sequence at the task's length, over all layers (the KV cache
-    // or the recurrent state, from the cost model): the x-axis of Zoology's recall frontier.
-    if (vs.caps.decode && vs.cost) {
+    // The state a decoder carries per sequence at the task's length, summed over the layers (the
+    // KV cache or the recurrent state, from the cost model): the x-axis of Zoology's recall
+    // frontier. Recorded when every layer decodes.
+    const auto& layers = model.layers();
+    if (std::all_of(layers.begin(), layers.end(), [](const LayerMixer& m) { return m.spec->caps.decode && m.spec->cost; })) {
       const Json& mp = cfg.model_params;
-      const Cost c = vs.cost(CostArgs{1, model.model_length(), mp["d_model"].get<int64_t>(), mp["heads"].get<int64_t>(),
-                                      &cfg.variant_params, true});
-      metrics["state_bytes"] = c.state_bytes * mp["layers"].get<double>();
+      double state = 0;
+      for (const auto& m : layers)
+        state += m.spec->cost(CostArgs{1, model.model_length(), mp["d_model"].get<int64_t>(), mp["heads"].get<int64_t>(),
+                                       &m.params, true})
+                     .state_bytes;
+      metrics["state_bytes"] = state;
     }
 
     const int64_t steps = tp["steps"], bs = tp["batch_size"], eval_every = tp["eval_every"];

@@ -285,5 +285,60 @@ class Commands(unittest.TestCase):
         self.assertIn("cannot", r.stderr)
 
 
+class ModelOptions(unittest.TestCase):
+    """model.mixers (hybrids), model.kv_heads, model.short_conv, model.mlp, model.positions_for."""
+    TINY = ["--task", "mqar", "--set", "task.seq_len=32", "--set", "task.num_kv_pairs=2", "--set", "task.train_size=64",
+            "--set", "task.valid_size=16", "--set", "task.test_size=16", "--set", "model.d_model=16",
+            "--set", "model.heads=2", "--set", "model.causal=true", "--set", "train.steps=6",
+            "--set", "train.eval_every=3", "--set", "train.batch_size=8", "--threads", "1", "--quiet"]
+
+    def test_hybrid_trains_on_mqar_and_records_its_schedule(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d) / "run.json"
+            r = run("train", "--variant", "mamba", "--out", str(out), *self.TINY, "--set", "model.layers=4",
+                    "--set", "model.mixers=mamba,softmax", "--set", "model.kv_heads=1", "--set", "model.short_conv=4",
+                    "--set", "model.mlp=false", "--set", "model.positions_for=attention", "--set", "variant.d_state=4")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            doc = json.loads(out.read_text())
+            self.assertEqual(validate_run.errors_of(validate_run.load_validator(), doc), [])
+            self.assertEqual(doc["status"], "ok")
+            self.assertEqual(doc["variant"]["layers"], ["mamba", "softmax", "mamba", "softmax"])
+            self.assertEqual(doc["model"]["mixers"], "mamba,softmax")
+            self.assertEqual(doc["metrics"]["steps"], 6)
+            # both mamba and softmax decode: the state is the sum over the four layers
+            self.assertGreater(doc["metrics"]["state_bytes"], 0)
+            r = run("train", "--variant", "softmax", "--out", str(out), *self.TINY, "--set", "model.layers=3")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertEqual(json.loads(out.read_text())["variant"]["layers"], ["softmax"] * 3)
+
+    def test_bad_values_exit_2_before_training(self):
+        cases = [(["--variant", "mamba", "--set", "model.mixers=mamba,sofmax"], "did you mean 'softmax'"),
+                 (["--variant", "mamba", "--set", "model.mixers=mamba,softmax", "--set", "model.layers=3"],
+                  "nearest valid model.layers: 2"),
+                 (["--variant", "softmax", "--set", "model.mixers=mamba"], "does not name --variant 'softmax'"),
+                 (["--variant", "softmax", "--set", "model.kv_heads=3", "--set", "model.heads=4"],
+                  "nearest valid kv_heads: 2"),
+                 (["--variant", "mamba", "--set", "model.kv_heads=1"], "attention-style"),
+                 (["--variant", "softmax", "--set", "model.short_conv=-2"], "nearest valid value: 0"),
+                 (["--variant", "softmax", "--set", "model.positions_for=attn"], "valid: all, attention")]
+        with tempfile.TemporaryDirectory() as d:
+            for extra, fragment in cases:
+                out = Path(d) / "run.json"
+                r = run("train", "--out", str(out), *self.TINY, *extra)
+                self.assertEqual(r.returncode, 2, f"{extra}: {r.stdout}{r.stderr}")
+                self.assertIn(fragment, r.stderr, extra)
+                self.assertFalse(out.exists(), f"{extra}: refused, yet a run file was written")
+
+    def test_describe_shows_the_keys(self):
+        r = run("describe", "model", "--json")
+        names = [p["name"] for p in json.loads(r.stdout)["params"]]
+        for key in ["mixers", "kv_heads", "short_conv", "mlp", "positions_for"]:
+            self.assertIn(key, names)
+        r = run("list", "variants", "--json")
+        style = {v["name"]: v["attention_style"] for v in json.loads(r.stdout)}
+        self.assertTrue(style["softmax"])
+        self.assertFalse(style["mamba"])
+
+
 if __name__ == "__main__":
     unittest.main()

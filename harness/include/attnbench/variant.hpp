@@ -36,6 +36,9 @@ struct MixerConfig {
   int layer = 0;
   uint64_t seed = 0;
   Json params;  // the variant's resolved parameters
+  // Grouped-query attention (model.kv_heads), read by AttentionMixer only: Wk and Wv project to
+  // kv_heads heads, each shared by heads / kv_heads consecutive query heads. 0 = heads (MHA).
+  int64_t kv_heads = 0;
 };
 
 // What a forward call may know beyond x.
@@ -63,7 +66,9 @@ class Mixer : public Module {
   virtual Tensor decode_step(const Tensor& x_t, DecodeState& state, const MixerContext& ctx);
 };
 
-// Owns Wq, Wk, Wv, Wo (Xavier-uniform, no bias, as in LRA) and the head split.
+// Owns Wq, Wk, Wv, Wo (Xavier-uniform, no bias, as in LRA) and the head split. With
+// MixerConfig::kv_heads < heads (GQA / MQA) Wk and Wv are [D, kv_heads * d] and every k, v head is
+// repeated to its group of query heads before attend(), so variants always see H heads.
 class AttentionMixer : public Mixer {
  public:
   explicit AttentionMixer(const MixerConfig& cfg);
@@ -79,7 +84,7 @@ class AttentionMixer : public Mixer {
                              const MixerContext& ctx);
 
  protected:
-  int64_t d_model_, heads_, head_dim_;
+  int64_t d_model_, heads_, head_dim_, kv_heads_;
   Var wq_, wk_, wv_, wo_;
 };
 
