@@ -25,8 +25,15 @@ int cmd_train(int argc, char** argv, int first) {
                                            static_cast<uint64_t>(args.get_int("seed", 0, 0, INT64_MAX)),
                                            static_cast<int>(args.get_int("threads", 0, 0, kMaxThreads)));
   check_writable(out);
-  Json doc = train_run(cfg, !args.has("quiet"));
-  doc["context"] = run_context(std::vector<std::string>(argv, argv + argc));
+  const Json context = run_context(std::vector<std::string>(argv, argv + argc));
+  // The run so far replaces itself in `out` as it goes: a run killed by a time limit (a sweep's)
+  // leaves its resolved task, its curve and status "running" for the failure record.
+  Json doc = train_run(cfg, !args.has("quiet"), nullptr, [&](const Json& partial) {
+    Json p = partial;
+    p["context"] = context;
+    write_json_atomic(out, p);
+  });
+  doc["context"] = context;
   write_json_atomic(out, doc);
   const Json& m = doc["metrics"];
   if (doc["status"] == "ok") {

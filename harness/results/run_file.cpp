@@ -31,6 +31,7 @@ Json run_header(const RunConfig& cfg) {
   // String parameters come from the user (task.path), so they may hold any bytes.
   doc["variant"] = {{"name", cfg.variant}, {"params", valid_utf8_json(cfg.variant_params)}};
   doc["task"] = {{"name", cfg.task}, {"params", valid_utf8_json(cfg.task_params)}};
+  if (!cfg.task_defaults.empty()) doc["task"]["defaults_applied"] = cfg.task_defaults;
   doc["model"] = valid_utf8_json(cfg.model_params);
   doc["train"] = valid_utf8_json(cfg.train_params);
   doc["seed"] = cfg.seed;

@@ -13,6 +13,7 @@ namespace ab {
 struct RunConfig {
   std::string variant, task;
   Json variant_params, task_params, model_params, train_params;
+  Json task_defaults = Json::object();  // {"model.dropout": 0, ...}: the task's defaults the run took
   uint64_t seed = 0;
   int threads = 0;
 };
