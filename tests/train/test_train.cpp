@@ -267,3 +267,14 @@ TEST(Protocol, AdamWLeavesNoDecayParametersToTheGradient) {
   }
   EXPECT_GE(exempt, 3);
 }
+
+TEST(Protocol, ResolvedTaskParametersWithoutARun) {
+  // A failure record written for a child that died before its task was built still names the
+  // task the way a finished run does (vocab_size 256, not null), so reports keep one column.
+  const RunConfig c = resolve_run_config("softmax", "mqar", {}, 0, 1);
+  ASSERT_TRUE(c.task_params["vocab_size"].is_null());
+  const Json resolved = resolved_task_params(c);
+  EXPECT_FALSE(resolved["vocab_size"].is_null());
+  const auto task = TaskRegistry::instance().get("mqar").make(c.task_params, 0);
+  EXPECT_EQ(resolved["vocab_size"], task->effective_params()["vocab_size"]);
+}
