@@ -111,6 +111,29 @@ class Sweep(unittest.TestCase):
             self.assertEqual(r.returncode, 2)
             self.assertIn("solvd", r.stderr)
 
+    def test_cases_bundle_settings_and_reproductions_are_checked(self):
+        with tempfile.TemporaryDirectory() as d:
+            def spec(d, grid, **extra):  # the task's own settings come with each case
+                p = Path(d) / "spec.json"
+                p.write_text(json.dumps({"name": "t", "base": {"variant": "softmax", "threads": 1, "set": {
+                    "model.layers": 1, "model.d_model": 16, "model.heads": 2}}, "grid": grid, **extra}))
+                return p
+            grid = {"case": [{"task": "listops", "task.max_length": 32, "task.train_size": 64},
+                             {"task": "mqar", "task.seq_len": 64, "task.num_kv_pairs": 4}]}
+            ok = {"id": "r", "source": "paper", "where": {"task": "mqar"}, "expect": ["acc(softmax) >= 0.9"]}
+            r = sweep(spec(d, grid, reproductions=[ok], protocol_notes="scaled down"), "--dry-run")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("softmax.mqar.", r.stdout)
+            self.assertIn("softmax.listops.", r.stdout)
+            for bad, word in (([dict(ok, expect=[])], "expect"), ([dict(ok, expct=["x"])], "expct"),
+                              ([{"source": "paper", "expect": ["x"]}], "id")):
+                r = sweep(spec(d, grid, reproductions=bad), "--dry-run")
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertIn(word, r.stderr)
+            r = sweep(spec(d, {"case": [1]}), "--dry-run")
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("a 'case' must be an object of settings", r.stderr)
+
     def test_failures_are_recorded_and_the_sweep_goes_on(self):
         with tempfile.TemporaryDirectory() as d:
             # A cell that cannot finish in time, one whose memory limit is far too small, one ok.
