@@ -36,7 +36,7 @@ INVALID = "invalid"  # a run file that does not follow the schema (not a status 
 
 TRAIN_METRICS = ("test_accuracy", "best_valid_accuracy", "final_train_loss", "train_seconds", "steps",
                  "tokens_per_second", "peak_bytes", "peak_rss_bytes", "parameters", "best_step",
-                 "step_seconds_median", "tokens_per_second_median_step")
+                 "step_seconds_median", "tokens_per_second_median_step", "state_bytes")
 BENCH_FIGURES = ("median_ms", "min_ms", "max_ms", "tokens_per_second", "peak_bytes", "peak_rss_bytes",
                  "flops", "gflops_per_second", "repetitions", "predicted_bytes", "predicted_peak_bytes",
                  "setup_bytes", "bytes", "fraction_of_fma_peak", "roofline_fraction")

@@ -505,7 +505,8 @@ def section_reproductions(doc, train, bench, manifests):
                 ours.append(f"{abresults.term_text(t)} = {abresults._value_text(v['value'])}")
         floors = next((v["floors"] for v in values.values() if v.get("floors")), None)
         if floors:
-            ours.append("floors: " + ", ".join(f"{k.replace('_accuracy', '')} {fmt_pct(x)}" for k, x in floors.items()))
+            ours.append("floors: " + ", ".join(f"{k.replace('_accuracy', '').replace('_', ' ')} {fmt_pct(x)} %"
+                                               for k, x in floors.items()))
         published = e.get("published")
         pub = abresults.params_text(published) if isinstance(published, dict) else str(published or "-")
         exp = "; ".join(f"{text}: {v}" + (f" ({why})" if why else "") for text, v, why in verdicts)
@@ -724,6 +725,11 @@ def section_train_figures(doc, train):
     if fig is None:
         doc.p("No finished train run with both accuracy and throughput.")
     doc.figure("accuracy-throughput", fig, "Test accuracy vs training tokens/s; marker area ∝ peak memory")
+    fig = plots.accuracy_vs_width(train)
+    if fig is not None:
+        doc.h(3, "Accuracy vs width and vs state size (Zoology / Based Figure 2 shape)")
+        doc.figure("accuracy-width", fig, "Best test accuracy vs model width and vs the state a decoder carries, "
+                   "per task; dashed: the context floor, dotted: chance")
     doc.h(3, "Training curves")
     for i, task in enumerate(sorted({r["task_label"] for r in train}, key=task_sort_key), 1):
         rows = [r for r in train if r["task_label"] == task]

@@ -803,6 +803,26 @@ class Reproductions(unittest.TestCase):
         rows = abresults.train_rows([failed, ok, other])
         self.assertEqual(sorted((r["status"], r["seed"]) for r in rows), [("ok", 0), ("timeout", 7)])
 
+    def test_accuracy_vs_width_and_state_with_floors(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            for d_model, acc in ((64, 0.3), (128, 0.6)):
+                for variant in ("softmax", "mamba"):
+                    doc = train_run("softmax", "listops", 0)
+                    doc["variant"]["name"], doc["task"] = variant, {"name": "mqar", "params": {"seq_len": 64}}
+                    doc["model"] = dict(doc["model"], d_model=d_model)
+                    doc["metrics"]["test_accuracy"] = acc if variant == "mamba" else 0.99
+                    doc["metrics"]["state_bytes"] = 1000.0 * d_model
+                    doc["metrics"]["data"] = {"chance_accuracy": 1 / 128, "context_floor_accuracy": 0.25}
+                    write_json(root / "runs" / f"{variant}{d_model}.json", doc)
+            out = root / "report.html"
+            result = run_script("report.py", root / "runs", "--out", out)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            page = out.read_text(encoding="utf-8")
+            self.assertIn("Accuracy vs width and vs state size", page)
+            self.assertIn("context floor 25.00 % (any value seen in the context)", html.unescape(page))
+            self.assertTrue((root / "report-accuracy-width.png").read_bytes().startswith(PNG_SIGNATURE))
+
     def test_shipped_repro_suites_state_readable_expectations(self):
         suites = sorted((ROOT / "tasks" / "suites").glob("repro-*.json"))
         self.assertTrue(suites)
