@@ -165,11 +165,10 @@ std::vector<std::pair<size_t, std::string>> CellRunner::poll(int wait_ms) {
     // The child's run file, or a newer one another writer put there meanwhile; only when there is
     // neither does a failure record replace the previous result.
     std::string st = version_of(out) != it->before ? run_status(out) : "";
-    Json partial;
-    if (st == "running") {  // the child's record of a run it did not finish
-      partial = read_partial(out);
-      st.clear();
-    }
+    const fs::path partial_path = out.string() + ".partial";  // what the child had when it died
+    const Json partial = st.empty() && fs::exists(partial_path) ? read_partial(partial_path) : Json();
+    std::error_code ignored;
+    fs::remove(partial_path, ignored);
     if (st.empty()) {
       std::string why;
       // Under a sanitizer a crash or an allocator failure ends in a report and exit code 1, not a
