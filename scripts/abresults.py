@@ -36,7 +36,7 @@ INVALID = "invalid"  # a run file that does not follow the schema (not a status 
 
 TRAIN_METRICS = ("test_accuracy", "best_valid_accuracy", "final_train_loss", "train_seconds", "steps",
                  "tokens_per_second", "peak_bytes", "peak_rss_bytes", "parameters", "best_step",
-                 "step_seconds_median", "tokens_per_second_median_step")
+                 "step_seconds_median", "tokens_per_second_median_step", "state_bytes")
 BENCH_FIGURES = ("median_ms", "min_ms", "max_ms", "tokens_per_second", "peak_bytes", "peak_rss_bytes",
                  "flops", "gflops_per_second", "repetitions", "predicted_bytes", "predicted_peak_bytes",
                  "setup_bytes", "bytes", "fraction_of_fma_peak", "roofline_fraction")
@@ -301,9 +301,16 @@ def train_rows(runs):
                               for s in (metrics.get("test_splits") or []) if isinstance(s, dict)]
         if status != OK:
             row["test_accuracy"] = None  # a failed run is never averaged in, whatever it carries
+        row["still_improving"] = status == OK and still_improving(row["curves"])
+        data = metrics.get("data") if isinstance(metrics.get("data"), dict) else {}
+        row["floors"] = {k: number(data.get(k)) for k in ("chance_accuracy", "context_floor_accuracy")
+                         if number(data.get(k)) is not None}
         row["identity"] = train_identity(row)
         row["config"] = train_identity(row, with_seed=False)
         rows.append(row)
+    # A failed record of a run that also finished ok (a re-run, in another directory) is superseded.
+    done = {canonical(r["identity"]) for r in rows if r["status"] == OK}
+    rows = [r for r in rows if r["status"] == OK or canonical(r["identity"]) not in done]
     _label_train_rows(rows)
     return rows
 
@@ -639,3 +646,193 @@ def context_summary(runs):
         if cmd:
             commands[cmd] = commands.get(cmd, 0) + 1
     return {"fields": fields, "dates": (min(dates), max(dates)) if dates else None, "commands": commands}
+
+
+# ---------------------------------------------------------------- reproductions (issue 16)
+
+IMPROVING_DELTA = 0.01  # absolute accuracy
+SOLVED_DEFAULT = 0.99   # Zoology's early-stopping target: a run at or above it is not "still improving"
+
+
+def still_improving(curves, solved=None):
+    """True when a run's validation accuracy was still rising when it stopped: the last evaluation
+    is the best of the run and beats the best of the evaluations before the last quarter of them
+    (at least the last one) by more than IMPROVING_DELTA, and it is below the solved threshold."""
+    acc = [number(a) for a in ((curves or {}).get("valid_accuracy") or [])]
+    acc = [a for a in acc if a is not None]
+    if len(acc) < 2:
+        return False
+    last = acc[-1]
+    if last >= (SOLVED_DEFAULT if solved is None else solved) or last < max(acc):
+        return False
+    k = max(1, len(acc) // 4)
+    return last - max(acc[:-k]) > IMPROVING_DELTA + 1e-9  # not on rounding
+
+
+_TOKEN = re.compile(r"\s*(?:(?P<fn>acc|crossover|speedup)\(\s*(?P<args>[^()]*)\)|(?P<op>>=|<=|>|<)"
+                    r"|(?P<num>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?))")
+
+
+def parse_expectation(text):
+    """'acc(mamba) > acc(h3) >= 0.5' -> ([term, term, term], [op, op]); a term is ("num", x),
+    ("acc", variant), ("crossover", variant) or ("speedup", variant, seq_len). ValueError naming
+    the problem otherwise."""
+    terms, ops, pos = [], [], 0
+    text = str(text)
+    while pos < len(text.rstrip()):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            raise ValueError(f"expectation '{text}': cannot read '{text[pos:].strip()}' (expected acc(V), "
+                             f"crossover(V), speedup(V, N), a number or one of > >= < <=)")
+        pos = m.end()
+        want_term = len(terms) == len(ops)
+        if m.group("op"):
+            if want_term:
+                raise ValueError(f"expectation '{text}': '{m.group('op')}' where a value was expected")
+            ops.append(m.group("op"))
+            continue
+        if not want_term:
+            raise ValueError(f"expectation '{text}': two values without a comparison between them")
+        if m.group("num"):
+            terms.append(("num", float(m.group("num"))))
+            continue
+        args = [a.strip() for a in m.group("args").split(",")]
+        fn = m.group("fn")
+        if fn == "speedup":
+            if len(args) != 2 or not args[1].isdigit():
+                raise ValueError(f"expectation '{text}': speedup takes a variant and a length, e.g. speedup(mamba, 4096)")
+            terms.append(("speedup", args[0], int(args[1])))
+        else:
+            if len(args) != 1 or not args[0]:
+                raise ValueError(f"expectation '{text}': {fn} takes one variant name")
+            terms.append((fn, args[0]))
+    if len(terms) < 2 or len(terms) != len(ops) + 1:
+        raise ValueError(f"expectation '{text}': a comparison needs a value on each side")
+    return terms, ops
+
+
+def reproductions_of(manifests):
+    """The published results the sweeps' specs declare (spec.reproductions), with their sweep."""
+    out = []
+    for m in manifests:
+        spec = m.get("spec") if isinstance(m.get("spec"), dict) else {}
+        for e in spec.get("reproductions") or []:
+            if isinstance(e, dict):
+                out.append(dict(e, _sweep=spec.get("name")))
+    return out
+
+
+def _matches(row_settings, where):
+    for k, v in where.items():
+        if k in ("task", "variant", "direction", "reference"):
+            continue
+        if canonical(row_settings.get(k)) != canonical(v):
+            return False
+    return True
+
+
+def reproduction_values(entry, train, bench, protocol):
+    """Our values for each term of an entry's expectations: {term: {"value", "std", "n",
+    "improving", "why"}}; value None when there is none (why says so)."""
+    where = entry.get("where") if isinstance(entry.get("where"), dict) else {}
+    rows = [r for r in train if ("task" not in where or r["task"] == where["task"]) and _matches(run_settings(r), where)]
+    direction, reference = where.get("direction", "fwd_bwd"), where.get("reference", "softmax")
+    values = {}
+    for text in entry.get("expect") or []:
+        try:
+            terms, _ = parse_expectation(text)
+        except ValueError:
+            continue
+        for t in terms:
+            if t[0] == "num" or t in values:
+                continue
+            if t[0] == "acc":
+                mine = [r for r in rows if r["variant"] == t[1]]
+                groups = best_of_grid(mine, protocol["tuned"], protocol["solved"]) if mine else []
+                groups = [g for g in groups if g["best"][0] is not None]
+                if not groups:
+                    why = "not run" if not mine else ", ".join(sorted({r["status"] for r in mine}))
+                    values[t] = {"value": None, "why": f"no finished run of {t[1]} ({why})"}
+                    continue
+                g = max(groups, key=lambda g: g["best"][0])
+                ok = [r for r in mine if r["status"] == OK and r["best_valid_accuracy"] is not None]
+                lead = max(ok, key=lambda r: r["best_valid_accuracy"]) if ok else None
+                values[t] = {"value": g["best"][0], "std": g["best"][1], "n": g["best"][2],
+                             "improving": bool(lead and lead["still_improving"]), "floors": lead and lead["floors"]}
+            else:
+                mine = [b for b in bench if b["direction"] == direction and b["variant"] in (t[1], reference)]
+                cell = {}
+                for b in mine:
+                    cell.setdefault((b["variant"], b["seq_len"]), []).append(b)
+                pooled = {k: pool_bench(v) for k, v in cell.items()}
+                lens = sorted({n for (_, n) in pooled if n is not None})
+
+                def ratio(n):
+                    p, ref = pooled.get((t[1], n)), pooled.get((reference, n))
+                    if not p or not ref or p["status"] != OK or ref["status"] != OK:
+                        return None
+                    return ref["median_ms"] / p["median_ms"] if p.get("median_ms") and ref.get("median_ms") else None
+                if t[0] == "speedup":
+                    s = ratio(t[2])
+                    values[t] = {"value": s, "why": None if s is not None else
+                                 f"no ok {direction} bench of {t[1]} and {reference} at N={t[2]}"}
+                else:
+                    ratios = [(n, ratio(n)) for n in lens]
+                    if not any(s is not None for _, s in ratios):
+                        values[t] = {"value": None, "why": f"no ok {direction} bench of {t[1]} and {reference}"}
+                    else:
+                        c = crossover(ratios)
+                        # never faster: infinitely late, which fails any 'crossover(V) <= N'
+                        values[t] = {"value": float("inf") if c is None else float(c), "lengths": lens}
+    return values
+
+
+_OPS = {">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, "<=": lambda a, b: a <= b}
+
+
+def term_text(t):
+    return f"{t[1]:g}" if t[0] == "num" else f"{t[0]}({', '.join(str(x) for x in t[1:])})"
+
+
+def verdict_of(text, values):
+    """(verdict, reason) of one expectation: pass, fail, or inconclusive (a value is missing, or the
+    side expected higher is an accuracy still improving at its last evaluation)."""
+    try:
+        terms, ops = parse_expectation(text)
+    except ValueError as e:
+        return "inconclusive", str(e)
+    got = []
+    for t in terms:
+        if t[0] == "num":
+            got.append({"value": t[1]})
+        else:
+            got.append(values.get(t) or {"value": None, "why": f"{term_text(t)}: not measured"})
+    missing = [g["why"] for g in got if g["value"] is None]
+    if missing:
+        return "inconclusive", "; ".join(missing)
+    failed = []
+    for i, op in enumerate(ops):
+        a, b = got[i]["value"], got[i + 1]["value"]
+        if not _OPS[op](a, b):
+            high = terms[i] if op in (">", ">=") else terms[i + 1]
+            failed.append((i, high))
+    if not failed:
+        return "pass", ""
+    for i, high in failed:
+        h = values.get(high)
+        if high[0] == "acc" and h and h.get("improving"):
+            return "inconclusive", f"under-trained: {high[1]} still improving at its last evaluation"
+    i, _ = failed[0]
+
+    def side(k):
+        return term_text(terms[k]) + ("" if terms[k][0] == "num" else f" = {_value_text(got[k]['value'])}")
+    return "fail", f"{side(i)} {ops[i]} {side(i + 1)} does not hold"
+
+
+def _value_text(v):
+    return "never" if v == float("inf") else f"{v:.4g}"
+
+
+def entry_verdict(verdicts):
+    kinds = [v for v, _ in verdicts]
+    return "fail" if "fail" in kinds else "inconclusive" if "inconclusive" in kinds or not kinds else "pass"

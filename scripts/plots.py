@@ -304,6 +304,64 @@ def accuracy_vs_throughput(train_rows):
     return fig
 
 
+def accuracy_vs_width(train_rows):
+    """Zoology Figure 2 / Based Figure 2 shape: per task, the best test accuracy (over the
+    settings that differ besides width; mean over seeds) against model.d_model and against the
+    state a decoder carries (metrics.state_bytes), one line per variant, with the task's floors
+    (chance, context floor) as dashed lines. None when no task has two widths or a state size."""
+    ok = [r for r in train_rows if r["status"] == abresults.OK and r["test_accuracy"] is not None]
+    panels = []
+    for task, rows in sorted(_by(ok, "task_label").items()):  # (L, K) apart: one panel each
+        points = {}  # variant -> d_model -> config -> [accuracies], and state bytes
+        for r in rows:
+            d = abresults.number(r["model"].get("d_model"))
+            if d is None:
+                continue
+            cfg = abresults.canonical({k: v for k, v in abresults.run_settings(r).items() if k != "model.d_model"})
+            e = points.setdefault(r["variant"], {}).setdefault(d, {}).setdefault(cfg, {"acc": [], "state": []})
+            e["acc"].append(r["test_accuracy"])
+            if r.get("state_bytes") is not None:
+                e["state"].append(r["state_bytes"])
+        widths = {d for per in points.values() for d in per}
+        if len(widths) >= 2 or any(e["state"] for per in points.values() for c in per.values() for e in c.values()):
+            floors = next((r["floors"] for r in rows if r.get("floors")), {})
+            panels.append((task, points, floors))
+    if not panels:
+        return None
+    fig, axes = _grid(2 * len(panels), max_cols=2, cell=(5.2, 3.8))
+    handles = {}
+    for i, (task, points, floors) in enumerate(panels):
+        for j, xname in enumerate(("model.d_model", "state per sequence (bytes)")):
+            ax = axes[2 * i + j]
+            for variant, per in sorted(points.items()):
+                colour, marker = variant_style(variant)
+                xs, ys = [], []
+                for d, configs in sorted(per.items()):
+                    best = max(configs.values(), key=lambda e: statistics.mean(e["acc"]))
+                    x = d if j == 0 else (statistics.mean(best["state"]) if best["state"] else None)
+                    if x is not None:
+                        xs.append(x)
+                        ys.append(100 * statistics.mean(best["acc"]))
+                if xs:
+                    ax.plot(xs, ys, color=colour, marker=marker, label=variant)
+                    handles.setdefault(variant, Line2D([], [], color=colour, marker=marker, label=variant))
+            for name, style in (("chance_accuracy", ":"), ("context_floor_accuracy", "--")):
+                if name in floors:
+                    ax.axhline(100 * floors[name], color="grey", linestyle=style, linewidth=1)
+                    ax.annotate(name.replace("_accuracy", "").replace("_", " "), (0.01, 100 * floors[name]),
+                                xycoords=("axes fraction", "data"), fontsize=7, color="grey", va="bottom")
+            ax.set_xscale("log", base=2 if j == 0 else 10)
+            ax.xaxis.set_major_formatter(FuncFormatter(_plain))
+            ax.set_xlabel(xname)
+            ax.set_ylabel("best test accuracy (%)")
+            ax.set_ylim(-2, 102)
+            ax.set_title(_wrap(task, 60), fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+    bottom = _legend_below(fig, list(handles.values()), len(panels))
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    return fig
+
+
 def _finite_pairs(xs, ys):
     out = []
     for x, y in zip(xs or [], ys or []):

@@ -321,7 +321,7 @@ def section_accuracy(doc, train, failures, reference):
     best_avg = max((a for a, _, _ in averages.values() if a is not None), default=None)
 
     rows = []
-    any_partial = False
+    any_partial = any_rising = False
     for v in variants:
         row = [Cell(v)]
         for t in tasks:
@@ -340,6 +340,11 @@ def section_accuracy(doc, train, failures, reference):
             seeds = {abresults.canonical(r["seed"]) for r in rs if r["status"] == OK and r["test_accuracy"] is not None}
             runs_of = f" runs of {len(seeds)} seed{'s' if len(seeds) != 1 else ''}" if len(seeds) < n else ""
             text = fmt_pct(mean) + (f" ± {fmt_pct(std)}" if std is not None else "") + f" (n={n}{runs_of})"
+            rising = sum(1 for r in rs if r["still_improving"])
+            if rising:
+                any_rising = True
+                text += f" ↑{rising}"
+                attrs["data-still-improving"] = str(rising)
             attrs["data-mean"] = f"{mean:.6f}"
             attrs["data-n"] = str(n)
             is_best = best[t] is not None and abs(mean - best[t]) < 1e-12
@@ -383,7 +388,30 @@ def section_accuracy(doc, train, failures, reference):
           f"section, and never counted as 0 nor averaged in. A variant without a result on every task column "
           f"gets no average (\"incomplete\"; the tooltip says why)."
           + (" † = the average includes a task where some seeds failed; those seeds are left out of that task's"
-             " mean (the cell lists them after '+')." if any_partial else ""))
+             " mean (the cell lists them after '+')." if any_partial else "")
+          + (f" ↑k = k runs of the cell were still improving at their last evaluation (the last validation "
+             f"accuracy is the run's best and beats the best before the last quarter of its evaluations by more "
+             f"than {abresults.IMPROVING_DELTA:g}): under-trained, not converged." if any_rising else ""))
+    floors = floors_text(train)
+    if floors:
+        doc.p("Floors of the probe tasks (from the run files' data): " + floors + ".")
+
+
+def floors_text(train):
+    """'mqar (seq_len=64, ...): chance 0.39 %, context floor (1/K) 25.00 %; ...' per task label."""
+    seen = {}
+    for r in train:
+        if r["floors"] and r["task_label"] not in seen:
+            seen[r["task_label"]] = r["floors"]
+    parts = []
+    for label, f in sorted(seen.items()):
+        items = []
+        if "chance_accuracy" in f:
+            items.append(f"chance {fmt_pct(f['chance_accuracy'])} %")
+        if "context_floor_accuracy" in f:
+            items.append(f"context floor {fmt_pct(f['context_floor_accuracy'])} % (any value seen in the context)")
+        parts.append(f"{label}: " + ", ".join(items))
+    return "; ".join(parts)
 
 
 def section_training(doc, train, failures, reference):
@@ -444,6 +472,52 @@ def section_best_of_grid(doc, train, protocol):
                      Cell("; ".join(notes), cls="label")])
     doc.table(["task", "variant", "best-of-grid test accuracy %", "won", "solved %", "notes"], rows,
               table_id="best-of-grid")
+
+
+def section_reproductions(doc, train, bench, manifests):
+    """Per published result a sweep declares (spec.reproductions): the published values, ours
+    (best of the tuned grid: mean ± std over seeds), each expected ordering's verdict and reason."""
+    entries = abresults.reproductions_of(manifests)
+    if not entries:
+        return
+    protocol = abresults.protocol_of(manifests)
+    doc.h(2, "Reproductions", "reproductions")
+    doc.p("Published results as the sweep specs state them, beside ours: accuracy is the best of the tuned grid "
+          "(by validation accuracy, per seed; mean ± std over seeds); crossover(V) = the shortest length from which "
+          "V stays faster than softmax; speedup(V, N) = softmax time / V time at N. Verdict per expectation: pass, "
+          "fail, or inconclusive (no finished run, or the side expected higher is an accuracy still improving at "
+          "its last evaluation: ↑). A result passes when all its expectations pass and fails when one fails.")
+    rows, verdict_count = [], {}
+    for e in entries:
+        values = abresults.reproduction_values(e, train, bench, protocol)
+        verdicts = [(text,) + abresults.verdict_of(text, values) for text in e.get("expect") or []]
+        verdict = abresults.entry_verdict([(v, why) for _, v, why in verdicts])
+        verdict_count[verdict] = verdict_count.get(verdict, 0) + 1
+        ours = []
+        for t, v in values.items():
+            if v["value"] is None:
+                continue
+            if t[0] == "acc":
+                ours.append(f"{t[1]} {fmt_pct(v['value'])}" + (f" ± {fmt_pct(v['std'])}" if v.get("std") is not None
+                                                                 else "") + f" (n={v['n']})" +
+                            (" ↑" if v.get("improving") else ""))
+            else:
+                ours.append(f"{abresults.term_text(t)} = {abresults._value_text(v['value'])}")
+        floors = next((v["floors"] for v in values.values() if v.get("floors")), None)
+        if floors:
+            ours.append("floors: " + ", ".join(f"{k.replace('_accuracy', '').replace('_', ' ')} {fmt_pct(x)} %"
+                                               for k, x in floors.items()))
+        published = e.get("published")
+        pub = abresults.params_text(published) if isinstance(published, dict) else str(published or "-")
+        exp = "; ".join(f"{text}: {v}" + (f" ({why})" if why else "") for text, v, why in verdicts)
+        source = f"{e.get('source', '?')}" + (f", {e['table']}" if e.get("table") else "")
+        rows.append([Cell(e.get("id", "?"), cls="label"), Cell(source, cls="label"), Cell(pub, cls="label"),
+                     Cell("; ".join(ours) or "-", cls="label"), Cell(exp, cls="label"),
+                     Cell(verdict, cls={"pass": "best", "fail": "fail"}.get(verdict, "missing"),
+                          attrs={"data-verdict": verdict, "data-id": str(e.get("id", "?"))})])
+    doc.table(["result", "source", "published", "ours", "expected: verdict (reason)", "verdict"], rows,
+              table_id="reproductions")
+    doc.p("Verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(verdict_count.items())) + ".")
 
 
 def section_test_splits(doc, train):
@@ -651,6 +725,11 @@ def section_train_figures(doc, train):
     if fig is None:
         doc.p("No finished train run with both accuracy and throughput.")
     doc.figure("accuracy-throughput", fig, "Test accuracy vs training tokens/s; marker area ∝ peak memory")
+    fig = plots.accuracy_vs_width(train)
+    if fig is not None:
+        doc.h(3, "Accuracy vs width and vs state size (Zoology / Based Figure 2 shape)")
+        doc.figure("accuracy-width", fig, "Best test accuracy vs model width and vs the state a decoder carries, "
+                   "per task; dashed: the context floor, dotted: chance")
     doc.h(3, "Training curves")
     for i, task in enumerate(sorted({r["task_label"] for r in train}, key=task_sort_key), 1):
         rows = [r for r in train if r["task_label"] == task]
@@ -795,6 +874,7 @@ def build(runs, paths, title, reference, baseline=None, baseline_paths=(), thres
           + (", comparison" if baseline is not None else "") + ", context.")
     section_accuracy(doc, train, failures, reference)
     section_best_of_grid(doc, train, abresults.protocol_of(manifests))
+    section_reproductions(doc, train, bench, manifests)
     section_test_splits(doc, train)
     if train:
         section_training(doc, train, failures, reference)

@@ -73,6 +73,9 @@ class AssociativeRecall : public ab::SplitTask {
         null_int_param("valid_size", "validation examples; null = 500", 1, 1e10),
         null_int_param("test_size", "test examples; null = 500", 1, 1e10),
     };
+    // The training targets are the next tokens (input = seq[:-1], target = seq[1:]): causal models,
+    // as in safari, and no dropout.
+    s.defaults = {{"model", {{"dropout", 0.0}, {"causal", true}}}};
     return s;
   }
 
@@ -109,12 +112,14 @@ class AssociativeRecall : public ab::SplitTask {
   }
 
   ab::TaskKind kind() const override { return ab::TaskKind::per_position; }
+  // train_targets=answer scores only the last position, whose target is not in the input.
+  bool targets_in_input() const override { return !answer_only_train_; }
   int64_t vocab_size() const override { return vocab_ + 1; }
   int64_t num_classes() const override { return vocab_ + 1; }
   int64_t seq_len() const override { return length_of(std::max(L_train_, L_test_)) - 1; }
   Json stats() const override {
     Json j = {{"copy_prefix_id", N_ + 1}, {"noop_id", N_ + 2}, {"key_ids", {1, n_keys_}},
-              {"value_ids", {n_keys_ + 1, N_}}};
+              {"value_ids", {n_keys_ + 1, N_}}, {"chance_accuracy", 1.0 / static_cast<double>(n_values_)}};
     if (dedupe_) j["dedupe_draws"] = {draws_[0], draws_[1], draws_[2]};
     return j;
   }

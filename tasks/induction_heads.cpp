@@ -76,6 +76,9 @@ class InductionHeads : public ab::SplitTask {
         null_int_param("valid_size", "validation examples; null = 500 (small) / 1,000 (mamba)", 1, 1e10),
         null_int_param("test_size", "test examples; null = 500 (small) / 1,000 (mamba)", 1, 1e10),
     };
+    // The training targets are the next tokens (input = seq[:-1], target = seq[1:]): causal models,
+    // as in safari, and no dropout.
+    s.defaults = {{"model", {{"dropout", 0.0}, {"causal", true}}}};
     return s;
   }
 
@@ -102,11 +105,14 @@ class InductionHeads : public ab::SplitTask {
   }
 
   ab::TaskKind kind() const override { return ab::TaskKind::per_position; }
+  // Every copied token but the last is also the next input token.
+  bool targets_in_input() const override { return !answer_only_train_ || ilen_ > 1; }
   int64_t vocab_size() const override { return vocab_ + 1; }
   int64_t num_classes() const override { return vocab_ + 1; }
   int64_t seq_len() const override { return std::max(L_train_, L_test_) + ilen_; }
   Json stats() const override {
-    Json j = {{"copy_prefix_id", N_ + 1}, {"ordinary_ids", {1, N_}}, {"scored_per_test_example", ilen_}};
+    Json j = {{"copy_prefix_id", N_ + 1}, {"ordinary_ids", {1, N_}}, {"scored_per_test_example", ilen_},
+              {"chance_accuracy", 1.0 / static_cast<double>(N_)}};
     if (dedupe_) j["dedupe_draws"] = {draws_[0], draws_[1], draws_[2]};
     return j;
   }

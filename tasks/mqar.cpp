@@ -67,6 +67,8 @@ class Mqar : public ab::SplitTask {
         null_int_param("valid_size", "validation examples; null = 1,000 (small) / 3,000 (paper)", 1, 1e10),
         null_int_param("test_size", "test examples; null = 1,000 (small) / 3,000 (paper)", 1, 1e10),
     };
+    // The field trains these probes without dropout (Zoology, safari), not with LRA's 0.1.
+    s.defaults = {{"model", {{"dropout", 0.0}}}};
     return s;
   }
 
@@ -105,7 +107,11 @@ class Mqar : public ab::SplitTask {
   int64_t num_classes() const override { return V_; }
   int64_t seq_len() const override { return L_; }
   Json stats() const override {
-    return {{"query_space", space_}, {"context_length", 2 * K_ * P_}, {"scored_per_example", K_}};
+    // Floors: a uniform guess among the V - V/2 value ids, and a model that knows the K values in the
+    // context but not which key each belongs to (Zoology's gated convolutions at small width sit here).
+    return {{"query_space", space_}, {"context_length", 2 * K_ * P_}, {"scored_per_example", K_},
+            {"chance_accuracy", 1.0 / static_cast<double>(V_ - V_ / 2)},
+            {"context_floor_accuracy", 1.0 / static_cast<double>(K_)}};
   }
 
   ab::Example example(ab::Split s, int64_t index) const override {

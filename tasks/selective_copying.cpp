@@ -59,6 +59,8 @@ class SelectiveCopying : public ab::SplitTask {
         ab::int_param("valid_size", 1000, "validation examples (S4: n_eval 1,000)", 1, 1e10),
         ab::int_param("test_size", 1000, "test examples", 1, 1e10),
     };
+    // The field trains these probes without dropout (Zoology, safari), not with LRA's 0.1.
+    s.defaults = {{"model", {{"dropout", 0.0}}}};
     return s;
   }
 
@@ -76,7 +78,11 @@ class SelectiveCopying : public ab::SplitTask {
   int64_t num_classes() const override { return A_ + 1; }
   int64_t seq_len() const override { return L_ + 2 * M_; }
   Json stats() const override {
-    return {{"noise_id", 1}, {"data_ids", {2, A_ - 1}}, {"marker_id", A_}, {"scored_per_example", M_}};
+    // Floors: a uniform guess among the A - 2 data ids, and a model that knows the M data tokens but
+    // not their order (1/M, ignoring repeats).
+    return {{"noise_id", 1}, {"data_ids", {2, A_ - 1}}, {"marker_id", A_}, {"scored_per_example", M_},
+            {"chance_accuracy", 1.0 / static_cast<double>(A_ - 2)},
+            {"context_floor_accuracy", 1.0 / static_cast<double>(M_)}};
   }
 
   ab::Example example(ab::Split s, int64_t index) const override {

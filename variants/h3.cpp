@@ -69,9 +69,9 @@ class H3 final : public ab::Mixer {
     ab::Tensor aim = ab::Tensor::empty({H_ * n_});
     for (int64_t h = 0; h < H_; ++h)
       for (int64_t m = 0; m < n_; ++m) aim[h * n_ + m] = static_cast<float>(std::numbers::pi * m);
-    log_dt_ = add_param("log_dt", log_dt);
-    log_a_re_ = add_param("log_a_re", ab::Tensor::full({H_ * n_}, static_cast<float>(std::log(0.5))));
-    a_im_ = add_param("a_im", aim);
+    log_dt_ = add_param("log_dt", log_dt, Decay::none);
+    log_a_re_ = add_param("log_a_re", ab::Tensor::full({H_ * n_}, static_cast<float>(std::log(0.5))), Decay::none);
+    a_im_ = add_param("a_im", aim, Decay::none);
     c_fwd_ = add_param("c_fwd", ab::init_normal({H_, n_, 2}, static_cast<float>(std::sqrt(0.5)), stream(6)));
     c_bwd_ = add_param("c_bwd", ab::init_normal({H_, n_, 2}, static_cast<float>(std::sqrt(0.5)), stream(7)));
     skip_ = add_param("skip", ab::init_normal({H_}, 1.0f, stream(8)));

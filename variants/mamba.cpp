@@ -110,12 +110,12 @@ class Mamba final : public ab::Mixer {
         dt = std::max(dt, 1e-4);
         bias[c] = static_cast<float>(dt + std::log(-std::expm1(-dt)));
       }
-      br.dt_bias = add_param(p + "dt_bias", bias);
+      br.dt_bias = add_param(p + "dt_bias", bias, Decay::none);
       ab::Tensor a_log = ab::Tensor::empty({inner_, n_});
       for (int64_t c = 0; c < inner_; ++c)
         for (int64_t s = 0; s < n_; ++s) a_log[c * n_ + s] = std::log(static_cast<float>(s + 1));
-      br.a_log = add_param(p + "A_log", a_log);
-      br.d = add_param(p + "D", ab::Tensor::full({inner_}, 1.f));
+      br.a_log = add_param(p + "A_log", a_log, Decay::none);
+      br.d = add_param(p + "D", ab::Tensor::full({inner_}, 1.f), Decay::none);
     }
   }
 

@@ -79,9 +79,9 @@ class Mamba2 final : public ab::Mixer {
       dt_bias[h] = static_cast<float>(dt + std::log(-std::expm1(-dt)));  // softplus^-1(dt)
       a_log[h] = static_cast<float>(std::log(a_min + r.uniform_double() * (a_max - a_min)));
     }
-    dt_bias_ = add_param("dt_bias", dt_bias);
-    a_log_ = add_param("A_log", a_log);
-    d_skip_ = add_param("D", ab::Tensor::full({H_}, 1.f));
+    dt_bias_ = add_param("dt_bias", dt_bias, Decay::none);
+    a_log_ = add_param("A_log", a_log, Decay::none);
+    d_skip_ = add_param("D", ab::Tensor::full({H_}, 1.f), Decay::none);
     norm_w_ = add_param("norm_weight", ab::Tensor::full({di_}, 1.f));
     norm_b_ = add_param("norm_bias", ab::Tensor::zeros({di_}));
   }

@@ -43,9 +43,9 @@ class S4d final : public ab::Mixer {
     for (int64_t c = 0; c < d_; ++c)
       for (int64_t m = 0; m < n_; ++m)
         aim[c * n_ + m] = static_cast<float>(inv ? ns / pi * (ns / (2.0 * m + 1.0) - 1.0) : pi * m);
-    log_dt_ = add_param("log_dt", log_dt);
-    log_a_re_ = add_param("log_a_re", lar);
-    a_im_ = add_param("a_im", aim);
+    log_dt_ = add_param("log_dt", log_dt, Decay::none);
+    log_a_re_ = add_param("log_a_re", lar, Decay::none);
+    a_im_ = add_param("a_im", aim, Decay::none);
     // Complex normal with variance 1: real and imaginary parts N(0, 1/2).
     c_fwd_ = add_param("c_fwd", ab::init_normal({d_, n_, 2}, static_cast<float>(std::sqrt(0.5)), stream(1)));
     c_bwd_ = add_param("c_bwd", ab::init_normal({d_, n_, 2}, static_cast<float>(std::sqrt(0.5)), stream(2)));

@@ -188,7 +188,7 @@ class ModelStepCell final : public BenchCell {
     model_params["mlp_dim"] = kTrainStepModel.mlp_dim;
     model_params["causal"] = s.causal;
     model_ = std::make_unique<Model>(model_params, spec, params, task_, seed);
-    opt_ = std::make_unique<AdamW>(model_->parameters(), train_params_);
+    opt_ = std::make_unique<AdamW>(model_->parameters(), train_params_, model_->no_decay_names());
     std::vector<int64_t> idx;
     for (int64_t i = 0; i < s.batch; ++i) idx.push_back(i);
     batch_ = make_batch(task_, Split::train, idx);

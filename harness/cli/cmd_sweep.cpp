@@ -111,7 +111,8 @@ int cmd_sweep(int argc, char** argv, int first) {
     // A cell that runs again keeps its previous status in the manifest until it finishes.
     const std::string st = run_status(dir / "runs" / (c.id + ".json"));
     if (!st.empty()) status[c.id] = st;
-    if (st.empty() || !args.has("resume")) todo.push_back(k);
+    // "running": a partial record left by a cell the sweep did not see finish (killed with it).
+    if (st.empty() || st == "running" || !args.has("resume")) todo.push_back(k);
   }
   write_manifest();
   const size_t total = order.size(), skipped = total - todo.size();

@@ -1,4 +1,6 @@
 // `train`: one variant on one task; writes the run file even when the run fails.
+#include <cstdio>
+
 #include <fmt/format.h>
 
 #include "args.hpp"
@@ -25,9 +27,19 @@ int cmd_train(int argc, char** argv, int first) {
                                            static_cast<uint64_t>(args.get_int("seed", 0, 0, INT64_MAX)),
                                            static_cast<int>(args.get_int("threads", 0, 0, kMaxThreads)));
   check_writable(out);
-  Json doc = train_run(cfg, !args.has("quiet"));
-  doc["context"] = run_context(std::vector<std::string>(argv, argv + argc));
+  const Json context = run_context(std::vector<std::string>(argv, argv + argc));
+  // The run so far goes to OUT.partial as it goes (OUT keeps any previous result until the run
+  // ends): a run killed by a time limit (a sweep's) leaves its resolved task, its curve and status
+  // "running" for the failure record.
+  const std::string partial_path = out + ".partial";
+  Json doc = train_run(cfg, !args.has("quiet"), nullptr, [&](const Json& partial) {
+    Json p = partial;
+    p["context"] = context;
+    write_json_atomic(partial_path, p);
+  });
+  doc["context"] = context;
   write_json_atomic(out, doc);
+  std::remove(partial_path.c_str());
   const Json& m = doc["metrics"];
   if (doc["status"] == "ok") {
     fmt::print("{} on {}: test accuracy {:.4f} (best valid {:.4f} at step {}), {:.1f} s training, {:.0f} tokens/s, "

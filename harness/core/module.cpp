@@ -11,9 +11,17 @@ std::vector<std::pair<std::string, Var>> Module::parameters() const {
   return out;
 }
 
-Var& Module::add_param(std::string name, Tensor init) {
+Var& Module::add_param(std::string name, Tensor init, Decay decay) {
+  if (decay == Decay::none) no_decay_.push_back(name);
   params_.emplace_back(std::move(name), Var(std::move(init), true));
   return params_.back().second;
+}
+
+std::vector<std::string> Module::no_decay_names() const {
+  auto out = no_decay_;
+  for (const auto& [name, child] : children_)
+    for (auto& n : child->no_decay_names()) out.push_back(name + "." + n);
+  return out;
 }
 
 void Module::add_child(std::string name, Module* child) { children_.emplace_back(std::move(name), child); }

@@ -32,6 +32,7 @@ Json run_header(const RunConfig& cfg) {
   doc["variant"] = {{"name", cfg.variant}, {"params", valid_utf8_json(cfg.variant_params)}};
   if (!cfg.layers.empty()) doc["variant"]["layers"] = cfg.layers;
   doc["task"] = {{"name", cfg.task}, {"params", valid_utf8_json(cfg.task_params)}};
+  if (!cfg.task_defaults.empty()) doc["task"]["defaults_applied"] = cfg.task_defaults;
   doc["model"] = valid_utf8_json(cfg.model_params);
   doc["train"] = valid_utf8_json(cfg.train_params);
   doc["seed"] = cfg.seed;

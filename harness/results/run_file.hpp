@@ -14,6 +14,7 @@ struct RunConfig {
   std::string variant, task;
   Json variant_params, task_params, model_params, train_params;
   std::vector<std::string> layers;  // the variant of each layer (model.mixers resolved)
+  Json task_defaults = Json::object();  // {"model.dropout": 0, ...}: the task's defaults the run took
   uint64_t seed = 0;
   int threads = 0;
 };

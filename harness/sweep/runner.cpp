@@ -21,6 +21,7 @@
 #include <fmt/format.h>
 
 #include "bench/bench.hpp"
+#include "core/json_input.hpp"
 #include "core/utf8.hpp"
 #include "train/train.hpp"
 
@@ -40,14 +41,27 @@ std::string tail_of(const fs::path& log, size_t lines) {
 }
 
 // A record for a cell whose child died without writing its run file: the identity fields the
-// run would have written, so that reports place the failed cell where its result would be.
+// run would have written, so that reports place the failed cell where its result would be. When
+// the child left a partial record (status "running": its resolved task parameters, the curves so
+// far), the failure record keeps those instead of the unresolved spec.
 Json failure_record(const SweepCell& c, const std::string& status, const std::string& error,
-                    const std::vector<std::string>& argv) {
+                    const std::vector<std::string>& argv, const Json& partial) {
   Json doc;
+  if (c.kind == "train" && partial.is_object() && partial.value("status", "") == "running") {
+    doc = partial;
+    Json context = run_context(argv);
+    context["threads"] = c.threads > 0 ? c.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    Json metrics = doc.value("metrics", Json::object());
+    mark_failed(doc, status, error, std::move(context));
+    doc["metrics"] = std::move(metrics);
+    return doc;
+  }
   if (c.kind == "train") {
     std::vector<std::string> sets;
     for (const auto& [k, v] : c.set.items()) sets.push_back(k + "=" + (v.is_string() ? v.get<std::string>() : v.dump()));
-    doc = run_header(resolve_run_config(c.variant, c.task, sets, c.seed, c.threads));
+    RunConfig cfg = resolve_run_config(c.variant, c.task, sets, c.seed, c.threads);
+    cfg.task_params = resolved_task_params(cfg);
+    doc = run_header(cfg);
   } else {
     BenchShape shape;
     shape.batch = c.bench.value("batch", shape.batch);
@@ -65,6 +79,15 @@ Json failure_record(const SweepCell& c, const std::string& status, const std::st
 }
 
 std::string signal_text(int sig) { return fmt::format("signal {} ({})", sig, strsignal(sig)); }
+
+Json read_partial(const fs::path& p) {
+  std::ifstream f(p);
+  try {
+    return parse_json_input(std::string(std::istreambuf_iterator<char>(f), {}), p.string());
+  } catch (const std::exception&) {
+    return Json();
+  }
+}
 
 }  // namespace
 
@@ -142,6 +165,10 @@ std::vector<std::pair<size_t, std::string>> CellRunner::poll(int wait_ms) {
     // The child's run file, or a newer one another writer put there meanwhile; only when there is
     // neither does a failure record replace the previous result.
     std::string st = version_of(out) != it->before ? run_status(out) : "";
+    const fs::path partial_path = out.string() + ".partial";  // what the child had when it died
+    const Json partial = st.empty() && fs::exists(partial_path) ? read_partial(partial_path) : Json();
+    std::error_code ignored;
+    fs::remove(partial_path, ignored);
     if (st.empty()) {
       std::string why;
       // Under a sanitizer a crash or an allocator failure ends in a report and exit code 1, not a
@@ -170,7 +197,7 @@ std::vector<std::pair<size_t, std::string>> CellRunner::poll(int wait_ms) {
       if (!tail.empty()) why += "; last output:\n" + tail;
       std::vector<std::string> cmd = c.command(out.string());
       cmd.insert(cmd.begin(), "attnbench");
-      write_json_atomic(out.string(), failure_record(c, st, why, cmd));
+      write_json_atomic(out.string(), failure_record(c, st, why, cmd, partial));
     }
     ended.emplace_back(it->cell, st);
     running_.erase(it);

@@ -73,6 +73,15 @@ void require_keys(const Json& obj, const std::vector<std::string>& allowed, cons
 
 // Applies one assignment ("variant", "task", "seed", "threads" or "group.key") to a cell.
 void assign(SweepCell& c, const std::string& key, const Json& given, const std::string& where) {
+  // grid.case: each value a bundle of settings that go together (one task's own axes beside
+  // another's, e.g. MQAR's (L, K) pairs and selective copying in one grid).
+  if (key == "case") {
+    if (!given.is_object() || given.empty() || given.contains("case"))
+      throw UsageError(fmt::format("sweep spec: {}: a 'case' must be an object of settings, e.g. "
+                                   "{{\"task\": \"mqar\", \"task.seq_len\": 64}}, got {}", where, given.dump()));
+    for (const auto& [k, v] : given.items()) assign(c, k, v, where);
+    return;
+  }
   const Json v = normal_number(given);
   if (v.is_number_float() && !std::isfinite(v.get<double>()))
     throw UsageError(
@@ -164,13 +173,14 @@ SweepSpec parse_and_expand(const std::string& text, const std::string& origin, c
   const Json spec = parse_json_input(text, fmt::format("sweep spec {}", origin));
   require_keys(spec,
                {"name", "description", "plugins", "base", "grid", "per_variant", "per_task", "exclude", "limits",
-                "bench", "protocol"},
+                "bench", "protocol", "reproductions", "protocol_notes"},
                "the spec");
   const std::pair<const char*, Json::value_t> kinds[] = {
       {"name", Json::value_t::string},   {"description", Json::value_t::string}, {"base", Json::value_t::object},
       {"grid", Json::value_t::object},   {"per_variant", Json::value_t::object}, {"per_task", Json::value_t::object},
       {"exclude", Json::value_t::array}, {"limits", Json::value_t::object},      {"bench", Json::value_t::object},
-      {"protocol", Json::value_t::object}, {"plugins", Json::value_t::array}};
+      {"protocol", Json::value_t::object}, {"plugins", Json::value_t::array},
+      {"reproductions", Json::value_t::array}, {"protocol_notes", Json::value_t::string}};
   for (const auto& [key, kind] : kinds)
     if (spec.contains(key) && spec[key].type() != kind)
       throw UsageError(fmt::format("sweep spec {}: '{}' must be of type {}, got {}", origin, key, Json(kind).type_name(),
@@ -234,6 +244,25 @@ SweepSpec parse_and_expand(const std::string& text, const std::string& origin, c
     if (p.contains("solved") && (!p["solved"].is_number() || p["solved"].get<double>() < 0 || p["solved"].get<double>() > 1))
       throw UsageError(fmt::format("sweep spec {}: protocol.solved must be an accuracy in [0, 1], got {}", origin,
                                    p["solved"].dump()));
+  }
+  // Published results the report checks (scripts/abresults.py reads the expectations' grammar):
+  // here only their shape, so that a typo fails before hours of runs.
+  for (const auto& e : spec.value("reproductions", Json::array())) {
+    if (!e.is_object()) throw UsageError(fmt::format("sweep spec {}: reproductions must list objects", origin));
+    require_keys(e, {"id", "source", "table", "where", "published", "expect", "note"}, "a reproduction");
+    if (!e.contains("id") || !e["id"].is_string() || !e.contains("source") || !e["source"].is_string())
+      throw UsageError(fmt::format("sweep spec {}: a reproduction needs a string id and source, got {}", origin,
+                                   e.dump()));
+    if (e.contains("where") && !e["where"].is_object())
+      throw UsageError(fmt::format("sweep spec {}: reproduction '{}': where must be an object of settings", origin,
+                                   e["id"].get<std::string>()));
+    const Json expect = e.value("expect", Json());
+    bool strings = expect.is_array() && !expect.empty();
+    for (const auto& x : expect) strings = strings && x.is_string();
+    if (!strings)
+      throw UsageError(fmt::format("sweep spec {}: reproduction '{}': expect must list comparisons, e.g. "
+                                   "\"acc(softmax) > acc(mamba)\"",
+                                   origin, e["id"].get<std::string>()));
   }
   const Json per_variant = spec.value("per_variant", Json::object()), per_task = spec.value("per_task", Json::object());
   const Json exclude = spec.value("exclude", Json::array());

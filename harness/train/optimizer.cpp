@@ -10,7 +10,9 @@ namespace ab {
 
 double lr_at(const Json& tp, int64_t step) {  // step is 1-based
   const double lr = tp["lr"].get<double>();
-  const int64_t warmup = tp["warmup"].get<int64_t>(), steps = tp["steps"].get<int64_t>();
+  // The decay's horizon is its own setting, so that more steps need not mean another curve.
+  const int64_t warmup = tp["warmup"].get<int64_t>(), horizon = tp.value("schedule_steps", int64_t{0}),
+                steps = horizon > 0 ? horizon : tp["steps"].get<int64_t>();
   const double t = static_cast<double>(step);
   const double warm = warmup > 0 ? std::min(1.0, t / static_cast<double>(warmup)) : 1.0;
   const double frac = steps > warmup ? std::clamp((t - warmup) / static_cast<double>(steps - warmup), 0.0, 1.0) : 0.0;
@@ -22,9 +24,10 @@ double lr_at(const Json& tp, int64_t step) {  // step is 1-based
   return lr * warm * g;
 }
 
-AdamW::AdamW(std::vector<std::pair<std::string, Var>> p, const Json& tp)
+AdamW::AdamW(std::vector<std::pair<std::string, Var>> p, const Json& tp, const std::vector<std::string>& no_decay)
     : params(std::move(p)), beta1(tp["beta1"]), beta2(tp["beta2"]), eps(tp["eps"]), wd(tp["weight_decay"]) {
   for (auto& [n, var] : params) {
+    decay.push_back(var.rank() >= 2 && std::find(no_decay.begin(), no_decay.end(), n) == no_decay.end());
     m.push_back(Tensor::zeros(var.shape()));
     v.push_back(Tensor::zeros(var.shape()));
   }
@@ -45,14 +48,13 @@ double AdamW::step(double lr, double clip) {
   for (size_t k = 0; k < params.size(); ++k) {
     Var& var = params[k].second;
     if (!var.grad().defined()) continue;
-    const bool decay = var.rank() >= 2;
     float* w = var.value_mut().data();
     const float* g = var.grad().data();
     float* mp = m[k].data();
     float* vp = v[k].data();
     const float b1 = static_cast<float>(beta1), b2 = static_cast<float>(beta2);
     const float step_size = static_cast<float>(lr / bc1), inv_bc2 = static_cast<float>(1.0 / bc2);
-    const float e = static_cast<float>(eps), decay_mul = decay ? static_cast<float>(1.0 - lr * wd) : 1.f;
+    const float e = static_cast<float>(eps), decay_mul = decay[k] ? static_cast<float>(1.0 - lr * wd) : 1.f;
     kernels::parallel_for(var.value().numel(), kernels::kGrain, [&](int64_t b, int64_t end) {
       for (int64_t i = b; i < end; ++i) {
         const float gi = g[i] * gscale;

@@ -30,13 +30,17 @@ std::vector<ParamSpec> train_param_specs() {
       int_param("steps", 1000, "optimiser steps", 1, 1e9),
       int_param("batch_size", 32, "examples per step (and per evaluation batch)", 1, 1 << 20),
       num_param("lr", 1e-3, "peak learning rate", 0.0, 10.0),
-      num_param("weight_decay", 0.01, "AdamW decoupled weight decay (matrices and embeddings only)", 0.0, 10.0),
+      num_param("weight_decay", 0.01, "AdamW decoupled weight decay (matrices and embeddings only; not SSM dynamics such as A_log)", 0.0, 10.0),
       num_param("beta1", 0.9, "AdamW first-moment decay", 0.0, 0.999999),
       num_param("beta2", 0.98, "AdamW second-moment decay (LRA: 0.98)", 0.0, 0.999999),
       num_param("eps", 1e-9, "AdamW epsilon (LRA: 1e-9)", 0.0, 1.0),
       int_param("warmup", 100, "linear warm-up steps", 0, 1e9),
       enum_param("schedule", "cosine", {"cosine", "rsqrt", "linear", "constant"},
                  "decay after warm-up: cosine to 0, rsqrt (LRA text tasks), linear to 0, or constant"),
+      int_param("schedule_steps", 0,
+                "the step at which cosine and linear reach 0 (0 = train.steps): fix it to train longer, or stop "
+                "earlier, on the same learning-rate curve",
+                0, 1e9),
       num_param("clip_norm", 1.0, "clip the global gradient norm to this (0 = off)", 0.0, 1e9),
       enum_param("matmul_precision", "fp32", {"fp32", "bf16"},
                  "inputs of the oneDNN GEMMs (projections, MLPs, dense attention): bf16 rounds them to bfloat16 "
@@ -44,6 +48,9 @@ std::vector<ParamSpec> train_param_specs() {
       int_param("eval_every", 100, "steps between validations (the last step is always validated)", 1, 1e9),
       int_param("valid_examples", 1000, "validation examples per evaluation (0 = the whole split)", 0, 1e9),
       int_param("test_examples", 0, "test examples for the final evaluation (0 = the whole split)", 0, 1e9),
+      bool_param("allow_target_leak", false,
+                 "run a task whose targets are later input tokens (induction_heads, associative_recall) with "
+                 "model.causal=false, which lets the model read its targets"),
       num_param("target_accuracy", 0.0, "stop early once validation accuracy reaches this (0 = off)", 0.0, 1.0),
       ParamSpec{"test_at", ParamType::string, "",
                 "further test splits at other task settings, e.g. 'seq_len=512,num_kv_pairs=64;seq_len=1024' "
@@ -99,6 +106,14 @@ RunConfig resolve_run_config(const std::string& variant, const std::string& task
     given[group][key] = value;
   }
   RunConfig c;
+  // The task's recommended settings (TaskSpec::defaults) where the user gave none.
+  for (const char* group : {"model", "train"})
+    if (ts.defaults.contains(group))
+      for (const auto& [k, v] : ts.defaults[group].items())
+        if (!given[group].contains(k)) {
+          given[group][k] = v;
+          c.task_defaults[std::string(group) + "." + k] = v;
+        }
   c.variant = variant;
   c.task = task;
   c.variant_params = resolve_params(vs.params, given["variant"], fmt::format("variant '{}'", variant));
@@ -147,16 +162,51 @@ double evaluate(Model& model, const Task& task, Split split, int64_t count, int6
 
 }  // namespace
 
-void check_run_config(const RunConfig& cfg) {
-  // Split sizes only scale the data some tasks generate up front (ListOps: seconds): the check
-  // builds the task at their minimum.
+namespace {
+// A task whose targets are later input tokens needs a causal model, or the user's explicit word.
+void check_target_leak(const RunConfig& cfg, const Task& task) {
+  if (!task.targets_in_input() || cfg.model_params.value("causal", false) ||
+      cfg.train_params.value("allow_target_leak", false))
+    return;
+  throw UsageError(fmt::format(
+      "task '{}' with these parameters scores later input tokens (next-token targets), so model.causal=false "
+      "lets the model read its own targets; use model.causal=true (the task's default), or set "
+      "train.allow_target_leak=true to run it anyway",
+      cfg.task));
+}
+}  // namespace
+
+namespace {
+bool is_split_size(const ParamSpec& p) {
+  return (p.name == "train_size" || p.name == "valid_size" || p.name == "test_size") && p.type == ParamType::integer;
+}
+// Split sizes only scale the data some tasks generate up front (ListOps: seconds): checks build the
+// task at their minimum.
+std::unique_ptr<Task> make_small_task(const RunConfig& cfg) {
   const TaskSpec& ts = TaskRegistry::instance().get(cfg.task);
   Json task_params = cfg.task_params;
   for (const ParamSpec& p : ts.params)
-    if ((p.name == "train_size" || p.name == "valid_size" || p.name == "test_size") && p.type == ParamType::integer)
-      task_params[p.name] = static_cast<int64_t>(std::max(1.0, p.min));
+    if (is_split_size(p)) task_params[p.name] = static_cast<int64_t>(std::max(1.0, p.min));
+  return ts.make(task_params, cfg.seed);
+}
+}  // namespace
+
+Json resolved_task_params(const RunConfig& cfg) {
+  Json out = cfg.task_params;
   try {
-    const auto task = ts.make(task_params, cfg.seed);
+    const Json used = make_small_task(cfg)->effective_params();
+    if (!used.is_object()) return out;
+    for (const ParamSpec& p : TaskRegistry::instance().get(cfg.task).params)
+      if (!is_split_size(p) && used.contains(p.name)) out[p.name] = used[p.name];
+  } catch (const std::exception&) {  // the run's own record says why it failed
+  }
+  return out;
+}
+
+void check_run_config(const RunConfig& cfg) {
+  try {
+    const auto task = make_small_task(cfg);
+    check_target_leak(cfg, *task);
     // A model too big to build in passing (its blocks' weights, roughly) is left to the run and its
     // memory limit: a dry run must not be the process the OOM killer picks.
     const auto& mp = cfg.model_params;
@@ -175,7 +225,8 @@ void check_run_config(const RunConfig& cfg) {
   }
 }
 
-Json train_run(const RunConfig& cfg, bool progress, const std::function<void(Model&, const Task&)>& on_trained) {
+Json train_run(const RunConfig& cfg, bool progress, const std::function<void(Model&, const Task&)>& on_trained,
+               const std::function<void(const Json&)>& on_partial) {
   Json doc = run_header(cfg);
   Json metrics = Json::object();
   Json curves = {{"step", Json::array()}, {"train_loss", Json::array()}, {"lr", Json::array()},
@@ -192,7 +243,18 @@ Json train_run(const RunConfig& cfg, bool progress, const std::function<void(Mod
     auto task = TaskRegistry::instance().get(cfg.task).make(cfg.task_params, cfg.seed);
     metrics["data_seconds"] = seconds_since(t_gen);
     metrics["data"] = task->stats();
+    check_target_leak(cfg, *task);
     if (Json used = task->effective_params(); !used.is_null()) doc["task"]["params"] = used;
+    auto partial = [&] {
+      if (!on_partial) return;
+      Json p = doc;
+      p["status"] = "running";
+      p["error"] = "the run had not finished when this record was written";
+      p["metrics"] = metrics;
+      p["metrics"]["curves"] = curves;
+      on_partial(p);
+    };
+    partial();
     // Further test splits (train.test_at): the same task at other settings, same seed; the model
     // is built for the longest of them.
     std::vector<std::pair<Json, std::unique_ptr<Task>>> extra_tests;
@@ -206,7 +268,7 @@ Json train_run(const RunConfig& cfg, bool progress, const std::function<void(Mod
     }
     PeakScope peak;
     Model model(cfg.model_params, vs, cfg.variant_params, *task, cfg.seed, max_length);
-    AdamW opt(model.parameters(), tp);
+    AdamW opt(model.parameters(), tp, model.no_decay_names());
     int64_t n_params = 0;
     for (auto& [n, v] : opt.params) n_params += v.value().numel();
     metrics["parameters"] = n_params;
@@ -286,6 +348,7 @@ Json train_run(const RunConfig& cfg, bool progress, const std::function<void(Mod
           ++step;
           break;
         }
+        if (step != steps) partial();
       }
     }
     const int64_t done = std::min(step - 1, steps);

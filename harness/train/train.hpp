@@ -34,11 +34,19 @@ std::vector<Json> test_at_overrides(const std::string& text, const TaskSpec& tas
 // above ~256 MB of them).
 void check_run_config(const RunConfig& cfg);
 
+// The task parameters as the run would use them (Task::effective_params of a task built at its
+// smallest split sizes; the split sizes as given), for a record of a run that did not get as far.
+Json resolved_task_params(const RunConfig& cfg);
+
 // Trains and evaluates; never throws for a failure of the run itself: the returned run document
 // carries status "error"/"diverged" and the message. `progress` prints a line per evaluation.
 // `on_trained`, when given, sees the model with its selected (best-validation) weights.
+// `on_partial`, when given, receives the run document so far (status "running": resolved task
+// parameters, the curves up to now) once the task is built and after every evaluation, so that a
+// run killed by its time limit leaves them behind.
 Json train_run(const RunConfig& cfg, bool progress,
-               const std::function<void(Model&, const Task&)>& on_trained = nullptr);
+               const std::function<void(Model&, const Task&)>& on_trained = nullptr,
+               const std::function<void(const Json&)>& on_partial = nullptr);
 
 
 }  // namespace ab

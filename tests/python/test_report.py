@@ -680,6 +680,161 @@ class BestOfTunedGrid(unittest.TestCase):
             self.assertIsNone(element(out.read_text(encoding="utf-8"), "table", "best-of-grid"))
 
 
+REPRODUCTIONS = [
+    {"id": "separation", "source": "fake paper", "table": "Fig. 1", "where": {"task": "mqar"},
+     "published": {"softmax": 1.0, "mamba": 0.3},
+     "expect": ["acc(softmax) >= 0.95", "acc(softmax) > acc(mamba)"]},
+    {"id": "mamba-solves", "source": "fake paper", "where": {"task": "mqar"}, "published": {"mamba": 0.99},
+     "expect": ["acc(mamba) >= 0.9"]},
+    {"id": "h3", "source": "fake paper", "where": {"task": "mqar"}, "expect": ["acc(softmax) > acc(h3)"]},
+    {"id": "tie", "source": "fake paper", "where": {"task": "mqar", "train.lr": 0.001},
+     "expect": ["acc(softmax) > acc(mamba) >= 0.5"]},
+]
+
+
+def make_reproduction_sweep(root, rising=False):
+    """The tuned sweep (softmax 98 % best-of-grid, mamba 60 % with a NaN seed and failed cells)
+    with published results; rising: mamba's best run was still improving when it stopped."""
+    make_tuned_sweep(root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["spec"]["reproductions"] = REPRODUCTIONS
+    write_json(root / "manifest.json", manifest)
+    if rising:
+        f = root / "runs" / "mamba.mqar.s1.lr0.001.json"
+        doc = json.loads(f.read_text())
+        doc["metrics"]["curves"]["valid_accuracy"] = [0.1, 0.3, 0.5, 0.7]
+        write_json(f, doc)
+
+
+def reproduction_rows(page):
+    table = element(page, "table", "reproductions")
+    assert table is not None, "no reproductions table"
+    out = {}
+    for tr in re.findall(r"<tr>(.*?)</tr>", table, re.S):
+        cells = [html.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", tr, re.S)]
+        if cells:
+            out[cells[0]] = cells
+    return out
+
+
+class Reproductions(unittest.TestCase):
+    def report(self, rising=False):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            make_reproduction_sweep(root / "sweep", rising)
+            out = root / "report.html"
+            result = run_script("report.py", root / "sweep", "--out", out)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            return out.read_text(encoding="utf-8"), (root / "report.md").read_text(encoding="utf-8") \
+                if (root / "report.md").exists() else ""
+
+    def test_verdicts_and_reasons(self):
+        rows = reproduction_rows(self.report()[0])
+        self.assertEqual(rows["separation"][-1], "pass")
+        self.assertIn("softmax 98.00 ± 1.00 (n=3)", rows["separation"][3])
+        self.assertIn("mamba 60.00 ± 14.14 (n=2)", rows["separation"][3])  # the NaN seed is left out
+        self.assertEqual(rows["mamba-solves"][-1], "fail")
+        self.assertIn("acc(mamba) = 0.6 >= 0.9 does not hold", rows["mamba-solves"][4])
+        self.assertEqual(rows["h3"][-1], "inconclusive")
+        self.assertIn("no finished run of h3 (not run)", rows["h3"][4])
+        # lr 1e-3 only: softmax 0.6 against mamba's tie at 0.5 (seed 0) and 0.7 (seed 1): 0.6 > 0.6 fails
+        self.assertEqual(rows["tie"][-1], "fail")
+
+    def test_still_improving_makes_a_failure_inconclusive(self):
+        page = self.report(rising=True)[0]
+        rows = reproduction_rows(page)
+        self.assertEqual(rows["mamba-solves"][-1], "inconclusive")
+        self.assertIn("under-trained: mamba still improving at its last evaluation", rows["mamba-solves"][4])
+        self.assertIn("↑", rows["mamba-solves"][3])
+        # flagged in the accuracy table too
+        self.assertIn('data-still-improving="1"', element(page, "table", "lra-accuracy"))
+
+    def test_no_reproductions_no_section(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            make_tuned_sweep(root / "sweep")
+            out = root / "report.html"
+            self.assertEqual(run_script("report.py", root / "sweep", "--out", out).returncode, 0)
+            self.assertIsNone(element(out.read_text(encoding="utf-8"), "table", "reproductions"))
+
+    def test_crossover_expectations_read_the_bench_runs(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            make_sweep(root / "sweep")
+            manifest = json.loads((root / "sweep" / "manifest.json").read_text())
+            manifest["spec"]["reproductions"] = [
+                {"id": "fast", "source": "x", "where": {"direction": "fwd"},
+                 "expect": ["crossover(linear_elu) <= 512", "speedup(linear_elu, 1024) > 1"]},
+                {"id": "slow", "source": "x", "where": {"direction": "fwd"}, "expect": ["crossover(softmax) <= 512"]}]
+            write_json(root / "sweep" / "manifest.json", manifest)
+            out = root / "report.html"
+            self.assertEqual(run_script("report.py", root / "sweep", "--out", out).returncode, 0)
+            rows = reproduction_rows(out.read_text(encoding="utf-8"))
+            self.assertEqual(rows["fast"][-1], "pass")
+            self.assertIn("crossover(linear_elu) = 256", rows["fast"][3])
+            self.assertEqual(rows["slow"][-1], "fail")  # never faster than itself: 'never'
+            self.assertIn("never", rows["slow"][4])
+
+    def test_expectation_grammar(self):
+        terms, ops = abresults.parse_expectation("acc(mamba) > acc(h3) >= 0.5")
+        self.assertEqual(terms, [("acc", "mamba"), ("acc", "h3"), ("num", 0.5)])
+        self.assertEqual(ops, [">", ">="])
+        for bad in ("acc(mamba) >", "acc(mamba) acc(h3)", "accuracy(mamba) > 0.5", "speedup(mamba) > 1", "> 0.5"):
+            with self.assertRaises(ValueError, msg=bad):
+                abresults.parse_expectation(bad)
+
+    def test_still_improving_definition(self):
+        f = abresults.still_improving
+        self.assertTrue(f({"valid_accuracy": [0.1, 0.2, 0.3, 0.5]}))
+        self.assertFalse(f({"valid_accuracy": [0.5, 0.5, 0.5, 0.5]}))     # flat
+        self.assertFalse(f({"valid_accuracy": [0.3, 0.6, 0.59]}))          # past its best
+        self.assertFalse(f({"valid_accuracy": [0.2, 0.5, 0.995]}))         # solved
+        self.assertFalse(f({"valid_accuracy": [0.5, 0.505]}))              # within the tolerance
+        self.assertFalse(f({"valid_accuracy": [0.5]}))
+        self.assertTrue(f({"valid_accuracy": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]}))
+        self.assertFalse(f({"valid_accuracy": [0.1, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.805]}))
+
+    def test_a_successful_rerun_supersedes_the_failed_record(self):
+        ok = train_run("softmax", "listops", 0)
+        failed = copy.deepcopy(ok)
+        failed.update(status="timeout", error="exceeded the time limit", metrics={"curves": ok["metrics"]["curves"]})
+        other = copy.deepcopy(failed)
+        other["seed"] = 7
+        rows = abresults.train_rows([failed, ok, other])
+        self.assertEqual(sorted((r["status"], r["seed"]) for r in rows), [("ok", 0), ("timeout", 7)])
+
+    def test_accuracy_vs_width_and_state_with_floors(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            for d_model, acc in ((64, 0.3), (128, 0.6)):
+                for variant in ("softmax", "mamba"):
+                    doc = train_run("softmax", "listops", 0)
+                    doc["variant"]["name"], doc["task"] = variant, {"name": "mqar", "params": {"seq_len": 64}}
+                    doc["model"] = dict(doc["model"], d_model=d_model)
+                    doc["metrics"]["test_accuracy"] = acc if variant == "mamba" else 0.99
+                    doc["metrics"]["state_bytes"] = 1000.0 * d_model
+                    doc["metrics"]["data"] = {"chance_accuracy": 1 / 128, "context_floor_accuracy": 0.25}
+                    write_json(root / "runs" / f"{variant}{d_model}.json", doc)
+            out = root / "report.html"
+            result = run_script("report.py", root / "runs", "--out", out)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            page = out.read_text(encoding="utf-8")
+            self.assertIn("Accuracy vs width and vs state size", page)
+            self.assertIn("context floor 25.00 % (any value seen in the context)", html.unescape(page))
+            self.assertTrue((root / "report-accuracy-width.png").read_bytes().startswith(PNG_SIGNATURE))
+
+    def test_shipped_repro_suites_state_readable_expectations(self):
+        suites = sorted((ROOT / "tasks" / "suites").glob("repro-*.json"))
+        self.assertTrue(suites)
+        for path in suites:
+            spec = json.loads(path.read_text())
+            self.assertTrue(spec.get("reproductions"), path)
+            for e in spec["reproductions"]:
+                self.assertTrue(e.get("source") and e.get("id"), (path, e))
+                for text in e["expect"]:
+                    abresults.parse_expectation(text)
+
+
 class Library(unittest.TestCase):
     def test_load_skips_manifests_and_warns_on_unknown_versions(self):
         with tempfile.TemporaryDirectory() as d:

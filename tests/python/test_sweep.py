@@ -111,6 +111,29 @@ class Sweep(unittest.TestCase):
             self.assertEqual(r.returncode, 2)
             self.assertIn("solvd", r.stderr)
 
+    def test_cases_bundle_settings_and_reproductions_are_checked(self):
+        with tempfile.TemporaryDirectory() as d:
+            def spec(d, grid, **extra):  # the task's own settings come with each case
+                p = Path(d) / "spec.json"
+                p.write_text(json.dumps({"name": "t", "base": {"variant": "softmax", "threads": 1, "set": {
+                    "model.layers": 1, "model.d_model": 16, "model.heads": 2}}, "grid": grid, **extra}))
+                return p
+            grid = {"case": [{"task": "listops", "task.max_length": 32, "task.train_size": 64},
+                             {"task": "mqar", "task.seq_len": 64, "task.num_kv_pairs": 4}]}
+            ok = {"id": "r", "source": "paper", "where": {"task": "mqar"}, "expect": ["acc(softmax) >= 0.9"]}
+            r = sweep(spec(d, grid, reproductions=[ok], protocol_notes="scaled down"), "--dry-run")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("softmax.mqar.", r.stdout)
+            self.assertIn("softmax.listops.", r.stdout)
+            for bad, word in (([dict(ok, expect=[])], "expect"), ([dict(ok, expct=["x"])], "expct"),
+                              ([{"source": "paper", "expect": ["x"]}], "id")):
+                r = sweep(spec(d, grid, reproductions=bad), "--dry-run")
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertIn(word, r.stderr)
+            r = sweep(spec(d, {"case": [1]}), "--dry-run")
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("a 'case' must be an object of settings", r.stderr)
+
     def test_failures_are_recorded_and_the_sweep_goes_on(self):
         with tempfile.TemporaryDirectory() as d:
             # A cell that cannot finish in time, one whose memory limit is far too small, one ok.
@@ -132,6 +155,35 @@ class Sweep(unittest.TestCase):
             (doc,) = runs(out2).values()
             self.assertIn(doc["status"], ["oom", "error"])
             self.assertNotIn("test_accuracy", doc["metrics"])
+
+    def test_a_timed_out_cell_keeps_its_curve_and_resolved_task(self):
+        # The child rewrites its run file as it goes (status running); the failure record keeps it.
+        with tempfile.TemporaryDirectory() as d:
+            s = {"name": "t", "base": {"task": "mqar", "variant": "softmax", "threads": 1,
+                                       "set": {"model.layers": 1, "model.d_model": 16, "model.heads": 2,
+                                               "task.train_size": 256, "task.valid_size": 16, "task.test_size": 16,
+                                               "train.valid_examples": 16, "train.batch_size": 8,
+                                               "train.eval_every": 2, "train.steps": 1000000}},
+                 "grid": {"seed": [0]}}
+            p = Path(d) / "spec.json"
+            p.write_text(json.dumps(s))
+            out = Path(d) / "out"
+            r = sweep(p, "--out", out, "--time-limit", "4")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            (doc,) = runs(out).values()
+            self.assertEqual(doc["status"], "timeout")
+            self.assertIn("time limit", doc["error"])
+            self.assertGreater(len(doc["metrics"]["curves"]["valid_accuracy"]), 0)
+            self.assertNotIn("test_accuracy", doc["metrics"])
+            self.assertIsNotNone(doc["task"]["params"]["vocab_size"])  # resolved, as an ok run records it
+            self.assertIn("chance_accuracy", doc["metrics"]["data"])
+            # --resume re-runs a cell left "running" (a sweep killed with its cells)
+            f = next((out / "runs").glob("*.json"))
+            f.write_text(json.dumps(dict(doc, status="running")))
+            r = sweep(p, "--out", out, "--resume", "--time-limit", "2")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("1 to run", r.stderr)
+            self.assertEqual(json.loads(f.read_text())["status"], "timeout")
 
     def test_sigkill_then_resume_runs_every_cell_exactly_once(self):
         with tempfile.TemporaryDirectory() as d:

@@ -958,3 +958,33 @@ TEST(AllTasks, GenerationSpeed) {
 }
 
 }  // namespace
+
+// Task::targets_in_input() says what the data shows: a task that declares next-token targets
+// scores the following input token almost everywhere, one that does not, almost nowhere.
+TEST(TargetsInInput, DeclarationMatchesTheData) {
+  struct Case {
+    const char* task;
+    Json params;
+  };
+  const std::vector<Case> cases = {
+      {"induction_heads", Json::object()},
+      {"induction_heads", {{"train_targets", "answer"}}},
+      {"induction_heads", {{"train_targets", "answer"}, {"induction_len", 3}, {"dedupe", false}}},
+      {"associative_recall", Json::object()},
+      {"associative_recall", {{"train_targets", "answer"}}},
+      {"mqar", {{"train_size", 64}}},
+      {"selective_copying", Json::object()},
+  };
+  for (const auto& c : cases) {
+    auto task = make_task(c.task, c.params);
+    int64_t scored = 0, next = 0;
+    for (int64_t i = 0; i < 32; ++i) {
+      const Example ex = task->example(i % 2 ? Split::train : Split::test, i / 2);
+      for (size_t p = 0; p + 1 < ex.target.size() && p + 1 < ex.input.size(); ++p)
+        if (ex.target[p] != kIgnoreLabel) scored++, next += ex.target[p] == ex.input[p + 1];
+    }
+    ASSERT_GT(scored + (task->targets_in_input() ? 0 : 1), 0) << c.task;
+    const double share = scored ? static_cast<double>(next) / static_cast<double>(scored) : 0.0;
+    EXPECT_EQ(task->targets_in_input(), share > 0.5) << c.task << " " << c.params.dump() << ": " << share;
+  }
+}

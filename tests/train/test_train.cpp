@@ -3,11 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 
 #include <fmt/format.h>
 
 #include "attnbench/check.hpp"
 #include "model/model.hpp"
+#include "train/optimizer.hpp"
 #include "train/train.hpp"
 
 using namespace ab;
@@ -164,4 +166,115 @@ TEST(Training, LrScheduleWarmsUpAndDecays) {
   EXPECT_NEAR(lr[1].get<double>(), 1e-3, 1e-9);    // peak
   EXPECT_LT(lr[2].get<double>(), 1e-3);            // cosine decay
   EXPECT_NEAR(lr[3].get<double>(), 0.0, 1e-9);
+}
+
+// ---- issue 16: protocol defaults that decide a probe's answer ----
+
+namespace {
+std::string usage_message(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const UsageError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+}  // namespace
+
+TEST(Protocol, NextTokenTargetsNeedACausalModel) {
+  // Induction heads scores the next token at every training position: a bidirectional model reads it.
+  const std::vector<std::string> small = {"train.steps=2", "train.eval_every=2", "model.layers=1", "model.d_model=16",
+                                          "model.heads=2", "task.train_size=8", "task.valid_size=4",
+                                          "task.test_size=4"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> s = small;
+    s.insert(s.end(), extra.begin(), extra.end());
+    return resolve_run_config("softmax", "induction_heads", s, 0, 1);
+  };
+  EXPECT_TRUE(with({}).model_params["causal"].get<bool>());  // the task's default
+  EXPECT_EQ(with({}).task_defaults["model.causal"], true);
+  const RunConfig leak = with({"model.causal=false"});
+  EXPECT_NE(usage_message([&] { check_run_config(leak); }).find("train.allow_target_leak=true"), std::string::npos);
+  const Json doc = train_run(leak, false);
+  EXPECT_EQ(doc["status"], "error");
+  EXPECT_EQ(doc["error_kind"], "usage");  // exit 2
+  EXPECT_EQ(train_run(with({"model.causal=false", "train.allow_target_leak=true"}), false)["status"], "ok");
+  // Answer-only training of one copied token leaks nothing; MQAR's values are not next tokens.
+  EXPECT_NO_THROW(check_run_config(with({"model.causal=false", "task.train_targets=answer"})));
+  EXPECT_NO_THROW(check_run_config(resolve_run_config("softmax", "mqar", {"model.d_model=16", "model.heads=2"}, 0, 1)));
+  EXPECT_FALSE(resolve_run_config("softmax", "mqar", {}, 0, 1).model_params["causal"].get<bool>());
+  EXPECT_NE(usage_message([&] {
+              check_run_config(resolve_run_config("softmax", "associative_recall",
+                                                  {"model.causal=false", "model.d_model=16", "model.heads=2"}, 0, 1));
+            }).find("next-token targets"),
+            std::string::npos);
+}
+
+TEST(Protocol, ProbeTasksRecommendNoDropoutUnlessTheUserSetsIt) {
+  for (const char* probe : {"mqar", "associative_recall", "induction_heads", "selective_copying"}) {
+    const RunConfig c = resolve_run_config("softmax", probe, {}, 0, 1);
+    EXPECT_EQ(c.model_params["dropout"].get<double>(), 0.0) << probe;
+    EXPECT_EQ(run_header(c)["task"]["defaults_applied"]["model.dropout"], 0.0) << probe;
+    const RunConfig mine = resolve_run_config("softmax", probe, {"model.dropout=0.2"}, 0, 1);
+    EXPECT_EQ(mine.model_params["dropout"].get<double>(), 0.2) << probe;
+    EXPECT_FALSE(mine.task_defaults.contains("model.dropout")) << probe;
+  }
+  const RunConfig lra = resolve_run_config("softmax", "listops", {}, 0, 1);  // LRA keeps LRA's
+  EXPECT_EQ(lra.model_params["dropout"].get<double>(), 0.1);
+  EXPECT_FALSE(run_header(lra)["task"].contains("defaults_applied"));
+}
+
+TEST(Protocol, ScheduleHorizonIsItsOwnSetting) {
+  auto tp = [](std::vector<std::string> sets) { return resolve_run_config("softmax", "listops", sets, 0, 1).train_params; };
+  const Json short_run = tp({"train.steps=1000"}), long_run = tp({"train.steps=4000", "train.schedule_steps=1000"});
+  for (int64_t step : {1, 50, 100, 400, 999, 1000})
+    EXPECT_DOUBLE_EQ(lr_at(short_run, step), lr_at(long_run, step)) << step;
+  EXPECT_GT(lr_at(tp({"train.steps=4000"}), 500), lr_at(short_run, 500));  // today's default: the horizon moves
+  EXPECT_DOUBLE_EQ(lr_at(tp({"train.steps=4000"}), 2000), lr_at(tp({"train.steps=4000", "train.schedule_steps=0"}), 2000));
+  EXPECT_EQ(lr_at(long_run, 3000), 0.0);  // past the horizon cosine stays at 0
+}
+
+namespace {
+struct TwoMatrices : Module {
+  Var& decayed = add_param("decayed", Tensor::full({2, 3}, 1.f));
+  Var& kept = add_param("kept", Tensor::full({2, 3}, 1.f), Decay::none);
+};
+}  // namespace
+
+TEST(Protocol, AdamWLeavesNoDecayParametersToTheGradient) {
+  TwoMatrices m;
+  EXPECT_EQ(m.no_decay_names(), std::vector<std::string>{"kept"});
+  const Json tp = resolve_run_config("softmax", "listops", {"train.weight_decay=0.5"}, 0, 1).train_params;
+  AdamW opt(m.parameters(), tp, m.no_decay_names());
+  for (auto& p : opt.params) sum(p.second).backward();  // the same gradient on both
+  opt.step(0.1, 0);
+  const float decayed = m.parameters()[0].second.value()[0], kept = m.parameters()[1].second.value()[0];
+  EXPECT_NEAR(kept - decayed, 0.1 * 0.5, 1e-6);  // w (1 - lr wd) against w: only the flag differs
+  // Mamba's dynamics as the reference code has them: A_log, D and the dt bias are never decayed.
+  const RunConfig c = resolve_run_config("mamba", "mqar", {"model.d_model=16", "model.heads=2", "model.layers=1"}, 0, 1);
+  const auto task = TaskRegistry::instance().get("mqar").make(c.task_params, 0);
+  Model model(c.model_params, VariantRegistry::instance().get("mamba"), c.variant_params, *task, 0);
+  AdamW mopt(model.parameters(), c.train_params, model.no_decay_names());
+  int exempt = 0;
+  for (size_t k = 0; k < mopt.params.size(); ++k) {
+    const std::string& n = mopt.params[k].first;
+    const bool dynamics = n.find("A_log") != std::string::npos || n.ends_with(".D") || n.find("dt_bias") != std::string::npos;
+    if (dynamics) {
+      EXPECT_FALSE(mopt.decay[k]) << n;
+      ++exempt;
+    }
+    if (n.find("in_proj_x") != std::string::npos) EXPECT_TRUE(mopt.decay[k]) << n;
+  }
+  EXPECT_GE(exempt, 3);
+}
+
+TEST(Protocol, ResolvedTaskParametersWithoutARun) {
+  // A failure record written for a child that died before its task was built still names the
+  // task the way a finished run does (vocab_size 256, not null), so reports keep one column.
+  const RunConfig c = resolve_run_config("softmax", "mqar", {}, 0, 1);
+  ASSERT_TRUE(c.task_params["vocab_size"].is_null());
+  const Json resolved = resolved_task_params(c);
+  EXPECT_FALSE(resolved["vocab_size"].is_null());
+  const auto task = TaskRegistry::instance().get("mqar").make(c.task_params, 0);
+  EXPECT_EQ(resolved["vocab_size"], task->effective_params()["vocab_size"]);
 }

@@ -15,12 +15,18 @@ class Module {
   // Every trainable parameter of this module and its children, with dotted names.
   std::vector<std::pair<std::string, Var>> parameters() const;
 
-  // Registers a trainable tensor (returns a handle that shares it) or a child module.
-  Var& add_param(std::string name, Tensor init);
+  // Registers a trainable tensor (returns a handle that shares it) or a child module. AdamW decays
+  // matrices and embeddings (rank >= 2); no_decay exempts one whatever its rank, as the reference
+  // code exempts an SSM's dynamics (Mamba's A_log and D, S4's log-dt and A).
+  enum class Decay { by_rank, none };
+  Var& add_param(std::string name, Tensor init, Decay decay = Decay::by_rank);
   void add_child(std::string name, Module* child);
+  // Dotted names (as parameters() gives them) of the parameters registered with Decay::none.
+  std::vector<std::string> no_decay_names() const;
 
  private:
   std::vector<std::pair<std::string, Var>> params_;
+  std::vector<std::string> no_decay_;
   std::vector<std::pair<std::string, Module*>> children_;
 };
 

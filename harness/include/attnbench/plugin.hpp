@@ -28,7 +28,9 @@ namespace ab {
 //    template). Cost and CostArgs moved to cost.hpp, and Cost gained bytes. PluginInfo gained hash
 //    and signature; the entry points catch every exception and the loader checks a build
 //    signature (attnbench/sdk_signature.hpp, generated).
-// 5: MixerConfig gained kv_heads and AttentionMixer kv_heads_ (grouped-query attention).
+// 5: MixerConfig gained kv_heads and AttentionMixer kv_heads_ (grouped-query attention); Task gained
+//    targets_in_input(), TaskSpec gained defaults; Module gained add_param's no_decay flag and
+//    no_decay_names().
 #define ATTNBENCH_PLUGIN_ABI_VERSION 5
 inline constexpr int kPluginAbiVersion = ATTNBENCH_PLUGIN_ABI_VERSION;
 

@@ -43,8 +43,14 @@ class Task {
   virtual Example example(Split s, int64_t index) const = 0;
   // The parameters as used, where the task derives some from others (null = as resolved).
   virtual Json effective_params() const { return Json(); }
-  // Generation statistics worth recording in the run file (e.g. acceptance rates).
+  // Generation statistics worth recording in the run file (e.g. acceptance rates). Probe tasks add
+  // their accuracy floors here: "chance_accuracy" (a uniform guess over the classes a target can
+  // take) and where it applies "context_floor_accuracy" (see the task's comment).
   virtual Json stats() const { return Json::object(); }
+  // True when some scored target is also an input token at a later position (language-model
+  // targets: input = seq[:-1], target = seq[1:]): a non-causal model would read its own targets,
+  // so training refuses model.causal=false unless train.allow_target_leak=true.
+  virtual bool targets_in_input() const { return false; }
 };
 
 struct TaskSpec {
@@ -52,6 +58,9 @@ struct TaskSpec {
   std::string summary;
   std::string reference;
   std::vector<ParamSpec> params;
+  // Settings the task recommends, {"model": {...}, "train": {...}} (e.g. no dropout on the recall
+  // probes, not LRA's 0.1): applied unless the user sets the key; the run file lists them.
+  Json defaults = Json::object();
   std::function<std::unique_ptr<Task>(const Json& params, uint64_t seed)> make;
   std::string origin = "built-in";
 };
