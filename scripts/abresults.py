@@ -34,7 +34,7 @@ SWEEP_SCHEMA_PREFIX = "attnbench.sweep/"
 OK = "ok"
 INVALID = "invalid"  # a run file that does not follow the schema (not a status the harness writes)
 
-TRAIN_METRICS = ("test_accuracy", "best_valid_accuracy", "final_train_loss", "train_seconds", "steps",
+TRAIN_METRICS = ("test_accuracy", "test_accuracy_macro", "best_valid_accuracy", "final_train_loss", "train_seconds", "steps",
                  "tokens_per_second", "peak_bytes", "peak_rss_bytes", "parameters", "best_step",
                  "step_seconds_median", "tokens_per_second_median_step", "state_bytes")
 BENCH_FIGURES = ("median_ms", "min_ms", "max_ms", "tokens_per_second", "peak_bytes", "peak_rss_bytes",

@@ -520,6 +520,101 @@ def section_reproductions(doc, train, bench, manifests):
     doc.p("Verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(verdict_count.items())) + ".")
 
 
+# ---------------------------------------------------------------- MAD
+
+MAD_TUNED = ("train.lr", "train.weight_decay")
+
+
+def mad_scores(train, tuned=MAD_TUNED):
+    """MAD's aggregation (mad/analysis.py) over the runs of the mad_* tasks: per variant, task
+    setting and seed the best test accuracy over the tuned grid (MAD keeps the maximum test_acc),
+    separately for the macro (MAD's metric) and micro accuracy, then the mean over seeds; the mean
+    over a task's settings; the mean over tasks. A setting is labelled by the task parameters that
+    differ from the most common value among that task's runs (MAD's baseline).
+
+    Returns {"tasks": [(task, [(setting label, {variant: (macro, micro)})], {variant: (macro, micro)})],
+    "variants": [...], "overall": {variant: (macro, micro)}}; None where no finished run."""
+    rows = [r for r in train if r["task"].startswith("mad_")]
+    if not rows:
+        return None
+    tuned = set(tuned)
+    by_task = {}
+    for r in rows:
+        by_task.setdefault(r["task"], []).append(r)
+    variants = sorted({r["variant"] for r in rows}, key=variant_sort_key("softmax"))
+
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    tasks = []
+    for task in sorted(by_task):
+        rs = by_task[task]
+        flats = [abresults.flat_params("", r["task_params"]) for r in rs]
+        baseline = {}
+        for k in abresults._varying(flats):
+            values = [abresults.canonical(f.get(k)) for f in flats]
+            baseline[k] = max(set(values), key=lambda v: (values.count(v), str(v)))
+        groups = {}
+        for r, f in zip(rs, flats):
+            label = abresults.params_text({k: f.get(k) for k in baseline if abresults.canonical(f.get(k)) != baseline[k]})
+            key = abresults.canonical({k: v for k, v in abresults.run_settings(r).items() if k not in tuned})
+            groups.setdefault((label or "baseline", r["variant"], key), []).append(r)
+        cells = {}  # (label, variant) -> [(macro, micro) per configuration]
+        for (label, variant, _), members in groups.items():
+            per_seed = {}
+            for r in members:
+                if r["status"] == OK:
+                    per_seed.setdefault(abresults.canonical(r["seed"]), []).append(r)
+            best = [(max((r["test_accuracy_macro"] for r in ms if r["test_accuracy_macro"] is not None), default=None),
+                     max((r["test_accuracy"] for r in ms if r["test_accuracy"] is not None), default=None))
+                    for ms in per_seed.values()]
+            cells.setdefault((label, variant), []).append((mean(b[0] for b in best), mean(b[1] for b in best)))
+        labels = sorted({lab for lab, _ in cells}, key=lambda lab: (lab != "baseline", lab))
+        settings = []
+        for lab in labels:
+            settings.append((lab, {v: (mean(c[0] for c in cells[(lab, v)]), mean(c[1] for c in cells[(lab, v)]))
+                                   for v in variants if (lab, v) in cells}))
+        task_mean = {v: (mean(s[v][0] for _, s in settings if v in s), mean(s[v][1] for _, s in settings if v in s))
+                     for v in variants}
+        tasks.append((task, settings, task_mean))
+    overall = {v: (mean(t[2][v][0] for t in tasks), mean(t[2][v][1] for t in tasks)) for v in variants}
+    return {"tasks": tasks, "variants": variants, "overall": overall}
+
+
+def section_mad(doc, train, protocol):
+    """The MAD table: tasks x settings (rows) x variants (columns), best of the lr x wd grid."""
+    tuned = protocol["tuned"] or list(MAD_TUNED)
+    result = mad_scores(train, tuned)
+    if result is None:
+        return
+    doc.h(2, "MAD: best of the tuned grid per task setting", "mad")
+    doc.p(f"MAD's aggregation (athms/mad-lab mad/analysis.py): per task setting the best test accuracy over the tuned "
+          f"axes ({', '.join(tuned)}; MAD selects on test accuracy, with no validation split), then the mean over a "
+          "task's settings and the mean across tasks. Each cell: accuracy macro-averaged over vocabulary classes "
+          "(MAD's metric, torchmetrics' default) / micro over scored tokens, in %. Settings are named by the task "
+          "parameters that differ from the task's most common (baseline) values. '-': no finished run.")
+    variants = result["variants"]
+
+    def pair(p):
+        if p is None or (p[0] is None and p[1] is None):
+            return "-"
+        return f"{'-' if p[0] is None else fmt_pct(p[0])} / {'-' if p[1] is None else fmt_pct(p[1])}"
+    rows = []
+    for task, settings, task_mean in result["tasks"]:
+        for label, cells in settings:
+            rows.append([Cell(task, cls="label"), Cell(label, cls="label")]
+                        + [Cell(pair(cells.get(v)), attrs={"data-variant": v, "data-task": task, "data-setting": label})
+                           for v in variants])
+        rows.append([Cell(task, cls="label", bold=True), Cell("mean over settings", cls="label", bold=True)]
+                    + [Cell(pair(task_mean.get(v)), bold=True,
+                            attrs={"data-variant": v, "data-task": task, "data-setting": "mean"}) for v in variants])
+    rows.append([Cell("all tasks", cls="label", bold=True), Cell("mean across tasks (MAD score)", cls="label", bold=True)]
+                + [Cell(pair(result["overall"].get(v)), bold=True,
+                        attrs={"data-variant": v, "data-task": "all", "data-setting": "mean"}) for v in variants])
+    doc.table(["task", "setting"] + [f"{v} macro / micro %" for v in variants], rows, table_id="mad")
+
+
 def section_test_splits(doc, train):
     """Accuracy of the selected models on the further test splits of train.test_at (length and
     pair-count extrapolation), beside the test accuracy at the training settings."""
@@ -875,6 +970,7 @@ def build(runs, paths, title, reference, baseline=None, baseline_paths=(), thres
     section_accuracy(doc, train, failures, reference)
     section_best_of_grid(doc, train, abresults.protocol_of(manifests))
     section_reproductions(doc, train, bench, manifests)
+    section_mad(doc, train, abresults.protocol_of(manifests))
     section_test_splits(doc, train)
     if train:
         section_training(doc, train, failures, reference)

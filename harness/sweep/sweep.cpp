@@ -121,6 +121,13 @@ void apply_block(SweepCell& c, const Json& block, const std::string& where) {
   }
 }
 
+// One grid value: an object (a "setting" of a bundle axis) applies all its assignments together,
+// for lists a cartesian product cannot express (MAD's one-factor-at-a-time changes).
+void assign_axis(SweepCell& c, const std::string& key, const Json& value, const std::string& where) {
+  if (value.is_object()) apply_block(c, value, where);
+  else assign(c, key, value, where);
+}
+
 bool matches(const SweepCell& c, const Json& rule) {
   for (const auto& [k, v] : rule.items()) {
     if (k == "variant" && (!v.is_string() || c.variant != v.get<std::string>())) return false;
@@ -218,6 +225,13 @@ SweepSpec parse_and_expand(const std::string& text, const std::string& origin, c
     for (const auto& [k, v] : spec["grid"].items()) {
       if (!v.is_array()) throw UsageError(fmt::format("sweep spec: grid.{} must be a list, got {}", k, v.dump()));
       if (v.empty()) throw UsageError(fmt::format("sweep spec: grid.{} is an empty list: the sweep would have no cells", k));
+      // A bundle axis: a name of its own (no dot, not a cell key) and objects of assignments as values.
+      const bool bundle = std::any_of(v.begin(), v.end(), [](const Json& x) { return x.is_object(); });
+      const bool plain_name = k.find('.') == std::string::npos && k != "variant" && k != "task" && k != "seed" &&
+                              k != "threads";
+      if (bundle && (!plain_name || !std::all_of(v.begin(), v.end(), [](const Json& x) { return x.is_object() && !x.empty(); })))
+        throw UsageError(fmt::format("sweep spec: grid.{}: a list of settings (objects of assignments) needs a name of "
+                                     "its own, e.g. \"setting\", and only non-empty objects as values", k));
       cells *= static_cast<double>(v.size());
       sizes += fmt::format("{}{} {}", sizes.empty() ? "" : " x ", v.size(), k);
     }
@@ -282,10 +296,10 @@ SweepSpec parse_and_expand(const std::string& text, const std::string& origin, c
     for (size_t a = 0; a < axes.size(); ++a) where += fmt::format("{}{}={}", a ? ", " : "", axes[a].first, value_text(axes[a].second[idx[a]]));
     if (!axes.empty()) where += ")";
     // Overrides per variant and per task first; the grid's own values win over them.
-    for (size_t a = 0; a < axes.size(); ++a) assign(c, axes[a].first, axes[a].second[idx[a]], where);
+    for (size_t a = 0; a < axes.size(); ++a) assign_axis(c, axes[a].first, axes[a].second[idx[a]], where);
     if (per_variant.contains(c.variant)) apply_block(c, per_variant[c.variant], "per_variant." + c.variant);
     if (per_task.contains(c.task)) apply_block(c, per_task[c.task], "per_task." + c.task);
-    for (size_t a = 0; a < axes.size(); ++a) assign(c, axes[a].first, axes[a].second[idx[a]], where);
+    for (size_t a = 0; a < axes.size(); ++a) assign_axis(c, axes[a].first, axes[a].second[idx[a]], where);
     grid_variants.insert(c.variant), grid_tasks.insert(c.task);
     bool excluded = false;
     for (size_t r = 0; r < exclude.size(); ++r)

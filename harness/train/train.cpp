@@ -139,10 +139,14 @@ double seconds_since(Clock::time_point t0) { return std::chrono::duration<double
 
 // Accuracy of argmax(logits) over the scored labels of `count` examples (0 = the whole split).
 // `step` is the training step whose parameters are evaluated (stochastic mixers key draws by it).
-double evaluate(Model& model, const Task& task, Split split, int64_t count, int64_t batch_size, int64_t step) {
+// `macro`, if given, receives the accuracy macro-averaged over classes (ClassCounts) over the
+// whole split at once. (MAD logs the batch-size-weighted mean of per-batch values instead.)
+double evaluate(Model& model, const Task& task, Split split, int64_t count, int64_t batch_size, int64_t step,
+                double* macro = nullptr) {
   NoGrad ng;
   const int64_t n = count > 0 ? std::min(count, task.split_size(split)) : task.split_size(split);
   int64_t correct = 0, scored = 0;
+  ClassCounts counts;
   for (int64_t start = 0; start < n; start += batch_size) {
     std::vector<int64_t> idx;
     for (int64_t i = start; i < std::min(n, start + batch_size); ++i) idx.push_back(i);
@@ -153,14 +157,40 @@ double evaluate(Model& model, const Task& task, Split split, int64_t count, int6
     for (size_t r = 0; r < b.labels.size(); ++r) {
       if (b.labels[r] == kIgnoreLabel) continue;
       const float* row = lp + static_cast<int64_t>(r) * C;
-      correct += (std::max_element(row, row + C) - row) == b.labels[r];
+      const int64_t pred = std::max_element(row, row + C) - row;
+      correct += pred == b.labels[r];
       ++scored;
+      if (macro) counts.add(b.labels[r], pred);
     }
   }
+  if (macro) *macro = counts.macro();
   return scored ? static_cast<double>(correct) / static_cast<double>(scored) : 0.0;
 }
 
 }  // namespace
+
+void ClassCounts::add(int64_t label, int64_t pred) {
+  if (label < 0 || pred < 0) return;  // an ignored position
+  const auto need = static_cast<size_t>(std::max(label, pred) + 1);
+  if (tp.size() < need) tp.resize(need, 0), fp.resize(need, 0), fn.resize(need, 0);
+  if (pred == label) {
+    ++tp[pred];
+  } else {
+    ++fp[pred];
+    ++fn[label];
+  }
+}
+
+double ClassCounts::macro() const {
+  double sum = 0;
+  int64_t classes = 0;
+  for (size_t c = 0; c < tp.size(); ++c)
+    if (tp[c] + fp[c] + fn[c] > 0) {
+      sum += tp[c] + fn[c] > 0 ? static_cast<double>(tp[c]) / static_cast<double>(tp[c] + fn[c]) : 0.0;
+      ++classes;
+    }
+  return classes ? sum / static_cast<double>(classes) : 0.0;
+}
 
 namespace {
 // A task whose targets are later input tokens needs a causal model, or the user's explicit word.
@@ -369,7 +399,9 @@ Json train_run(const RunConfig& cfg, bool progress, const std::function<void(Mod
       for (size_t k = 0; k < best.size(); ++k) opt.params[k].second.value_mut().copy_from(best[k]);
       metrics["best_valid_accuracy"] = best_valid;
       metrics["best_step"] = best_step;
-      metrics["test_accuracy"] = evaluate(model, *task, Split::test, tp["test_examples"], bs, best_step);
+      double macro = 0;
+      metrics["test_accuracy"] = evaluate(model, *task, Split::test, tp["test_examples"], bs, best_step, &macro);
+      metrics["test_accuracy_macro"] = macro;
       if (!extra_tests.empty()) {
         Json splits = Json::array();
         for (const auto& [o, t] : extra_tests) {

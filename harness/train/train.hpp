@@ -38,6 +38,15 @@ void check_run_config(const RunConfig& cfg);
 // smallest split sizes; the split sizes as given), for a record of a run that did not get as far.
 Json resolved_task_params(const RunConfig& cfg);
 
+// Per-class counts of predictions, for the accuracy macro-averaged over classes as MAD reports it
+// (torchmetrics' MulticlassAccuracy default): the mean of tp / (tp + fn) over the classes that
+// are a label or a prediction somewhere (a class only ever predicted wrongly scores 0).
+struct ClassCounts {
+  std::vector<int64_t> tp, fp, fn;
+  void add(int64_t label, int64_t pred);
+  double macro() const;
+};
+
 // Trains and evaluates; never throws for a failure of the run itself: the returned run document
 // carries status "error"/"diverged" and the message. `progress` prints a line per evaluation.
 // `on_trained`, when given, sees the model with its selected (best-validation) weights.

@@ -346,6 +346,94 @@ class ReportOnFakeSweep(unittest.TestCase):
 BAD_ACCURACY = {0: "0.9", 1: 7.5, 2: float("nan")}  # a string, a percentage, NaN (json writes NaN)
 
 
+# ---- MAD: best of the lr x wd grid per task setting, means per task and across tasks ----
+
+MAD_GRID = ((1e-4, 0.0), (1e-4, 0.1), (1e-3, 0.0), (1e-3, 0.1))
+# (variant, task, setting) -> (micro, macro) per grid point in MAD_GRID order; None = a failed run.
+MAD_ACC = {
+    ("softmax", "mad_recall", "baseline"): [(0.5, 0.4), (0.6, 0.5), (0.9, 0.7), (0.8, 0.85)],
+    ("softmax", "mad_recall", "vocab_size=32"): [(0.3, 0.2), (0.4, 0.3), (0.7, 0.6), (0.2, 0.1)],
+    ("softmax", "mad_recall", "seq_len=256"): [(0.1, 0.1)] * 4,
+    ("softmax", "mad_memorization", "baseline"): [(0.1, 0.05), (0.2, 0.1), (0.3, 0.2), (0.4, 0.3)],
+    ("mamba", "mad_recall", "baseline"): [(0.2, 0.1), (0.3, 0.2), None, (0.25, 0.15)],
+    ("mamba", "mad_recall", "vocab_size=32"): [None] * 4,
+    ("mamba", "mad_memorization", "baseline"): [(0.5, 0.45), (0.6, 0.55), (0.55, 0.5), (0.1, 0.05)],
+}
+
+
+def mad_run(variant, task, setting, lr, wd, acc):
+    doc = train_run("softmax", "listops", 0)
+    params = {"preset": "mad", "vocab_size": 256 if task == "mad_memorization" else 16,
+              "seq_len": 32 if task == "mad_memorization" else 128, "train_size": 12800}
+    if setting != "baseline":
+        k, v = setting.split("=")
+        params[k] = int(v)
+    doc["variant"] = {"name": variant, "params": {}}
+    doc["task"] = {"name": task, "params": params}
+    doc["train"] = {"steps": 40, "lr": lr, "weight_decay": wd}
+    if acc is None:
+        doc["status"], doc["error"], doc["metrics"] = "error", "boom", {}
+    else:
+        doc["metrics"]["test_accuracy"], doc["metrics"]["test_accuracy_macro"] = acc
+        doc["metrics"]["best_valid_accuracy"] = 0.99 - acc[0]  # MAD selects on test accuracy, not this
+    return doc
+
+
+class MadTable(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        root = Path(cls.tmp.name)
+        cls.docs = []
+        for (variant, task, setting), accs in MAD_ACC.items():
+            for (lr, wd), acc in zip(MAD_GRID, accs):
+                doc = mad_run(variant, task, setting, lr, wd, acc)
+                write_json(root / "runs" / f"{variant}.{task}.{setting}.{lr}.{wd}.json", doc)
+                cls.docs.append(doc)
+        out = root / "out" / "report.html"
+        cls.result = run_script("report.py", root / "runs", "--out", out)
+        cls.page = out.read_text(encoding="utf-8") if out.exists() else ""
+        cls.table = element(cls.page, "table", "mad") or ""
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def cell(self, variant, task, setting):
+        m = re.search(rf'<td[^>]*data-variant="{variant}" data-task="{task}" data-setting="{re.escape(setting)}"'
+                      rf'[^>]*>(.*?)</td>', self.table, re.S)
+        self.assertIsNotNone(m, (variant, task, setting))
+        return html.unescape(re.sub(r"<[^>]+>", "", m.group(1)))
+
+    def test_fixtures_follow_the_schema(self):
+        if validate_run is None:
+            self.skipTest("python3-jsonschema not installed")
+        validator = validate_run.load_validator()
+        for doc in self.docs:
+            self.assertEqual(validate_run.errors_of(validator, doc), [], json.dumps(doc)[:200])
+
+    def test_best_of_grid_per_setting_macro_and_micro(self):
+        self.assertEqual(self.result.returncode, 0, self.result.stderr)
+        # macro / micro, each the maximum over the grid (not the run with the best validation accuracy)
+        self.assertEqual(self.cell("softmax", "mad_recall", "baseline"), "85.00 / 90.00")
+        self.assertEqual(self.cell("softmax", "mad_recall", "vocab_size=32"), "60.00 / 70.00")
+        self.assertEqual(self.cell("softmax", "mad_recall", "seq_len=256"), "10.00 / 10.00")
+        self.assertEqual(self.cell("mamba", "mad_recall", "baseline"), "20.00 / 30.00")  # the failed run left out
+        self.assertEqual(self.cell("mamba", "mad_recall", "vocab_size=32"), "-")  # every run failed
+        self.assertEqual(self.cell("mamba", "mad_memorization", "baseline"), "55.00 / 60.00")
+
+    def test_means_per_task_and_across_tasks(self):
+        self.assertEqual(self.cell("softmax", "mad_recall", "mean"), "51.67 / 56.67")  # (85+60+10)/3, (90+70+10)/3
+        self.assertEqual(self.cell("mamba", "mad_recall", "mean"), "20.00 / 30.00")  # settings with a result only
+        self.assertEqual(self.cell("softmax", "all", "mean"), "40.83 / 48.33")  # (51.67+30)/2, (56.67+40)/2
+        self.assertEqual(self.cell("mamba", "all", "mean"), "37.50 / 45.00")
+
+    def test_markdown_twin_has_the_table(self):
+        md = (Path(self.tmp.name) / "out" / "report.md").read_text(encoding="utf-8")
+        self.assertIn("MAD: best of the tuned grid", md)
+        self.assertIn("mean across tasks (MAD score)", md)
+
+
 def make_invalid_sweep(root):
     make_sweep(root)
     for seed, value in BAD_ACCURACY.items():

@@ -95,6 +95,20 @@ class Sweep(unittest.TestCase):
             r = sweep(spec(d, {"seed": [0]}), "--shard", "2/2", "--dry-run")
             self.assertEqual(r.returncode, 2)
 
+    def test_a_settings_axis_applies_each_object_together(self):
+        with tempfile.TemporaryDirectory() as d:
+            settings = [{"model.layers": 1}, {"model.layers": 2, "train.lr": 0.002}, {"task.max_length": 48}]
+            p = spec(d, {"setting": settings, "seed": [0, 1]})
+            r = sweep(p, "--dry-run")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("6 cells", r.stdout)  # 3 settings x 2 seeds, never 2 x 2 x 2 combinations
+            self.assertEqual(r.stdout.count("--set train.lr=0.002"), 2)
+            self.assertEqual(r.stdout.count("--set task.max_length=48"), 2)
+            for bad in ({"model.layers": [{"model.layers": 1}]}, {"setting": [{"model.layers": 1}, 2]},
+                        {"setting": [{}]}, {"setting": [{"model.layerz": 1}]}):
+                r = sweep(spec(d, bad), "--dry-run")
+                self.assertEqual(r.returncode, 2, (bad, r.stderr))
+
     def test_protocol_names_grid_axes_and_a_threshold(self):
         with tempfile.TemporaryDirectory() as d:
             grid = {"train.lr": [1e-3, 3e-3], "seed": [0, 1]}

@@ -875,6 +875,11 @@ const std::vector<TaskCase>& task_cases() {
       {"selective_copying", Json::object(), "num_dat", "num_data", {{"alphabet", 2}}},
       {"induction_heads", Json::object(), "induction_length", "induction_len", {{"vocab_size", 3}}},
       {"associative_recall", Json::object(), "num_key", "num_keys", {{"num_keys", 0}}},
+      {"mad_recall", Json::object(), "vocab_sise", "vocab_size", {{"seq_len", 2}}},
+      {"mad_noisy_recall", Json::object(), "frac_nois", "frac_noise", {{"frac_noise", 1.0}}},
+      {"mad_fuzzy_recall", Json::object(), "k_motif_sise", "k_motif_size", {{"v_motif_size", 0}}},
+      {"mad_selective_copying", Json::object(), "num_tokens_to_cpy", "num_tokens_to_copy", {{"vocab_size", 2}}},
+      {"mad_memorization", {{"train_size", 64}}, "seq_lenn", "seq_len", {{"vocab_size", 3}}},
   };
   return cases;
 }
@@ -944,6 +949,10 @@ TEST(AllTasks, GenerationSpeed) {
       {"selective_copying", {{"preset", "paper"}}, 500},
       {"induction_heads", Json::object(), 5000},
       {"associative_recall", Json::object(), 5000},
+      {"mad_recall", Json::object(), 5000},
+      {"mad_fuzzy_recall", Json::object(), 5000},
+      {"mad_selective_copying", Json::object(), 5000},
+      {"mad_memorization", {{"vocab_size", 8192}}, 5000},
   };
   for (const auto& r : runs) {
     auto task = make_task(r.name, r.given, 11);

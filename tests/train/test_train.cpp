@@ -126,6 +126,27 @@ TEST(Training, LearnsATrivialTask) {
   EXPECT_EQ(doc["metrics"]["curves"]["valid_accuracy"].size(), 3u);
 }
 
+TEST(Training, MacroAccuracyAsTorchmetricsDefines) {
+  ClassCounts doc_example;  // torchmetrics' MulticlassAccuracy doc: target 2 1 0 0, preds 2 1 0 1 -> 0.8333
+  for (auto [label, pred] : std::vector<std::pair<int64_t, int64_t>>{{2, 2}, {1, 1}, {0, 0}, {0, 1}})
+    doc_example.add(label, pred);
+  EXPECT_NEAR(doc_example.macro(), 2.5 / 3.0, 1e-12);
+  ClassCounts spurious;  // class 1 is only ever predicted (wrongly): it counts, with 0
+  spurious.add(0, 0);
+  spurious.add(0, 1);
+  spurious.add(5, 5);  // classes 2..4 never appear: left out
+  EXPECT_NEAR(spurious.macro(), (0.5 + 0.0 + 1.0) / 3.0, 1e-12);
+  EXPECT_EQ(ClassCounts().macro(), 0.0);
+  // A run records it beside the micro accuracy.
+  const Json doc = train_run(config({"train.steps=20", "train.eval_every=20", "model.layers=1", "model.d_model=16",
+                                     "model.heads=2"}),
+                             false);
+  ASSERT_EQ(doc["status"], "ok") << doc.dump(2);
+  const double macro = doc["metrics"]["test_accuracy_macro"].get<double>();
+  EXPECT_GE(macro, 0.0);
+  EXPECT_LE(macro, 1.0);
+}
+
 TEST(Training, SameSeedGivesBitwiseIdenticalRuns) {
   const RunConfig c = config({"train.steps=30", "train.eval_every=10", "model.layers=1", "model.d_model=16",
                               "model.heads=2", "model.dropout=0.1"});
