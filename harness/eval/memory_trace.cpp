@@ -360,14 +360,25 @@ std::string render_memory_trace(const VariantSpec& spec, const MemoryTrace& t) {
       out += fmt::format("  the declared {} agrees to the byte at every traced size\n", field);
       return;
     }
-    out += fmt::format("  MISMATCH: the declared {} is {:.0f} at {}, measured {:.0f} ({:+.1f}%)\n", field,
+    bool is_formula = true;  // an approximation pasted as printed is as good as it gets
+    for (size_t i = 0; i < sizes.size(); ++i)
+      is_formula = is_formula && std::fabs(t.declared[i].*member - evaluate(fit.pieces, sizes[i])) < 0.5;
+    if (is_formula) {
+      out += fmt::format("  the declared {} is this formula\n", field);
+      return;
+    }
+    auto vs = [](double declared, double measured) {
+      return declared <= 0 ? std::string("not declared")
+                           : fmt::format("{:+.1f}%", 100.0 * (measured - declared) / declared);
+    };
+    out += fmt::format("  MISMATCH: the declared {} is {:.0f} at {}, measured {:.0f} ({})\n", field,
                        t.declared[worst].*member, size_str(sizes[worst]), measured[worst],
-                       100.0 * (measured[worst] - t.declared[worst].*member) / std::max(t.declared[worst].*member, 1.0));
+                       vs(t.declared[worst].*member, measured[worst]));
     for (size_t i = 0; i < 2; ++i) {
       const double want = evaluate(fit.pieces, kCheckSizes[i]);
       const double have = t.declared[sizes.size() + i].*member;
-      out += fmt::format("    at {} (a size check measures): declared {:.0f}, traced formula {:.0f} ({:+.1f}%)\n",
-                         size_str(kCheckSizes[i]), have, want, 100.0 * (want - have) / std::max(have, 1.0));
+      out += fmt::format("    at {} (a size check measures): declared {:.0f}, traced formula {:.0f} ({})\n",
+                         size_str(kCheckSizes[i]), have, want, vs(have, want));
     }
   };
   block("saved for backward", "activation_bytes", t.saved, t.measured_saved, &Cost::activation_bytes);
