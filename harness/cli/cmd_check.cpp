@@ -5,6 +5,7 @@
 
 #include "args.hpp"
 #include "attnbench/check.hpp"
+#include "attnbench/ops.hpp"
 #include "commands.hpp"
 #include "eval/memory_trace.hpp"
 
@@ -49,6 +50,8 @@ int cmd_check(int argc, char** argv, int first) {
     if (chosen.size() != 1)
       throw UsageError(fmt::format("check: --trace-memory traces one variant, but --variant '{}' matches {}; name one",
                                    pattern, chosen.size()));
+    // One thread unless told: at the traced sizes other threads' buffers blur the peak's formula.
+    if (!args.has("threads")) set_num_threads(1);
     const VariantSpec& spec = reg.get(chosen.front());
     const MemoryTrace t = trace_memory(spec, given, seed);
     fmt::print("{}", render_memory_trace(spec, t));
