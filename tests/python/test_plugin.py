@@ -126,6 +126,25 @@ class OutOfTreePlugin(unittest.TestCase):
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("--plugin ./lowtemp.so", r.stderr)
 
+    def test_the_hint_also_looks_beside_loaded_plugins_and_the_spec(self):
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            (d / "mine").mkdir()
+            shutil.copy(self.plugin, d / "mine" / "lowtemp.so")
+            shutil.copy(FIXTURE, d / "mine" / "faults.so")
+            # Beside a loaded plugin: the other module of its folder, not the loaded one.
+            r = self.run_ab("describe", "fault_nan", "--plugin", d / "mine" / "lowtemp.so")
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn(f"--plugin {d / 'mine' / 'faults.so'}", r.stderr)
+            self.assertNotIn("--plugin " + str(d / "mine" / "lowtemp.so"), r.stderr)
+            # Beside a sweep spec that forgot its `plugins`.
+            spec = d / "mine" / "spec.json"
+            spec.write_text(json.dumps({"name": "forgot", "base": {"task": "listops"},
+                                        "grid": {"variant": ["fault_nan"]}}))
+            r = self.run_ab("sweep", spec, "--dry-run")
+            self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+            self.assertIn(f"--plugin {d / 'mine' / 'faults.so'}", r.stderr)
+
     def test_check_passes(self):
         r = self.run_ab("check", "--plugin", self.plugin, "--variant", "lowtemp")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
