@@ -28,7 +28,9 @@ namespace ab {
 //    template). Cost and CostArgs moved to cost.hpp, and Cost gained bytes. PluginInfo gained hash
 //    and signature; the entry points catch every exception and the loader checks a build
 //    signature (attnbench/sdk_signature.hpp, generated).
-#define ATTNBENCH_PLUGIN_ABI_VERSION 4
+// 5: comments only: every op of ops.hpp and kernels/ says what it saves for backward (the terms of
+//    Cost::activation_bytes; `check --trace-memory` measures them).
+#define ATTNBENCH_PLUGIN_ABI_VERSION 5
 inline constexpr int kPluginAbiVersion = ATTNBENCH_PLUGIN_ABI_VERSION;
 
 struct PluginInfo {
