@@ -5,7 +5,9 @@
 
 #include "args.hpp"
 #include "attnbench/check.hpp"
+#include "attnbench/ops.hpp"
 #include "commands.hpp"
+#include "eval/memory_trace.hpp"
 
 namespace ab::cli {
 
@@ -13,11 +15,18 @@ int cmd_check(int argc, char** argv, int first) {
   const auto flags = with_common({{"variant", "RE", "check the variants whose name matches this regular expression (default: all)"},
                                   {"seed", "S", "seed of the inputs, parameters and sampled elements (default 1)"},
                                   {"set", "variant.KEY=VALUE", "a variant parameter (only when one variant is checked)", true},
+                                  {"trace-memory", "",
+                                   "instead of the checks, measure one variant's saved and peak bytes at 81 small sizes "
+                                   "and print them as formulas in B, N, D, H (and as C++ for its cost model)"},
                                   {"json", "", "print the results as JSON"}});
   Args args(argc, argv, first, "check", flags);
-  if (args.print_help("check [--variant RE] [--seed S] [--set variant.k=v ...] [--json]",
+  if (args.print_help("check [--variant RE] [--seed S] [--set variant.k=v ...] [--json | --trace-memory]",
                       "Shape, finiteness, determinism, causality, padding, finite-difference gradients\n"
-                      "and cost model of each variant. Exits 1 if any check fails.")) return 0;
+                      "and cost model of each variant. Exits 1 if any check fails.\n"
+                      "--trace-memory fits the bytes a variant saves for backward and its forward+backward\n"
+                      "peak, measured as the memory checks measure them, exactly as polynomials in B, N,\n"
+                      "D, H, verifies them at a held-out size and compares them with the cost model;\n"
+                      "exits 1 when no exact formula fits.")) return 0;
   apply_common(args);
   const uint64_t seed = static_cast<uint64_t>(args.get_int("seed", 1, 0, INT64_MAX));
   const Json given = group_sets(args, "variant", "check");
@@ -36,6 +45,18 @@ int cmd_check(int argc, char** argv, int first) {
   if (!given.empty() && chosen.size() != 1)
     throw UsageError(fmt::format("check: --set applies to one variant, but --variant '{}' matches {}; name one",
                                  pattern, chosen.size()));
+  if (args.has("trace-memory")) {
+    if (args.has("json")) throw UsageError("check: --trace-memory prints text; drop --json");
+    if (chosen.size() != 1)
+      throw UsageError(fmt::format("check: --trace-memory traces one variant, but --variant '{}' matches {}; name one",
+                                   pattern, chosen.size()));
+    // One thread unless told: at the traced sizes other threads' buffers blur the peak's formula.
+    if (!args.has("threads")) set_num_threads(1);
+    const VariantSpec& spec = reg.get(chosen.front());
+    const MemoryTrace t = trace_memory(spec, given, seed);
+    fmt::print("{}", render_memory_trace(spec, t));
+    return t.ok() ? 0 : 1;
+  }
   Json report = Json::array();
   int failed = 0, passed = 0;
   for (const auto& n : chosen) {

@@ -11,6 +11,8 @@
 
 #include <fmt/format.h>
 
+#include "core/alloc_trace.hpp"
+
 namespace ab {
 
 int64_t numel(const Shape& s) {
@@ -32,6 +34,7 @@ struct Allocator {
   std::mutex mu;
   std::unordered_map<size_t, std::vector<void*>> free_blocks;  // by rounded size
   int64_t live = 0, peak = 0, cached = 0, allocations = 0;
+  std::vector<int64_t>* recorder = nullptr;  // set_allocation_recorder
 
   static size_t round(size_t bytes) {
     // Small blocks: 64-byte granules; large ones: 4 KiB pages, so that reuse is likely.
@@ -44,6 +47,7 @@ struct Allocator {
       live += static_cast<int64_t>(size);
       peak = std::max(peak, live);
       ++allocations;
+      if (recorder) recorder->push_back(live);
       auto it = free_blocks.find(size);
       if (it != free_blocks.end() && !it->second.empty()) {
         void* p = it->second.back();
@@ -90,6 +94,12 @@ MemoryStats memory_stats() {
 }
 
 void release_cached_memory() { allocator().trim(); }
+
+void set_allocation_recorder(std::vector<int64_t>* out) {
+  auto& a = allocator();
+  std::lock_guard<std::mutex> lock(a.mu);
+  a.recorder = out;
+}
 
 PeakScope::PeakScope() {
   auto& a = allocator();

@@ -6,6 +6,9 @@
 
 #include <fmt/format.h>
 
+#include "core/alloc_trace.hpp"
+#include "eval/memory_trace.hpp"
+
 namespace ab {
 
 namespace {
@@ -119,6 +122,12 @@ Tensor decode_sequence(Mixer& mixer, const Tensor& x, const MixerContext& ctx, s
 
 MemoryMeasure measure_mixer_memory(const VariantSpec& spec, const Json& resolved, int64_t B, int64_t N, int64_t D,
                                    int64_t H, bool causal, uint64_t seed) {
+  return measure_mixer_memory_timeline(spec, resolved, B, N, D, H, causal, seed, nullptr);
+}
+
+MemoryMeasure measure_mixer_memory_timeline(const VariantSpec& spec, const Json& resolved, int64_t B, int64_t N,
+                                            int64_t D, int64_t H, bool causal, uint64_t seed,
+                                            std::vector<int64_t>* timeline) {
   MixerConfig cfg{D, H, N, 0, seed, resolved};
   auto mixer = spec.make(cfg);
   Var x(random_tensor({B, N, D}, RngStream(seed, Purpose::check, 20)), true);
@@ -132,10 +141,16 @@ MemoryMeasure measure_mixer_memory(const VariantSpec& spec, const Json& resolved
   MemoryMeasure m;
   PeakScope peak;
   const int64_t before = memory_stats().live_bytes;
+  struct Recording {  // stops recording on every way out
+    explicit Recording(std::vector<int64_t>* t) { set_allocation_recorder(t); }
+    ~Recording() { set_allocation_recorder(nullptr); }
+  } recording(timeline);
   Var y = mixer->forward(x, ctx);
   m.saved_bytes = memory_stats().live_bytes - before - y.value().bytes();
   y.backward(ones);
   m.peak_bytes = peak.peak_bytes();
+  if (timeline)
+    for (auto& live : *timeline) live -= before;
   return m;
 }
 

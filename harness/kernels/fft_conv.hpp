@@ -39,6 +39,7 @@ Var fft_conv(const Var& u, const Var& k_fwd, const Var& k_bwd = Var());
 int64_t fft_conv_length(int64_t n, int64_t taps);
 
 // log_dt: [C], log_a_re: [C, n], a_im: [C, n], c: [C, n, 2] (real, imaginary) -> K [C, L]
+// Saves its four (parameter-sized) inputs.
 Var ssm_diag_kernel(const Var& log_dt, const Var& log_a_re, const Var& a_im, const Var& c, int64_t length);
 
 // The discretised modes of the same SSM, for the recurrent (decode) form:

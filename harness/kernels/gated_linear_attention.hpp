@@ -62,6 +62,7 @@ GlaForm gla_form_from_string(const std::string& name);
 // Elementwise helpers for the gates (they save x):
 //   log_sigmoid(x) = log(1 / (1 + exp(-x))) * scale   (GLA's gate, scale = 1 / tau)
 //   softplus(x)    = log(1 + exp(x))                  (Mamba-2's step size)
+// Both save x.
 Var log_sigmoid(const Var& x, float scale = 1.f);
 Var softplus(const Var& x);
 

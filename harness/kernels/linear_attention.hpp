@@ -65,6 +65,7 @@ Var favor_features(const Var& x, const Tensor& w, const FavorOptions& opt = {});
 
 // v: [B, H, N, d], w: [H, K] -> [B, H, N, d]
 //   y[b, h, n, :] = sum_t w[h, t] v[b, h, n + t - K/2, :], zero outside [0, N) (K odd: centred).
+// Saves w, and v if w wants a gradient.
 Var sequence_depthwise_conv(const Var& v, const Var& w);
 
 }  // namespace ab

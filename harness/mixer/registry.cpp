@@ -13,16 +13,43 @@
 
 namespace ab {
 
+namespace {
+std::vector<std::filesystem::path>& hint_dirs() {
+  static std::vector<std::filesystem::path> dirs;
+  return dirs;
+}
+}  // namespace
+
+void add_plugin_hint_dir(const std::filesystem::path& dir) {
+  if (std::find(hint_dirs().begin(), hint_dirs().end(), dir) == hint_dirs().end()) hint_dirs().push_back(dir);
+}
+
 std::string unknown_with_plugin_hint(const char* what, const std::string& name, const std::vector<std::string>& names) {
   std::string hint = fmt::format("; a plugin's {}s need --plugin PATH (or ATTNBENCH_PLUGINS)", what);
-  if (loaded_plugins().empty()) {
-    std::vector<std::string> here;
+  // The .so files not loaded yet: in the current folder, the folders of the loaded plugins and
+  // the folders callers named (a sweep spec's).
+  namespace fs = std::filesystem;
+  std::vector<fs::path> dirs{"."};
+  for (const auto& p : loaded_plugins()) dirs.push_back(fs::path(p.path).parent_path());
+  dirs.insert(dirs.end(), hint_dirs().begin(), hint_dirs().end());
+  std::vector<std::string> seen, found;  // canonical paths, and the paths as shown
+  for (const auto& p : loaded_plugins()) seen.push_back(p.path);
+  for (const auto& dir : dirs) {
     std::error_code ec;
-    for (const auto& e : std::filesystem::directory_iterator(".", ec))
-      if (e.path().extension() == ".so") here.push_back(e.path().string());
+    std::vector<std::string> here;
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      if (e.path().extension() != ".so") continue;
+      const std::string canon = fs::weakly_canonical(e.path(), ec).string();
+      if (std::find(seen.begin(), seen.end(), canon) != seen.end()) continue;
+      seen.push_back(canon);
+      here.push_back(e.path().string());
+    }
     std::sort(here.begin(), here.end());
-    if (!here.empty()) hint += fmt::format(", e.g. --plugin {} (no plugin is loaded)", fmt::join(here, " or --plugin "));
+    found.insert(found.end(), here.begin(), here.end());
   }
+  if (!found.empty())
+    hint += fmt::format(", e.g. --plugin {}{}", fmt::join(found, " or --plugin "),
+                        loaded_plugins().empty() ? " (no plugin is loaded)" : "");
   return unknown_name_message(what, name, names) + hint;
 }
 

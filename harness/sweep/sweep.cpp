@@ -15,6 +15,7 @@
 #include "core/hash.hpp"
 #include "core/json_input.hpp"
 #include "core/numbers.hpp"
+#include "mixer/plugin_hint.hpp"
 #include "train/train.hpp"
 #include "attnbench/plugin.hpp"
 #include "attnbench/variant.hpp"
@@ -192,7 +193,9 @@ SweepSpec parse_and_expand(const std::string& text, const std::string& origin, c
     if (spec.contains(key) && spec[key].type() != kind)
       throw UsageError(fmt::format("sweep spec {}: '{}' must be of type {}, got {}", origin, key, Json(kind).type_name(),
                                    spec[key].type_name()));
-  // Plugins first: the cells below name their variants and tasks.
+  // Plugins first: the cells below name their variants and tasks. An unknown name's hint looks
+  // for plugins next to the spec too.
+  if (plugin_dir) add_plugin_hint_dir(*plugin_dir);
   for (const auto& p : spec.value("plugins", Json::array())) {
     if (!p.is_string() || p.get<std::string>().empty())
       throw UsageError(fmt::format("sweep spec {}: 'plugins' must list paths to plugin modules, got {}", origin, p.dump()));

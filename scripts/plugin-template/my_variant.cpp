@@ -29,6 +29,9 @@ class MyVariant final : public ab::AttentionMixer {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       ab::Cost c;
       c.flops = 2 * B * N * D * D * 4 + 4 * B * N * N * D;  // projections + QK^T + PV
+      // The two memory lines are what `attnbench check --plugin build/my_variant.so --variant
+      // my_variant --trace-memory` prints for this attend(); re-run it after changing attend() and
+      // paste its lines over these.
       // Saved for backward: scaled q, k, v and the merged heads (4 B N D floats) and the
       // probabilities (B H N^2 floats).
       c.activation_bytes = 4 * (4 * B * N * D + B * H * N * N);

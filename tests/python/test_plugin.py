@@ -126,6 +126,25 @@ class OutOfTreePlugin(unittest.TestCase):
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("--plugin ./lowtemp.so", r.stderr)
 
+    def test_the_hint_also_looks_beside_loaded_plugins_and_the_spec(self):
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            (d / "mine").mkdir()
+            shutil.copy(self.plugin, d / "mine" / "lowtemp.so")
+            shutil.copy(FIXTURE, d / "mine" / "faults.so")
+            # Beside a loaded plugin: the other module of its folder, not the loaded one.
+            r = self.run_ab("describe", "fault_nan", "--plugin", d / "mine" / "lowtemp.so")
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn(f"--plugin {d / 'mine' / 'faults.so'}", r.stderr)
+            self.assertNotIn("--plugin " + str(d / "mine" / "lowtemp.so"), r.stderr)
+            # Beside a sweep spec that forgot its `plugins`.
+            spec = d / "mine" / "spec.json"
+            spec.write_text(json.dumps({"name": "forgot", "base": {"task": "listops"},
+                                        "grid": {"variant": ["fault_nan"]}}))
+            r = self.run_ab("sweep", spec, "--dry-run")
+            self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+            self.assertIn(f"--plugin {d / 'mine' / 'faults.so'}", r.stderr)
+
     def test_check_passes(self):
         r = self.run_ab("check", "--plugin", self.plugin, "--variant", "lowtemp")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
@@ -167,6 +186,109 @@ class OutOfTreePlugin(unittest.TestCase):
             docs = [valid(self, f) for f in sorted((Path(d) / "out" / "runs").glob("*.json"))]
             self.assertEqual(sorted((x["variant"]["name"], x["status"]) for x in docs),
                              [("lowtemp", "ok"), ("softmax", "ok")])
+
+    def scaffold_and_build(self, name, source=None):
+        """new-variant NAME from the install, its .cpp replaced by `source` when given, built
+        against the installed package; returns (source file, plugin)."""
+        src = Path(self.tmp.name) / name
+        r = sh(self.prefix / "share" / "attnbench" / "scripts" / "new-variant", name, src)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        if source is not None:
+            shutil.copy(source, src / f"{name}.cpp")
+        r = sh("cmake", "-S", src, "-B", src / "build", "-G", "Ninja",
+               f"-Dattnbench_DIR={self.prefix / 'lib' / 'cmake' / 'attnbench'}")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        return src / f"{name}.cpp", self.rebuild(src / "build", name)
+
+    def rebuild(self, build, name):
+        r = sh("cmake", "--build", build)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        return build / f"{name}.so"
+
+    def test_relu_cosine_from_the_installed_headers_passes_check_with_a_traced_memory_model(self):
+        # Issue 19's "done when": a ReLU-of-cosine attention out of SDK ops only, built against the
+        # install; its memory cost model is what `check --trace-memory` prints, pasted; check
+        # passes on several seeds without special flags; planted bugs fail.
+        cpp, so = self.scaffold_and_build("relu_cosine", ROOT / "tests" / "plugins" / "relu_cosine.cpp")
+        trace = ("check", "--plugin", so, "--variant", "relu_cosine", "--trace-memory")
+        r = self.run_ab(*trace)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("saved for backward (Cost::activation_bytes) = ", r.stdout)
+        self.assertIn("exact at every traced size and at the held-out one", r.stdout)
+        self.assertIn("MISMATCH: the declared activation_bytes is 0", r.stdout)  # nothing declared yet
+        pasted = [line.strip() for line in r.stdout.splitlines()
+                  if line.strip().startswith(("c.activation_bytes = ", "c.peak_bytes = "))]
+        self.assertEqual(len(pasted), 2, r.stdout)
+        text = cpp.read_text()
+        marker = next(line for line in text.splitlines() if "// @MEMORY@" in line)
+        cpp.write_text(text.replace(marker, "\n".join("      " + line for line in pasted)))
+        so = self.rebuild(cpp.parent / "build", "relu_cosine")
+        r = self.run_ab(*trace)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("the declared activation_bytes agrees to the byte at every traced size", r.stdout)
+        self.assertNotIn("MISMATCH", r.stdout)
+        for seed in range(4):
+            r = self.run_ab("check", "--plugin", so, "--variant", "relu_cosine", "--seed", seed)
+            self.assertEqual(r.returncode, 0, f"seed {seed}\n" + r.stdout + r.stderr)
+            self.assertIn("0 failed", r.stdout)
+            for name in ("gradient", "gradient_causal", "padding", "memory_model", "peak_model"):
+                self.assertRegex(r.stdout, rf"ok\s+relu_cosine\s+{name}\s", f"seed {seed}")
+        # A gradient bug: the keys' branch detached (the forward is unchanged).
+        for seed in (0, 1):
+            r = self.run_ab("check", "--plugin", so, "--variant", "relu_cosine", "--seed", seed,
+                            "--set", "variant.detach_keys=true")
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertRegex(r.stdout, r"FAIL\s+relu_cosine\s+gradient\s.*backward is likely wrong")
+        # A wrong memory model: the declared saved bytes 30% short fail check, and the trace names them.
+        r = self.run_ab("check", "--plugin", so, "--variant", "relu_cosine", "--set", "variant.declared_saved_factor=0.7")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertRegex(r.stdout, r"FAIL\s+relu_cosine\s+memory_model\s")
+        r = self.run_ab(*trace, "--set", "variant.declared_saved_factor=0.7")
+        self.assertIn("MISMATCH: the declared activation_bytes", r.stdout)
+        self.assertRegex(r.stdout, r"at B=2 N=256 D=64 H=4 \(a size check measures\): declared \d+, traced formula "
+                                   r"\d+ \(\+42\.9%\)")
+
+    def test_a_spec_naming_the_plugin_is_killed_and_resumed_without_it(self):
+        # The spec lists the out-of-tree plugin relative to itself; the sweep is killed after its
+        # first cell and resumed with neither --plugin nor ATTNBENCH_PLUGINS; every run file passes
+        # the installed validate_run.py.
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            (d / "plugins").mkdir()
+            shutil.copy(self.plugin, d / "plugins" / "lowtemp.so")
+            spec = d / "spec.json"
+            spec.write_text(json.dumps({
+                "name": "spec-names-plugin", "plugins": ["plugins/lowtemp.so"],
+                "base": {"task": "listops", "threads": 1, "set": {
+                    "task.max_length": 32, "task.train_size": 128, "task.valid_size": 32, "task.test_size": 32,
+                    "model.layers": 1, "model.d_model": 16, "model.heads": 2, "train.steps": 6,
+                    "train.eval_every": 3}},
+                "grid": {"variant": ["lowtemp", "softmax"], "seed": [1, 2]}}))
+            env = {k: v for k, v in os.environ.items() if k != "ATTNBENCH_PLUGINS"}
+            out = d / "out"
+            p = subprocess.Popen([str(self.bin), "sweep", str(spec), "--out", str(out)], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.time() + 300
+            while p.poll() is None and time.time() < deadline and not list((out / "runs").glob("*.json")):
+                time.sleep(0.05)
+            p.kill()
+            p.wait()
+            time.sleep(0.5)  # the running cell dies with its parent
+            before = len(list((out / "runs").glob("*.json")))
+            self.assertLess(before, 4, "the sweep finished before it could be killed")
+            r = sh(self.bin, "sweep", spec, "--out", out, "--resume", env=env)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn(f"{4 - before} cells done", r.stdout)
+            runs = sorted((out / "runs").glob("*.json"))
+            self.assertEqual(len(runs), 4)
+            r = sh(sys.executable, self.prefix / "share" / "attnbench" / "scripts" / "validate_run.py", out / "runs")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            docs = [json.loads(f.read_text()) for f in runs]
+            self.assertEqual(sorted((x["variant"]["name"], x["status"]) for x in docs),
+                             [("lowtemp", "ok"), ("lowtemp", "ok"), ("softmax", "ok"), ("softmax", "ok")])
+            for x in docs:
+                if x["variant"]["name"] == "lowtemp":
+                    self.assertEqual(x["context"]["plugins"][0]["hash"], fnv1a64(self.plugin))
 
     def test_a_second_copy_is_refused_naming_both_origins(self):
         copy = Path(self.tmp.name) / "copy-of-lowtemp.so"

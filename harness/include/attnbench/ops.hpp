@@ -3,9 +3,9 @@
 // norm and eltwise; TBB loops elsewhere) and records its backward on the tape.
 // Shapes: activations are [B, N, D]; per-head tensors [B, H, N, d].
 // "saves:" says what an op keeps alive for backward when its inputs want gradients (nothing is
-// kept under NoGrad): the terms of a variant's Cost::saved_bytes. Tensors saved are shared with
-// the caller (an input the caller keeps anyway costs nothing more); index lists are plain memory
-// outside the tracking allocator.
+// kept under NoGrad): the terms of a variant's Cost::activation_bytes, which `attnbench check
+// --trace-memory` measures. Tensors saved are shared with the caller (an input the caller keeps
+// anyway costs nothing more); index lists are plain memory outside the tracking allocator.
 #include <cstdint>
 #include <optional>
 #include <vector>
