@@ -147,8 +147,8 @@ class DeltaNetLayer final : public ab::Mixer {
     c.activation_bytes = 4 * B * N * (5 * Dk + 4 * Dv + 3 * Dv + 4 * H);
     if (kGated) {
       c.flops += 2 * B * N * D * (Dv + H);
-      // the gate's logits, softplus, the decay, and x Wg, SiLU(x Wg), the gated output
-      c.activation_bytes += 4 * B * N * (3 * H + 3 * Dv);
+      // the gate's logits, softplus and decay (per head), x Wg and SiLU(x Wg)
+      c.activation_bytes += 4 * B * N * (5 * H + 2 * Dv);
     }
     c.state_bytes = 4 * B * H * dk * dv + 4 * B * (taps - 1) * (2 * Dk + Dv);
     // Peak in the kernel's backward (one direction at a time: the scratch of one is freed before
