@@ -55,11 +55,18 @@ class DeltaNetLayer final : public ab::Mixer {
     const auto& p = cfg.params;
     const int64_t D = d_model_;
     const int64_t Dk = std::llround(D * p.at("expand_k").get<double>()), Dv = std::llround(D * p.at("expand_v").get<double>());
-    if (heads_ <= 0 || Dk % heads_ != 0 || Dv % heads_ != 0 || Dk == 0 || Dv == 0)
+    if (heads_ <= 0 || Dk % heads_ != 0 || Dv % heads_ != 0 || Dk == 0 || Dv == 0) {
+      // The nearest widths that fit: whole multiples of the heads, at least one channel per head.
+      auto nearest = [&](int64_t w) {
+        const int64_t h = std::max<int64_t>(heads_, 1);
+        return std::to_string(double(std::max<int64_t>(h, (w + h / 2) / h * h)) / double(D));
+      };
       throw ab::UsageError(std::string(kName) + ": expand_k * d_model = " + std::to_string(Dk) +
                            " and expand_v * d_model = " + std::to_string(Dv) +
                            " must be positive multiples of model.heads = " + std::to_string(heads_) +
-                           " (d_model = " + std::to_string(D) + ")");
+                           " (d_model = " + std::to_string(D) + "); nearest valid: variant.expand_k=" + nearest(Dk) +
+                           ", variant.expand_v=" + nearest(Dv));
+    }
     dk_ = Dk / heads_;
     dv_ = Dv / heads_;
     taps_ = p.at("conv_size").get<int64_t>();
