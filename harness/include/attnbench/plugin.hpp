@@ -28,7 +28,8 @@ namespace ab {
 //    template). Cost and CostArgs moved to cost.hpp, and Cost gained bytes. PluginInfo gained hash
 //    and signature; the entry points catch every exception and the loader checks a build
 //    signature (attnbench/sdk_signature.hpp, generated).
-#define ATTNBENCH_PLUGIN_ABI_VERSION 4
+// 5: attnbench/kernels/delta_rule.hpp (the delta rule's chunked kernel and decode state).
+#define ATTNBENCH_PLUGIN_ABI_VERSION 5
 inline constexpr int kPluginAbiVersion = ATTNBENCH_PLUGIN_ABI_VERSION;
 
 struct PluginInfo {
