@@ -30,8 +30,9 @@ namespace ab {
 //    signature (attnbench/sdk_signature.hpp, generated).
 // 5: MixerConfig gained kv_heads and AttentionMixer kv_heads_ (grouped-query attention); Task gained
 //    targets_in_input(), TaskSpec gained defaults; Module gained add_param's no_decay flag and
-//    no_decay_names(); every op of ops.hpp and
-//    kernels/ says what it saves for backward (`check --trace-memory` measures it).
+//    no_decay_names(); attnbench/kernels/delta_rule.hpp (the delta rule's chunked kernel and decode
+//    state); every op of ops.hpp and kernels/ says what it saves for backward (`check
+//    --trace-memory` measures it).
 #define ATTNBENCH_PLUGIN_ABI_VERSION 5
 inline constexpr int kPluginAbiVersion = ATTNBENCH_PLUGIN_ABI_VERSION;
 

@@ -1,0 +1,237 @@
+// deltanet and gated_deltanet — linear attention with the delta rule: the state is corrected towards
+// v_t along k_t instead of only accumulating k_t v_t^T; the gated form also decays the whole state.
+// One file for the two registry entries: the layers differ only in the gate, the output gate and
+// their defaults, and gated_deltanet with g = 0 is deltanet (one kernel, ab::delta_rule).
+//
+// deltanet: Yang, Wang, Zhang, Shen & Kim 2024, "Parallelizing Linear Transformers with the Delta
+// Rule over Sequence Length" (NeurIPS); defaults of flash-linear-attention's DeltaNet layer
+// (expand_k 1, expand_v 1, use_beta, short convolutions of 4 taps with SiLU on q, k and v,
+// qk_norm l2, output norm, no output gate).
+// gated_deltanet: Yang, Kautz & Hatamizadeh 2025, "Gated Delta Networks: Improving Mamba2 with
+// Delta Rule" (ICLR); defaults of fla's GatedDeltaNet layer (expand_v 2, the same short
+// convolutions and L2 norms, output gate, A = U(0, 16), dt_bias from dt log-uniform in [1e-3, 1e-1]).
+//   q, k, v = SiLU(causal short conv(x Wq | x Wk | x Wv))   (depthwise, no bias; fla's ShortConvolution)
+//   q <- L2norm_head(q) dk^-1/2 (the kernels' default scale in fla), k <- L2norm_head(k),
+//   beta = sigmoid(x Wb) [B, N, H],  gated: g = -exp(A_log) softplus(x Wa + dt_bias) <= 0 [B, N, H],
+//   S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T, o_t = S_t^T q_t  (g = 0: deltanet)
+//   y = Norm_head(o) Wo,   gated: y = (Norm_head(o) * SiLU(x Wg)) Wo.
+// The per-head norm is a LayerNorm over dv with an affine shared by the heads (fla: RMSNorm, fused
+// with the swish gate in the gated layer); fla's unused D parameter of GatedDeltaNet is left out.
+// Projections Xavier-uniform (fla: gain 2^-2.5), conv taps U(+-1/sqrt(taps)) (PyTorch's Conv1d).
+// Kernel: the chunked WY form (`chunk` positions per chunk; decays relative to the chunk start, every
+// exp <= 1), O(N C (dk + dv) + N dk dv) per head as batched GEMMs; it saves only its inputs.
+// Capabilities: causal with decoding (state: S [B, H, dk, dv] and the last taps - 1 conv inputs of
+// q, k, v); bidirectional = centred conv, then the causal plus the anti-causal scan summed (not in
+// the papers; the token's own term counts twice); padding mask (padded inputs are zeroed and their
+// beta and g set to 0, so they leave the state unchanged).
+#include <cmath>
+#include <functional>
+#include <string>
+
+#include "attnbench/kernels/delta_rule.hpp"
+#include "attnbench/kernels/gated_linear_attention.hpp"  // softplus
+#include "attnbench/kernels/short_conv.hpp"
+#include "attnbench/variant.hpp"
+
+namespace {
+
+class DeltaNetState final : public ab::DecodeState {
+ public:
+  DeltaNetState(int64_t batch, int64_t heads, int64_t dk, int64_t dv, int64_t taps)
+      : s(batch, heads, dk, dv),
+        conv{ab::ShortConvState(batch, heads * dk, taps), ab::ShortConvState(batch, heads * dk, taps),
+             ab::ShortConvState(batch, heads * dv, taps)} {}
+  int64_t bytes() const override { return s.bytes() + conv[0].bytes() + conv[1].bytes() + conv[2].bytes(); }
+  ab::DeltaRuleState s;
+  ab::ShortConvState conv[3];  // q, k, v
+};
+
+template <bool kGated>
+class DeltaNetLayer final : public ab::Mixer {
+  static constexpr const char* kName = kGated ? "gated_deltanet" : "deltanet";
+
+ public:
+  explicit DeltaNetLayer(const ab::MixerConfig& cfg) : d_model_(cfg.d_model), heads_(cfg.heads) {
+    const auto& p = cfg.params;
+    const int64_t D = d_model_;
+    const int64_t Dk = std::llround(D * p.at("expand_k").get<double>()), Dv = std::llround(D * p.at("expand_v").get<double>());
+    if (heads_ <= 0 || Dk % heads_ != 0 || Dv % heads_ != 0 || Dk == 0 || Dv == 0) {
+      // The nearest widths that fit: whole multiples of the heads, at least one channel per head.
+      auto nearest = [&](int64_t w) {
+        const int64_t h = std::max<int64_t>(heads_, 1);
+        return std::to_string(double(std::max<int64_t>(h, (w + h / 2) / h * h)) / double(D));
+      };
+      throw ab::UsageError(std::string(kName) + ": expand_k * d_model = " + std::to_string(Dk) +
+                           " and expand_v * d_model = " + std::to_string(Dv) +
+                           " must be positive multiples of model.heads = " + std::to_string(heads_) +
+                           " (d_model = " + std::to_string(D) + "); nearest valid: variant.expand_k=" + nearest(Dk) +
+                           ", variant.expand_v=" + nearest(Dv));
+    }
+    dk_ = Dk / heads_;
+    dv_ = Dv / heads_;
+    taps_ = p.at("conv_size").get<int64_t>();
+    opt_.chunk = p.at("chunk").get<int64_t>();
+    auto stream = [&](uint64_t which) { return ab::RngStream(cfg.seed, ab::Purpose::init, 1000 + cfg.layer, which); };
+    const int64_t widths[3] = {Dk, Dk, Dv};
+    const char* names[3] = {"q", "k", "v"};
+    const float cb = 1.0f / std::sqrt(static_cast<float>(taps_));
+    for (int i = 0; i < 3; ++i) {
+      w_[i] = add_param(std::string("w") + names[i], ab::init_xavier_uniform(D, widths[i], stream(i)));
+      cw_[i] = add_param(std::string("conv_") + names[i] + "_weight", ab::init_uniform({widths[i], taps_}, cb, stream(3 + i)));
+    }
+    wb_ = add_param("wbeta", ab::init_xavier_uniform(D, heads_, stream(6)));
+    wo_ = add_param("wo", ab::init_xavier_uniform(Dv, D, stream(7)));
+    norm_w_ = add_param("norm_weight", ab::Tensor::full({dv_}, 1.f));
+    norm_b_ = add_param("norm_bias", ab::Tensor::zeros({dv_}));
+    if (!kGated) return;
+    wa_ = add_param("wa", ab::init_xavier_uniform(D, heads_, stream(8)));
+    wg_ = add_param("wg", ab::init_xavier_uniform(D, Dv, stream(9)));
+    const double dt_min = p.at("dt_min").get<double>(), dt_max = p.at("dt_max").get<double>();
+    const double a_max = p.at("a_init_max").get<double>();
+    ab::Tensor dt_bias = ab::Tensor::empty({heads_}), a_log = ab::Tensor::empty({heads_});
+    ab::RngStream r = stream(10);
+    for (int64_t h = 0; h < heads_; ++h) {
+      double dt = std::exp(std::log(dt_min) + r.uniform_double() * (std::log(dt_max) - std::log(dt_min)));
+      dt = std::max(dt, 1e-4);
+      dt_bias[h] = static_cast<float>(dt + std::log(-std::expm1(-dt)));  // softplus^-1(dt)
+      a_log[h] = static_cast<float>(std::log(std::max(1e-4, r.uniform_double() * a_max)));  // A = U(0, a_max)
+    }
+    dt_bias_ = add_param("dt_bias", dt_bias);
+    a_log_ = add_param("A_log", a_log);
+  }
+
+  static ab::VariantSpec spec() {
+    ab::VariantSpec s;
+    s.name = kName;
+    s.family = "recurrent";
+    if (kGated) {
+      s.summary = "Gated DeltaNet: the delta rule with a data-dependent scalar decay per head, output gate";
+      s.reference = "Yang, Kautz & Hatamizadeh 2025, Gated Delta Networks: Improving Mamba2 with Delta Rule";
+    } else {
+      s.summary = "DeltaNet: linear attention with the delta-rule state update, chunked WY kernel, short convs";
+      s.reference = "Yang et al. 2024, Parallelizing Linear Transformers with the Delta Rule over Sequence Length";
+    }
+    const double ev = kGated ? 2.0 : 1.0;
+    s.params = {
+        ab::int_param("chunk", 64, "chunk length of the chunked WY form (fla: 64)", 1, 4096),
+        ab::num_param("expand_k", 1.0, "key width as a fraction of d_model (fla: 1); expand_k D / heads must be whole",
+                      0.0625, 4),
+        ab::num_param("expand_v", ev,
+                      std::string("value width as a fraction of d_model (fla: ") + (kGated ? "2" : "1") +
+                          "); expand_v D / heads must be whole",
+                      0.0625, 4),
+        ab::int_param("conv_size", 4, "taps of the short convolutions on q, k and v (fla: 4)", 1, 8),
+    };
+    if (kGated) {
+      s.params.push_back(ab::num_param("dt_min", 1e-3, "smallest initial step size", 1e-5, 1.0));
+      s.params.push_back(ab::num_param("dt_max", 1e-1, "largest initial step size", 1e-5, 1.0));
+      s.params.push_back(ab::num_param(
+          "a_init_max", 16.0, "-A_h = exp(A_log_h) is initialised uniform in (0, a_init_max] (fla: 16)", 1e-3, 100.0));
+    }
+    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    s.check_params = ab::Json{{"chunk", 3}};  // several chunks, the last one partial, at N = 8
+    s.cost = cost;
+    return s;
+  }
+
+  static ab::Cost cost(const ab::CostArgs& a) {
+    const auto& p = *a.params;
+    const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
+    const double Dk = std::round(D * p.at("expand_k").get<double>()), Dv = std::round(D * p.at("expand_v").get<double>());
+    const double dk = Dk / H, dv = Dv / H, taps = double(p.at("conv_size").get<int64_t>());
+    const double C = std::min<double>(N, double(p.at("chunk").get<int64_t>()));
+    const double Np = std::ceil(N / C) * C;  // padded to whole chunks
+    const double dirs = a.causal ? 1 : 2;
+    // Per position of one (batch, head, direction), multiply-adds: K K^T, Q K^T and W = T Kb (3 C dk),
+    // U = T Vb and P U~ (2 C dv), T by substitution (C^2 / 6), U~, the state update and Q S (3 dk dv).
+    const double mix = Np * 2 * (3 * C * dk + 2 * C * dv + C * C / 6 + 3 * dk * dv);
+    ab::Cost c;
+    c.flops = 2 * B * N * D * (2 * Dk + Dv + H) + 2 * B * N * Dv * D + 2 * B * N * (2 * Dk + Dv) * taps +
+              dirs * B * H * mix + 10 * B * N * (2 * Dk + Dv);
+    // Saved (floats per position): the projections (conv inputs), the conv outputs (SiLU inputs),
+    // the SiLU outputs and the head-major normalised q, k and v; beta's logits and beta; the
+    // output before and after the norm and the norm's statistics.
+    c.activation_bytes = 4 * B * N * (5 * Dk + 4 * Dv + 3 * Dv + 4 * H);
+    if (kGated) {
+      c.flops += 2 * B * N * D * (Dv + H);
+      // the gate's logits, softplus and decay (per head), x Wg and SiLU(x Wg)
+      c.activation_bytes += 4 * B * N * (5 * H + 2 * Dv);
+    }
+    c.state_bytes = 4 * B * H * dk * dv + 4 * B * (taps - 1) * (2 * Dk + Dv);
+    // Peak in the kernel's backward (one direction at a time: the scratch of one is freed before
+    // the other runs): about 9 key-width (11 gated), 5 value-width and 6 chunk-width buffers over
+    // the padded length, the chunk-start states and their gradients.
+    const double X = B * H * Np * dk, Y = B * H * Np * dv, Z = B * H * Np * C, SS = B * H * (Np / C) * dk * dv;
+    c.peak_bytes = c.activation_bytes + 4 * ((kGated ? 11 : 9) * X + 5 * Y + 6 * Z + 2 * SS) + 4 * D * (2 * Dk + 2 * Dv);
+    return c;
+  }
+
+  // x: [B, N, D] -> [B, N, D]
+  ab::Var forward(const ab::Var& x, const ab::MixerContext& ctx) override {
+    const bool causal = ctx.causal;
+    auto conv = [&](int i, const ab::Var& in) { return ab::short_conv(in, cw_[i], ab::Var(), causal); };
+    auto mix = [&](const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::Var& beta, const ab::Var& g) {
+      return ab::delta_rule_mix(q, k, v, beta, g, opt_, causal);
+    };
+    return run(x, ctx.key_mask, conv, mix);
+  }
+
+  std::unique_ptr<ab::DecodeState> begin_decode(int64_t batch, const ab::MixerContext&) override {
+    return std::make_unique<DeltaNetState>(batch, heads_, dk_, dv_, taps_);
+  }
+  // x_t: [B, 1, D] -> [B, 1, D]
+  ab::Tensor decode_step(const ab::Tensor& x_t, ab::DecodeState& state, const ab::MixerContext&) override {
+    ab::NoGrad ng;
+    auto& st = static_cast<DeltaNetState&>(state);
+    auto conv = [&](int i, const ab::Var& in) { return ab::Var(st.conv[i].step(in.value(), cw_[i].value(), nullptr)); };
+    auto mix = [&](const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::Var& beta, const ab::Var& g) {
+      return ab::Var(st.s.step(q.value(), k.value(), v.value(), beta.value(), g.value()));
+    };
+    return run(ab::Var(x_t), nullptr, conv, mix).value();
+  }
+
+ private:
+  using ConvFn = std::function<ab::Var(int, const ab::Var&)>;
+  using MixFn = std::function<ab::Var(const ab::Var&, const ab::Var&, const ab::Var&, const ab::Var&, const ab::Var&)>;
+
+  ab::Var run(const ab::Var& x_in, const ab::Tensor* key_mask, const ConvFn& conv, const MixFn& mix) {
+    const int64_t B = x_in.dim(0), N = x_in.dim(1);
+    const ab::Tensor keep = ab::keep_flags(key_mask, {B, N});  // undefined: no mask
+    const ab::Var x = key_mask ? ab::mul(x_in, ab::Var(keep.reshape({B, N, 1}))) : x_in;
+    auto heads = [&](const ab::Var& t, int64_t d) {  // [B, N, H d] -> [B, H, N, d]
+      return ab::permute(ab::reshape(t, {B, N, heads_, d}), {0, 2, 1, 3});
+    };
+    ab::Var u[3];
+    for (int i = 0; i < 3; ++i) u[i] = ab::silu(conv(i, ab::linear(x, w_[i])));
+    const ab::Var q = ab::scale(ab::l2_normalize(heads(u[0], dk_)), 1.0f / std::sqrt(static_cast<float>(dk_)));
+    const ab::Var k = ab::l2_normalize(heads(u[1], dk_));
+    const ab::Var v = heads(u[2], dv_);
+    ab::Var beta = ab::permute(ab::sigmoid(ab::linear(x, wb_)), {0, 2, 1});  // [B, H, N]
+    ab::Var g;                                                                // [B, H, N] or none
+    if (kGated)  // g = -exp(A_log) softplus(x Wa + dt_bias)
+      g = ab::permute(ab::mul(ab::softplus(ab::linear(x, wa_, dt_bias_)), ab::scale(ab::exp(a_log_), -1.f)), {0, 2, 1});
+    if (key_mask) {
+      const ab::Var keep_h(keep.reshape({B, 1, N}));
+      beta = ab::mul(beta, keep_h);
+      if (kGated) g = ab::mul(g, keep_h);
+    }
+    const ab::Var o = mix(q, k, v, beta, g);                                             // [B, H, N, dv]
+    ab::Var y = ab::layer_norm(ab::permute(o, {0, 2, 1, 3}), norm_w_, norm_b_);         // [B, N, H, dv]
+    y = ab::reshape(y, {B, N, heads_ * dv_});
+    if (kGated) y = ab::mul(y, ab::silu(ab::linear(x, wg_)));
+    return ab::linear(y, wo_);
+  }
+
+  int64_t d_model_, heads_, dk_ = 0, dv_ = 0, taps_ = 4;
+  ab::DeltaRuleOptions opt_;
+  ab::Var w_[3], cw_[3], wb_, wo_, norm_w_, norm_b_;
+  ab::Var wa_, wg_, dt_bias_, a_log_;  // gated only
+};
+
+using DeltaNet = DeltaNetLayer<false>;
+using GatedDeltaNet = DeltaNetLayer<true>;
+
+}  // namespace
+
+ATTNBENCH_REGISTER_VARIANT(DeltaNet);
+ATTNBENCH_REGISTER_VARIANT(GatedDeltaNet);
