@@ -1,7 +1,7 @@
 // The task suite: every generator checked by code written separately from it.
-//  * Pathfinder: labels re-derived by a connectivity search on the rendered image (drawn pixels
-//    linked when at most r apart, r = 2 * max margin + 1.5 per resolution); the checker itself is
-//    tested on hand-drawn images first.
+//  * Pathfinder: labels re-derived from the exported target paths, checked against the image (a
+//    connectivity search cannot recover them: see check_pathfinder); the drawing itself is compared
+//    with the original generator's statistics in tests/python/test_pathfinder_stats.py.
 //  * MQAR, selective copying, induction heads, associative recall: structure and targets re-derived
 //    from the token sequence alone.
 //  * Image: exact class balance, a visible shape on every image. Text: labels = an independent
@@ -71,62 +71,19 @@ struct TempDir {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Pathfinder connectivity checker (independent of the generator)
-
-// Whether the lit pixels (value > 0) within `radius` of centre a reach those within `radius` of
-// centre b, hopping between lit pixels at most `link` apart.
-bool connected(const std::vector<uint8_t>& img, int side, std::array<int, 2> a, std::array<int, 2> b, double link,
-               double radius) {
-  std::vector<char> seen(img.size(), 0);
-  std::vector<int> queue;
-  const int r = static_cast<int>(radius);
-  auto lit = [&](int y, int x) { return y >= 0 && y < side && x >= 0 && x < side && img[y * side + x] > 0; };
-  for (int dy = -r; dy <= r; ++dy)
-    for (int dx = -r; dx <= r; ++dx)
-      if (dy * dy + dx * dx <= radius * radius && lit(a[0] + dy, a[1] + dx)) {
-        const int p = (a[0] + dy) * side + a[1] + dx;
-        if (!seen[p]) seen[p] = 1, queue.push_back(p);
-      }
-  const int w = static_cast<int>(link);
-  for (size_t head = 0; head < queue.size(); ++head) {
-    const int y = queue[head] / side, x = queue[head] % side;
-    for (int dy = -w; dy <= w; ++dy)
-      for (int dx = -w; dx <= w; ++dx) {
-        if (dy * dy + dx * dx > link * link || !lit(y + dy, x + dx)) continue;
-        const int p = (y + dy) * side + x + dx;
-        if (!seen[p]) seen[p] = 1, queue.push_back(p);
-      }
-  }
-  for (int dy = -r; dy <= r; ++dy)
-    for (int dx = -r; dx <= r; ++dx)
-      if (dy * dy + dx * dx <= radius * radius && lit(b[0] + dy, b[1] + dx) && seen[(b[0] + dy) * side + b[1] + dx])
-        return true;
-  return false;
-}
-
-TEST(PathfinderChecker, HandDrawnImages) {
-  // Two dashed horizontal lines; dashes 3 px long with 2-px gaps (centres 3 apart) link at 3.5.
-  const int side = 32;
-  std::vector<uint8_t> img(side * side, 0);
-  auto dash = [&](int y, int x0, int x1) {
-    for (int x = x0; x <= x1; ++x) img[y * side + x] = 200;
-  };
-  for (int x = 2; x < 28; x += 5) dash(8, x, x + 2);  // gaps of 2 empty pixels
-  for (int x = 2; x < 28; x += 5) dash(12, x, x + 2);  // 4 rows below: not linked at 3.5
-  EXPECT_TRUE(connected(img, side, {8, 2}, {8, 29}, 3.5, 1.5));
-  EXPECT_FALSE(connected(img, side, {8, 2}, {12, 29}, 3.5, 1.0));
-  EXPECT_TRUE(connected(img, side, {8, 2}, {12, 29}, 4.0, 1.0));  // at 4 the rows touch
-  std::vector<uint8_t> wide = img;
-  for (int x = 3; x < 28; x += 5) wide[8 * side + x] = 0;  // break the dashes into single pixels 2 apart...
-  EXPECT_TRUE(connected(wide, side, {8, 2}, {8, 29}, 3.5, 1.5));
-  EXPECT_FALSE(connected(wide, side, {8, 2}, {8, 29}, 1.5, 0.5));  // ...which a 1.5 link does not bridge
-}
+// Pathfinder
 
 struct PathfinderCase {
   int resolution, contour_length, count;
-  double link;  // 2 * max(margins) + 1.5, from tasks.md §7.3: margins [1], [1], [2, 3], [3]
 };
 
+// The generator draws as LRA's (drewlinsley/pathfinder): labels are by construction and snakes are
+// kept apart by its masks only, so the label is NOT recoverable by a connectivity search on the
+// pixels (on 450 of the original's own 32 px images such a search agrees with the label in 47-53%
+// of images at every threshold 0-32 and link radius 1-2.5 tried). What is checked instead, from
+// the image and the exported target paths: each path is a chain of paddles at the generator's
+// spacing whose heads are drawn, the markers sit on path ends and are drawn, and the label is 1
+// exactly when both markers are the ends of one path (0: the origin of one and the end of the other).
 void check_pathfinder(const PathfinderCase& c) {
   auto task = make_task("pathfinder", {{"resolution", c.resolution}, {"contour_length", c.contour_length},
                                        {"valid_size", c.count}, {"cache_mb", 0}},
@@ -135,7 +92,12 @@ void check_pathfinder(const PathfinderCase& c) {
   ASSERT_EQ(task->seq_len(), side * side);
   ASSERT_EQ(task->vocab_size(), 257);
   ASSERT_EQ(task->num_classes(), 2);
-  int positives = 0, agree = 0;
+  const Json eff = task->effective_params();
+  // Paddle length L and the largest margin m per resolution (tasks.md §7.3): consecutive heads lie
+  // about L + 2m + (L + m) apart, at most 2 (L + m) + m + 2 with the pixel roundings.
+  const int L = side == 32 ? 2 : 5, m = side == 128 ? 3 : side == 256 ? 3 : 1;
+  const double max_step = 2.0 * (L + m) + m + 2.0;
+  int positives = 0, ambiguous = 0;
   for (int i = 0; i < c.count; ++i) {
     const Example ex = task->example(Split::valid, i);
     ASSERT_EQ(static_cast<int>(ex.input.size()), side * side);
@@ -148,31 +110,56 @@ void check_pathfinder(const PathfinderCase& c) {
     const Json meta = Json::parse(ex.text);
     const std::array<int, 2> a = {meta["markers"][0][0].get<int>(), meta["markers"][0][1].get<int>()};
     const std::array<int, 2> b = {meta["markers"][1][0].get<int>(), meta["markers"][1][1].get<int>()};
-    ASSERT_GT(img[a[0] * side + a[1]], 0) << "marker centre not drawn";
-    ASSERT_GT(img[b[0] * side + b[1]], 0) << "marker centre not drawn";
-    const bool joined = connected(img, side, a, b, c.link, 1.0);
+    // Markers are value 1 discs among paddles of at most 1.5 (32 px) or 1 (others): bright.
+    ASSERT_GE(img[a[0] * side + a[1]], 128) << "marker centre not drawn, image " << i;
+    ASSERT_GE(img[b[0] * side + b[1]], 128) << "marker centre not drawn, image " << i;
+    std::array<std::vector<std::array<int, 2>>, 2> paths;
+    for (int k = 0; k < 2; ++k) {
+      for (const auto& q : meta["paths"][k]) paths[k].push_back({q[0].get<int>(), q[1].get<int>()});
+      ASSERT_EQ(static_cast<int>(paths[k].size()), c.contour_length) << "image " << i;
+      for (size_t j = 0; j < paths[k].size(); ++j) {
+        const auto& q = paths[k][j];
+        ASSERT_TRUE(q[0] >= 0 && q[0] < side && q[1] >= 0 && q[1] < side);
+        if (j > 0) {
+          EXPECT_GT(img[q[0] * side + q[1]], 0) << "paddle head not drawn, image " << i;
+          const auto& r = paths[k][j - 1];
+          EXPECT_LE(std::hypot(q[0] - r[0], q[1] - r[1]), max_step) << "path breaks, image " << i;
+        }
+      }
+    }
     const int label = ex.target.at(0);
     ASSERT_TRUE(label == 0 || label == 1);
     positives += label;
-    agree += joined == (label == 1);
-    EXPECT_EQ(joined, label == 1) << "resolution " << side << " image " << i << " label " << label;
+    // Target 1's last paddle is never masked (as in the original), so target 2 may end on the same
+    // pixel: then both labels draw the same image.
+    if (paths[0].back() == paths[1].back()) {
+      ++ambiguous;
+      continue;
+    }
+    int derived = -1;
+    for (int k = 0; k < 2; ++k) {
+      if (a == paths[k].front() && b == paths[k].back()) derived = 1;
+      if (a == paths[k].front() && b == paths[1 - k].back()) derived = 0;
+    }
+    EXPECT_EQ(derived, label) << "resolution " << side << " image " << i;
   }
-  EXPECT_EQ(agree, c.count);
-  // Labels are Bernoulli(1/2).
-  EXPECT_GT(positives, c.count / 2 - 3 * std::sqrt(c.count / 4.0) - 1);
-  EXPECT_LT(positives, c.count / 2 + 3 * std::sqrt(c.count / 4.0) + 1);
-  std::printf("pathfinder %d, contour %d: %d images, %d labelled 1, all agree with the connectivity search: %s\n",
-              side, c.contour_length, c.count, positives, agree == c.count ? "yes" : "NO");
+  EXPECT_LE(ambiguous, c.count / 20 + 1);
+  // Labels are Bernoulli(1/2) (4 sigma: seven such checks run).
+  EXPECT_GT(positives, c.count / 2 - 4 * std::sqrt(c.count / 4.0) - 1);
+  EXPECT_LT(positives, c.count / 2 + 4 * std::sqrt(c.count / 4.0) + 1);
+  std::printf("pathfinder %d, contour %d: %d images, %d labelled 1, %d with both targets ending on one pixel, the "
+              "others' labels re-derived from the drawn paths\n",
+              side, c.contour_length, c.count, positives, ambiguous);
 }
 
-TEST(Pathfinder, LabelsMatchConnectivity32) { check_pathfinder({32, 14, 300, 3.5}); }
-TEST(Pathfinder, LabelsMatchConnectivity64) { check_pathfinder({64, 14, 200, 3.5}); }
-TEST(Pathfinder, LabelsMatchConnectivity128) { check_pathfinder({128, 14, 24, 7.5}); }
-TEST(Pathfinder, LabelsMatchConnectivity256) { check_pathfinder({256, 14, 60, 7.5}); }
-TEST(Pathfinder, EasierContoursMatchConnectivity) {
-  check_pathfinder({32, 6, 200, 3.5});
-  check_pathfinder({32, 9, 200, 3.5});
-  check_pathfinder({64, 6, 100, 3.5});
+TEST(Pathfinder, LabelsMatchPaths32) { check_pathfinder({32, 14, 300}); }
+TEST(Pathfinder, LabelsMatchPaths64) { check_pathfinder({64, 14, 100}); }
+TEST(Pathfinder, LabelsMatchPaths128) { check_pathfinder({128, 14, 24}); }
+TEST(Pathfinder, LabelsMatchPaths256) { check_pathfinder({256, 14, 20}); }
+TEST(Pathfinder, EasierContoursMatchPaths) {
+  check_pathfinder({32, 6, 200});
+  check_pathfinder({32, 9, 200});
+  check_pathfinder({64, 6, 100});
 }
 
 TEST(Pathfinder, ParametersPresetsAndPadding) {
