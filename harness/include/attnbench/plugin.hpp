@@ -28,11 +28,12 @@ namespace ab {
 //    template). Cost and CostArgs moved to cost.hpp, and Cost gained bytes. PluginInfo gained hash
 //    and signature; the entry points catch every exception and the loader checks a build
 //    signature (attnbench/sdk_signature.hpp, generated).
-// 5: MixerConfig gained kv_heads and AttentionMixer kv_heads_ (grouped-query attention); Task gained
-//    targets_in_input(), TaskSpec gained defaults; Module gained add_param's no_decay flag and
-//    no_decay_names(); attnbench/kernels/delta_rule.hpp (the delta rule's chunked kernel and decode
-//    state); every op of ops.hpp and kernels/ says what it saves for backward (`check
-//    --trace-memory` measures it).
+// 5: MixerConfig gained kv_heads and AttentionMixer kv_heads_ (grouped-query attention); Task
+//    gained targets_in_input(), TaskSpec gained defaults; Module gained add_param's no_decay flag
+//    and no_decay_names(); the forwarding headers at the kernels' old paths are gone (include
+//    attnbench/kernels/NAME.hpp); attnbench/kernels/delta_rule.hpp (the delta rule's chunked
+//    kernel and decode state); every op of ops.hpp and kernels/ says what it saves for backward
+//    (`check --trace-memory` measures it).
 #define ATTNBENCH_PLUGIN_ABI_VERSION 5
 inline constexpr int kPluginAbiVersion = ATTNBENCH_PLUGIN_ABI_VERSION;
 

@@ -1,4 +1,0 @@
-#pragma once
-// Forwarding header, kept for plugins written against plugin ABI 3: the fused kernels now live in
-// attnbench/kernels/. Include "attnbench/kernels/monarch.hpp" instead; this file goes with ABI 5.
-#include "attnbench/kernels/monarch.hpp"
