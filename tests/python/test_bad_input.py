@@ -71,6 +71,7 @@ class Catalogue(unittest.TestCase):
                 ("train.batch_size=0", ["'batch_size' = 0"]),
                 ("train.lr=-1", ["'lr' = -1", "out of range"]),
                 ("variant.dropout=1.5", ["nearest valid value: 0.95"]),
+                ("train.eps=0", ["'eps' = 0.0 is out of range", "nearest valid value: 1e-12"]),  # 0 / 0: always diverged
             ]:
                 with self.subTest(setting):
                     extra = ["--set", "model.heads=4"] if setting == "model.d_model=30" else []
