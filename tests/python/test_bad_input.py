@@ -242,6 +242,38 @@ class Catalogue(unittest.TestCase):
             self.expect(["data", "--task", "retrieval", "--set", "task.source=lra_files", "--set", f"task.path={d}",
                          "--count", "1", "--out", "-"], 2, "label '2' is not 0 or 1")
 
+    def test_dataset_text_that_is_not_utf8_keeps_its_message(self):
+        # Bytes that are not UTF-8 in an AAN text, in task.path and in a Pathfinder metadata line:
+        # the document or the message is written with U+FFFD in their place, never replaced by a
+        # JSON encoding error.
+        def raw(args):
+            return subprocess.run([BIN, *args], capture_output=True, timeout=120)
+        with tempfile.TemporaryDirectory() as d:
+            aan = Path(d) / "aan"
+            aan.mkdir()
+            for split in ("train", "eval", "test"):
+                (aan / f"new_aan_pairs.{split}.tsv").write_bytes(b"1\ta\tb\thello \xff\xfe world\tother \xc3( text\n" * 3)
+            r = raw(["data", "--task", "retrieval", "--set", "task.source=lra_files", "--set", f"task.path={aan}",
+                     "--count", "1", "--out", "-"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            doc = json.loads(r.stdout.decode("utf-8"))  # strict: not UTF-8 fails here
+            self.assertEqual(doc["text"], "hello \ufffd\ufffd world\tother \ufffd( text")
+            r = raw(["data", "--task", "pathfinder", "--set", "task.source=lra_files",
+                     "--set", os.fsdecode(b"task.path=" + os.fsencode(d) + b"/no\xffwhere"), "--count", "1", "--out", "-"])
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn(b"is not a directory", r.stderr)
+            meta = Path(d) / "pf" / "metadata"
+            meta.mkdir(parents=True)
+            (meta / "0.npy").write_bytes(b"imgs/0 sample_0.png 0 \xff\n")
+            out = Path(d) / "r.json"
+            r = raw([*TRAIN[:4], "pathfinder", *TRAIN[5:], "--set", "task.source=lra_files",
+                     "--set", f"task.path={meta.parent}", "--out", out])
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn(b"0.npy:1: label", r.stderr)
+            doc = json.loads(out.read_text(encoding="utf-8"))
+            self.assertEqual(doc["status"], "error")
+            self.assertIn("label '\ufffd' is not 0 or 1", doc["error"])
+
     def pathfinder(self, contour, code, *fragments, count=1):
         self.expect(["data", "--task", "pathfinder", "--set", "task.source=lra_files", "--set", f"task.path={contour}",
                      "--count", count, "--out", "-"], code, *fragments)
