@@ -16,7 +16,8 @@ add_library(attnbench_layer_deps INTERFACE)
 target_include_directories(attnbench_layer_deps INTERFACE ${CMAKE_SOURCE_DIR}/harness/include ${ATTNBENCH_SDK_VIEW}
                                                           ${CMAKE_BINARY_DIR}/generated)
 target_link_libraries(attnbench_layer_deps INTERFACE nlohmann_json::nlohmann_json fmt::fmt DNNL::dnnl TBB::tbb
-                      OpenMP::OpenMP_CXX PkgConfig::FFTW3F benchmark::benchmark ${CMAKE_DL_LIBS})
+                      OpenMP::OpenMP_CXX PkgConfig::FFTW3F PkgConfig::SPNG ZLIB::ZLIB benchmark::benchmark
+                      ${CMAKE_DL_LIBS})
 target_compile_definitions(attnbench_layer_deps INTERFACE ATTNBENCH_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
 if(ATTNBENCH_MPI)
   target_link_libraries(attnbench_layer_deps INTERFACE MPI::MPI_CXX)

@@ -14,6 +14,7 @@ PACKAGES=(
   libopenmpi-dev openmpi-bin                        # multi-machine sweeps: attnbench sweep --mpi
   chromium                                          # the report-rendering test takes a screenshot
   libfftw3-dev pkg-config                           # FFTW3 single precision (GPL-2.0-or-later)
+  libspng-dev zlib1g-dev                            # PNG input/output (BSD-2-Clause; zlib licence)
   clang libclang-rt-14-dev                          # the sanitize preset: ASan+UBSan build, libFuzzer targets
   python3 python3-jsonschema python3-matplotlib    # scripts run with /usr/bin/python3
 )

@@ -72,6 +72,7 @@ constexpr int kDistractorAttempts = 5;  // max_distractor_contour_retrial (4) + 
 constexpr int kMaxRestarts = 100000;    // per image, then the settings are declared impossible
 constexpr int kAA = 2;                  // antialias_scale, 2 at every LRA resolution
 constexpr double kPi = 3.14159265358979323846;
+constexpr int kMinResolution = 32, kMaxResolution = 256;  // the resolution parameter's range
 
 // LRA's TFDS builder docstrings (tasks.md §7.3) plus the wrapper defaults.
 struct Resolution {
@@ -679,7 +680,7 @@ class Pathfinder : public ab::SplitTask, public ab::ImageTask {
         null_int_param("resolution",
                        "image side: 32 (LRA Pathfinder), 64, 128 (Path-X) or 256, each with LRA's generator settings; "
                        "seq_len = resolution^2; null = 32 (generated) / the images' size (lra_files)",
-                       32, 256),
+                       kMinResolution, kMaxResolution),
         ab::int_param("contour_length", 14,
                       "paddles per target snake: 6 = LRA's easy split (curv_baseline), 9 = intermediate, 14 = hard "
                       "(LRA's Pathfinder and Path-X)",
@@ -781,7 +782,8 @@ class Pathfinder : public ab::SplitTask, public ab::ImageTask {
     ab::Example ex;
     if (files_) {
       const auto& it = items_[static_cast<size_t>(flat_index(k, index))];
-      const ab::GrayImage img = ab::read_png_gray(it.image);
+      // At most the dataset's side: a larger file is refused before its pixels are allocated.
+      const ab::GrayImage img = ab::lra::read_pathfinder_image(root_, it.image, size_);
       if (img.width != size_ || img.height != size_)
         throw std::runtime_error(fmt::format("task 'pathfinder': '{}' is {} x {}, the dataset's images are {} x {}",
                                              it.image, img.width, img.height, size_, size_));
@@ -842,10 +844,25 @@ class Pathfinder : public ab::SplitTask, public ab::ImageTask {
       throw ab::UsageError("task 'pathfinder': source=lra_files needs path=<contour directory>, e.g. "
                            "path=lra_release/pathfinder32/curv_contour_length_14");
     items_ = ab::lra::read_pathfinder_metadata(path);
-    const ab::GrayImage first = ab::read_png_gray(items_[0].image);
+    root_ = path;
+    // The first image sets the resolution, so it may be at most the largest the task takes; a
+    // damaged one is bad input like any other (exit 2), not a failure of the run.
+    ab::GrayImage first;
+    try {
+      first = ab::lra::read_pathfinder_image(root_, items_[0].image, kMaxResolution);
+    } catch (const ab::UsageError&) {
+      throw;
+    } catch (const std::runtime_error& e) {
+      throw ab::UsageError(fmt::format("task 'pathfinder': the first image listed in '{}' cannot be used: {}", path,
+                                       e.what()));
+    }
     if (first.width != first.height)
       throw ab::UsageError(fmt::format("task 'pathfinder': '{}' is {} x {}, not square", items_[0].image, first.width,
                                        first.height));
+    if (first.width < kMinResolution)
+      throw ab::UsageError(fmt::format("task 'pathfinder': '{}' is {} x {}; this task reads images of {} to {} pixels "
+                                       "a side (its resolution parameter)",
+                                       items_[0].image, first.width, first.height, kMinResolution, kMaxResolution));
     if (!params_.at("resolution").is_null() && params_.at("resolution").get<int64_t>() != first.width)
       throw ab::UsageError(fmt::format("task 'pathfinder': resolution = {} but the images in '{}' are {} x {}",
                                        params_.at("resolution").get<int64_t>(), path, first.width, first.height));
@@ -878,6 +895,7 @@ class Pathfinder : public ab::SplitTask, public ab::ImageTask {
   int size_ = 32, cl_ = 14, dl_ = 4, nd_ = 5;
   std::unique_ptr<SpriteCache> sprites_ = std::make_unique<SpriteCache>();  // paddles by orientation
   std::array<int64_t, 3> base_{};
+  std::string root_;  // source=lra_files: the contour directory
   std::vector<ab::lra::PathfinderItem> items_;
   // Generated images kept for later epochs (guarded by mu_; example() may be called concurrently).
   mutable std::mutex mu_;

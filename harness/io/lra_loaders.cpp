@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -15,6 +16,24 @@
 namespace ab::lra {
 
 namespace fs = std::filesystem;
+
+namespace {
+
+// Whether `target` (both canonical) is `root` or lies below it.
+bool inside(const fs::path& root, const fs::path& target) {
+  const fs::path rel = target.lexically_relative(root);
+  return !rel.empty() && *rel.begin() != "..";
+}
+
+// Where `p` leads once every symbolic link is followed (the part that does not exist yet is kept
+// as written, normalised).
+fs::path resolved(const fs::path& p) {
+  std::error_code ec;
+  fs::path r = fs::weakly_canonical(p, ec);
+  return ec ? fs::absolute(p).lexically_normal() : r;
+}
+
+}  // namespace
 
 std::vector<PathfinderItem> read_pathfinder_metadata(const std::string& contour_dir) {
   const fs::path root(contour_dir);
@@ -41,6 +60,8 @@ std::vector<PathfinderItem> read_pathfinder_metadata(const std::string& contour_
   }
   if (files.empty()) throw UsageError(fmt::format("Pathfinder files: no <n>.npy files in '{}'", meta.string()));
   std::sort(files.begin(), files.end());
+  const fs::path real_root = resolved(root);
+  std::map<std::string, bool> dir_inside;  // per distinct subpath: does it resolve inside root?
   std::vector<PathfinderItem> items;
   for (const auto& [n, p] : files) {
     std::ifstream f(p, std::ios::binary);
@@ -65,11 +86,39 @@ std::vector<PathfinderItem> read_pathfinder_metadata(const std::string& contour_
       const double v = std::strtod(label.c_str(), &end);
       if (*end != '\0' || (v != 0.0 && v != 1.0))
         throw UsageError(fmt::format("Pathfinder files: {}:{}: label '{}' is not 0 or 1", p.string(), line_no, label));
-      items.push_back({(root / sub / file).string(), static_cast<int>(v)});
+      // The paths are relative to the contour directory and stay in it: no absolute path, no '..'
+      // past its top, no subpath through a symbolic link to elsewhere (checked once per subpath).
+      const fs::path rel = (fs::path(sub) / file).lexically_normal();
+      if (fs::path(sub).is_absolute() || fs::path(file).is_absolute() || rel.empty() || *rel.begin() == ".." ||
+          rel.filename().empty())
+        throw UsageError(fmt::format("Pathfinder files: {}:{}: the image path '{}/{}' leaves the contour directory "
+                                     "'{}'; the metadata's paths must be relative to it and stay inside (no absolute "
+                                     "path, no '..' above it)",
+                                     p.string(), line_no, sub, file, contour_dir));
+      auto [it, fresh] = dir_inside.try_emplace(sub, true);
+      if (fresh) it->second = inside(real_root, resolved(root / sub));
+      if (!it->second)
+        throw UsageError(fmt::format("Pathfinder files: {}:{}: the subpath '{}' resolves to '{}', outside the contour "
+                                     "directory '{}' (a symbolic link); copy the images in, or give path= the "
+                                     "directory that holds them",
+                                     p.string(), line_no, sub, resolved(root / sub).string(), contour_dir));
+      items.push_back({(root / rel).string(), static_cast<int>(v)});
     }
   }
   if (items.empty()) throw UsageError(fmt::format("Pathfinder files: the metadata in '{}' lists no images", meta.string()));
   return items;
+}
+
+GrayImage read_pathfinder_image(const std::string& contour_dir, const std::string& image, int64_t max_side) {
+  std::error_code ec;
+  if (fs::is_symlink(image, ec)) {
+    const fs::path target = resolved(image);
+    if (!inside(resolved(contour_dir), target))
+      throw UsageError(fmt::format("Pathfinder files: '{}' is a symbolic link to '{}', outside the contour directory "
+                                   "'{}'; copy the image in, or give path= the directory that holds the images",
+                                   image, target.string(), contour_dir));
+  }
+  return read_png_gray(image, max_side);
 }
 
 AanPair parse_aan_line(const std::string& raw) {

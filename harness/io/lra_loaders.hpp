@@ -7,6 +7,9 @@
 //                     "<subpath> <filename> <index> <label> ..." separated by single spaces
 //   <subpath>/<filename>  the PNG images (8-bit gray; any PNG read_png_gray accepts)
 // Files are taken in numeric order of <n>, lines in file order; LRA splits that list 80/10/10.
+// Every image lies inside the contour directory: a metadata path that is absolute or climbs out
+// with '..', a subpath that is (or passes through) a symbolic link to somewhere outside, and an
+// image file that is such a link are refused (UsageError naming the metadata line or the file).
 //
 // Retrieval (AAN): a directory with new_aan_pairs.{train,eval,test}.tsv, tab-separated, no header,
 //   five columns: label (0/1, possibly written 0.0/1.0), id1, id2, text1, text2. No quoting is
@@ -16,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "io/png.hpp"
+
 namespace ab::lra {
 
 struct PathfinderItem {
@@ -23,9 +28,14 @@ struct PathfinderItem {
   int label = 0;
 };
 
-// Throws UsageError when the directory or its metadata is missing or malformed (naming the file
-// and line).
+// Throws UsageError when the directory or its metadata is missing or malformed, or when a listed
+// path leaves the directory (naming the file and line).
 std::vector<PathfinderItem> read_pathfinder_metadata(const std::string& contour_dir);
+
+// Reads one listed image (read_png_gray with `max_side`) after checking that the file is not a
+// symbolic link resolving outside `contour_dir` (one lstat when it is not a link). Throws
+// UsageError for such a link, std::runtime_error naming the file when it is missing or damaged.
+GrayImage read_pathfinder_image(const std::string& contour_dir, const std::string& image, int64_t max_side);
 
 struct AanPair {
   int label = 0;

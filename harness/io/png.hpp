@@ -1,13 +1,21 @@
 #pragma once
-// Minimal PNG support without external libraries, for image tasks (previews, LRA Pathfinder files).
+// PNG input and output for image tasks (previews, LRA Pathfinder files), through Debian's libspng
+// (libspng-dev, which inflates with zlib).
 //
-// Writer: 8-bit grayscale, non-interlaced, filter 0 on every row, the zlib stream made of deflate
-// "stored" (uncompressed) blocks; CRC-32 per chunk and Adler-32 of the stream as the format asks.
-// Reader: non-interlaced PNGs of bit depth 8 (or 16, reduced to the high byte) in every colour type
-// (gray, gray+alpha, RGB, RGBA, palette), all five row filters, and a full inflate (stored, fixed
-// and dynamic Huffman blocks, RFC 1950/1951), so files written by PIL, scipy or libpng read too.
-// Colour is reduced to gray with ITU-R 601 weights (0.299 R + 0.587 G + 0.114 B), alpha ignored.
-// Not supported (a clear error): interlaced (Adam7) images, bit depths 1/2/4, preset dictionaries.
+// Writer: 8-bit grayscale, non-interlaced (libspng's encoder picks the row filters and compresses).
+// Reader: every PNG the format allows (bit depths 1 to 16, every colour type, Adam7 interlacing);
+// colour is reduced to gray with ITU-R 601 weights (0.299 R + 0.587 G + 0.114 B) of the 8-bit
+// samples (16-bit samples keep their high byte), alpha, gamma and colour profiles are ignored.
+// Bounds, so that a hostile file costs at most what an honest one of the allowed size costs:
+//  * sides above `max_side` are refused before anything is allocated (no task reads larger ones);
+//  * the image data may not inflate beyond the size the header declares (a decompression bomb is
+//    refused, not read to its end), and must end where the image ends (a zlib stream checked to its
+//    Adler-32);
+//  * compressed metadata (text, ICC profiles) inflates to at most 1 MiB per chunk and 4 MiB in
+//    all, at most 1000 such chunks; the file may not be larger than an image of `max_side` needs
+//    plus 16 MiB of other chunks.
+// libspng's lenient choices stand: a palette index past the palette's end reads as black, and an
+// ancillary chunk with a bad CRC is dropped.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -25,20 +33,16 @@ struct GrayImage {
 std::vector<uint8_t> encode_png_gray(const GrayImage& image);
 // Writes the file; throws std::runtime_error when it cannot.
 void write_png_gray(const std::string& path, const GrayImage& image);
-// Decodes PNG bytes to gray; throws std::runtime_error naming the problem (bad CRC, truncated
-// stream, unsupported feature, ...).
-// Images wider or taller than `max_side` are refused (no task reads larger ones), and the pixel
-// data may not inflate beyond the size the header declares.
+// Decodes PNG bytes to gray; throws std::runtime_error naming the problem ("PNG: " and libspng's
+// or our description: bad CRC, truncated image data, larger than max_side, ...).
+// Images wider or taller than `max_side` are refused (kMaxPngSide at most: no task reads larger).
 inline constexpr int64_t kMaxPngSide = 4096;
 GrayImage decode_png_gray(const std::vector<uint8_t>& bytes, int64_t max_side = kMaxPngSide);
+// The same for a file; the message starts with the path. Reading stops, and the file is refused,
+// once it passes max_png_file_bytes() (devices and pipes included).
 GrayImage read_png_gray(const std::string& path, int64_t max_side = kMaxPngSide);
-
-// The zlib pieces, exposed for tests.
-uint32_t crc32(const uint8_t* data, size_t n, uint32_t crc = 0);
-uint32_t adler32(const uint8_t* data, size_t n, uint32_t adler = 1);
-// Inflates a zlib stream (RFC 1950 header + deflate data + Adler-32, checked); more than
-// `max_out` bytes of output is an error.
-std::vector<uint8_t> zlib_inflate(const uint8_t* data, size_t n, size_t max_out = SIZE_MAX);
+// The largest PNG file an image of at most max_side x max_side may take (see above).
+uint64_t max_png_file_bytes(int64_t max_side);
 
 // Implemented by tasks whose inputs are images (image, pathfinder): lets tools draw them.
 class ImageTask {

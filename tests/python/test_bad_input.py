@@ -4,10 +4,12 @@ code 2 for usage errors and 1 for failures — never a crash, a hang or a silent
 Needs ATTNBENCH_BIN (set by CTest)."""
 import json
 import os
+import struct
 import subprocess
 import tempfile
 import time
 import unittest
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,6 +20,29 @@ TRAIN = ["train", "--variant", "softmax", "--task", "listops", "--threads", "1",
 
 def run(args, timeout=120, cwd=None):
     return subprocess.run([BIN, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def gray_png(side, value):
+    """An 8-bit gray PNG of side x side pixels, all `value`."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    raw = b"".join(b"\0" + bytes([value]) * side for _ in range(side))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)) +
+            chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def pathfinder_dir(root, lines=None, count=10):
+    """A Pathfinder contour directory under `root` with `count` 32 x 32 images in imgs/0 and
+    metadata/0.npy listing them (or the given metadata lines). Returns its path."""
+    contour = Path(root) / "curv_contour_length_14"
+    (contour / "imgs" / "0").mkdir(parents=True)
+    (contour / "metadata").mkdir()
+    for i in range(count):
+        (contour / "imgs" / "0" / f"sample_{i}.png").write_bytes(gray_png(32, 10 * i))
+    if lines is None:
+        lines = [f"imgs/0 sample_{i}.png {i} {i % 2} 1.0 14 4 2 0.5 1 1" for i in range(count)]
+    (contour / "metadata" / "0.npy").write_text("\n".join(lines) + "\n")
+    return contour
 
 
 class Catalogue(unittest.TestCase):
@@ -46,6 +71,7 @@ class Catalogue(unittest.TestCase):
                 ("train.batch_size=0", ["'batch_size' = 0"]),
                 ("train.lr=-1", ["'lr' = -1", "out of range"]),
                 ("variant.dropout=1.5", ["nearest valid value: 0.95"]),
+                ("train.eps=0", ["'eps' = 0.0 is out of range", "nearest valid value: 1e-12"]),  # 0 / 0: always diverged
             ]:
                 with self.subTest(setting):
                     extra = ["--set", "model.heads=4"] if setting == "model.d_model=30" else []
@@ -215,6 +241,98 @@ class Catalogue(unittest.TestCase):
                 (Path(d) / f"new_aan_pairs.{split}.tsv").write_text("2\ta\tb\thello\tworld\n")
             self.expect(["data", "--task", "retrieval", "--set", "task.source=lra_files", "--set", f"task.path={d}",
                          "--count", "1", "--out", "-"], 2, "label '2' is not 0 or 1")
+
+    def test_dataset_text_that_is_not_utf8_keeps_its_message(self):
+        # Bytes that are not UTF-8 in an AAN text, in task.path and in a Pathfinder metadata line:
+        # the document or the message is written with U+FFFD in their place, never replaced by a
+        # JSON encoding error.
+        def raw(args):
+            return subprocess.run([BIN, *args], capture_output=True, timeout=120)
+        with tempfile.TemporaryDirectory() as d:
+            aan = Path(d) / "aan"
+            aan.mkdir()
+            for split in ("train", "eval", "test"):
+                (aan / f"new_aan_pairs.{split}.tsv").write_bytes(b"1\ta\tb\thello \xff\xfe world\tother \xc3( text\n" * 3)
+            r = raw(["data", "--task", "retrieval", "--set", "task.source=lra_files", "--set", f"task.path={aan}",
+                     "--count", "1", "--out", "-"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            doc = json.loads(r.stdout.decode("utf-8"))  # strict: not UTF-8 fails here
+            self.assertEqual(doc["text"], "hello \ufffd\ufffd world\tother \ufffd( text")
+            r = raw(["data", "--task", "pathfinder", "--set", "task.source=lra_files",
+                     "--set", os.fsdecode(b"task.path=" + os.fsencode(d) + b"/no\xffwhere"), "--count", "1", "--out", "-"])
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn(b"is not a directory", r.stderr)
+            meta = Path(d) / "pf" / "metadata"
+            meta.mkdir(parents=True)
+            (meta / "0.npy").write_bytes(b"imgs/0 sample_0.png 0 \xff\n")
+            out = Path(d) / "r.json"
+            r = raw([*TRAIN[:4], "pathfinder", *TRAIN[5:], "--set", "task.source=lra_files",
+                     "--set", f"task.path={meta.parent}", "--out", out])
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn(b"0.npy:1: label", r.stderr)
+            doc = json.loads(out.read_text(encoding="utf-8"))
+            self.assertEqual(doc["status"], "error")
+            self.assertIn("label '\ufffd' is not 0 or 1", doc["error"])
+
+    def pathfinder(self, contour, code, *fragments, count=1):
+        self.expect(["data", "--task", "pathfinder", "--set", "task.source=lra_files", "--set", f"task.path={contour}",
+                     "--count", count, "--out", "-"], code, *fragments)
+
+    def test_pathfinder_paths_stay_inside_the_dataset_folder(self):
+        with tempfile.TemporaryDirectory() as d:
+            outside = Path(d) / "outside"
+            outside.mkdir()
+            (outside / "secret.png").write_bytes(gray_png(32, 200))
+            ok = [f"imgs/0 sample_{i}.png {i} 0" for i in range(10)]
+            for name, line, fragments in [
+                ("dot-dot", "imgs/0 ../../../outside/secret.png 9 1", ["0.npy:10", "leaves the contour directory",
+                                                                       "../../../outside/secret.png"]),
+                ("absolute subpath", f"{outside} secret.png 9 1", ["0.npy:10", "leaves the contour directory"]),
+                ("absolute file", f"imgs/0 {outside / 'secret.png'} 9 1", ["0.npy:10", "leaves the contour directory"]),
+            ]:
+                with self.subTest(name), tempfile.TemporaryDirectory() as root:
+                    self.pathfinder(pathfinder_dir(root, ok[:9] + [line]), 2, *fragments)
+            # Symbolic links: a subpath through a link to elsewhere, an image that is such a link.
+            with tempfile.TemporaryDirectory() as root:
+                contour = pathfinder_dir(root, ok[:9] + ["imgs/away secret.png 9 1"])
+                (contour / "imgs" / "away").symlink_to(outside)
+                self.pathfinder(contour, 2, "0.npy:10", "the subpath 'imgs/away' resolves to", "outside the contour")
+            with tempfile.TemporaryDirectory() as root:
+                contour = pathfinder_dir(root)
+                (contour / "imgs" / "0" / "sample_3.png").unlink()
+                (contour / "imgs" / "0" / "sample_3.png").symlink_to(outside / "secret.png")
+                self.pathfinder(contour, 2, "sample_3.png' is a symbolic link to", "outside the contour directory",
+                                count=8)
+                # A link that stays inside is an ordinary file.
+                (contour / "imgs" / "0" / "sample_3.png").unlink()
+                (contour / "imgs" / "0" / "sample_3.png").symlink_to(contour / "imgs" / "0" / "sample_4.png")
+                (contour / "imgs" / "inside").symlink_to(contour / "imgs" / "0")
+                (contour / "metadata" / "0.npy").write_text("\n".join(ok[:9] + ["imgs/inside/./ sample_9.png 9 1"]))
+                self.pathfinder(contour, 0, count=8)
+
+    def test_pathfinder_damaged_or_oversized_first_image(self):
+        # The first image sets the resolution: a damaged one is bad input (exit 2) naming the file.
+        with tempfile.TemporaryDirectory() as root:
+            contour = pathfinder_dir(root)
+            first = contour / "imgs" / "0" / "sample_0.png"
+            good = first.read_bytes()
+            first.write_bytes(good[:60])
+            self.pathfinder(contour, 2, "first image", "sample_0.png: PNG: the file is truncated")
+            first.write_bytes(good[:40] + bytes([good[40] ^ 1]) + good[41:])
+            self.pathfinder(contour, 2, "first image", "sample_0.png: PNG:")
+            first.write_bytes(b"GIF89a" + bytes(100))
+            self.pathfinder(contour, 2, "first image", "sample_0.png: PNG: not a PNG file")
+            first.unlink()
+            self.pathfinder(contour, 2, "first image", "sample_0.png: cannot be read")
+            # Larger than the task's largest resolution (256): refused before its pixels are read.
+            first.write_bytes(gray_png(300, 1))
+            self.pathfinder(contour, 2, "sample_0.png: PNG: the image is 300 x 300, larger than the 256 x 256")
+            first.write_bytes(gray_png(16, 1))
+            self.pathfinder(contour, 2, "is 16 x 16", "32 to 256 pixels a side")
+            # A later image larger than the first is refused at the first image's size.
+            first.write_bytes(gray_png(32, 1))
+            (contour / "imgs" / "0" / "sample_1.png").write_bytes(gray_png(64, 1))
+            self.pathfinder(contour, 1, "sample_1.png: PNG: the image is 64 x 64, larger than the 32 x 32", count=2)
 
     def test_missing_plugin(self):
         self.expect(["list", "variants", "--plugin", "/nonexistent/plugin.so"], 2, "not found")

@@ -199,6 +199,23 @@ class Sweep(unittest.TestCase):
             self.assertIn("1 to run", r.stderr)
             self.assertEqual(json.loads(f.read_text())["status"], "timeout")
 
+    @unittest.skipIf(b"__asan_init" in Path(BIN).read_bytes() or b"__tsan_init" in Path(BIN).read_bytes(),
+                     "the sanitizer's runtime owns malloc; the guard cannot be preloaded")
+    def test_cells_start_without_allocating_between_fork_and_exec(self):
+        # The guard makes any malloc in a forked child before exec fatal (exit 97): cells whose
+        # child built its argv after fork() would all fail.
+        guard = os.environ.get("ATTNBENCH_FORK_GUARD")
+        if not guard:
+            self.skipTest("ATTNBENCH_FORK_GUARD (set by CTest) names the guard library")
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d) / "out"
+            env = dict(os.environ, LD_PRELOAD=guard)
+            r = subprocess.run([BIN, "sweep", spec(d, {"seed": [0, 1]}, steps=2), "--out", out, "--jobs", "2"],
+                               capture_output=True, text=True, timeout=600, env=env)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(sorted(doc["status"] for doc in runs(out).values()), ["ok", "ok"],
+                             [p.read_text()[-300:] for p in (out / "logs").glob("*.log")])
+
     def test_sigkill_then_resume_runs_every_cell_exactly_once(self):
         with tempfile.TemporaryDirectory() as d:
             p = spec(d, {"seed": list(range(6))}, steps=60)

@@ -7,7 +7,7 @@
 //  * Image: exact class balance, a visible shape on every image. Text: labels = an independent
 //    recount of the cue words in the readable text. Retrieval: related pairs share >= 2 repeated rare
 //    words, unrelated pairs none, read from the text.
-//  * PNG writer/reader (against files written by Python's zlib), preview grids, the LRA file loaders
+//  * PNG preview grids (the reader and writer: test_png.cpp), the LRA file loaders
 //    on fixtures written to a temporary directory, determinism and parameter errors of every task,
 //    and the generation speed of every task (printed, not asserted).
 #include <gtest/gtest.h>
@@ -584,145 +584,7 @@ TEST(RetrievalTask, RelatedPairsShareATopicFingerprint) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// PNG
-
-// 64 x 32 gray, v = (x / 4 * 40 + y * 3) % 256, row filters 0,1,2,3,4 cycling, dynamic Huffman (written by Python's zlib).
-const std::string kGrayPng(
-    "\x89\x50\x4e\x47\x0d\x0a\x1a\x0a\x00\x00\x00\x0d\x49\x48\x44\x52\x00\x00\x00\x40\x00\x00\x00\x20"
-    "\x08\x00\x00\x00\x00\x87\xf6\x21\x58\x00\x00\x01\x4a\x49\x44\x41\x54\x78\xda\xc5\xd3\x31\x48\x54"
-    "\x71\x1c\xc0\xf1\xf7\xde\x1d\xd1\xe2\x05\x27\x59\x83\x17\x14\x52\x07\x9d\x70\x4b\x0a\x26\x5c\x43"
-    "\x35\x28\x5c\x41\x09\x12\x5c\x41\x0a\x3a\x98\x43\x81\x0a\xd6\x12\x64\x50\x0d\x0d\x75\x43\x0d\x06"
-    "\xea\xd2\x50\x90\x0d\x2d\x35\xe4\x60\x43\x2e\x0e\x36\xe8\xd0\x52\x83\x0e\x3a\xe8\xe2\x50\x7d\x6e"
-    "\x15\x82\xab\x77\xf2\x3e\xf0\x5b\xfe\xc3\xe3\xfd\xbf\xfc\xfe\x41\x40\x9e\xcb\x4c\xf0\x8a\x2f\x6c"
-    "\x71\x94\x73\x0c\xf3\x94\x0f\x7c\xe7\x20\x45\xfa\x09\x53\xb5\x0f\xc4\x98\x28\x15\xd7\x81\x28\x8a"
-    "\x5a\xfe\x32\xd5\x3a\xce\xd3\xb5\x2b\xc4\x99\xe0\x10\x9d\xdc\xe0\x21\x6f\xf9\xc6\x6f\x4e\x71\x89"
-    "\x71\xa6\x59\x64\x93\x23\x94\x18\x22\xcc\x26\x1e\x31\xf3\x8f\x01\x1b\x1f\xf1\x18\x17\x19\xa5\xca"
-    "\x27\x7e\x92\xa1\x83\xeb\x4c\xf1\x86\x15\x7e\x71\x92\x32\x63\x84\xc7\x13\x8f\x78\x38\xc6\x16\x36"
-    "\x26\x62\x3b\x7d\xdc\x63\x8e\x25\x76\xc8\x71\x81\x5b\x3c\xe7\x23\x3f\x68\xe2\x0c\x15\x1e\x10\x16"
-    "\x13\x8f\x98\xdb\xaf\x88\xf9\x7a\x23\x76\x33\xc8\x13\xde\xb3\x46\x9a\x02\x57\xb9\xcb\x2c\x5f\xd9"
-    "\xa6\x95\xf3\x8c\xf0\x8c\xb0\x94\x78\xc4\xb6\x18\x4f\xf9\xbf\x36\x71\x6f\xdc\xa0\x97\x3b\xbc\x64"
-    "\x81\x0d\x9a\x39\xcb\x00\x8f\x99\x67\x95\xda\x1f\x9f\xe6\x0a\x93\xcc\x10\x96\x13\x8f\x58\x88\xb1"
-    "\x85\x8d\x79\xce\xd7\xb8\xcf\x6b\x96\xd9\xe5\x04\x3d\xdc\xe6\x05\x9f\x59\x27\x4b\x17\x37\x79\xc4"
-    "\x3b\xc2\x4a\xcc\x88\x7f\x00\x4f\xec\xfc\x32\xc3\xac\x80\xff\x00\x00\x00\x00\x49\x45\x4e\x44\xae"
-    "\x42\x60\x82"
-    , 387);
-// 5 x 3 RGB, (x * 50, y * 80, x * y * 30) % 256, row filters 4,1,2, fixed Huffman (written by Python's zlib).
-const std::string kRgbPng(
-    "\x89\x50\x4e\x47\x0d\x0a\x1a\x0a\x00\x00\x00\x0d\x49\x48\x44\x52\x00\x00\x00\x05\x00\x00\x00\x03"
-    "\x08\x02\x00\x00\x00\xd4\x54\x52\xaf\x00\x00\x00\x24\x49\x44\x41\x54\x78\x01\x63\x61\x60\x60\x30"
-    "\x42\x42\x8c\x0c\x01\x40\x4a\x0e\x8e\x98\x80\x7c\x86\x00\x39\x86\x00\x1b\x86\x80\x28\x86\x80\x0a"
-    "\x00\x57\x0c\x05\x1c\x6d\x53\xfe\xfd\x00\x00\x00\x00\x49\x45\x4e\x44\xae\x42\x60\x82"
-    , 93);
-
-TEST(Png, Checksums) {
-  const std::string digits = "123456789";
-  EXPECT_EQ(crc32(reinterpret_cast<const uint8_t*>(digits.data()), digits.size()), 0xCBF43926u);
-  const std::string wiki = "Wikipedia";
-  EXPECT_EQ(adler32(reinterpret_cast<const uint8_t*>(wiki.data()), wiki.size()), 0x11E60398u);
-}
-
-TEST(Png, ReadsFilesCompressedByZlib) {
-  const GrayImage g = decode_png_gray(std::vector<uint8_t>(kGrayPng.begin(), kGrayPng.end()));
-  ASSERT_EQ(g.width, 64);
-  ASSERT_EQ(g.height, 32);
-  for (int y = 0; y < 32; ++y)
-    for (int x = 0; x < 64; ++x) ASSERT_EQ(g.pixels[y * 64 + x], (x / 4 * 40 + y * 3) % 256) << y << "," << x;
-  const GrayImage c = decode_png_gray(std::vector<uint8_t>(kRgbPng.begin(), kRgbPng.end()));
-  ASSERT_EQ(c.width, 5);
-  ASSERT_EQ(c.height, 3);
-  for (int y = 0; y < 3; ++y)
-    for (int x = 0; x < 5; ++x) {
-      const double lum = 0.299 * ((x * 50) % 256) + 0.587 * ((y * 80) % 256) + 0.114 * ((x * y * 30) % 256);
-      ASSERT_EQ(c.pixels[y * 5 + x], static_cast<int>(std::lround(lum)));
-    }
-  // A flipped bit is caught by the chunk CRC.
-  std::vector<uint8_t> bad(kGrayPng.begin(), kGrayPng.end());
-  bad[60] ^= 0x10;
-  EXPECT_THROW(decode_png_gray(bad), std::runtime_error);
-}
-
-// A PNG whose header declares `width` x 1 gray pixels and whose IDAT inflates to 1 + 258 * `runs`
-// zero bytes (one fixed-Huffman block: a literal, then `runs` back-references of 258 bytes).
-std::vector<uint8_t> png_inflating_to(uint32_t width, size_t runs) {
-  std::vector<uint8_t> z = {0x78, 0x01};
-  uint32_t acc = 0;
-  int nbits = 0;
-  auto put = [&](uint32_t v, int n) {  // LSB first
-    for (int i = 0; i < n; ++i, v >>= 1) {
-      acc |= (v & 1u) << nbits;
-      if (++nbits == 8) z.push_back(static_cast<uint8_t>(acc)), acc = 0, nbits = 0;
-    }
-  };
-  auto code = [&](uint32_t c, int n) {  // Huffman codes go MSB first
-    for (int i = n - 1; i >= 0; --i) put((c >> i) & 1u, 1);
-  };
-  put(1, 1), put(1, 2);  // final block, fixed Huffman
-  code(0x30, 8);         // literal 0
-  for (size_t r = 0; r < runs; ++r) code(0xC5, 8), code(0, 5);  // length 258 (symbol 285), distance 1
-  code(0, 7);                                                    // end of block
-  if (nbits) z.push_back(static_cast<uint8_t>(acc));
-  const std::vector<uint8_t> raw(1 + 258 * runs, 0);
-  const uint32_t a = adler32(raw.data(), raw.size());
-  for (int s = 24; s >= 0; s -= 8) z.push_back(static_cast<uint8_t>(a >> s));
-  std::vector<uint8_t> png = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-  auto u32 = [](std::vector<uint8_t>& out, uint32_t v) {
-    for (int s = 24; s >= 0; s -= 8) out.push_back(static_cast<uint8_t>(v >> s));
-  };
-  auto chunk = [&](const char* type, const std::vector<uint8_t>& data) {
-    u32(png, static_cast<uint32_t>(data.size()));
-    std::vector<uint8_t> body(type, type + 4);
-    body.insert(body.end(), data.begin(), data.end());
-    png.insert(png.end(), body.begin(), body.end());
-    u32(png, crc32(body.data(), body.size()));
-  };
-  std::vector<uint8_t> ihdr;
-  u32(ihdr, width), u32(ihdr, 1);
-  ihdr.insert(ihdr.end(), {8, 0, 0, 0, 0});  // 8-bit gray, deflate, no filter method, no interlace
-  chunk("IHDR", ihdr);
-  chunk("IDAT", z);
-  chunk("IEND", {});
-  return png;
-}
-
-std::string png_error(const std::vector<uint8_t>& png) {
-  try {
-    decode_png_gray(png);
-  } catch (const std::runtime_error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-TEST(Png, DecompressionBombsAndHugeImagesAreRefused) {
-  // 1 x 1 declared, 10 MB inflated (from 65 KB): refused once the output passes the 2 bytes expected.
-  const std::vector<uint8_t> bomb = png_inflating_to(1, 40000);
-  ASSERT_LT(bomb.size(), 70000u);
-  EXPECT_NE(png_error(bomb).find("inflates beyond the 2 bytes expected"), std::string::npos) << png_error(bomb);
-  // The same kind of stream behind an honest header (filter byte + 258 pixels) decodes.
-  const GrayImage ok = decode_png_gray(png_inflating_to(258, 1));
-  EXPECT_EQ(ok.width, 258);
-  EXPECT_EQ(ok.pixels, std::vector<uint8_t>(258, 0));
-  EXPECT_NE(png_error(png_inflating_to(5000, 1)).find("larger than the 4096 x 4096"), std::string::npos);
-}
-
-TEST(Png, WriterRoundTripAndStoredBlocks) {
-  GrayImage img;
-  img.width = 300;
-  img.height = 257;  // > 65,535 bytes of scanlines: several stored blocks
-  img.pixels.resize(static_cast<size_t>(img.width * img.height));
-  for (size_t i = 0; i < img.pixels.size(); ++i) img.pixels[i] = static_cast<uint8_t>((i * 2654435761u) >> 13);
-  const std::vector<uint8_t> bytes = encode_png_gray(img);
-  const GrayImage back = decode_png_gray(bytes);
-  EXPECT_EQ(back.width, img.width);
-  EXPECT_EQ(back.height, img.height);
-  EXPECT_EQ(back.pixels, img.pixels);
-  // The signature and IHDR fields as the PNG specification lays them out.
-  ASSERT_GT(bytes.size(), 33u);
-  EXPECT_EQ(bytes[0], 0x89);
-  EXPECT_EQ(std::string(bytes.begin() + 12, bytes.begin() + 16), "IHDR");
-  EXPECT_EQ(bytes[24], 8);  // bit depth
-  EXPECT_EQ(bytes[25], 0);  // gray
-}
+// PNG previews (the reader and writer: test_png.cpp)
 
 TEST(Png, PreviewGrids) {
   TempDir dir;
