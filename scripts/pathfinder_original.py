@@ -3,8 +3,9 @@
 settings and stores its images, labels and marker/distractor metadata in one .npz, for
 scripts/pathfinder_stats.py. Development tool only: nothing in CI needs it.
 
-  git clone https://github.com/drewlinsley/pathfinder /tmp/pf && git -C /tmp/pf checkout ab9c130
-  /usr/bin/python3 scripts/pathfinder_original.py --original /tmp/pf --resolution 32 \
+  PF="$(mktemp -d)/pathfinder"   # any scratch folder
+  git clone https://github.com/drewlinsley/pathfinder "$PF" && git -C "$PF" checkout ab9c130
+  /usr/bin/python3 scripts/pathfinder_original.py --original "$PF" --resolution 32 \
       --contour-length 14 --count 5000 --seed 0 --out pf32_original.npz
 
 ab9c130 (Dec 2019) is the code LRA's 2020 release was drawn with; it calls scipy.misc.imresize /

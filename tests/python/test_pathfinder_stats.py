@@ -8,8 +8,9 @@ antialias 2, seed distance 7, marker radius 1.5, continuity 1.0, contour 14, dis
 14 // 3, 20 // 4 distractors, snake contrast 2, paddle contrast 0.75), run under Debian's python3
 (numpy 1.24, OpenCV 4.6, Pillow 9.4) with the old scipy.misc.imresize / imsave supplied:
 
-  git clone https://github.com/drewlinsley/pathfinder /tmp/pf_orig && git -C /tmp/pf_orig checkout ab9c130
-  for s in 1 2; do /usr/bin/python3 scripts/pathfinder_original.py --original /tmp/pf_orig --resolution 32 \\
+  PF="$(mktemp -d)/pathfinder"   # any scratch folder
+  git clone https://github.com/drewlinsley/pathfinder "$PF" && git -C "$PF" checkout ab9c130
+  for s in 1 2; do /usr/bin/python3 scripts/pathfinder_original.py --original "$PF" --resolution 32 \\
       --contour-length 14 --count 1300 --seed $s --out pf_orig_s$s.npz; done   (+ --count 50 --seed 0)
   /usr/bin/python3 scripts/pathfinder_stats.py <the images of those runs, concatenated>
 
