@@ -34,15 +34,12 @@ constexpr uint64_t kStream = 0x4D41444652ull;  // "MADFR"
 class MadFuzzyRecall : public ab::mad::Task {
  public:
   static ab::TaskSpec spec() {
-    ab::TaskSpec s;
-    s.name = "mad_fuzzy_recall";
-    s.summary = "MAD fuzzy in-context recall: key and value motifs of several tokens, emit the value of every repeated key";
-    s.reference = "Poli et al. 2024, Mechanistic Design and Scaling of Hybrid Architectures (athms/mad-lab)";
-    s.params = ab::mad::params(
-        16, 5, 128, 4, 12800,
-        {ab::int_param("k_motif_size", 3, "longest key motif in tokens (MAD: 3)", 1, 64),
-         ab::int_param("v_motif_size", 3, "longest value motif in tokens (MAD: 3)", 1, 64)});
-    return s;
+    return ab::mad::spec(
+        "mad_fuzzy_recall",
+        "MAD fuzzy in-context recall: key and value motifs of several tokens, emit the value of every repeated key",
+        ab::mad::params(16, 5, 128, 4, 12800,
+                        {ab::int_param("k_motif_size", 3, "longest key motif in tokens (MAD: 3)", 1, 64),
+                         ab::int_param("v_motif_size", 3, "longest value motif in tokens (MAD: 3)", 1, 64)}));
   }
 
   MadFuzzyRecall(const Json& p, uint64_t seed) : Task("mad_fuzzy_recall", p, seed, kStream) {

@@ -24,12 +24,10 @@ constexpr int kMapSplit = 7;                     // the map's stream: not one of
 class MadMemorization : public ab::mad::Task {
  public:
   static ab::TaskSpec spec() {
-    ab::TaskSpec s;
-    s.name = "mad_memorization";
-    s.summary = "MAD memorization: keys, each followed by an insert token; emit the key's value under one fixed map";
-    s.reference = "Poli et al. 2024, Mechanistic Design and Scaling of Hybrid Architectures (athms/mad-lab)";
-    s.params = ab::mad::params(256, 4, 32, 2, 256, {});
-    return s;
+    return ab::mad::spec(
+        "mad_memorization",
+        "MAD memorization: keys, each followed by an insert token; emit the key's value under one fixed map",
+        ab::mad::params(256, 4, 32, 2, 256, {}));
   }
 
   MadMemorization(const Json& p, uint64_t seed) : Task("mad_memorization", p, seed, kStream) {

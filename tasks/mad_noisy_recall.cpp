@@ -13,16 +13,14 @@ constexpr uint64_t kStream = 0x4D41444E52ull;  // "MADNR"
 class MadNoisyRecall : public ab::mad::Recall {
  public:
   static ab::TaskSpec spec() {
-    ab::TaskSpec s;
-    s.name = "mad_noisy_recall";
-    s.summary = "MAD noisy in-context recall: key-value pairs among noise tokens, emit the value of every repeated key";
-    s.reference = "Poli et al. 2024, Mechanistic Design and Scaling of Hybrid Architectures (athms/mad-lab)";
-    s.params = ab::mad::params(
-        32, 3, 128, 4, 12800,
-        {ab::int_param("noise_vocab_size", 16, "noise tokens, the top ids of vocab_size (MAD: 16)", 0, 1 << 20),
-         ab::num_param("frac_noise", 0.2, "probability that a context slot is two noise tokens (MAD: 0.2)", 0.0,
-                       0.999)});
-    return s;
+    return ab::mad::spec(
+        "mad_noisy_recall",
+        "MAD noisy in-context recall: key-value pairs among noise tokens, emit the value of every repeated key",
+        ab::mad::params(
+            32, 3, 128, 4, 12800,
+            {ab::int_param("noise_vocab_size", 16, "noise tokens, the top ids of vocab_size (MAD: 16)", 0, 1 << 20),
+             ab::num_param("frac_noise", 0.2, "probability that a context slot is two noise tokens (MAD: 0.2)", 0.0,
+                           0.999)}));
   }
   MadNoisyRecall(const ab::Json& p, uint64_t seed) : Recall("mad_noisy_recall", p, seed, kStream, true) {}
 };

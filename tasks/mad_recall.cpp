@@ -12,12 +12,9 @@ constexpr uint64_t kStream = 0x4D41444352ull;  // "MADCR"
 class MadRecall : public ab::mad::Recall {
  public:
   static ab::TaskSpec spec() {
-    ab::TaskSpec s;
-    s.name = "mad_recall";
-    s.summary = "MAD in-context recall: key-value pairs, emit the value of every repeated key (per position)";
-    s.reference = "Poli et al. 2024, Mechanistic Design and Scaling of Hybrid Architectures (athms/mad-lab)";
-    s.params = ab::mad::params(16, 2, 128, 4, 12800, {});
-    return s;
+    return ab::mad::spec("mad_recall",
+                         "MAD in-context recall: key-value pairs, emit the value of every repeated key (per position)",
+                         ab::mad::params(16, 2, 128, 4, 12800, {}));
   }
   MadRecall(const ab::Json& p, uint64_t seed) : Recall("mad_recall", p, seed, kStream, false) {}
 };

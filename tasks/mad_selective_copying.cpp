@@ -27,13 +27,11 @@ constexpr uint64_t kStream = 0x4D41445343ull;  // "MADSC"
 class MadSelectiveCopying : public ab::mad::Task {
  public:
   static ab::TaskSpec spec() {
-    ab::TaskSpec s;
-    s.name = "mad_selective_copying";
-    s.summary = "MAD selective copying: emit the tokens scattered among blanks, in order, after the copy token";
-    s.reference = "Poli et al. 2024, Mechanistic Design and Scaling of Hybrid Architectures (athms/mad-lab)";
-    s.params = ab::mad::params(16, 3, 256, 4, 12800,
-                               {ab::int_param("num_tokens_to_copy", 16, "n: tokens to copy (MAD: 16)", 1, 1 << 19)});
-    return s;
+    return ab::mad::spec(
+        "mad_selective_copying",
+        "MAD selective copying: emit the tokens scattered among blanks, in order, after the copy token",
+        ab::mad::params(16, 3, 256, 4, 12800,
+                        {ab::int_param("num_tokens_to_copy", 16, "n: tokens to copy (MAD: 16)", 1, 1 << 19)}));
   }
 
   MadSelectiveCopying(const Json& p, uint64_t seed) : Task("mad_selective_copying", p, seed, kStream) {
