@@ -1,0 +1,119 @@
+// The seed mechanisms of issue 18: sla, long_conv, kernel_rpe_fft, lmu, ttt_linear. Each fast form is
+// compared with a reference written here independently, in double, from the papers' formulas
+// (explicit sums, no scans, no FFTs); the registry-wide conformance suite (tests/mixer/
+// test_variants.cpp) covers gradients, causality, padding, decode = forward and the cost models.
+#include <gtest/gtest.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "attnbench/check.hpp"
+#include "attnbench/variant.hpp"
+#include "support/random_tensors.hpp"
+
+using namespace ab;
+
+namespace {
+
+using Vec = std::vector<double>;
+
+std::unique_ptr<Mixer> build(const std::string& name, const Json& given, int64_t D, int64_t H, int64_t max_length) {
+  const VariantSpec& spec = VariantRegistry::instance().get(name);
+  MixerConfig cfg{D, H, max_length, 0, 3, resolve_params(spec.params, given, name)};
+  return spec.make(cfg);
+}
+
+Var param(const Mixer& m, const std::string& name) {
+  for (const auto& [n, v] : m.parameters())
+    if (n == name) return v;
+  ADD_FAILURE() << "no parameter " << name;
+  return Var();
+}
+
+// Overwrites a parameter with symmetric noise (initial values such as zeros would hide terms).
+void randomise(const Mixer& m, const std::string& name, uint64_t key, float scale) {
+  Var p = param(m, name);
+  const Tensor r = test::symmetric_tensor(p.shape(), 11, key, scale);
+  std::copy(r.data(), r.data() + r.numel(), p.value_mut().data());
+}
+
+
+double max_abs_diff(const Vec& ref, const Tensor& got) {
+  EXPECT_EQ(static_cast<int64_t>(ref.size()), got.numel());
+  double worst = 0;
+  for (size_t i = 0; i < ref.size(); ++i) worst = std::max(worst, std::fabs(ref[i] - got[static_cast<int64_t>(i)]));
+  return worst;
+}
+
+// [B, 1, 1, N] additive mask, sequence b real for its first real[b] positions.
+Tensor padding_mask(int64_t B, int64_t N, const std::vector<int64_t>& real) {
+  std::vector<int32_t> tokens(static_cast<size_t>(B * N), 1);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t n = real[b]; n < N; ++n) tokens[b * N + n] = 0;
+  return key_padding_mask(tokens, B, N, 0);
+}
+
+}  // namespace
+
+// ---- sla ----
+// out_i = relu(q_i) . sum_j relu(k_j + P_j) v_j / (relu(q_i) . sum_j relu(k_j + P_j) + 1e-6)
+//         + b_c + sum_t w[c, t] v_{i + t - 2}   (centred)  or  sum_t w[c, t] v_{i - t}  (causal)
+TEST(Sla, AttendEqualsTheNaiveFormulaWithGradients) {
+  const int64_t B = 2, H = 2, N = 7, d = 3, D = H * d, M = 9;
+  const Tensor mask = padding_mask(B, N, {7, 5});
+  for (bool causal : {false, true})
+    for (bool masked : {false, true}) {
+      auto mixer = build("sla", Json::object(), D, H, M);
+      auto* attn = dynamic_cast<AttentionMixer*>(mixer.get());
+      ASSERT_NE(attn, nullptr);
+      randomise(*mixer, "positional_encoding", 1, 1.f);
+      const Tensor P = param(*mixer, "positional_encoding").value();
+      const Tensor w = param(*mixer, "dwc_weight").value(), bias = param(*mixer, "dwc_bias").value();
+      const int64_t K = w.dim(1);
+      MixerContext ctx;
+      ctx.causal = causal;
+      ctx.key_mask = masked ? &mask : nullptr;
+      const Tensor q = test::symmetric_tensor({B, H, N, d}, 5, 1), k = test::symmetric_tensor({B, H, N, d}, 5, 2),
+                   v = test::symmetric_tensor({B, H, N, d}, 5, 3);
+      auto kept = [&](int64_t b, int64_t j) { return !masked || std::isfinite(mask[b * N + j]); };
+      auto at = [&](const Tensor& t, int64_t b, int64_t h, int64_t n, int64_t c) {
+        return double(t[((b * H + h) * N + n) * d + c]);
+      };
+      Vec ref(static_cast<size_t>(B * H * N * d), 0.0);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t i = 0; i < N; ++i) {
+            Vec num(static_cast<size_t>(d), 0.0);
+            double den = 0;
+            for (int64_t j = 0; j < N; ++j) {
+              if ((causal && j > i) || !kept(b, j)) continue;
+              double a = 0;
+              for (int64_t c = 0; c < d; ++c)
+                a += std::max(at(q, b, h, i, c), 0.0) * std::max(at(k, b, h, j, c) + P[j * D + h * d + c], 0.0);
+              den += a;
+              for (int64_t c = 0; c < d; ++c) num[c] += a * at(v, b, h, j, c);
+            }
+            for (int64_t c = 0; c < d; ++c) {
+              double conv = bias[c];
+              for (int64_t t = 0; t < K; ++t) {
+                const int64_t j = causal ? i - t : i + t - (K - 1) / 2;
+                if (j >= 0 && j < N && kept(b, j)) conv += w[c * K + t] * at(v, b, h, j, c);
+              }
+              ref[((b * H + h) * N + i) * d + c] = (den + 1e-6 != 0 ? num[c] / (den + 1e-6) : 0.0) + conv;
+            }
+          }
+      const Var y = attn->attend(Var(q), Var(k), Var(v), ctx);
+      EXPECT_LE(max_abs_diff(ref, y.value()), 1e-4) << "causal=" << causal << " masked=" << masked;
+
+      // Gradients of the fused ops against finite differences, through the parameters as well.
+      Var vq(q.clone(), true), vk(k.clone(), true), vv(v.clone(), true);
+      const GradCheckReport r = grad_check([&] { return attn->attend(vq, vk, vv, ctx); },
+                                           {vq, vk, vv, param(*mixer, "positional_encoding"),
+                                            param(*mixer, "dwc_weight"), param(*mixer, "dwc_bias")});
+      EXPECT_TRUE(r.passed) << r.detail;
+    }
+}
