@@ -117,3 +117,57 @@ TEST(Sla, AttendEqualsTheNaiveFormulaWithGradients) {
       EXPECT_TRUE(r.passed) << r.detail;
     }
 }
+
+// ---- long_conv ----
+// The whole mixer against direct sums: k = soft_threshold(moving_average(K)),
+//   y_t = GLU(W_out GELU(sum_{l <= t} k_f[l] u_{t-l} + [bidirectional] sum_{l >= 1} k_b[l - 1] u_{t+l} + D u_t)).
+TEST(LongConvVariant, EqualsDirectSumsOfTheSquashedSmoothedKernels) {
+  const int64_t B = 2, N = 9, D = 4, M = 12;
+  for (int64_t window : {0, 3})
+    for (bool causal : {false, true}) {
+      auto mixer = build("long_conv", Json{{"ma_window", window}, {"lam", 0.01}}, D, 1, M);
+      randomise(*mixer, "kernel_fwd", 1, 0.3f);
+      randomise(*mixer, "kernel_bwd", 2, 0.3f);
+      const Tensor kf = param(*mixer, "kernel_fwd").value(), kb = param(*mixer, "kernel_bwd").value();
+      const Tensor skip = param(*mixer, "skip").value(), w = param(*mixer, "w_out").value(),
+                   bias = param(*mixer, "b_out").value();
+      auto taps = [&](const Tensor& k, int64_t c, int64_t l) {
+        double s = 0;
+        if (window == 0) {
+          s = k[c * M + l];
+        } else {
+          for (int64_t j = l - window / 2; j <= l + window / 2; ++j)
+            if (j >= 0 && j < M) s += k[c * M + j] / double(window);
+        }
+        return s > 0.01 ? s - 0.01 : (s < -0.01 ? s + 0.01 : 0.0);
+      };
+      const Tensor x = test::symmetric_tensor({B, N, D}, 5, 4);
+      Vec ref(static_cast<size_t>(B * N * D));
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t t = 0; t < N; ++t) {
+          Vec h(static_cast<size_t>(D));
+          for (int64_t c = 0; c < D; ++c) {
+            double s = skip[c] * x[(b * N + t) * D + c];
+            for (int64_t l = 0; l <= t; ++l) s += taps(kf, c, l) * x[(b * N + t - l) * D + c];
+            if (!causal)
+              for (int64_t l = 1; t + l < N; ++l) s += taps(kb, c, l - 1) * x[(b * N + t + l) * D + c];
+            h[c] = 0.5 * s * (1 + std::erf(s / std::sqrt(2.0)));
+          }
+          for (int64_t o = 0; o < D; ++o) {
+            double a = bias[o], g = bias[D + o];
+            for (int64_t c = 0; c < D; ++c) {
+              a += h[c] * w[c * 2 * D + o];
+              g += h[c] * w[c * 2 * D + D + o];
+            }
+            ref[(b * N + t) * D + o] = a / (1 + std::exp(-g));
+          }
+        }
+      MixerContext ctx;
+      ctx.causal = causal;
+      EXPECT_LE(max_abs_diff(ref, mixer->forward(Var(x), ctx).value()), 1e-5) << "window=" << window
+                                                                                << " causal=" << causal;
+      const GradCheckReport r = grad_check([&] { return mixer->forward(Var(x), ctx); },
+                                           {param(*mixer, "kernel_fwd"), param(*mixer, "kernel_bwd")});
+      EXPECT_TRUE(r.passed) << r.detail;
+    }
+}
