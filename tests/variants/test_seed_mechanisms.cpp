@@ -171,3 +171,58 @@ TEST(LongConvVariant, EqualsDirectSumsOfTheSquashedSmoothedKernels) {
       EXPECT_TRUE(r.passed) << r.detail;
     }
 }
+
+// ---- kernel_rpe_fft ----
+// The FFT Toeplitz product against the dense one: out_i = sum_j exp(b_{i-j}) kappa(q_i, k_j) v_j /
+// sum_j exp(b_{i-j}) kappa(q_i, k_j), kappa(q, k) = sum_a exp(w_a.q^ - |q^|^2/2) exp(w_a.k^ - |k^|^2/2),
+// x^ = x d^-1/4, with the mixer's W redrawn here from its stream (RngStream(seed, mixer, layer, 0)).
+TEST(KernelRpeFft, FftToeplitzProductEqualsTheDenseOneWithGradients) {
+  const int64_t B = 2, H = 2, N = 7, d = 3, D = H * d, M = 9, m = 5;
+  const Tensor mask = padding_mask(B, N, {7, 4});
+  const Tensor w = init_normal({m, d}, 1.0f, RngStream(3, Purpose::mixer, 0, 0));
+  for (bool causal : {false, true})
+    for (bool masked : {false, true}) {
+      auto mixer = build("kernel_rpe_fft", Json{{"num_features", m}}, D, H, M);
+      auto* attn = dynamic_cast<AttentionMixer*>(mixer.get());
+      ASSERT_NE(attn, nullptr);
+      randomise(*mixer, "rpe_fwd", 1, 1.f);
+      randomise(*mixer, "rpe_bwd", 2, 1.f);
+      const Tensor bf = param(*mixer, "rpe_fwd").value(), bb = param(*mixer, "rpe_bwd").value();
+      MixerContext ctx;
+      ctx.causal = causal;
+      ctx.key_mask = masked ? &mask : nullptr;
+      const Tensor q = test::symmetric_tensor({B, H, N, d}, 6, 1), k = test::symmetric_tensor({B, H, N, d}, 6, 2),
+                   v = test::symmetric_tensor({B, H, N, d}, 6, 3);
+      const double s4 = std::pow(double(d), -0.25);
+      auto feature = [&](const Tensor& x, int64_t row, int64_t a) {
+        double wx = 0, xx = 0;
+        for (int64_t c = 0; c < d; ++c) {
+          wx += w[a * d + c] * x[row * d + c] * s4;
+          xx += x[row * d + c] * s4 * x[row * d + c] * s4;
+        }
+        return std::exp(wx - xx / 2);
+      };
+      Vec ref(static_cast<size_t>(B * H * N * d), 0.0);
+      for (int64_t bh = 0; bh < B * H; ++bh)
+        for (int64_t i = 0; i < N; ++i) {
+          Vec num(static_cast<size_t>(d), 0.0);
+          double den = 0;
+          for (int64_t j = 0; j < N; ++j) {
+            if ((causal && j > i) || (masked && !std::isfinite(mask[(bh / H) * N + j]))) continue;
+            double kappa = 0;
+            for (int64_t a = 0; a < m; ++a) kappa += feature(q, bh * N + i, a) * feature(k, bh * N + j, a);
+            const int64_t h = bh % H;
+            const double c = std::exp(i >= j ? bf[h * M + (i - j)] : bb[h * M + (j - i - 1)]);
+            den += c * kappa;
+            for (int64_t e = 0; e < d; ++e) num[e] += c * kappa * v[(bh * N + j) * d + e];
+          }
+          for (int64_t e = 0; e < d; ++e) ref[(bh * N + i) * d + e] = num[e] / den;
+        }
+      const Var y = attn->attend(Var(q), Var(k), Var(v), ctx);
+      EXPECT_LE(max_abs_diff(ref, y.value()), 1e-4) << "causal=" << causal << " masked=" << masked;
+      Var vq(q.clone(), true), vk(k.clone(), true), vv(v.clone(), true);
+      const GradCheckReport r = grad_check([&] { return attn->attend(vq, vk, vv, ctx); },
+                                           {vq, vk, vv, param(*mixer, "rpe_fwd"), param(*mixer, "rpe_bwd")});
+      EXPECT_TRUE(r.passed) << r.detail;
+    }
+}
