@@ -226,3 +226,80 @@ TEST(KernelRpeFft, FftToeplitzProductEqualsTheDenseOneWithGradients) {
       EXPECT_TRUE(r.passed) << r.detail;
     }
 }
+
+// ---- lmu ----
+// The FFT convolution against the recurrence m_t = Abar m_{t-1} + Bbar u_t, with (Abar, Bbar) found
+// independently of the variant's matrix exponential: RK4 integration over dt = 1 of Phi' = A Phi
+// (Phi(0) = I) and of b' = A b + B (b(0) = 0, the input held constant: zero-order hold).
+TEST(Lmu, FftConvolutionEqualsTheZohRecurrence) {
+  const int64_t B = 2, N = 11, D = 4, q = 6;
+  const double theta = 5.0;
+  std::vector<double> A(q * q), Bv(q);
+  for (int64_t i = 0; i < q; ++i) {
+    for (int64_t j = 0; j < q; ++j) A[i * q + j] = (2.0 * i + 1) / theta * (i < j ? -1.0 : std::pow(-1.0, double(i - j + 1)));
+    Bv[i] = (2.0 * i + 1) / theta * std::pow(-1.0, double(i));
+  }
+  // State [Phi (q x q) | b (q)] as q rows of q + 1; derivative [A Phi | A b + B].
+  const int64_t w = q + 1, steps = 2000;
+  std::vector<double> s(q * w, 0.0);
+  for (int64_t i = 0; i < q; ++i) s[i * w + i] = 1.0;
+  auto deriv = [&](const std::vector<double>& x) {
+    std::vector<double> dx(q * w, 0.0);
+    for (int64_t i = 0; i < q; ++i) {
+      for (int64_t c = 0; c < w; ++c)
+        for (int64_t k = 0; k < q; ++k) dx[i * w + c] += A[i * q + k] * x[k * w + c];
+      dx[i * w + q] += Bv[i];
+    }
+    return dx;
+  };
+  const double h = 1.0 / steps;
+  for (int64_t n = 0; n < steps; ++n) {
+    auto axpy = [&](const std::vector<double>& x, const std::vector<double>& d, double a) {
+      std::vector<double> y(x);
+      for (size_t i = 0; i < y.size(); ++i) y[i] += a * d[i];
+      return y;
+    };
+    const auto k1 = deriv(s), k2 = deriv(axpy(s, k1, h / 2)), k3 = deriv(axpy(s, k2, h / 2)), k4 = deriv(axpy(s, k3, h));
+    for (size_t i = 0; i < s.size(); ++i) s[i] += h / 6 * (k1[i] + 2 * k2[i] + 2 * k3[i] + k4[i]);
+  }
+  for (bool masked : {false, true}) {
+    auto mixer = build("lmu", Json{{"memory_size", q}, {"theta", theta}}, D, 1, 16);
+    const Tensor wu = param(*mixer, "w_u").value(), bu = param(*mixer, "b_u").value();
+    const Tensor wh = param(*mixer, "w_h").value(), bh = param(*mixer, "b_h").value();
+    const Tensor wp = param(*mixer, "w_proj").value(), bp = param(*mixer, "b_proj").value();
+    const Tensor x = test::symmetric_tensor({B, N, D}, 7, 1, 2.f);
+    const Tensor mask = padding_mask(B, N, {11, 7});
+    Vec ref(static_cast<size_t>(B * N * D));
+    for (int64_t b = 0; b < B; ++b) {
+      std::vector<double> m(q, 0.0);
+      for (int64_t t = 0; t < N; ++t) {
+        double u = bu[0];
+        for (int64_t c = 0; c < D; ++c) u += wu[c] * x[(b * N + t) * D + c];
+        u = std::max(u, 0.0);
+        if (masked && !std::isfinite(mask[b * N + t])) u = 0;
+        std::vector<double> next(q);
+        for (int64_t i = 0; i < q; ++i) {
+          next[i] = s[i * w + q] * u;
+          for (int64_t j = 0; j < q; ++j) next[i] += s[i * w + j] * m[j];
+        }
+        m = next;
+        std::vector<double> hid(D);
+        for (int64_t o = 0; o < D; ++o) {
+          double a = bh[o];
+          for (int64_t i = 0; i < q; ++i) a += m[i] * wh[i * D + o];
+          for (int64_t c = 0; c < D; ++c) a += x[(b * N + t) * D + c] * wh[(q + c) * D + o];
+          hid[o] = std::max(a, 0.0);
+        }
+        for (int64_t o = 0; o < D; ++o) {
+          double a = bp[o];
+          for (int64_t c = 0; c < D; ++c) a += hid[c] * wp[c * D + o];
+          ref[(b * N + t) * D + o] = a;
+        }
+      }
+    }
+    MixerContext ctx;
+    ctx.causal = true;
+    ctx.key_mask = masked ? &mask : nullptr;
+    EXPECT_LE(max_abs_diff(ref, mixer->forward(Var(x), ctx).value()), 1e-5) << "masked=" << masked;
+  }
+}
