@@ -303,3 +303,106 @@ TEST(Lmu, FftConvolutionEqualsTheZohRecurrence) {
     EXPECT_LE(max_abs_diff(ref, mixer->forward(Var(x), ctx).value()), 1e-5) << "masked=" << masked;
   }
 }
+
+// ---- ttt_linear ----
+// The dual form against the primal (sequential) form: per token i of a mini-batch, one explicit
+// gradient step W_i = W0 - tok_i sum_{j <= i} lr_j dl_j/dW(W0, b0), the gradients of the inner loss
+// l_j = 1/2 |gamma LN(k_j W + b) + beta - (v_j - k_j)|^2 taken by the harness's autograd through
+// ab::layer_norm (not the variant's closed form), then out_i = q_i + gamma LN(q_i W_i + b_i) + beta,
+// the next mini-batch starting from the last W_i. N = 11 with mini-batches of 4: a remainder of 3.
+TEST(TttLinear, DualFormEqualsOneExplicitGradientStepPerToken) {
+  const int64_t B = 2, N = 11, H = 2, d = 4, D = H * d, K = 4;
+  auto mixer = build("ttt_linear", Json{{"mini_batch_size", K}}, D, H, 16);
+  uint64_t key = 20;
+  for (const char* name : {"W1", "b1", "ttt_norm_weight", "ttt_norm_bias", "token_idx_bias", "lr_bias",
+                           "post_norm_weight", "post_norm_bias"})
+    randomise(*mixer, name, key++, 0.5f);
+  randomise(*mixer, "lr_weight", key++, 1.f);
+  auto P = [&](const char* name) { return param(*mixer, name).value(); };
+  const Tensor wq = P("wq"), wk = P("wk"), wv = P("wv"), wo = P("wo"), lw = P("lr_weight"), lb = P("lr_bias");
+  const Tensor W1 = P("W1"), b1 = P("b1"), tg = P("ttt_norm_weight"), tb = P("ttt_norm_bias"), tok_b = P("token_idx_bias");
+  const Tensor pg = P("post_norm_weight"), pb = P("post_norm_bias");
+  const Tensor x = test::symmetric_tensor({B, N, D}, 8, 1, 1.5f);
+  auto proj = [&](const Tensor& w, int64_t b, int64_t t, int64_t col) {
+    double s = 0;
+    for (int64_t c = 0; c < D; ++c) s += x[(b * N + t) * D + c] * w[c * D + col];
+    return s;
+  };
+  auto layer_norm_d = [](std::vector<double> z, const double* g, const double* be) {
+    double mu = 0, var = 0;
+    for (double e : z) mu += e / double(z.size());
+    for (double e : z) var += (e - mu) * (e - mu) / double(z.size());
+    for (size_t i = 0; i < z.size(); ++i) z[i] = (z[i] - mu) / std::sqrt(var + 1e-6) * g[i] + be[i];
+    return z;
+  };
+  std::vector<double> merged(static_cast<size_t>(B * N * D));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      std::vector<double> g(d), be(d);
+      for (int64_t c = 0; c < d; ++c) {
+        g[c] = tg[h * d + c];
+        be[c] = tb[h * d + c];
+      }
+      std::vector<double> w0(W1.data() + h * d * d, W1.data() + (h + 1) * d * d), b0(b1.data() + h * d, b1.data() + (h + 1) * d);
+      for (int64_t s = 0; s < N; s += K) {
+        const int64_t n = std::min(K, N - s);
+        std::vector<double> gw(d * d, 0.0), gb(d, 0.0), wi, bi;
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t t = s + i;
+          std::vector<float> kf(d), target(d);
+          for (int64_t c = 0; c < d; ++c) {
+            kf[c] = static_cast<float>(proj(wk, b, t, h * d + c));
+            target[c] = static_cast<float>(proj(wv, b, t, h * d + c) - kf[c]);
+          }
+          // One gradient of the inner loss at (W0, b0), by autograd.
+          Tensor wt = Tensor::empty({d, d}), bt = Tensor::empty({d}), kt = Tensor::empty({1, d}), gt = Tensor::empty({d}),
+                 bet = Tensor::empty({d}), tt = Tensor::empty({1, d});
+          for (int64_t c = 0; c < d * d; ++c) wt[c] = static_cast<float>(w0[c]);
+          for (int64_t c = 0; c < d; ++c) {
+            bt[c] = static_cast<float>(b0[c]);
+            kt[c] = kf[c];
+            gt[c] = static_cast<float>(g[c]);
+            bet[c] = static_cast<float>(be[c]);
+            tt[c] = target[c];
+          }
+          Var vw(wt, true), vb(bt, true);
+          const Var r = sub(layer_norm(add(matmul(Var(kt), vw), vb), Var(gt), Var(bet), 1e-6f), Var(tt));
+          scale(sum(mul(r, r)), 0.5f).backward();
+          double lr = lb[h];
+          for (int64_t c = 0; c < D; ++c) lr += x[(b * N + t) * D + c] * lw[c * H + h];
+          lr = 1.0 / (1.0 + std::exp(-lr)) / double(d);
+          for (int64_t c = 0; c < d * d; ++c) gw[c] += lr * vw.grad()[c];
+          for (int64_t c = 0; c < d; ++c) gb[c] += lr * vb.grad()[c];
+          const double tok = std::max(1.0 / double(i + 1) + tok_b[i], 0.0);
+          wi = w0;
+          bi = b0;
+          for (int64_t c = 0; c < d * d; ++c) wi[c] -= tok * gw[c];
+          for (int64_t c = 0; c < d; ++c) bi[c] -= tok * gb[c];
+          std::vector<double> q(d), z(d);
+          for (int64_t c = 0; c < d; ++c) q[c] = proj(wq, b, t, h * d + c);
+          for (int64_t c = 0; c < d; ++c) {
+            z[c] = bi[c];
+            for (int64_t e = 0; e < d; ++e) z[c] += q[e] * wi[e * d + c];
+          }
+          const std::vector<double> lz = layer_norm_d(z, g.data(), be.data());
+          for (int64_t c = 0; c < d; ++c) merged[(b * N + t) * D + h * d + c] = q[c] + lz[c];
+        }
+        w0 = wi;
+        b0 = bi;
+      }
+    }
+  Vec ref(static_cast<size_t>(B * N * D));
+  std::vector<double> pgd(pg.data(), pg.data() + D), pbd(pb.data(), pb.data() + D);
+  for (int64_t r = 0; r < B * N; ++r) {
+    const std::vector<double> row(merged.begin() + r * D, merged.begin() + (r + 1) * D);
+    const std::vector<double> y = layer_norm_d(row, pgd.data(), pbd.data());
+    for (int64_t o = 0; o < D; ++o) {
+      double s = 0;
+      for (int64_t c = 0; c < D; ++c) s += y[c] * wo[c * D + o];
+      ref[r * D + o] = s;
+    }
+  }
+  MixerContext ctx;
+  ctx.causal = true;
+  EXPECT_LE(max_abs_diff(ref, mixer->forward(Var(x), ctx).value()), 2e-4);
+}
