@@ -1,0 +1,114 @@
+// kernel_rpe_fft — kernelised attention with relative positional encoding, the Toeplitz RPE matrix
+// applied by FFT. Luo, Li, Cai, He, Zheng, Ke, Wang, Liu 2021, "Stable, Fast and Accurate:
+// Kernelized Attention with Relative Positional Encoding" (NeurIPS), Sec. 3:
+//   out_i = sum_j C_ij phi(q_i)^T phi(k_j) v_j / sum_j C_ij phi(q_i)^T phi(k_j),  C_ij = exp(b_{i-j})
+// with positive random features phi (Performer's PRF: phi(x) = m^-1/2 exp(W x^ - |x^|^2 / 2 - c),
+// x^ = x d^-1/4, ab::favor_features). Since C is Toeplitz, sum_j C_ij phi(k_j) [v_j, 1]^T is a 1-D
+// convolution along the sequence of the m x (d + 1) matrices phi(k_j) [v_j, 1]^T with the kernel
+// exp(b): ab::fft_conv over B sequences of H m (d + 1) channels, one kernel per head.
+// b: a learned bias per head and lag, zero-initialised (C = 1: plain Performer at init), lags
+// -(max_length - 1) .. max_length - 1; causal = the lags >= 0 only (b_{<0} = -inf).
+// Deliberate differences: W [m, d] is i.i.d. Gaussian, drawn once per layer at construction and
+// never redrawn (the paper inherits Performer's orthogonal features and redraws); the additive
+// stabiliser of the keys is 0 so that their per-(batch, head) maximum cancels exactly in the ratio.
+// Time O(B H N log N m d); memory O(B N H m d): the per-position outer products are materialised
+// for the FFT (the paper's cost).
+// Capabilities: bidirectional, causal, padding mask (phi(k) zeroed at padded keys). No decode: the
+// keys' stabilising maximum spans the whole sequence, and a general Toeplitz C has no finite state.
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "attnbench/kernels/fft_conv.hpp"
+#include "attnbench/kernels/linear_attention.hpp"
+#include "attnbench/variant.hpp"
+
+namespace {
+
+class KernelRpeFft final : public ab::AttentionMixer {
+ public:
+  explicit KernelRpeFft(const ab::MixerConfig& cfg)
+      : AttentionMixer(cfg), m_(cfg.params.at("num_features").get<int64_t>()), max_length_(cfg.max_length) {
+    w_ = ab::init_normal({m_, head_dim_}, 1.0f, ab::RngStream(cfg.seed, ab::Purpose::mixer, cfg.layer, 0));
+    // lag l >= 0 in rpe_fwd[:, l]; lag -l (l >= 1) in rpe_bwd[:, l - 1]
+    b_fwd_ = add_param("rpe_fwd", ab::Tensor::zeros({heads_, max_length_}), Decay::none);
+    b_bwd_ = add_param("rpe_bwd", ab::Tensor::zeros({heads_, max_length_}), Decay::none);
+  }
+
+  static ab::VariantSpec spec() {
+    ab::VariantSpec s;
+    s.name = "kernel_rpe_fft";
+    s.family = "kernel";
+    s.summary = "positive random features with a Toeplitz RPE exp(b_{i-j}), the RPE product by FFT";
+    s.reference = "Luo et al. 2021, Stable, Fast and Accurate: Kernelized Attention with Relative Positional Encoding";
+    s.params = {ab::int_param("num_features", 32, "random features m per head", 1, 4096)};
+    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .length_dependent = true};
+    s.cost = [](const ab::CostArgs& a) {
+      const double B = a.batch, N = a.length, D = a.d_model, H = a.heads, d = D / H;
+      const double m = static_cast<double>(a.params->at("num_features").get<int64_t>());
+      const double C = H * m * (d + 1);  // FFT channels per sequence
+      const double M = static_cast<double>(ab::fft_conv_length(a.length, a.length)), Mh = M / 2 + 1;
+      const double fft = 2.5 * M * std::log2(M);
+      ab::Cost c;
+      c.flops = 2 * B * N * D * D * 4          // projections
+                + 2 * 2 * B * N * H * m * d     // features of q and k
+                + B * N * C                      // outer products
+                + B * C * (2 * fft + 6 * Mh)     // forward + inverse transform, product
+                + 2 * B * N * C + B * N * D;     // readout phi(q)^T S, division
+      // Saved: q, k, v and the merged heads (4 B N D); phi(q), phi(k) (2 B H N m); the outer
+      // products U and their convolution S (2 B N C); the kernel spectra (H (M/2+1) complex); the
+      // sequence-major copies of phi(k) and [v, 1] kept by their outer product (B N H (m + d + 1)).
+      c.activation_bytes =
+          4 * (4 * B * N * D + 2 * B * H * N * m + 2 * B * N * C + 2 * H * Mh + B * N * H * (m + d + 1));
+      // In the FFT convolution's backward: U, S and their gradients (4 B N C) with the transform
+      // buffers over all channels (measured about 3.5 M C).
+      c.peak_bytes = 4 * (4 * B * N * D + 4 * B * N * C + 3.5 * M * C);
+      // Streaming U and S through the transforms several times: they do not fit the caches.
+      c.bytes = 4 * (6 * B * M * C);
+      return c;
+    };
+    s.check_params = {{"num_features", 8}};
+    return s;
+  }
+
+  // q, k, v: [B, H, N, d] -> [B, H, N, d]
+  ab::Var attend(const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::MixerContext& ctx) override {
+    const int64_t B = q.dim(0), H = heads_, N = q.dim(2), d = head_dim_, m = m_;
+    if (N > max_length_)
+      throw ab::UsageError(
+          fmt::format("kernel_rpe_fft: sequence length {} exceeds the model's max_length {}", N, max_length_));
+    ab::FavorOptions fo;
+    fo.kernel = ab::FavorKernel::softmax_positive;
+    fo.is_query = true;
+    const ab::Var fq = ab::favor_features(q, w_, fo);  // [B, H, N, m]
+    fo.is_query = false;
+    fo.stabilizer = 0.f;
+    fo.key_mask = ctx.key_mask;
+    ab::Var fk = ab::favor_features(k, w_, fo);  // [B, H, N, m]
+    if (ctx.key_mask) fk = ab::mul(fk, ab::Var(ab::keep_flags(ctx.key_mask, {B, 1, N, 1})));
+    // U[b, j, h] = phi(k_j) [v_j, 1]^T: [B, N, H, m, d + 1], sequence-major for the convolution
+    const ab::Var fk_t = ab::reshape(ab::permute(fk, {0, 2, 1, 3}), {B, N, H, m, 1});
+    const ab::Var v1 = ab::concat({v, ab::Var(ab::Tensor::full({B, H, N, 1}, 1.f))}, 3);  // [B, H, N, d + 1]
+    const ab::Var v_t = ab::reshape(ab::permute(v1, {0, 2, 1, 3}), {B, N, H, 1, d + 1});
+    const ab::Var u = ab::reshape(ab::mul(fk_t, v_t), {B, N, H * m * (d + 1)});
+    const ab::Var kf = ab::exp(ab::slice(b_fwd_, 1, 0, N));  // [H, N], lag 0 ..
+    ab::Var kb;
+    if (!ctx.causal && N > 1)  // lags -1 .. -(N - 1); lag 0 is the causal kernel's
+      kb = ab::concat({ab::Var(ab::Tensor::zeros({H, 1})), ab::exp(ab::slice(b_bwd_, 1, 0, N - 1))}, 1);
+    const ab::Var s = ab::reshape(ab::fft_conv(u, kf, kb), {B, N, H, m, d + 1});
+    // phi(q_i)^T S_i: [B, N, H, 1, m] x [B, N, H, m, d + 1] -> [B, N, H, 1, d + 1]
+    const ab::Var fq_t = ab::reshape(ab::permute(fq, {0, 2, 1, 3}), {B, N, H, 1, m});
+    const ab::Var r = ab::reshape(ab::matmul(fq_t, s), {B, N, H, d + 1});
+    const ab::Var den = ab::add_scalar(ab::slice(r, 3, d, 1), 1e-30f);  // > 0 unless every visible key is padded
+    return ab::permute(ab::div(ab::slice(r, 3, 0, d), den), {0, 2, 1, 3});
+  }
+
+ private:
+  int64_t m_, max_length_;
+  ab::Tensor w_;  // [m, d] random projections, a constant
+  ab::Var b_fwd_, b_bwd_;
+};
+
+}  // namespace
+
+ATTNBENCH_REGISTER_VARIANT(KernelRpeFft);
