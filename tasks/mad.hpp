@@ -10,16 +10,8 @@
 // (seed, data, stream, split).child(index) instead of one numpy Generator walked through a whole
 // dataset, so any example is generated on demand.
 //
-// MAD's sixth task, compression, is not built: its generator is trivial (L - 1 tokens uniform over
-// [0, V - 1), then the compression token V - 1; the target is the input itself at every position,
-// training and test alike), but on our per-position model that target is a copy of each position's
-// own input. MAD trains it on its AutoEncoder backbone, which the model would need: the encoder
-// stack (RMSNorm pre-norm residual blocks, no encoder positions) pooled at its last position
-// (x[:, -1], no final norm), then for each output position n the pooled vector plus row n of a fixed
-// sin-cos table (posemb_sincos_1d(L, d)) through RMSNorm, Linear(d, d), GELU, RMSNorm,
-// Linear(d, d), GELU, and an unembedding RMSNorm, Linear(d, V): logits [B, L, V], cross-entropy at
-// every position. In the harness: a pooling `last` and a decoder head for per-position tasks that a
-// task can require (a new TaskKind, say `reconstruct`, so that a plain model cannot run it).
+// MAD's sixth task, compression (tasks/mad_compression.cpp), runs on MAD's autoencoder backbone:
+// model.pooling=last in harness/model (the encoder's last state, decoded at every position).
 #include <algorithm>
 #include <cstdint>
 #include <string>

@@ -169,6 +169,16 @@ struct Sprite {
   std::vector<double> linef;  // line / 255
   std::vector<float> maskf;   // mask / 255, as the original's float32 masks
   std::vector<std::array<int, 2>> seed_struct;  // (dy, dx) about the anchor
+  // The pixels that matter, as offsets from the start pixel (every other one is a no-op: images
+  // and masks are >= 0 and combined with max): line > 0, mask > 0, and the mask pixels that can
+  // reach the overlap threshold 1.8 against the occupancy mask's largest value, 1.
+  struct Px {
+    int dy, dx;
+    double line;
+    float mask;
+  };
+  std::vector<Px> line_px, mask_px, hard_px;
+  std::vector<std::ptrdiff_t> hard_off;  // hard_px as offsets in the padded mask
   // Some pixel of the image has every cell of seed_struct outside the image. OpenCV's dilate then
   // gives it -FLT_MAX, ceil(... - 0.3) is negative, and snakes.find_available_coordinates reports
   // no free pixel at all: a seed at this orientation always fails.
@@ -179,6 +189,13 @@ struct Sprite {
 };
 
 int ceil_int(double v) { return static_cast<int>(std::ceil(v)); }
+
+// The occupancy mask is kept with a border of zeros at least a sprite's half-size wide, so reads
+// about a pixel of the image need no bounds checks (0 is what the original's clipping gives there:
+// masks are >= 0 and combined with max; 0 + a paddle's mask value never reaches 1.8).
+int mask_pad(const Resolution& res) {
+  return res.paddle_length + ceil_int(res.thickness) + *std::max_element(res.margins.begin(), res.margins.end());
+}
 
 Sprite make_sprite(const Resolution& res, int m, double theta) {
   Sprite sp;
@@ -242,6 +259,16 @@ Sprite make_sprite(const Resolution& res, int m, double theta) {
     sp.linef.push_back(sp.line[i] / 255.0);
     sp.maskf.push_back(static_cast<float>(sp.mask[i] / 255.0));
   }
+  for (int y = 0; y < S; ++y)
+    for (int x = 0; x < S; ++x) {
+      const size_t i = static_cast<size_t>(y) * S + x;
+      const Sprite::Px px{y - sp.half, x - sp.half, sp.linef[i], sp.maskf[i]};
+      if (sp.line[i]) sp.line_px.push_back(px);
+      if (sp.mask[i]) sp.mask_px.push_back(px);
+      if (1.0 + static_cast<double>(sp.maskf[i]) >= 1.8) sp.hard_px.push_back(px);
+    }
+  const std::ptrdiff_t W = res.size + 2 * mask_pad(res);
+  for (const auto& q : sp.hard_px) sp.hard_off.push_back(q.dy * W + q.dx);
   // The seed element: the sprite placed with its start at (L + m + 1, L + m + 1) of a
   // (2 (L + m) + 1)^2 window (snakes2.initialize_two_seeds' struct_head), pixels equal to 1,
   // about the window's centre (OpenCV's default anchor).
@@ -272,13 +299,63 @@ Sprite make_sprite(const Resolution& res, int m, double theta) {
   return sp;
 }
 
-// Sprites by (margin, orientation); shared by the images of one task (map guarded by mu). Sprites
-// live as long as the task, so images hold plain pointers; seed orientations (integer degrees,
-// drawn at every restart) also have a lock-free table.
+using P2 = std::array<int, 2>;
+
+// sin and cos of an integer degree d in [-180, 360) as d * pi / 180 radians, and of the reversed
+// direction (snakes' seed orientations and tail-2 angles), computed once with the same expressions
+// the drawing used to evaluate per call.
+struct DegreeTrig {
+  std::array<double, 540> sin{}, cos{}, rsin{}, rcos{};
+  DegreeTrig() {
+    for (int d = -180; d < 360; ++d) {
+      const double t = static_cast<double>(d) * kPi / 180.0, r = t + kPi < kPi ? t + kPi : t - kPi;
+      sin[static_cast<size_t>(d + 180)] = std::sin(t);
+      cos[static_cast<size_t>(d + 180)] = std::cos(t);
+      rsin[static_cast<size_t>(d + 180)] = std::sin(r);
+      rcos[static_cast<size_t>(d + 180)] = std::cos(r);
+    }
+  }
+  static const DegreeTrig& get() {
+    static const DegreeTrig t;
+    return t;
+  }
+};
+
+// max(cos(min(continuity * |turn|, pi / 2)), 0)^2
+double turn_weight(double continuity, double phi, double theta) {
+  double delta = std::fabs(phi - theta);
+  delta = std::min(std::min(delta, 2 * kPi - delta) * continuity, 0.5 * kPi);
+  const double w = std::max(std::cos(delta), 0.0);
+  return w * w;
+}
+
+// Candidate heads about an (integer) pivot P for one margin m: P + floor(rho * (sin a, cos a)),
+// rho = L + m, for a one pixel of arc apart, deduplicated and in numpy.unique's order; with their
+// directions, sprites and turn weights (they depend on the margin only, so one table per task).
+struct Ring {
+  P2 off;
+  double phi, sin, cos;
+  const Sprite* sp;  // the paddle drawn back from this head
+};
+struct Turn {
+  size_t k;  // ring index
+  double w;  // turn weight > 0
+};
+struct RingTable {
+  std::vector<Ring> ring;
+  // The heads a snake heading ring[j].phi (turns[j]) or a seed degree d (seed_turns[d + 180]) may
+  // turn to: ring order, turn weight > 0 only.
+  std::vector<std::vector<Turn>> turns, seed_turns;
+};
+
+// Sprites by (margin, orientation) and ring tables by margin; shared by the images of one task
+// (maps guarded by mu). Sprites live as long as the task, so images hold plain pointers; seed
+// orientations (integer degrees, drawn at every restart) also have a lock-free table.
 struct SpriteCache {
   std::mutex mu;
   std::unordered_map<uint64_t, std::unique_ptr<const Sprite>> map;
   std::array<std::array<std::atomic<const Sprite*>, 360>, 4> by_degree{};  // [margin][degree + 180]
+  std::array<std::unique_ptr<const RingTable>, 4> rings;                    // [margin]
   const Sprite* degree(const Resolution& res, int m, int deg) {
     std::atomic<const Sprite*>& slot = by_degree[static_cast<size_t>(m)][static_cast<size_t>(deg + 180)];
     const Sprite* sp = slot.load(std::memory_order_acquire);
@@ -301,6 +378,40 @@ struct SpriteCache {
     std::lock_guard<std::mutex> lock(mu);
     return map.emplace(key, std::move(sp)).first->second.get();
   }
+  const RingTable& ring(const Resolution& res, int m) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (rings[static_cast<size_t>(m)]) return *rings[static_cast<size_t>(m)];
+    }
+    auto t = std::make_unique<RingTable>();
+    const int L = res.paddle_length;
+    const double step = 360.0 / (2 * (L + m) * kPi), rho = L + m;  // degrees per pixel of arc
+    const int n_arc = ceil_int(360.0 / step);                       // numpy.arange(0, 360, step)
+    std::vector<P2> offs;
+    for (int k = 0; k < n_arc; ++k) {
+      const double a = (k * step) * kPi / 180.0;
+      offs.push_back({static_cast<int>(std::floor(rho * std::sin(a))), static_cast<int>(std::floor(rho * std::cos(a)))});
+    }
+    std::sort(offs.begin(), offs.end());
+    offs.erase(std::unique(offs.begin(), offs.end()), offs.end());
+    for (const auto& o : offs) {
+      const double phi = std::atan2(o[0], o[1]), flipped = phi < 0 ? phi + kPi : phi - kPi;
+      t->ring.push_back({o, phi, std::sin(phi), std::cos(phi), get(res, m, flipped)});
+    }
+    auto heads = [&](double theta) {
+      std::vector<Turn> v;
+      for (size_t i = 0; i < t->ring.size(); ++i) {
+        const double w = turn_weight(res.continuity, t->ring[i].phi, theta);
+        if (w != 0) v.push_back({i, w});
+      }
+      return v;
+    };
+    for (const Ring& r : t->ring) t->turns.push_back(heads(r.phi));
+    for (int d = -180; d < 180; ++d) t->seed_turns.push_back(heads(static_cast<double>(d) * kPi / 180.0));
+    std::lock_guard<std::mutex> lock(mu);
+    if (!rings[static_cast<size_t>(m)]) rings[static_cast<size_t>(m)] = std::move(t);
+    return *rings[static_cast<size_t>(m)];
+  }
 };
 
 // One drawn image with what a checker or a user may want to know about it.
@@ -317,10 +428,12 @@ class Canvas {
   Canvas(const Resolution& res, int contour_length, int distractor_length, int num_distractors, SpriteCache& sprites,
          ab::RngStream& rng)
       : res_(res), R_(res.size), L_(res.paddle_length), cl_(contour_length), dl_(distractor_length),
-        nd_(num_distractors), sprites_(sprites), rng_(rng) {
+        nd_(num_distractors), sprites_(sprites), rng_(rng), trig_(DegreeTrig::get()) {
     const size_t n = static_cast<size_t>(R_) * R_;
+    pad_ = mask_pad(res);
+    W_ = R_ + 2 * pad_;
     image_.assign(n, 0.f);
-    mask_.assign(n, 0.f);
+    mask_.assign(static_cast<size_t>(W_) * W_, 0.f);
     avail_.assign(n, 0);
   }
 
@@ -332,32 +445,13 @@ class Canvas {
     disc_.clear();
     for (int dy = -m_; dy <= m_; ++dy)
       for (int dx = -m_; dx <= m_; ++dx)
-        if (dy * dy + dx * dx <= m_ * m_) disc_.push_back({dy, dx});
-    // Candidate heads about an (integer) pivot P: P + floor(rho * (sin a, cos a)) for a one pixel
-    // of arc apart, deduplicated and in numpy.unique's order; with their directions and sprites.
-    const double step = 360.0 / (2 * (L_ + m_) * kPi), rho = L_ + m_;  // degrees per pixel of arc
-    const int n_arc = ceil_int(360.0 / step);                          // numpy.arange(0, 360, step)
-    std::vector<P2> offs;
-    for (int k = 0; k < n_arc; ++k) {
-      const double a = (k * step) * kPi / 180.0;
-      offs.push_back({static_cast<int>(std::floor(rho * std::sin(a))), static_cast<int>(std::floor(rho * std::cos(a)))});
-    }
-    std::sort(offs.begin(), offs.end());
-    offs.erase(std::unique(offs.begin(), offs.end()), offs.end());
-    ring_.clear();
-    for (const auto& o : offs) {
-      const double phi = std::atan2(o[0], o[1]);
-      ring_.push_back({o, phi, sprites_.get(res_, m_, flipped(phi))});
-    }
-    const size_t nr = ring_.size();
-    turn_.resize(nr * nr);
-    for (size_t j = 0; j < nr; ++j)
-      for (size_t i = 0; i < nr; ++i) turn_[j * nr + i] = turn_weight(ring_[i].phi, ring_[j].phi);
-    fresh_mask_.assign(image_.size(), 0.f);
+        if (dy * dy + dx * dx <= m_ * m_) disc_.push_back(dy * W_ + dx);
+    rings_ = &sprites_.ring(res_, m_);
+    // The occupancy mask starts as the padding border; targets() rolls it back to this state.
     for (int y = 0; y < R_; ++y)
       for (int x = 0; x < R_; ++x)
         if (y < res_.padding || y >= R_ - res_.padding || x < res_.padding || x >= R_ - res_.padding)
-          fresh_mask_[at(y, x)] = 1.f;
+          mask_[mi(y, x)] = 1.f;
     for (int restart = 0;; ++restart) {
       if (restart >= kMaxRestarts)
         throw std::runtime_error(fmt::format(
@@ -391,7 +485,6 @@ class Canvas {
   }
 
  private:
-  using P2 = std::array<int, 2>;
   // A placed paddle: its sprite and start pixel (its mask is added to mask_ later).
   struct Placed {
     const Sprite* sp = nullptr;
@@ -399,54 +492,57 @@ class Canvas {
   };
   struct Snake {
     P2 pivot{};
-    double theta = 0;
-    Placed last;  // the newest paddle, whose mask is not yet in mask_
-    float contrast = 1;
-    int ring = -1;  // index of theta in ring_, -1 for a seed's orientation
+    double sin = 0, cos = 0;  // of the direction theta
+    Placed last;              // the newest paddle, whose mask is not yet in mask_
+    int ring = -1;            // index of theta in the ring table, or -1: theta is the seed degree
+    int deg = 0;
   };
-  // max(cos(min(continuity * |turn|, pi / 2)), 0)^2
-  double turn_weight(double phi, double theta) const {
-    double delta = std::fabs(phi - theta);
-    delta = std::min(std::min(delta, 2 * kPi - delta) * res_.continuity, 0.5 * kPi);
-    const double w = std::max(std::cos(delta), 0.0);
-    return w * w;
-  }
 
-  static double reversed(double theta) { return theta + kPi < kPi ? theta + kPi : theta - kPi; }
-  static double flipped(double theta) { return theta < 0 ? theta + kPi : theta - kPi; }
-  static P2 translate(P2 p, double theta, double dist) {
-    return {ceil_int(p[0] + dist * std::sin(theta)), ceil_int(p[1] + dist * std::cos(theta))};
+  static P2 translate(P2 p, double sin, double cos, double dist) {
+    return {ceil_int(p[0] + dist * sin), ceil_int(p[1] + dist * cos)};
   }
   bool inside(P2 p) const { return p[0] >= 0 && p[0] < R_ && p[1] >= 0 && p[1] < R_; }
   size_t at(int y, int x) const { return static_cast<size_t>(y) * R_ + x; }
+  size_t mi(int y, int x) const { return static_cast<size_t>(y + pad_) * W_ + x + pad_; }  // mask_ index
 
-  // Calls f(image index, sprite index) for the sprite's pixels inside the image.
+  // Calls f(y, x, pixel) for the pixels of `px` (offsets from p.at) inside the image.
   template <class F>
-  void each(const Placed& p, F&& f) const {
-    const int h = p.sp->half, S = 2 * h + 1;
-    for (int sy = 0; sy < S; ++sy) {
-      const int y = p.at[0] + sy - h;
-      if (y < 0 || y >= R_) continue;
-      for (int sx = 0; sx < S; ++sx) {
-        const int x = p.at[1] + sx - h;
-        if (x >= 0 && x < R_) f(at(y, x), static_cast<size_t>(sy) * S + sx);
-      }
+  void each(const Placed& p, const std::vector<Sprite::Px>& px, F&& f) const {
+    for (const auto& q : px) {
+      const int y = p.at[0] + q.dy, x = p.at[1] + q.dx;
+      if (static_cast<unsigned>(y) < static_cast<unsigned>(R_) && static_cast<unsigned>(x) < static_cast<unsigned>(R_))
+        f(y, x, q);
     }
   }
-  void paint(const Placed& p, float contrast, std::vector<float>& img) const {
-    each(p, [&](size_t i, size_t s) { img[i] = std::max(img[i], static_cast<float>(p.sp->linef[s] * contrast)); });
+  // Pixelwise max, so the order in which paddles are painted does not matter.
+  void paint(const Placed& p, float contrast) {
+    each(p, p.sp->line_px,
+         [&](int y, int x, const Sprite::Px& q) {
+           float& v = image_[at(y, x)];
+           v = std::max(v, static_cast<float>(q.line * contrast));
+         });
   }
+  // Adds a paddle's mask, journalling the values it raises so that rollback() can undo it.
   void add_mask(const Placed& p) {
-    each(p, [&](size_t i, size_t s) { mask_[i] = std::max(mask_[i], p.sp->maskf[s]); });
+    each(p, p.sp->mask_px, [&](int y, int x, const Sprite::Px& q) {
+      const size_t i = mi(y, x);
+      if (q.mask > mask_[i]) {
+        journal_.push_back({i, mask_[i]});
+        mask_[i] = q.mask;
+      }
+    });
+  }
+  void rollback(size_t mark) {
+    while (journal_.size() > mark) {
+      mask_[journal_.back().first] = journal_.back().second;
+      journal_.pop_back();
+    }
   }
   bool overlaps(const Placed& p) const {  // snakes.extend_snake: max(mask + paddle mask) >= 1.8
-    const int h = p.sp->half, S = 2 * h + 1;
-    for (int sy = std::max(0, h - p.at[0]); sy < std::min(S, R_ + h - p.at[0]); ++sy) {
-      const float* mk = &p.sp->maskf[static_cast<size_t>(sy) * S];
-      const float* row = &mask_[at(p.at[0] + sy - h, 0)];
-      for (int sx = std::max(0, h - p.at[1]); sx < std::min(S, R_ + h - p.at[1]); ++sx)
-        if (static_cast<double>(row[p.at[1] + sx - h]) + mk[sx] >= 1.8) return true;
-    }
+    const float* base = &mask_[mi(p.at[0], p.at[1])];  // p.at is inside the image
+    const size_t n = p.sp->hard_px.size();
+    for (size_t j = 0; j < n; ++j)
+      if (static_cast<double>(base[p.sp->hard_off[j]]) + p.sp->hard_px[j].mask >= 1.8) return true;
     return false;
   }
 
@@ -461,7 +557,7 @@ class Canvas {
         for (const auto& d : sp.seed_struct) {
           const int yy = y + d[0], xx = x + d[1];
           if (yy < 0 || yy >= R_ || xx < 0 || xx >= R_) continue;
-          if (yy < border || yy >= R_ - border || xx < border || xx >= R_ - border || mask_[at(yy, xx)] > 0.3f) {
+          if (yy < border || yy >= R_ - border || xx < border || xx >= R_ - border || mask_[mi(yy, xx)] > 0.3f) {
             ok = false;
             break;
           }
@@ -477,38 +573,53 @@ class Canvas {
       if (avail_[static_cast<size_t>(i)] && k-- == 0) return {i / R_, i % R_};
   }
   int random_degree(int lo, int hi) { return lo + static_cast<int>(rng_.below(static_cast<uint64_t>(hi - lo))); }
-  double random_angle(int lo, int hi) {  // an integer degree in [lo, hi), in radians
-    return static_cast<double>(random_degree(lo, hi)) * kPi / 180.0;
-  }
-  bool seed_fits(P2 tail, double theta, P2& head, P2& pivot) const {
-    head = translate(tail, theta, L_);
-    pivot = translate(head, reversed(theta), L_ + m_);
+  size_t trig_at(int deg) const { return static_cast<size_t>(deg + 180); }
+  // The seed paddle at integer degree `deg` from `tail`; false = its head or pivot leaves the image.
+  bool seed_fits(P2 tail, int deg, P2& pivot) const {
+    const size_t d = trig_at(deg);
+    const P2 head = translate(tail, trig_.sin[d], trig_.cos[d], L_);
+    pivot = translate(head, trig_.rsin[d], trig_.rcos[d], L_ + m_);
     return inside(head) && inside(pivot);
   }
+  Snake seed_snake(P2 pivot, int deg, const Sprite* sp, P2 tail) const {
+    Snake s;
+    s.pivot = pivot;
+    s.sin = trig_.sin[trig_at(deg)];
+    s.cos = trig_.cos[trig_at(deg)];
+    s.last = {sp, tail};
+    s.deg = deg;
+    return s;
+  }
 
-  // snakes.extend_snake. false = dead end or three overlapping draws.
-  bool extend(Snake& s, std::vector<float>& img, P2* terminal, std::vector<P2>* path) {
-    const P2 P = translate(s.pivot, s.theta, L_ + 2 * m_);
+  // The first candidate head about P inside the image, whatever its weight.
+  const Ring& first_inside(P2 P) const {
+    for (const Ring& r : rings_->ring)
+      if (inside({P[0] + r.off[0], P[1] + r.off[1]})) return r;
+    return rings_->ring[0];  // unreachable: a candidate with weight > 0 is inside
+  }
+
+  // snakes.extend_snake. false = dead end or three overlapping draws. The new paddle is appended
+  // to `strokes` (painted once the snake is kept).
+  bool extend(Snake& s, std::vector<Placed>& strokes, P2* terminal, std::vector<P2>* path) {
+    const P2 P = translate(s.pivot, s.sin, s.cos, L_ + 2 * m_);
+    const std::vector<Ring>& ring = rings_->ring;
+    // Only the candidates with a turn weight above 0 can be drawn: the others add nothing to the
+    // cumulative weights, so they are never the first entry above r * total (the last entry is the
+    // total and r < 1).
+    const std::vector<Turn>& turns = s.ring >= 0 ? rings_->turns[static_cast<size_t>(s.ring)]
+                                                 : rings_->seed_turns[trig_at(s.deg)];
     cands_.clear();
     cmf_.clear();
     double total = 0;
-    const size_t nr = ring_.size();
-    for (size_t k = 0; k < nr; ++k) {
-      const Ring& r = ring_[k];
+    for (const Turn& t : turns) {
+      const Ring& r = ring[t.k];
       const P2 c{P[0] + r.off[0], P[1] + r.off[1]};
       if (c[0] < 0 || c[0] >= R_ || c[1] < 0 || c[1] >= R_) continue;
-      cands_.push_back(&r);
-      const double w2 = s.ring >= 0 ? turn_[static_cast<size_t>(s.ring) * nr + k] : turn_weight(r.phi, s.theta);
-      if (w2 == 0) {  // too sharp a turn: weight 0 whatever the mask
-        cmf_.push_back(total);
-        continue;
-      }
       float dil = 0;  // the mask dilated by a disc of radius m
-      for (const auto& o : disc_) {
-        const int y = c[0] + o[0], x = c[1] + o[1];
-        if (y >= 0 && y < R_ && x >= 0 && x < R_) dil = std::max(dil, mask_[at(y, x)]);
-      }
-      total += (1.0 - dil) * w2;
+      const float* mc = &mask_[mi(c[0], c[1])];
+      for (const std::ptrdiff_t o : disc_) dil = std::max(dil, mc[o]);
+      total += (1.0 - dil) * t.w;
+      cands_.push_back(&r);
       cmf_.push_back(total);
     }
     if (total < 1e-4) return false;
@@ -516,18 +627,17 @@ class Canvas {
       const double r = rng_.uniform_double();
       size_t i = 0;
       while (i < cmf_.size() && !(cmf_[i] / total - r > 0)) ++i;
-      if (i == cmf_.size()) i = 0;  // numpy.argmax of an all-false vector
-      const Ring& rg = *cands_[i];
+      const Ring& rg = i < cmf_.size() ? *cands_[i] : first_inside(P);  // numpy.argmax of an all-false vector
       const P2 head{P[0] + rg.off[0], P[1] + rg.off[1]};
-      const double phi = rg.phi;
       const Placed p{rg.sp, head};
       if (overlaps(p)) continue;
-      paint(p, s.contrast, img);
+      strokes.push_back(p);
       add_mask(s.last);
       s.last = p;
       s.pivot = P;
-      s.theta = phi;
-      s.ring = static_cast<int>(&rg - ring_.data());
+      s.sin = rg.sin;
+      s.cos = rg.cos;
+      s.ring = static_cast<int>(&rg - ring.data());
       if (terminal) *terminal = head;
       if (path) path->push_back(head);
       return true;
@@ -537,84 +647,86 @@ class Canvas {
 
   // snakes2.two_snakes; false = restart the image.
   // Most restarts end at the first seed (few orientations have a seed element that reaches every
-  // pixel), so the seeds are drawn before the canvas is cleared.
+  // pixel), so the seeds are drawn before the mask is rolled back; nothing is painted before both
+  // targets are complete.
   bool targets() {
-    const float contrast = static_cast<float>(res_.paddle_contrast * res_.snake_contrast);
     std::array<Snake, 2> snakes;
     const int sd = res_.seed_distance;
-    P2 tail1{}, head{}, pivot{};
-    double theta = 0;
+    P2 tail1{}, pivot{};
+    int deg = 0;
     const Sprite* seed_sp = nullptr;
     bool ok = false;
     for (int trial = 0; trial < kPaddleTrials && !ok; ++trial) {
-      const int deg = random_degree(-180, 180);
-      theta = static_cast<double>(deg) * kPi / 180.0;
+      deg = random_degree(-180, 180);
       seed_sp = sprites_.degree(res_, m_, deg);
       const auto& seeds = seed_sp->first_seeds;
       if (seeds.empty()) return false;
       const int i = seeds[rng_.below(seeds.size())];
       tail1 = {i / R_, i % R_};
-      ok = seed_fits(tail1, theta, head, pivot);
+      ok = seed_fits(tail1, deg, pivot);
     }
     if (!ok) return false;
-    snakes[0] = {pivot, theta, {seed_sp, tail1}, contrast};
+    snakes[0] = seed_snake(pivot, deg, seed_sp, tail1);
     ok = false;
     P2 tail2{};
     for (int trial = 0; trial < kPaddleTrials && !ok; ++trial) {
-      const int deg = random_degree(-180, 180);
-      theta = static_cast<double>(deg) * kPi / 180.0;
+      deg = random_degree(-180, 180);
       seed_sp = sprites_.degree(res_, m_, deg);
-      const double a = random_angle(0, 360);
-      tail2 = {static_cast<int>(std::nearbyint(tail1[0] + sd * std::sin(a))),  // numpy.round: half to even
-               static_cast<int>(std::nearbyint(tail1[1] + sd * std::cos(a)))};
-      ok = seed_fits(tail2, theta, head, pivot);
+      const size_t a = trig_at(random_degree(0, 360));
+      tail2 = {static_cast<int>(std::nearbyint(tail1[0] + sd * trig_.sin[a])),  // numpy.round: half to even
+               static_cast<int>(std::nearbyint(tail1[1] + sd * trig_.cos[a]))};
+      ok = seed_fits(tail2, deg, pivot);
     }
     if (!ok) return false;
-    snakes[1] = {pivot, theta, {seed_sp, tail2}, contrast};
-    std::fill(image_.begin(), image_.end(), 0.f);
-    mask_ = fresh_mask_;
-    // The original keeps one image per target and takes their maximum; painting both into one
-    // image with max is the same.
-    for (int k = 0; k < 2; ++k) paint(snakes[k].last, contrast, image_);
+    snakes[1] = seed_snake(pivot, deg, seed_sp, tail2);
+    rollback(0);
+    strokes_.clear();
+    for (int k = 0; k < 2; ++k) strokes_.push_back(snakes[k].last);
     origin_ = {tail1, tail2};
     paths_ = {std::vector<P2>{tail1}, std::vector<P2>{tail2}};
     for (int i = 1; i < cl_; ++i)
       for (int k = 0; k < 2; ++k)
-        if (!extend(snakes[k], image_, &terminal_[k], &paths_[k])) return false;
+        if (!extend(snakes[k], strokes_, &terminal_[k], &paths_[k])) return false;
     add_mask(snakes[1].last);
+    // The original keeps one image per target and takes their maximum; painting both into one
+    // image with max is the same.
+    const float contrast = static_cast<float>(res_.paddle_contrast * res_.snake_contrast);
+    for (const auto& p : strokes_) paint(p, contrast);
+    journal_.clear();  // the targets stay
     return true;
   }
 
   // snakes.make_snake for a distractor; false = dropped (nothing of it stays).
   bool distractor() {
-    const auto raw = std::count_if(mask_.begin(), mask_.end(), [](float v) { return v <= 0.3f; });
-    if (static_cast<double>(raw) / static_cast<double>(mask_.size()) < 0.01) return false;  // stop_with_availability
-    P2 tail{}, head{}, pivot{};
-    double theta = 0;
+    int64_t raw = 0;
+    for (int y = 0; y < R_; ++y)
+      raw += std::count_if(&mask_[mi(y, 0)], &mask_[mi(y, R_)], [](float v) { return v <= 0.3f; });
+    if (static_cast<double>(raw) / static_cast<double>(image_.size()) < 0.01) return false;  // stop_with_availability
+    P2 tail{}, pivot{};
+    int deg = 0;
     const Sprite* seed_sp = nullptr;
     bool ok = false;
     for (int trial = 0; trial < kPaddleTrials && !ok; ++trial) {
-      const int deg = random_degree(-180, 180);
-      theta = static_cast<double>(deg) * kPi / 180.0;
+      deg = random_degree(-180, 180);
       seed_sp = sprites_.degree(res_, m_, deg);
       const int n = available(*seed_sp, 1);
       if (n == 0) return false;
       tail = pick_available(n);
-      ok = seed_fits(tail, theta, head, pivot);
+      ok = seed_fits(tail, deg, pivot);
     }
     if (!ok) return false;
-    const float contrast = static_cast<float>(res_.snake_contrast);
-    Snake s{pivot, theta, {seed_sp, tail}, contrast};
-    scratch_ = image_;
-    saved_mask_ = mask_;
-    paint(s.last, contrast, scratch_);
+    Snake s = seed_snake(pivot, deg, seed_sp, tail);
+    strokes_.clear();
+    strokes_.push_back(s.last);
     for (int i = 1; i < dl_; ++i)
-      if (!extend(s, scratch_, nullptr, nullptr)) {
-        mask_.swap(saved_mask_);
+      if (!extend(s, strokes_, nullptr, nullptr)) {
+        rollback(0);
         return false;
       }
     add_mask(s.last);
-    image_.swap(scratch_);
+    const float contrast = static_cast<float>(res_.snake_contrast);
+    for (const auto& p : strokes_) paint(p, contrast);
+    journal_.clear();
     return true;
   }
 
@@ -646,18 +758,15 @@ class Canvas {
   int R_, L_, cl_, dl_, nd_;
   SpriteCache& sprites_;
   ab::RngStream& rng_;
+  const DegreeTrig& trig_;
+  const RingTable* rings_ = nullptr;  // the candidate heads for this image's margin
   int m_ = 1;
-  std::vector<float> image_, mask_, scratch_, saved_mask_;
-  std::vector<float> fresh_mask_;  // the padding border
-  std::vector<double> turn_;       // turn_weight(ring_[i].phi, ring_[j].phi) at [j * size + i]
+  int pad_ = 0, W_ = 0;                              // mask_ is (R + 2 pad)^2, the image at (pad, pad)
+  std::vector<float> image_, mask_;
+  std::vector<std::pair<size_t, float>> journal_;  // (pixel, previous value) of mask_ since the last kept snake
+  std::vector<Placed> strokes_;                    // the paddles of the snake(s) being drawn
   std::vector<uint8_t> avail_, blown_, small_, tmp_;
-  std::vector<P2> disc_;
-  struct Ring {
-    P2 off;
-    double phi;
-    const Sprite* sp;  // the paddle drawn back from this head
-  };
-  std::vector<Ring> ring_;
+  std::vector<std::ptrdiff_t> disc_;  // a disc of radius m as offsets in mask_
   std::vector<const Ring*> cands_;
   std::vector<double> cmf_;
   std::array<P2, 2> origin_{}, terminal_{};
@@ -701,8 +810,8 @@ class Pathfinder : public ab::SplitTask, public ab::ImageTask {
                       -1e300, 1e300, {}},
         ab::int_param("cache_mb", 1024,
                       "keep generated images in memory up to this many MiB, so later epochs do not redraw them (the "
-                      "generator restarts an image thousands of times at 64 and 128, as the original does: ~0.3 ms "
-                      "per image at 32, ~10 at 64, ~30 at 128); 0 = off",
+                      "generator restarts an image thousands of times at 64 and 128, as the original does: ~0.2 ms "
+                      "per image at 32, ~5 at 64, ~16 at 128 on one core); 0 = off",
                       0, 1 << 20),
         null_int_param("train_size", "training images; null = 20,000 (small) / 160,000 (lra) / 80% of the files",
                        1, 1e10),

@@ -11,6 +11,21 @@
 namespace ab {
 
 namespace {
+// MAD's posemb_sincos_1d(length, dim) (fairseq's table): row n = [sin(n f_0 .. n f_{h-1}),
+// cos(n f_0 .. n f_{h-1})], h = dim / 2, f_i = exp(-i ln(10000) / (h - 1)); a 0 column if dim is odd.
+Tensor mad_sincos(int64_t length, int64_t dim) {
+  Tensor t = Tensor::zeros({length, dim});
+  const int64_t h = dim / 2;
+  const double step = h > 1 ? std::log(10000.0) / static_cast<double>(h - 1) : 0.0;
+  for (int64_t n = 0; n < length; ++n)
+    for (int64_t i = 0; i < h; ++i) {
+      const double a = static_cast<double>(n) * std::exp(-static_cast<double>(i) * step);
+      t[n * dim + i] = static_cast<float>(std::sin(a));
+      t[n * dim + h + i] = static_cast<float>(std::cos(a));
+    }
+  return t;
+}
+
 // Transformer sinusoids of position `pos` over `dim` channels: sin and cos pairs of falling frequency.
 void sinusoid_row(float* out, int64_t pos, int64_t dim, double base) {
   for (int64_t i = 0; i < dim; ++i) {
@@ -29,9 +44,10 @@ std::vector<ParamSpec> model_param_specs() {
       enum_param("positions", "sinusoidal", {"none", "sinusoidal", "learned", "sinusoidal2d"},
                  "position information added to the token embedding (LRA: sinusoidal); sinusoidal2d encodes "
                  "row and column of a square image raster in half the channels each (image tasks)"),
-      enum_param("pooling", "mean", {"mean", "cls"},
+      enum_param("pooling", "mean", {"mean", "cls", "last"},
                  "sequence summary for classification: masked mean over tokens, or a learned CLS token "
-                 "prepended (LRA)"),
+                 "prepended (LRA); last = MAD's autoencoder for per-position tasks (mad_compression): the "
+                 "encoder's state at the last position alone, decoded at every position by a small MLP"),
       bool_param("padding_mask", true, "LRA convention: token 0 is padding, masked as a key and out of the mean"),
       bool_param("causal", false, "causal mixing (prefix only); needs a variant with the causal capability"),
       num_param("dropout", 0.1, "dropout after each mixer and in each MLP", 0.0, 0.95),
@@ -207,7 +223,7 @@ Model::Model(const Json& mp, const VariantSpec& variant, const Json& variant_par
     : p_(mp), kind_(task.kind()), d_(mp.at("d_model").get<int64_t>()),
       task_length_(std::max(task.seq_len(), max_length)),
       vocab_(task.vocab_size()), classes_(task.num_classes()), pad_id_(task.pad_id()),
-      cls_(mp.at("pooling") == "cls"), use_mask_(mp.at("padding_mask").get<bool>()),
+      cls_(mp.at("pooling") == "cls"), decoder_(mp.at("pooling") == "last"), use_mask_(mp.at("padding_mask").get<bool>()),
       causal_(mp.at("causal").get<bool>()), dropout_(static_cast<float>(mp.at("dropout").get<double>())),
       seed_(seed) {
   const int64_t heads = mp.at("heads").get<int64_t>(), mlp = mp.at("mlp_dim").get<int64_t>();
@@ -217,6 +233,9 @@ Model::Model(const Json& mp, const VariantSpec& variant, const Json& variant_par
                                  d_, heads, (d_ / heads + 1) * heads));
   if (kind_ == TaskKind::per_position && cls_)
     throw UsageError("model.pooling = cls does not fit a per-position task; use model.pooling=mean");
+  if (decoder_ && kind_ != TaskKind::per_position)
+    throw UsageError("model.pooling = last (MAD's autoencoder decoder) needs a per-position task such as "
+                     "mad_compression; use model.pooling=mean or cls");
   layers_ = plan_layers(mp, variant, variant_params);
   model_length_ = task_length_ + (cls_ ? 1 : 0);
   auto init = [&](uint64_t a, uint64_t b = 0) { return RngStream(seed, Purpose::init, a, b); };
@@ -274,6 +293,20 @@ Model::Model(const Json& mp, const VariantSpec& variant, const Json& variant_par
   }
   final_gamma_ = add_param("final_ln.gamma", Tensor::full({d_}, 1.f));
   final_beta_ = add_param("final_ln.beta", Tensor::zeros({d_}));
+  if (decoder_) {
+    // MAD's AutoEncoder decoder ("hard-coded non-expanding MLP decoder"), LayerNorm for its RMSNorm
+    // as everywhere in this model: per output position n, the pooled state + row n of its sin-cos
+    // table -> norm, Linear(d, d), GELU, norm, Linear(d, d), GELU -> norm, Linear(d, classes).
+    dec_pos_ = mad_sincos(task_length_, d_);
+    for (int k = 0; k < 3; ++k) {
+      dec_g_[k] = add_param(fmt::format("decoder.ln{}.gamma", k + 1), Tensor::full({d_}, 1.f));
+      dec_b_[k] = add_param(fmt::format("decoder.ln{}.beta", k + 1), Tensor::zeros({d_}));
+    }
+    for (int k = 0; k < 2; ++k) {
+      dec_w_[k] = add_param(fmt::format("decoder.w{}", k + 1), init_xavier_uniform(d_, d_, init(6, k)));
+      dec_bias_[k] = add_param(fmt::format("decoder.b{}", k + 1), Tensor::zeros({d_}));
+    }
+  }
   if (kind_ == TaskKind::per_position) {
     head_w2_ = add_param("head.w", init_xavier_uniform(d_, classes_, init(3)));
     head_b2_ = add_param("head.b", Tensor::zeros({classes_}));
@@ -353,6 +386,11 @@ Var Model::forward(const Batch& batch, bool training, int64_t step) {
     throw std::invalid_argument(fmt::format("batch length {} is not in [1, {}], the lengths the model was built for", N,
                                             task_length_));
   Var h = encode(batch.tokens, B, N, training, step);
+  if (decoder_) {  // MAD's AutoEncoder: everything the decoder knows is the last position's state
+    Var x = add(slice(h, 1, N - 1, 1), Var(N == task_length_ ? dec_pos_ : slice(Var(dec_pos_), 0, 0, N).value()));
+    for (int k = 0; k < 2; ++k) x = gelu(linear(layer_norm(x, dec_g_[k], dec_b_[k]), dec_w_[k], dec_bias_[k]));
+    h = layer_norm(x, dec_g_[2], dec_b_[2]);  // [B, N, D]
+  }
   if (kind_ == TaskKind::per_position) return linear(reshape(h, {B * N, d_}), head_w2_, head_b2_);
   if (kind_ == TaskKind::pair_classify) {
     Var h2 = encode(batch.tokens2, B, N, training, step);

@@ -1,7 +1,9 @@
 #pragma once
 // The encoder every variant is evaluated in: token embedding + positions -> L pre-norm blocks
 // (norm -> [u + short conv(u)] -> mixer -> residual; norm -> MLP -> residual, unless model.mlp=false)
-// -> final norm -> head. model.mixers gives each layer its own variant (hybrids).
+// -> final norm -> head. model.mixers gives each layer its own variant (hybrids). model.pooling=last
+// on a per-position task is MAD's autoencoder: the last position's state, plus a sin-cos row per
+// output position, through a 2-layer MLP decoder, then the head.
 #include <memory>
 #include <vector>
 
@@ -56,11 +58,13 @@ class Model : public Module {
   TaskKind kind_;
   int64_t d_, task_length_, model_length_, vocab_, classes_;  // task_length_: the longest, as built
   int32_t pad_id_;
-  bool cls_, use_mask_, causal_;
+  bool cls_, decoder_, use_mask_, causal_;  // decoder_: model.pooling=last (MAD's autoencoder)
   float dropout_;
   uint64_t seed_;
   Var tok_emb_, pos_emb_, cls_emb_, final_gamma_, final_beta_, head_w1_, head_b1_, head_w2_, head_b2_;
   Tensor sinusoid_;
+  Var dec_g_[3], dec_b_[3], dec_w_[2], dec_bias_[2];  // model.pooling=last: the decoder MLP's norms and linears
+  Tensor dec_pos_;                                     // its sin-cos table [task length, D]
   std::vector<LayerMixer> layers_;
   std::vector<std::unique_ptr<Block>> blocks_;
 };

@@ -92,6 +92,19 @@ std::string usage_message(const std::string& variant, const std::vector<std::str
   return "no error";
 }
 
+// Finite differences against the gradients of every parameter (a few elements each) of the run's
+// model (variant softmax, or the layers model.mixers names) on two training examples.
+GradCheckReport model_grad_check(const RunConfig& c) {
+  auto task = TaskRegistry::instance().get(c.task).make(c.task_params, 1);
+  Model model(c.model_params, VariantRegistry::instance().get("softmax"), c.variant_params, *task, 1);
+  const Batch batch = make_batch(*task, Split::train, {0, 1});
+  std::vector<Var> leaves;
+  for (auto& [n, v] : model.parameters()) leaves.push_back(v);
+  GradCheckOptions opt;
+  opt.max_elements = 6;
+  return grad_check([&] { return cross_entropy(model.forward(batch, false, 0), batch.labels); }, leaves, opt);
+}
+
 int64_t parameter_count(const std::string& variant, const std::vector<std::string>& sets) {
   const RunConfig c = config(variant, sets);
   auto task = TaskRegistry::instance().get(c.task).make(c.task_params, 1);
@@ -240,14 +253,7 @@ TEST(ModelBlock, HybridWithShortConvNoMlpAndMqaGradientsMatchFiniteDifferences) 
     const RunConfig c = config("softmax", {"model.layers=2", "model.d_model=8", "model.heads=2", "model.mlp_dim=12",
                                            "model.mixers=softmax,linear_elu", "model.kv_heads=1", "model.mlp=false",
                                            "model.dropout=0", "model.causal=true", conv});
-    auto task = TaskRegistry::instance().get(c.task).make(c.task_params, 1);
-    Model model(c.model_params, VariantRegistry::instance().get("softmax"), c.variant_params, *task, 1);
-    const Batch batch = make_batch(*task, Split::train, {0, 1});
-    std::vector<Var> leaves;
-    for (auto& [n, v] : model.parameters()) leaves.push_back(v);
-    GradCheckOptions opt;
-    opt.max_elements = 6;
-    const auto rep = grad_check([&] { return cross_entropy(model.forward(batch, false, 0), batch.labels); }, leaves, opt);
+    const auto rep = model_grad_check(c);
     EXPECT_TRUE(rep.passed) << conv << ": " << rep.detail;
   }
 }
@@ -266,4 +272,113 @@ TEST(ModelBlock, ShortConvNeverReadsLaterTokens) {
   bool last_changed = false;
   for (int64_t i = (N - 1) * C; i < N * C; ++i) last_changed |= la[i] != lb[i];
   EXPECT_TRUE(last_changed);
+}
+
+// ---- model.pooling=last: MAD's autoencoder (mad_compression) ----
+
+namespace {
+
+RunConfig compression_config(std::vector<std::string> sets) {
+  for (const char* s : {"task.seq_len=6", "task.vocab_size=8", "task.train_size=8", "task.valid_size=4",
+                        "task.test_size=4", "model.dropout=0", "model.causal=true", "model.d_model=8",
+                        "model.heads=2", "model.mlp_dim=12"})
+    sets.push_back(s);
+  return resolve_run_config("softmax", "mad_compression", sets, 1, 1);
+}
+
+double ln_ref(const std::vector<double>& x, const float* g, const float* b, std::vector<double>& y) {
+  double mean = 0, var = 0;
+  for (double v : x) mean += v;
+  mean /= static_cast<double>(x.size());
+  for (double v : x) var += (v - mean) * (v - mean);
+  var /= static_cast<double>(x.size());
+  y.resize(x.size());
+  for (size_t i = 0; i < x.size(); ++i) y[i] = (x[i] - mean) / std::sqrt(var + 1e-5) * g[i] + b[i];
+  return mean;
+}
+
+}  // namespace
+
+TEST(MadAutoencoder, MatchesAHandWrittenEncoderPoolAndDecoder) {
+  // No blocks and no positions: the encoder state of position n is LN(tok_emb[token n]); the decoder
+  // sees only the last one. Every parameter is randomised so that no term can hide.
+  const RunConfig c = compression_config({"model.layers=0", "model.positions=none"});
+  EXPECT_EQ(c.model_params.at("pooling"), "last") << "the task's default";
+  auto task = TaskRegistry::instance().get(c.task).make(c.task_params, 1);
+  Model model(c.model_params, VariantRegistry::instance().get("softmax"), c.variant_params, *task, 1);
+  auto P = params_of(model);
+  uint64_t key = 1;
+  for (auto& [name, v] : P) v.value_mut().copy_from(test::symmetric_tensor(v.value().shape(), 17, key++, 0.7f));
+  const Batch batch = make_batch(*task, Split::train, {0, 1});
+  const Tensor logits = model.forward(batch, false, 0).value();
+  const int64_t B = batch.size, N = batch.length, D = 8, C = task->num_classes();
+  ASSERT_EQ(logits.shape(), (Shape{B * N, C}));
+  auto row = [](const Var& v, int64_t r, int64_t w) { return v.value().data() + r * w; };
+  const int64_t h = D / 2;
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<double> e(D), pooled;
+    const int32_t last = batch.tokens[static_cast<size_t>(b * N + N - 1)];
+    for (int64_t d = 0; d < D; ++d) e[d] = row(P["tok_emb"], last, D)[d];
+    ln_ref(e, P["final_ln.gamma"].value().data(), P["final_ln.beta"].value().data(), pooled);
+    for (int64_t n = 0; n < N; ++n) {
+      std::vector<double> x(D), y;
+      for (int64_t i = 0; i < h; ++i) {  // posemb_sincos_1d: sin half, then cos half
+        const double a = static_cast<double>(n) * std::pow(10000.0, -static_cast<double>(i) / (h - 1));
+        x[i] = pooled[i] + std::sin(a);
+        x[h + i] = pooled[h + i] + std::cos(a);
+      }
+      for (int k = 1; k <= 2; ++k) {
+        ln_ref(x, P[fmt::format("decoder.ln{}.gamma", k)].value().data(),
+               P[fmt::format("decoder.ln{}.beta", k)].value().data(), y);
+        const Var& w = P[fmt::format("decoder.w{}", k)];
+        const Var& bias = P[fmt::format("decoder.b{}", k)];
+        for (int64_t j = 0; j < D; ++j) {
+          double s = bias.value()[j];
+          for (int64_t i = 0; i < D; ++i) s += y[i] * w.value()[i * D + j];
+          x[j] = 0.5 * s * (1.0 + std::erf(s / std::sqrt(2.0)));
+        }
+      }
+      ln_ref(x, P["decoder.ln3.gamma"].value().data(), P["decoder.ln3.beta"].value().data(), y);
+      for (int64_t k = 0; k < C; ++k) {
+        double s = P["head.b"].value()[k];
+        for (int64_t i = 0; i < D; ++i) s += y[i] * P["head.w"].value()[i * C + k];
+        ASSERT_NEAR(logits[(b * N + n) * C + k], s, 1e-4 + 1e-4 * std::fabs(s)) << "b " << b << " n " << n << " k " << k;
+      }
+    }
+  }
+}
+
+TEST(MadAutoencoder, EveryPositionReadsTheLastStateAndOnlyIt) {
+  // Causal, one attention block: with the decoder, changing the last token changes the logits of
+  // every position, and changing the first token changes them too (through the last state);
+  // without it (pooling=mean) the first position never sees the last token.
+  for (const char* pooling : {"model.pooling=last", "model.pooling=mean"}) {
+    const RunConfig c = compression_config({"model.layers=1", pooling});
+    auto task = TaskRegistry::instance().get(c.task).make(c.task_params, 1);
+    Model model(c.model_params, VariantRegistry::instance().get("softmax"), c.variant_params, *task, 1);
+    Batch a = make_batch(*task, Split::train, {0});
+    Batch b = a;
+    b.tokens.back() = b.tokens.back() == 1 ? 2 : 1;
+    const Tensor la = model.forward(a, false, 0).value(), lb = model.forward(b, false, 0).value();
+    const int64_t C = la.dim(1);
+    bool first_changed = false;
+    for (int64_t k = 0; k < C; ++k) first_changed |= la[k] != lb[k];
+    EXPECT_EQ(first_changed, std::string(pooling) == "model.pooling=last") << pooling;
+  }
+}
+
+TEST(MadAutoencoder, GradientsMatchFiniteDifferences) {
+  const auto rep = model_grad_check(compression_config({"model.layers=1", "model.positions=learned"}));
+  EXPECT_TRUE(rep.passed) << rep.detail;
+}
+
+TEST(MadAutoencoder, RefusedOnAClassificationTask) {
+  try {
+    const RunConfig c = resolve_run_config("softmax", "listops", {"model.pooling=last", "task.max_length=32"}, 1, 1);
+    auto task = TaskRegistry::instance().get(c.task).make(c.task_params, 1);
+    Model model(c.model_params, VariantRegistry::instance().get("softmax"), c.variant_params, *task, 1);
+    ADD_FAILURE() << "no error";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("per-position task"), std::string::npos) << e.what();
+  }
 }

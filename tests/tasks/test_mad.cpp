@@ -296,4 +296,42 @@ TEST(MadMemorization, OneFixedMapAcrossSplits) {
   check_memorization({{"vocab_size", 8192}}, 7, 8192, 32);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Compression: L - 1 content tokens, uniform over MAD's [0, V - 1), then the compression token
+// V - 1; the target is the sequence itself everywhere, in every split.
+
+void check_compression(const Json& given, int32_t V, int64_t L) {
+  auto task = make("mad_compression", given, 5);
+  EXPECT_EQ(task->seq_len(), L);
+  EXPECT_EQ(task->vocab_size(), V + 1);
+  EXPECT_EQ(task->kind(), TaskKind::per_position);
+  const int32_t compress = V;  // MAD's V - 1, plus one
+  std::vector<int64_t> count(static_cast<size_t>(V) + 1, 0);
+  int64_t content = 0;
+  for (Split s : kSplits)
+    for (int64_t i = 0; i < std::min<int64_t>(task->split_size(s), 400); ++i) {
+      const Example ex = task->example(s, i);
+      ASSERT_EQ(static_cast<int64_t>(ex.input.size()), L);
+      ASSERT_EQ(ex.input.back(), compress) << split_name(s) << " " << i;
+      for (int64_t p = 0; p < L; ++p) ASSERT_EQ(ex.target[p], ex.input[p]) << "target differs from input at " << p;
+      for (int64_t p = 0; p + 1 < L; ++p) {
+        const int32_t t = ex.input[p];
+        ASSERT_TRUE(t >= 1 && t < compress) << "content token " << t << " at " << p;
+        ++count[static_cast<size_t>(t)];
+        ++content;
+      }
+    }
+  // Uniform over the V - 1 content ids: each within 5 standard deviations of its expected count.
+  const double expect = static_cast<double>(content) / (V - 1), sd = std::sqrt(expect * (1.0 - 1.0 / (V - 1)));
+  for (int32_t t = 1; t < compress; ++t)
+    EXPECT_NEAR(static_cast<double>(count[static_cast<size_t>(t)]), expect, 5 * sd) << "content id " << t;
+}
+
+TEST(MadCompression, TheSequenceIsItsOwnTargetAndEndsInTheCompressionToken) {
+  check_compression(Json::object(), 16, 32);
+  check_compression({{"vocab_size", 128}, {"seq_len", 64}}, 128, 64);
+  const TaskSpec& spec = TaskRegistry::instance().get("mad_compression");
+  EXPECT_EQ(spec.defaults.at("model").at("pooling"), "last") << "MAD trains compression on its autoencoder";
+}
+
 }  // namespace

@@ -729,6 +729,7 @@ const std::vector<TaskCase>& task_cases() {
       {"mad_fuzzy_recall", Json::object(), "k_motif_sise", "k_motif_size", {{"v_motif_size", 0}}},
       {"mad_selective_copying", Json::object(), "num_tokens_to_cpy", "num_tokens_to_copy", {{"vocab_size", 2}}},
       {"mad_memorization", {{"train_size", 64}}, "seq_lenn", "seq_len", {{"vocab_size", 3}}},
+      {"mad_compression", Json::object(), "vocab_sizes", "vocab_size", {{"seq_len", 1}}},
   };
   return cases;
 }
@@ -802,6 +803,7 @@ TEST(AllTasks, GenerationSpeed) {
       {"mad_fuzzy_recall", Json::object(), 5000},
       {"mad_selective_copying", Json::object(), 5000},
       {"mad_memorization", {{"vocab_size", 8192}}, 5000},
+      {"mad_compression", Json::object(), 5000},
   };
   for (const auto& r : runs) {
     auto task = make_task(r.name, r.given, 11);
