@@ -271,3 +271,109 @@ TEST(BlockSparse, PerBatchHeadListsIndexByBatchAndHead) {
   EXPECT_LT(err, 1e-5);
 }
 
+namespace {
+
+// Combiner-Fixed's distribution p(j | i) for one (batch, head), written out as an N x N matrix.
+std::vector<double> combiner_probs(const Tensor& q, const Tensor& k, const Tensor& w, int64_t bh, int64_t h,
+                                   int64_t N, int64_t d, int64_t s, bool causal, const std::vector<bool>& keep) {
+  auto dot = [&](const Tensor& a, int64_t i, const Tensor& b, int64_t j) {
+    double r = 0;
+    for (int64_t c = 0; c < d; ++c) r += a[(bh * N + i) * d + c] * b[(bh * N + j) * d + c];
+    return r;
+  };
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  const int64_t R = (N + s - 1) / s;
+  std::vector<std::vector<double>> in_region(static_cast<size_t>(R));  // q(j | Ω_r) over the region
+  std::vector<std::vector<double>> kbar(static_cast<size_t>(R), std::vector<double>(static_cast<size_t>(d), 0.0));
+  std::vector<bool> live(static_cast<size_t>(R), false);
+  for (int64_t r = 0; r < R; ++r) {
+    double den = 0;
+    int64_t count = 0;
+    for (int64_t j = r * s; j < std::min(N, r * s + s); ++j) {
+      double e = 0;
+      if (keep[j]) {
+        double a = 0;
+        for (int64_t c = 0; c < d; ++c) a += k[(bh * N + j) * d + c] * w[h * d + c];
+        e = std::exp(a);
+        ++count;
+        for (int64_t c = 0; c < d; ++c) kbar[r][c] += k[(bh * N + j) * d + c];
+      }
+      in_region[r].push_back(e);
+      den += e;
+    }
+    live[r] = count > 0;
+    for (double& e : in_region[r]) e = count > 0 ? e / den : 0.0;
+    for (double& c : kbar[r]) c = count > 0 ? c / count : 0.0;
+  }
+  std::vector<double> P(static_cast<size_t>(N * N), 0.0);
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t own = i / s;
+    std::vector<double> direct(static_cast<size_t>(N), 0.0), region(static_cast<size_t>(R), 0.0);
+    double Z = 0;
+    for (int64_t j = own * s; j < std::min(N, own * s + s); ++j)
+      if (keep[j] && (!causal || j <= i)) Z += direct[j] = std::exp(scale * dot(q, i, k, j));
+    for (int64_t r = 0; r < R; ++r)
+      if (live[r] && (causal ? r < own : r != own)) {
+        double a = 0;
+        for (int64_t c = 0; c < d; ++c) a += q[(bh * N + i) * d + c] * kbar[r][c];
+        Z += region[r] = std::exp(scale * a);
+      }
+    for (int64_t j = 0; j < N; ++j) {
+      const int64_t r = j / s;
+      P[i * N + j] = (direct[j] + region[r] * in_region[r][j - r * s]) / Z;
+    }
+  }
+  return P;
+}
+
+}  // namespace
+
+// With v = the one-hot rows of the identity, attend() returns the attention matrix itself: it must
+// equal the factorised distribution written out densely, sum to 1 per row and give every allowed
+// pair (every j, or every j <= i when causal, that is not padding) a positive probability — each
+// pair covered once (a pair counted twice or missed would change the matrix).
+TEST(Combiner, CoversEveryPairOnceAndMatchesTheDenseFactorisation) {
+  for (int64_t N : {7, 16, 23})
+    for (int64_t s : {1, 3, 4, 5})
+      for (bool causal : {true, false})
+        for (bool padded : {false, true}) {
+          const int64_t B = 2, H = 2, d = N;
+          auto m = build("combiner", {{"block", s}}, H * d, H, N);
+          auto* att = dynamic_cast<AttentionMixer*>(m.get());
+          ASSERT_NE(att, nullptr);
+          Tensor w = param(*m, "w_region");
+          const Tensor wr = randn(w.shape(), 9, 0.5f);
+          for (int64_t i = 0; i < w.numel(); ++i) w[i] = wr[i];
+          const Tensor q = randn({B, H, N, d}, 21), k = randn({B, H, N, d}, 22);
+          Tensor v = Tensor::zeros({B, H, N, d});
+          for (int64_t bh = 0; bh < B * H; ++bh)
+            for (int64_t j = 0; j < N; ++j) v[(bh * N + j) * d + j] = 1.f;
+          const Tensor mask = padding_mask(B, N, {N, N - 4});
+          MixerContext ctx;
+          ctx.causal = causal;
+          ctx.key_mask = padded ? &mask : nullptr;
+          Tensor o;
+          {
+            NoGrad ng;
+            o = att->attend(Var(q), Var(k), Var(v), ctx).value();
+          }
+          double err = 0;
+          for (int64_t bh = 0; bh < B * H; ++bh) {
+            std::vector<bool> keep(static_cast<size_t>(N), true);
+            for (int64_t j = 0; j < N && padded; ++j) keep[j] = !is_padded_key(mask[(bh / H) * N + j]);
+            const auto P = combiner_probs(q, k, w, bh, bh % H, N, d, s, causal, keep);
+            for (int64_t i = 0; i < N; ++i) {
+              double row = 0;
+              for (int64_t j = 0; j < N; ++j) {
+                const double got = o[(bh * N + i) * d + j];
+                row += got;
+                err = std::max(err, std::abs(got - P[i * N + j]));
+                const bool allowed = keep[j] && (!causal || j <= i);
+                EXPECT_EQ(got > 0, allowed) << "N " << N << " s " << s << " i " << i << " j " << j;
+              }
+              EXPECT_NEAR(row, 1.0, 1e-5);
+            }
+          }
+          EXPECT_LT(err, 1e-5) << "N " << N << " s " << s << (causal ? " causal" : "") << (padded ? " padded" : "");
+        }
+}
