@@ -238,8 +238,10 @@ struct Problem {
   }
 };
 
-int64_t csr_base(const SparseSegment& seg, int64_t h, int64_t nblocks) {
-  return (seg.heads == 1 ? 0 : h) * (nblocks + 1);
+// The block list of batch b, head h: one shared list, one per head, or one per (batch, head).
+int64_t csr_base(const SparseSegment& seg, int64_t b, int64_t h, int64_t H, int64_t nblocks) {
+  const int64_t list = seg.heads == 1 ? 0 : seg.heads == H ? h : b * H + h;
+  return list * (nblocks + 1);
 }
 
 // pos[i] = the sequence position of segment row row0 + i (i < n; at: row -> position), and the
@@ -259,9 +261,9 @@ void stage_positions(At at, int64_t row0, int64_t n, int64_t N, int64_t* pos, in
 // wholly in the future when causal. visit(cn) runs with the tile's key positions in kpos[0, cn) and
 // its element mask in tm (the block pair's byte mask, the chunk's offsets, the causal flag).
 template <class Visit>
-void for_each_key_tile(const Problem& P, const SparseSegment& seg, int64_t h, const Chunk& ch, int64_t qmin,
-                       int64_t qmax, int64_t* kpos, TileMask& tm, Visit&& visit) {
-  const int64_t base = csr_base(seg, h, seg.q_blocks()) + ch.block;
+void for_each_key_tile(const Problem& P, const SparseSegment& seg, int64_t b, int64_t h, const Chunk& ch,
+                       int64_t qmin, int64_t qmax, int64_t* kpos, TileMask& tm, Visit&& visit) {
+  const int64_t base = csr_base(seg, b, h, P.dims.H, seg.q_blocks()) + ch.block;
   for (int64_t e = seg.row_ptr[static_cast<size_t>(base)]; e < seg.row_ptr[static_cast<size_t>(base + 1)]; ++e) {
     const int64_t kb = seg.cols[static_cast<size_t>(e)];
     if (P.causal && seg.k_block_min[static_cast<size_t>(kb)] > qmax) continue;
@@ -324,7 +326,7 @@ void forward_segment(const Problem& P, const SparseSegment& seg, float* O, float
       }
       TileMask tm;
       tm.key_bias = P.key_bias(b);
-      for_each_key_tile(P, seg, h, ch, qmin, qmax, kpos, tm, [&](int64_t cn) {
+      for_each_key_tile(P, seg, b, h, ch, qmin, qmax, kpos, tm, [&](int64_t cn) {
         stage_rows(kh, kpos, cn, d, dp, 1.f, Kc);
         stage_rows(vh, kpos, cn, d, dp, 1.f, Vc);
         gemm(cn, rp, d, Kc, dp, 1, QsT, rp, St, rp, false);  // St [cn, rp] = K . Qs^T
@@ -399,7 +401,7 @@ void backward_queries(const Problem& P, const SparseSegment& seg, const float* l
       }
       TileMask tm;
       tm.key_bias = P.key_bias(b);
-      for_each_key_tile(P, seg, h, ch, qmin, qmax, kpos, tm, [&](int64_t cn) {
+      for_each_key_tile(P, seg, b, h, ch, qmin, qmax, kpos, tm, [&](int64_t cn) {
         stage_rows(kh, kpos, cn, d, dp, 1.f, Kc);
         stage_rows(vh, kpos, cn, d, dp, 1.f, Vc);
         gemm(cn, rp, d, Kc, dp, 1, QsT, rp, St, rp, false);   // St [cn, rp] = K . Qs^T
@@ -460,7 +462,7 @@ void backward_keys(const Problem& P, const SparseSegment& seg, const float* lse,
       std::fill(dVacc, dVacc + cn * dp, 0.f);
       TileMask tm;
       tm.key_bias = P.key_bias(b);
-      const int64_t base = csr_base(seg, h, nkb) + ch.block;
+      const int64_t base = csr_base(seg, b, h, D.H, nkb) + ch.block;
       for (int64_t te2 = seg.col_ptr[static_cast<size_t>(base)]; te2 < seg.col_ptr[static_cast<size_t>(base + 1)]; ++te2) {
         const int64_t qb = seg.t_rows[static_cast<size_t>(te2)], e = seg.t_entry[static_cast<size_t>(te2)];
         if (P.causal && kmin > seg.q_block_max[static_cast<size_t>(qb)]) continue;
@@ -516,8 +518,9 @@ void backward_keys(const Problem& P, const SparseSegment& seg, const float* lse,
 void check_pattern_fits(const SparsePattern& p, const SparseAttentionShape& s) {
   if (p.length != s.length) fail(fmt::format("pattern built for N = {}, input has N = {}", p.length, s.length));
   for (const auto& seg : p.segments)
-    if (seg.heads != 1 && seg.heads != s.heads)
-      fail(fmt::format("a segment has {} head patterns for {} heads", seg.heads, s.heads));
+    if (seg.heads != 1 && seg.heads != s.heads && seg.heads != s.batch * s.heads)
+      fail(fmt::format("a segment has {} head patterns for {} batches x {} heads (need 1, H or B H)", seg.heads,
+                       s.batch, s.heads));
 }
 
 }  // namespace
@@ -622,7 +625,7 @@ double SparsePattern::computed_pairs(int64_t heads, bool causal) const {
   double total = 0;
   for (const auto& seg : segments) {
     const int64_t nqb = seg.q_blocks();
-    const int64_t patterns = seg.heads == 1 ? 1 : heads;
+    const int64_t patterns = seg.heads == 1 ? 1 : seg.heads;  // B H lists: summed over the batch too
     const double repeat = seg.heads == 1 ? static_cast<double>(heads) : 1.0;
     for (int64_t h = 0; h < patterns; ++h)
       for (int64_t qb = 0; qb < nqb; ++qb) {

@@ -35,7 +35,9 @@
 namespace ab {
 
 struct SparseSegment {
-  int64_t heads = 1;  // 1: one block list shared by every head; else one per head (= H)
+  // 1: one block list shared by every head; H: one per head; B H: one per (batch, head), list
+  // b H + h (data-dependent patterns such as NSA's selected blocks).
+  int64_t heads = 1;
   // Segment row -> sequence position, for queries and for keys; empty = the identity over [0, N).
   // Within one segment a position appears at most once on each side.
   std::vector<int64_t> q_pos, k_pos;
@@ -75,7 +77,8 @@ struct SparsePattern {
   // [N * N] row-major, 0 or 1 in a valid pattern. O(N^2): for tests and small N.
   std::vector<uint8_t> coverage(int64_t head) const;
   // Query-key pairs the kernel computes scores for (areas of the listed block pairs), summed over
-  // `heads` heads; block pairs wholly in the future are skipped when causal.
+  // `heads` heads (and over the batch for B H lists); block pairs wholly in the future are skipped
+  // when causal.
   double computed_pairs(int64_t heads, bool causal) const;
 };
 
@@ -105,7 +108,7 @@ SparsePattern block_diagonal_pattern(int64_t length, int64_t block);
 // ---- the op ----
 // q, k, v: [B, H, N, d] -> [B, H, N, d]. Differentiable in q, k, v (not in the mask).
 // key_mask: additive [B or 1, 1, 1, N] (0 keep, -inf drop; finite values are added as a bias) or null.
-// Every segment of the pattern has 1 or H heads; pattern->length == N.
+// Every segment of the pattern has 1, H or B H block lists; pattern->length == N.
 Var block_sparse_attention(const Var& q, const Var& k, const Var& v, std::shared_ptr<const SparsePattern> pattern,
                            float scale, bool causal, const Tensor* key_mask = nullptr);
 
