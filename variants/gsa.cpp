@@ -102,12 +102,14 @@ class Gsa final : public ab::Mixer {
       ab::Cost c;
       c.flops = 2 * B * N * D * (2 * Dk + Dv + H * m) + 2 * B * N * Dv * D + dirs * B * H * mix +
                 10 * B * N * (2 * Dk + Dv + 3 * H * m);
-      // Saved: x Wq, x Wk and their SiLU, q scaled (5 B N Dk); v, the output before and after the
-      // norm (3 B N Dv); per slot: x Wf, g, exp(g), s, their head-major copies, the scores and the
-      // softmax (about 10 B N H m); the norm's statistics (2 B N H).
-      c.activation_bytes = 4 * (5 * B * N * Dk + 3 * B * N * Dv + 10 * B * N * H * m + 2 * B * N * H);
+      // Saved (measured by the conformance suite's trace): q and k and their pieces (4 B N Dk), v
+      // and the output before and after the norm (3 B N Dv), per slot the gate, s, their
+      // slot-major copies, the scores and the softmax (7 B N H m), the norm's statistics (2 B N H).
+      c.activation_bytes = 4 * (4 * B * N * Dk + 3 * B * N * Dv + 7 * B * N * H * m + 2 * B * N * H);
       c.state_bytes = 4 * B * H * m * (dk + dv);
-      c.peak_bytes = c.activation_bytes + 4 * dirs * (3 * B * N * Dk + 6 * B * N * H * m + 0.75 * B * N * Dv + D * D);
+      // Peak, per direction: the first pass's q and k gradients per slot before they are summed
+      // over the slots (B N H m dk), the slot-width gradients (about 4 B N H m) and part of dv.
+      c.peak_bytes = c.activation_bytes + 4 * dirs * (B * N * H * m * dk + 4 * B * N * H * m + 0.75 * B * N * Dv + D * D);
       if (form == "parallel") c.peak_bytes += 4 * 2 * N * N;
       return c;
     };
