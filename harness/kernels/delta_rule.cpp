@@ -38,9 +38,11 @@ Dims check_shapes(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   const Dims d{v.dim(0), v.dim(1), v.dim(2), q.dim(3), v.dim(3)};
   require(q.shape() == k.shape() && q.dim(0) == d.B && q.dim(1) == d.H && q.dim(2) == d.N,
           fmt::format("q {}, k {} do not fit v {}", shape_str(q.shape()), shape_str(k.shape()), shape_str(v.shape())));
-  const Shape scalar{d.B, d.H, d.N};
+  const Shape scalar{d.B, d.H, d.N}, channel{d.B, d.H, d.N, d.K};
   require(beta.shape() == scalar, fmt::format("beta {} must be {}", shape_str(beta.shape()), shape_str(scalar)));
-  if (g) require(g->shape() == scalar, fmt::format("log_alpha {} must be {}", shape_str(g->shape()), shape_str(scalar)));
+  if (g)
+    require(g->shape() == scalar || g->shape() == channel,
+            fmt::format("log_alpha {} must be {} or {}", shape_str(g->shape()), shape_str(scalar), shape_str(channel)));
   return d;
 }
 
@@ -49,6 +51,8 @@ struct Geo {
   Dims d;
   int64_t C, nc, BH, nb;  // chunk, chunks per sequence, B * H, nc * BH (GEMM batch of "all chunks")
   bool gated, reverse;
+  bool channel = false;  // log decay per key dimension [.., dk] (KDA) instead of per head
+  int64_t gw() const { return channel ? d.K : 1; }
   int64_t item(int64_t c, int64_t bh) const { return c * BH + bh; }
 };
 
@@ -100,20 +104,26 @@ void gemm(const float* a, const float* b, float* c, int64_t batch, int64_t M, in
 struct Plan {
   Geo G;
   Tensor q, k, v;  // packed inputs [nb, C, dk | dv]
-  Tensor beta, b;  // [nb, C]: beta, chunk-local inclusive cumulative log decay (gated only)
+  Tensor beta, b;  // [nb, C]: beta; [nb, C, gw]: chunk-local inclusive cumulative log decay (gated only)
   Tensor Kk;       // K K^T [nb, C, C]
   Tensor T;        // (I + M)^-1 [nb, C, C]
   Tensor P;        // tril(Q K^T) o D [nb, C, C]
   Tensor w;        // -T diag(beta gamma) K [nb, C, dk]
   Tensor u;        // U~ = T diag(beta) V + W S0 [nb, C, dv]
   Tensor kt, qg;   // diag(exp(b_last - b)) K, diag(gamma) Q (= k, q when not gated)
+  Tensor kg;       // channel only: Gamma o K [nb, C, dk]
   Tensor S;        // state before each chunk [nb, dk, dv]
-  float decay(int64_t i, int64_t t, int64_t s) const {  // D[t, s] of item i
-    if (!G.gated) return 1.f;
+  float decay(int64_t i, int64_t t, int64_t s) const {  // D[t, s] of item i (channel: folded into Kk, P)
+    if (!G.gated || G.channel) return 1.f;
     const float* bi = b.data() + i * G.C;
     return std::exp(bi[t] - bi[s]);
   }
   float gamma(int64_t i, int64_t t) const { return G.gated ? std::exp(b.data()[i * G.C + t]) : 1.f; }
+  // gamma of key dimension j (the scalar gamma when the decay is per head)
+  const float* brow(int64_t i, int64_t t) const { return b.data() + (i * G.C + t) * G.gw(); }
+  float gamma(int64_t i, int64_t t, int64_t j) const {
+    return G.gated ? std::exp(brow(i, t)[G.channel ? j : 0]) : 1.f;
+  }
 };
 
 Plan prepare(const Geo& G, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta, const Tensor* g) {
@@ -125,21 +135,42 @@ Plan prepare(const Geo& G, const Tensor& q, const Tensor& k, const Tensor& v, co
   p.v = pack(G, v.data(), V);
   p.beta = pack(G, beta.data(), 1);
   if (G.gated) {
-    p.b = pack(G, g->data(), 1);
+    const int64_t gw = G.gw();
+    p.b = pack(G, g->data(), gw);
     float* b = p.b.data();
     parallel_for(nb, 64, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i)
-        for (int64_t t = 1; t < C; ++t) b[i * C + t] += b[i * C + t - 1];
+        for (int64_t t = 1; t < C; ++t)
+          for (int64_t j = 0; j < gw; ++j) b[(i * C + t) * gw + j] += b[(i * C + t - 1) * gw + j];
     });
   }
   p.Kk = Tensor::empty({nb, C, C});
   p.P = Tensor::empty({nb, C, C});
-  gemm(p.k.data(), p.k.data(), p.Kk.data(), nb, C, C, K, false, true);
-  gemm(p.q.data(), p.k.data(), p.P.data(), nb, C, C, K, false, true);
+  if (G.channel) {
+    // Kk[t, s] = sum_j k_t[j] k_s[j] exp(b_t[j] - b_s[j]) (s < t), P[t, s] likewise with q_t (s <= t):
+    // the decays differ per key dimension, so these are not products of two matrices.
+    parallel_for(nb, 1, [&](int64_t i0, int64_t i1) {
+      std::vector<float> e(static_cast<size_t>(K));
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t t = 0; t < C; ++t) {
+          const float *bt = p.brow(i, t), *kt = p.k.data() + (i * C + t) * K, *qt = p.q.data() + (i * C + t) * K;
+          for (int64_t s = 0; s <= t; ++s) {
+            const float *bs = p.brow(i, s), *ks = p.k.data() + (i * C + s) * K;
+            for (int64_t j = 0; j < K; ++j) e[j] = std::exp(bt[j] - bs[j]) * ks[j];
+            p.Kk.data()[(i * C + t) * C + s] = dot(kt, e.data(), K);
+            p.P.data()[(i * C + t) * C + s] = dot(qt, e.data(), K);
+          }
+        }
+    });
+  } else {
+    gemm(p.k.data(), p.k.data(), p.Kk.data(), nb, C, C, K, false, true);
+    gemm(p.q.data(), p.k.data(), p.P.data(), nb, C, C, K, false, true);
+  }
   p.T = Tensor::empty({nb, C, C});
   Tensor kb = Tensor::empty({nb, C, K}), vb = Tensor::empty({nb, C, V});
   p.kt = G.gated ? Tensor::empty({nb, C, K}) : p.k;
   p.qg = G.gated ? Tensor::empty({nb, C, K}) : p.q;
+  if (G.channel) p.kg = Tensor::empty({nb, C, K});
   parallel_for(nb, 1, [&](int64_t i0, int64_t i1) {
     std::vector<float> m(static_cast<size_t>(C));
     for (int64_t i = i0; i < i1; ++i) {
@@ -165,8 +196,22 @@ Plan prepare(const Geo& G, const Tensor& q, const Tensor& k, const Tensor& v, co
         const float* vr = p.v.data() + (i * C + t) * V;
         float* kbr = kb.data() + (i * C + t) * K;
         float* vbr = vb.data() + (i * C + t) * V;
-        for (int64_t j = 0; j < K; ++j) kbr[j] = -be[t] * gt * kr[j];
         for (int64_t j = 0; j < V; ++j) vbr[j] = be[t] * vr[j];
+        if (G.channel) {
+          const float *bt = p.brow(i, t), *bl = p.brow(i, C - 1);
+          float* ktr = p.kt.data() + (i * C + t) * K;
+          float* qgr = p.qg.data() + (i * C + t) * K;
+          float* kgr = p.kg.data() + (i * C + t) * K;
+          for (int64_t j = 0; j < K; ++j) {
+            const float gj = std::exp(bt[j]);
+            kgr[j] = gj * kr[j];
+            kbr[j] = -be[t] * kgr[j];
+            qgr[j] = gj * qr[j];
+            ktr[j] = std::exp(bl[j] - bt[j]) * kr[j];
+          }
+          continue;
+        }
+        for (int64_t j = 0; j < K; ++j) kbr[j] = -be[t] * gt * kr[j];
         if (G.gated) {
           const float f = std::exp(p.b.data()[i * C + C - 1] - p.b.data()[i * C + t]);  // <= 1
           float* ktr = p.kt.data() + (i * C + t) * K;
@@ -194,10 +239,11 @@ Plan prepare(const Geo& G, const Tensor& q, const Tensor& k, const Tensor& v, co
     if (c > 0) gemm(p.w.data() + i * C * K, Sc, uc, BH, C, V, K, false, false, true);
     if (c + 1 == G.nc) break;
     float* Sn = Sc + BH * KV;
-    for (int64_t bh = 0; bh < BH; ++bh) {
-      const float a = p.gamma(i + bh, C - 1);
-      for (int64_t j = 0; j < KV; ++j) Sn[bh * KV + j] = a * Sc[bh * KV + j];
-    }
+    for (int64_t bh = 0; bh < BH; ++bh)
+      for (int64_t r = 0; r < K; ++r) {  // diag(gamma_last) S
+        const float a = p.gamma(i + bh, C - 1, r);
+        for (int64_t j = 0; j < V; ++j) Sn[bh * KV + r * V + j] = a * Sc[bh * KV + r * V + j];
+      }
     gemm(p.kt.data() + i * C * K, uc, Sn, BH, K, V, C, true, false, true);
   }
   return p;
@@ -215,6 +261,74 @@ Tensor chunk_output(const Plan& p) {
 struct Grads {
   Tensor dq, dk, dv, dbeta, dg;  // packed
 };
+
+// The element-wise end of the backward for per-key-dimension decays (KDA). On entry r.dq holds
+// dQg = dO S0^T, r.dk dKb = T^T dW, r.dv dVb = T^T dU; dKt = U~ dSn^T, ndM = -dM, dP = dO U~^T.
+// Every pairwise term carries its own decay exp(b_t[j] - b_s[j]), so the Kk and P gradients are
+// loops over (t, s, j) rather than GEMMs; the gate gradient is gathered per (position, dimension)
+// and summed in reverse over the chunk.
+void channel_assembly(const Plan& p, const Tensor& dSn, const Tensor& dKt, const Tensor& ndM, const Tensor& dPm,
+                      Grads& r) {
+  const Geo& G = p.G;
+  const int64_t C = G.C, K = G.d.K, V = G.d.V, KV = K * V;
+  parallel_for(G.nb, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<double> db(static_cast<size_t>(C * K));
+    std::vector<float> e(static_cast<size_t>(K));
+    for (int64_t i = i0; i < i1; ++i) {
+      const float* be = p.beta.data() + i * C;
+      const float* kk = p.Kk.data() + i * C * C;
+      const float* ndm = ndM.data() + i * C * C;
+      const float* dp = dPm.data() + i * C * C;
+      std::fill(db.begin(), db.end(), 0.0);
+      auto row = [&](const Tensor& x, int64_t t, int64_t w) { return x.data() + (i * C + t) * w; };
+      for (int64_t t = 0; t < C; ++t) {
+        const float *kr = row(p.k, t, K), *qr = row(p.q, t, K), *vr = row(p.v, t, V);
+        const float *ktr = row(p.kt, t, K), *dktr = row(dKt, t, K), *bt = p.brow(i, t), *bl = p.brow(i, C - 1);
+        float *dkr = r.dk.data() + (i * C + t) * K, *dqr = r.dq.data() + (i * C + t) * K;
+        float* dvr = r.dv.data() + (i * C + t) * V;
+        double dbt = dot(vr, dvr, V);
+        for (int64_t j = 0; j < V; ++j) dvr[j] *= be[t];
+        double* dbr = db.data() + t * K;
+        for (int64_t j = 0; j < K; ++j) {
+          const float gj = std::exp(bt[j]), x = dkr[j], y = ktr[j] * dktr[j];
+          dbt -= double(gj) * kr[j] * x;                                             // kb = -beta Gamma K
+          dbr[j] += -double(be[t]) * gj * kr[j] * x + double(gj) * qr[j] * dqr[j] - y;  // kb, Qg, Kt
+          db[(C - 1) * K + j] += y;
+          dkr[j] = -be[t] * gj * x + std::exp(bl[j] - bt[j]) * dktr[j];
+          dqr[j] *= gj;
+        }
+        // Pairwise: M[t, s] = beta_t Kk[t, s] (s < t) and P[t, s] (s <= t).
+        for (int64_t s = 0; s <= t; ++s) {
+          const float dm = s < t ? -ndm[t * C + s] : 0.f, dA = dm * be[t], dP = dp[t * C + s];
+          if (dA == 0.f && dP == 0.f) continue;
+          dbt += double(dm) * kk[t * C + s];
+          const float *bs = p.brow(i, s), *ks = row(p.k, s, K);
+          float* dks = r.dk.data() + (i * C + s) * K;
+          double* dbs = db.data() + s * K;
+          for (int64_t j = 0; j < K; ++j) {
+            const float ej = std::exp(bt[j] - bs[j]);
+            dkr[j] += dA * ks[j] * ej;
+            dks[j] += (dA * kr[j] + dP * qr[j]) * ej;
+            dqr[j] += dP * ks[j] * ej;
+            const double x = double(dA * kr[j] + dP * qr[j]) * ks[j] * ej;
+            dbr[j] += x;
+            dbs[j] -= x;
+          }
+        }
+        r.dbeta.data()[i * C + t] = static_cast<float>(dbt);
+      }
+      // diag(gamma_last) S0 in S1: d/db_last[j] += gamma_last[j] <S0 row j, dS1 row j>
+      for (int64_t j = 0; j < K; ++j)
+        db[(C - 1) * K + j] += double(p.gamma(i, C - 1, j)) *
+                               dot(p.S.data() + i * KV + j * V, dSn.data() + i * KV + j * V, V);
+      float* dg = r.dg.data() + i * C * K;
+      for (int64_t j = 0; j < K; ++j) {
+        double acc = 0;
+        for (int64_t t = C - 1; t >= 0; --t) dg[t * K + j] = static_cast<float>(acc += db[t * K + j]);
+      }
+    }
+  });
+}
 
 Grads chunk_backward(const Plan& p, const Tensor& dOp) {
   const Geo& G = p.G;
@@ -234,10 +348,11 @@ Grads chunk_backward(const Plan& p, const Tensor& dOp) {
     if (c + 1 < G.nc) gemm(p.kt.data() + i * C * K, dSc, dUc, BH, C, V, K, false, false, true);
     if (c == 0) break;
     float* dSp = dSc - BH * KV;  // dS_c = gamma_last dS_{c+1} + Qg^T dO + W^T dU~
-    for (int64_t bh = 0; bh < BH; ++bh) {
-      const float a = p.gamma(i + bh, C - 1);
-      for (int64_t j = 0; j < KV; ++j) dSp[bh * KV + j] = a * dSc[bh * KV + j];
-    }
+    for (int64_t bh = 0; bh < BH; ++bh)
+      for (int64_t r = 0; r < K; ++r) {
+        const float a = p.gamma(i + bh, C - 1, r);
+        for (int64_t j = 0; j < V; ++j) dSp[bh * KV + r * V + j] = a * dSc[bh * KV + r * V + j];
+      }
     gemm(p.qg.data() + i * C * K, dO + i * C * V, dSp, BH, K, V, C, true, false, true);
     gemm(p.w.data() + i * C * K, dUc, dSp, BH, K, V, C, true, false, true);
   }
@@ -251,14 +366,14 @@ Grads chunk_backward(const Plan& p, const Tensor& dOp) {
   // dT = dU (diag(beta) V)^T + dW (-diag(beta gamma) K)^T: the products with V and K, scaled below.
   Tensor dT = Tensor::empty({nb, C, C}), X = Tensor::empty({nb, C, C});
   gemm(dU.data(), p.v.data(), dT.data(), nb, C, C, V, false, true);
-  gemm(dW.data(), p.k.data(), X.data(), nb, C, C, K, false, true);
+  gemm(dW.data(), (G.channel ? p.kg : p.k).data(), X.data(), nb, C, C, K, false, true);
   parallel_for(nb, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const float* be = p.beta.data() + i * C;
       float* dt = dT.data() + i * C * C;
       const float* x = X.data() + i * C * C;
       for (int64_t s = 0; s < C; ++s) {
-        const float bs = be[s], bg = be[s] * p.gamma(i, s);
+        const float bs = be[s], bg = be[s] * (G.channel ? 1.f : p.gamma(i, s));
         for (int64_t t = 0; t < C; ++t) dt[t * C + s] = dt[t * C + s] * bs - x[t * C + s] * bg;
       }
     }
@@ -273,6 +388,12 @@ Grads chunk_backward(const Plan& p, const Tensor& dOp) {
   gemm(p.T.data(), dT.data(), X.data(), nb, C, C, C, true, false);
   gemm(X.data(), p.T.data(), dT.data(), nb, C, C, C, false, true);  // dT now holds -dM
   r.dbeta = Tensor::empty({nb, C});
+  if (G.channel) {
+    r.dg = Tensor::empty({nb, C, K});
+    r.dk = dKb;
+    channel_assembly(p, dSn, dKt, dT, dP, r);
+    return r;
+  }
   if (G.gated) r.dg = Tensor::empty({nb, C});
   // Element-wise assembly per chunk. X becomes E = dKK + dKK^T (the gradient of K K^T through M),
   // dP becomes dP o D (lower triangle).
@@ -370,6 +491,7 @@ Var delta_rule(const Var& q, const Var& k, const Var& v, const Var& beta, const 
   G.BH = d.B * d.H;
   G.nb = G.nc * G.BH;
   G.gated = gated;
+  G.channel = gated && log_alpha.value().rank() == 4;
   G.reverse = opt.reverse;
   Tensor out = Tensor::empty({d.B, d.H, d.N, d.V});
   {
@@ -396,7 +518,7 @@ Var delta_rule(const Var& q, const Var& k, const Var& v, const Var& beta, const 
     if (gk.wanted()) gk.accumulate(out(r.dk, kv.shape(), G.d.K));
     if (gv.wanted()) gv.accumulate(out(r.dv, vv.shape(), G.d.V));
     if (gb.wanted()) gb.accumulate(out(r.dbeta, bv.shape(), 1));
-    if (G.gated && gg.wanted()) gg.accumulate(out(r.dg, lv.shape(), 1));
+    if (G.gated && gg.wanted()) gg.accumulate(out(r.dg, lv.shape(), G.gw()));
   });
 }
 
@@ -428,11 +550,13 @@ Tensor DeltaRuleState::step(const Tensor& q_t, const Tensor& k_t, const Tensor& 
     const float* q = q_t.data() + bh * dk_;
     const float* k = k_t.data() + bh * dk_;
     const float* v = v_t.data() + bh * dv_;
-    const float a = gated ? std::exp(log_alpha_t.data()[bh]) : 1.f, b = beta_t.data()[bh];
-    // S <- a S; u = beta (v - S^T k); S <- S + k u^T; o = S^T q
+    const int64_t gw = gated && log_alpha_t.rank() == 4 ? dk_ : 1;
+    const float b = beta_t.data()[bh];
+    // S <- diag(a) S; u = beta (v - S^T k); S <- S + k u^T; o = S^T q
     for (int64_t j = 0; j < dv_; ++j) u[j] = v[j];
     for (int64_t i = 0; i < dk_; ++i) {
       float* row = S + i * dv_;
+      const float a = gated ? std::exp(log_alpha_t.data()[bh * gw + (gw > 1 ? i : 0)]) : 1.f;
       for (int64_t j = 0; j < dv_; ++j) row[j] *= a;
       axpy(u.data(), row, -k[i], dv_);
     }

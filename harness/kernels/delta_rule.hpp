@@ -2,8 +2,10 @@
 // The delta rule (DeltaNet) and its gated form (Gated DeltaNet). Per (batch, head), with a state
 // S [dk, dv] (the transpose of the papers' S in R^{dv x dk}):
 //   S_t = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T q_t      (causal)
-// alpha_t = exp(g_t), g_t <= 0 one scalar per (head, step) (Gated DeltaNet), or alpha = 1 (DeltaNet).
-// Equivalently S_t = alpha_t S_{t-1} + k_t u_t^T with the "new value" u_t = beta_t (v_t - alpha_t S_{t-1}^T k_t).
+// alpha_t = exp(g_t), g_t <= 0 one scalar per (head, step) (Gated DeltaNet), or alpha = 1 (DeltaNet),
+// or one value per key dimension (Kimi Delta Attention: S_t = (I - beta_t k_t k_t^T) diag(alpha_t)
+// S_{t-1} + beta_t k_t v_t^T). Equivalently S_t = diag(alpha_t) S_{t-1} + k_t u_t^T with the "new
+// value" u_t = beta_t (v_t - (diag(alpha_t) S_{t-1})^T k_t).
 //
 // Chunked form (the WY / UT representation of Yang et al. 2024, flash-linear-attention's
 // chunk_delta_rule). Inside a chunk of C positions, with b the chunk-local inclusive cumulative sum
@@ -20,6 +22,10 @@
 // k, v, beta and g is saved), then one reverse sweep over chunks gives the state gradients and
 // everything else is batched GEMMs again (dT -> dM = -T^T dT T^T for the inverse). The gate gradient
 // gathers d/db per position (every place a gamma or D appears) and sums it in reverse over the chunk.
+// Per-key-dimension decays: gamma and exp(b_last - b) become diagonal matrices (Gamma Q, Gamma K
+// instead of scalings), and K K^T o D, Q K^T o D become sum_j k_t[j] k_s[j] exp(b_t[j] - b_s[j]):
+// O(C^2 dk) element-wise loops (one exp per term, every exponent <= 0) instead of GEMMs, forward
+// and backward; the rest of the form is unchanged.
 // Scratch: about twenty [B, H, N, max(dk, dv, C)] buffers and the chunk-start states
 // [B, H, N / C, dk, dv], from the tracking allocator (the memory figures see them).
 #include <cstdint>
@@ -35,7 +41,8 @@ struct DeltaRuleOptions {
 };
 
 // q, k: [B, H, N, dk], v: [B, H, N, dv], beta: [B, H, N] (in [0, 1] in the layers, any value
-// works), log_alpha: [B, H, N] (<= 0) or undefined (alpha = 1, plain DeltaNet) -> o [B, H, N, dv].
+// works), log_alpha: [B, H, N] or [B, H, N, dk] (<= 0) or undefined (alpha = 1, plain DeltaNet)
+//   -> o [B, H, N, dv].
 // q and k are used as given (the layers L2-normalise them). Saves the inputs only.
 Var delta_rule(const Var& q, const Var& k, const Var& v, const Var& beta, const Var& log_alpha,
                const DeltaRuleOptions& opt = {});
@@ -49,8 +56,8 @@ Var delta_rule_mix(const Var& q, const Var& k, const Var& v, const Var& beta, co
 class DeltaRuleState final : public DecodeState {
  public:
   DeltaRuleState(int64_t batch, int64_t heads, int64_t key_dim, int64_t value_dim);
-  // q_t, k_t: [B, H, 1, dk], v_t: [B, H, 1, dv], beta_t: [B, H, 1], log_alpha_t: [B, H, 1] or
-  // undefined -> o_t [B, H, 1, dv]
+  // q_t, k_t: [B, H, 1, dk], v_t: [B, H, 1, dv], beta_t: [B, H, 1], log_alpha_t: [B, H, 1],
+  // [B, H, 1, dk] or undefined -> o_t [B, H, 1, dv]
   Tensor step(const Tensor& q_t, const Tensor& k_t, const Tensor& v_t, const Tensor& beta_t,
               const Tensor& log_alpha_t);
   int64_t bytes() const override { return s_.bytes(); }

@@ -20,12 +20,14 @@ namespace {
 
 struct Inputs {
   int64_t B, H, N, K, V;
-  std::vector<double> q, k, v, beta, g;  // [B, H, N, K] x2, [B, H, N, V], [B, H, N] x2 (g empty: ungated)
+  std::vector<double> q, k, v, beta, g;  // [B, H, N, K] x2, [B, H, N, V], [B, H, N], [B, H, N, gw] (g empty: ungated)
+  int64_t gw = 1;                        // K: a decay per key dimension (KDA)
 };
 
 // Random inputs as the layers produce them: q, k of unit norm, beta in (0, 1), g in [-0.7, 0].
-Inputs make_inputs(int64_t B, int64_t H, int64_t N, int64_t K, int64_t V, bool gated, uint64_t seed = 3) {
-  Inputs in{B, H, N, K, V, {}, {}, {}, {}, {}};
+Inputs make_inputs(int64_t B, int64_t H, int64_t N, int64_t K, int64_t V, bool gated, uint64_t seed = 3,
+                   bool channel = false) {
+  Inputs in{B, H, N, K, V, {}, {}, {}, {}, {}, channel ? K : 1};
   auto draw = [&](int64_t n, uint64_t key, float lo, float hi) {
     const Tensor t = test::uniform_tensor({n}, seed, key, lo, hi);
     return std::vector<double>(t.data(), t.data() + n);
@@ -40,7 +42,7 @@ Inputs make_inputs(int64_t B, int64_t H, int64_t N, int64_t K, int64_t V, bool g
     }
   in.v = draw(B * H * N * V, 3, -1.f, 1.f);
   in.beta = draw(B * H * N, 4, 0.05f, 0.95f);
-  if (gated) in.g = draw(B * H * N, 5, -0.7f, 0.f);
+  if (gated) in.g = draw(B * H * N * in.gw, 5, -0.7f, 0.f);
   return in;
 }
 
@@ -56,13 +58,17 @@ std::vector<double> naive(const Inputs& in, bool reverse) {
       const double* k = &in.k[(bh * N + t) * K];
       const double* q = &in.q[(bh * N + t) * K];
       const double* v = &in.v[(bh * N + t) * V];
-      const double a = in.g.empty() ? 1.0 : std::exp(in.g[bh * N + t]), b = in.beta[bh * N + t];
+      const double b = in.beta[bh * N + t];
+      auto a = [&](int64_t i) { return in.g.empty() ? 1.0 : std::exp(in.g[(bh * N + t) * in.gw + (in.gw > 1 ? i : 0)]); };
+      // S = diag(a) S (equal to a (I - b k k^T) S for a scalar a), then the delta update
+      for (int64_t i = 0; i < K; ++i)
+        for (int64_t j = 0; j < V; ++j) S[i * V + j] *= a(i);
       for (int64_t j = 0; j < V; ++j) {  // kS = k^T S
         kS[j] = 0;
         for (int64_t i = 0; i < K; ++i) kS[j] += k[i] * S[i * V + j];
       }
       for (int64_t i = 0; i < K; ++i)
-        for (int64_t j = 0; j < V; ++j) S[i * V + j] = a * (S[i * V + j] - b * k[i] * kS[j]) + b * k[i] * v[j];
+        for (int64_t j = 0; j < V; ++j) S[i * V + j] += b * k[i] * (v[j] - kS[j]);
       for (int64_t j = 0; j < V; ++j)
         for (int64_t i = 0; i < K; ++i) o[(bh * N + t) * V + j] += q[i] * S[i * V + j];
     }
@@ -91,7 +97,8 @@ struct KernelRun {
 KernelRun run_kernel(const Inputs& in, const Tensor& R, int64_t chunk, bool reverse) {
   Var q(to_tensor(in.q, {in.B, in.H, in.N, in.K}), true), k(to_tensor(in.k, {in.B, in.H, in.N, in.K}), true);
   Var v(to_tensor(in.v, {in.B, in.H, in.N, in.V}), true), beta(to_tensor(in.beta, {in.B, in.H, in.N}), true);
-  Var g = in.g.empty() ? Var() : Var(to_tensor(in.g, {in.B, in.H, in.N}), true);
+  const Shape gs = in.gw > 1 ? Shape{in.B, in.H, in.N, in.gw} : Shape{in.B, in.H, in.N};
+  Var g = in.g.empty() ? Var() : Var(to_tensor(in.g, gs), true);
   DeltaRuleOptions opt;
   opt.chunk = chunk;
   opt.reverse = reverse;
@@ -141,6 +148,7 @@ double rel_err(const Tensor& a, const std::vector<double>& b) {
 struct Case {
   bool gated, reverse;
   int64_t chunk;
+  bool channel = false;  // KDA's decay per key dimension
 };
 
 class DeltaRuleChunked : public ::testing::TestWithParam<Case> {};
@@ -149,7 +157,7 @@ class DeltaRuleChunked : public ::testing::TestWithParam<Case> {};
 TEST_P(DeltaRuleChunked, MatchesNaiveRecurrenceForwardAndGradients) {
   const Case c = GetParam();
   const int64_t B = 2, H = 3, N = 37, K = 8, V = 6;
-  const Inputs in = make_inputs(B, H, N, K, V, c.gated);
+  const Inputs in = make_inputs(B, H, N, K, V, c.gated, 3, c.channel);
   const Tensor Rt = test::uniform_tensor({B, H, N, V}, 3, 9, -1.f, 1.f);
   const std::vector<double> R(Rt.data(), Rt.data() + Rt.numel());
   const KernelRun run = run_kernel(in, Rt, c.chunk, c.reverse);
@@ -163,9 +171,12 @@ TEST_P(DeltaRuleChunked, MatchesNaiveRecurrenceForwardAndGradients) {
 INSTANTIATE_TEST_SUITE_P(Chunks, DeltaRuleChunked,
                          ::testing::Values(Case{false, false, 16}, Case{true, false, 16}, Case{false, true, 16},
                                            Case{true, true, 16}, Case{false, false, 5}, Case{true, false, 5},
-                                           Case{true, false, 1}, Case{true, false, 64}),
+                                           Case{true, false, 1}, Case{true, false, 64}, Case{true, false, 16, true},
+                                           Case{true, true, 16, true}, Case{true, false, 5, true},
+                                           Case{true, false, 1, true}, Case{true, false, 64, true}),
                          [](const ::testing::TestParamInfo<Case>& i) {
-                           return std::string(i.param.gated ? "gated" : "plain") + (i.param.reverse ? "_reverse" : "") +
+                           return std::string(i.param.channel ? "kda" : i.param.gated ? "gated" : "plain") +
+                                  (i.param.reverse ? "_reverse" : "") +
                                   "_chunk" + std::to_string(i.param.chunk);
                          });
 
@@ -186,14 +197,38 @@ TEST(DeltaRule, GatedWithUnitDecayIsDeltaNet) {
   for (size_t i = 0; i < a.grads.size(); ++i) EXPECT_LT(diff(a.grads[i], b.grads[i]), 1e-5) << i;
 }
 
+// KDA with a decay equal across the key dimensions is Gated DeltaNet: the per-dimension path with
+// g[.., j] = g for every j gives the per-head path's output and gradients (dg summed over j).
+TEST(DeltaRule, ChannelDecayEqualAcrossDimensionsIsGatedDeltaNet) {
+  const int64_t B = 2, H = 2, N = 29, K = 8, V = 6;
+  Inputs gated = make_inputs(B, H, N, K, V, true), kda = gated;
+  kda.gw = K;
+  kda.g.clear();
+  for (double g : gated.g) kda.g.insert(kda.g.end(), static_cast<size_t>(K), g);
+  const Tensor R = test::uniform_tensor({B, H, N, V}, 3, 9, -1.f, 1.f);
+  const KernelRun a = run_kernel(gated, R, 8, false), b = run_kernel(kda, R, 8, false);
+  auto diff = [](const Tensor& x, const Tensor& y) {
+    double m = 0;
+    for (int64_t i = 0; i < x.numel(); ++i) m = std::max(m, double(std::fabs(x[i] - y[i])));
+    return m;
+  };
+  EXPECT_LT(diff(a.o, b.o), 1e-5);
+  for (size_t i = 0; i < 4; ++i) EXPECT_LT(diff(a.grads[i], b.grads[i]), 1e-4) << i;
+  Tensor dg_sum = Tensor::zeros({B, H, N});
+  for (int64_t r = 0; r < B * H * N; ++r)
+    for (int64_t j = 0; j < K; ++j) dg_sum[r] += b.grads[4][r * K + j];
+  EXPECT_LT(diff(a.grads[4], dg_sum), 1e-4);
+}
+
 // Token-by-token decoding with the carried state reproduces the causal forward.
 TEST(DeltaRule, DecodeStateMatchesForward) {
-  for (bool gated : {false, true}) {
+  for (int mode : {0, 1, 2}) {  // plain, gated, per-key-dimension decay
+    const bool gated = mode > 0;
     const int64_t B = 2, H = 3, N = 21, K = 8, V = 5;
-    const Inputs in = make_inputs(B, H, N, K, V, gated);
+    const Inputs in = make_inputs(B, H, N, K, V, gated, 3, mode == 2);
     const Tensor q = to_tensor(in.q, {B, H, N, K}), k = to_tensor(in.k, {B, H, N, K});
     const Tensor v = to_tensor(in.v, {B, H, N, V}), beta = to_tensor(in.beta, {B, H, N});
-    const Tensor g = gated ? to_tensor(in.g, {B, H, N}) : Tensor();
+    const Tensor g = gated ? to_tensor(in.g, mode == 2 ? Shape{B, H, N, K} : Shape{B, H, N}) : Tensor();
     NoGrad ng;
     DeltaRuleOptions opt;
     opt.chunk = 8;
@@ -220,7 +255,7 @@ TEST(DeltaRule, DecodeStateMatchesForward) {
 TEST(DeltaRule, RejectsBadShapes) {
   Var q(Tensor::zeros({1, 2, 5, 3})), v(Tensor::zeros({1, 2, 5, 2}));
   EXPECT_THROW(delta_rule(q, q, v, Var(Tensor::zeros({1, 2, 4})), Var()), std::invalid_argument);
-  EXPECT_THROW(delta_rule(q, q, v, Var(Tensor::zeros({1, 2, 5})), Var(Tensor::zeros({1, 2, 5, 3}))),
+  EXPECT_THROW(delta_rule(q, q, v, Var(Tensor::zeros({1, 2, 5})), Var(Tensor::zeros({1, 2, 5, 2}))),
                std::invalid_argument);
 }
 

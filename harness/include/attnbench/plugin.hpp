@@ -35,7 +35,8 @@ namespace ab {
 //    kernel and decode state); every op of ops.hpp and kernels/ says what it saves for backward
 //    (`check --trace-memory` measures it).
 // 6: a block-sparse SparseSegment may hold one block list per (batch, head) (B H lists), for
-//    data-dependent patterns (nsa's selected blocks).
+//    data-dependent patterns (nsa's selected blocks); the delta-rule kernel takes a decay per key
+//    dimension (log_alpha [B, H, N, dk], kda).
 #define ATTNBENCH_PLUGIN_ABI_VERSION 6
 inline constexpr int kPluginAbiVersion = ATTNBENCH_PLUGIN_ABI_VERSION;
 

@@ -1,0 +1,204 @@
+// kda — Kimi Delta Attention: the gated delta rule with a decay per key dimension (channel-wise)
+// instead of one per head. Kimi Team 2025, "Kimi Linear: An Expressive, Efficient Hybrid
+// Architecture" (arXiv 2510.26692), eq. 1; layer as flash-linear-attention's fla/layers/kda.py
+// (KimiDeltaAttention; read for facts, not copied):
+//   q, k, v = SiLU(causal short conv(x Wq | x Wk | x Wv))   (depthwise, no bias; 4 taps)
+//   q <- L2norm_head(q) dk^-1/2, k <- L2norm_head(k),  beta = sigmoid(x Wb) [B, N, H]
+//   g = -exp(A_log_h) softplus(x Wf1 Wf2 + dt_bias) [B, N, H, dk]   (low-rank f_proj, rank dv)
+//   S_t = (I - beta_t k_t k_t^T) diag(exp(g_t)) S_{t-1} + beta_t k_t v_t^T,  o_t = S_t^T q_t
+//   y = (Norm_head(o) * sigmoid(x Wg1 Wg2 + bg)) Wo                  (low-rank output gate, rank dv)
+// A = U(1, 16) (fla), dt_bias per key channel from dt log-uniform in [1e-3, 1e-1].
+// Deliberate differences: the per-head norm is a LayerNorm over dv with an affine shared by the
+// heads (fla: a gated RMSNorm), as in this registry's gated_deltanet; fla's gate lower bound (an
+// optional clamp for its tensor-core kernel) is left out.
+// Kernel: ab::delta_rule with log_alpha [B, H, N, dk] — the chunked WY form whose K K^T and Q K^T
+// blocks carry the per-dimension decays (O(N C dk) exps and multiply-adds per head), hand-written
+// backward, saves only its inputs. Decay equal across channels = gated_deltanet's kernel (tested).
+// Capabilities: causal with decoding (state S [B, H, dk, dv] plus the conv tails); bidirectional =
+// centred conv, causal plus anti-causal scan summed (not in the paper); padding mask (padded
+// inputs zeroed, beta and g set to 0 so they leave the state unchanged).
+#include <cmath>
+#include <functional>
+#include <string>
+
+#include "attnbench/kernels/delta_rule.hpp"
+#include "attnbench/kernels/gated_linear_attention.hpp"  // softplus
+#include "attnbench/kernels/short_conv.hpp"
+#include "attnbench/variant.hpp"
+
+namespace {
+
+class KdaState final : public ab::DecodeState {
+ public:
+  KdaState(int64_t batch, int64_t heads, int64_t dk, int64_t dv, int64_t taps)
+      : s(batch, heads, dk, dv),
+        conv{ab::ShortConvState(batch, heads * dk, taps), ab::ShortConvState(batch, heads * dk, taps),
+             ab::ShortConvState(batch, heads * dv, taps)} {}
+  int64_t bytes() const override { return s.bytes() + conv[0].bytes() + conv[1].bytes() + conv[2].bytes(); }
+  ab::DeltaRuleState s;
+  ab::ShortConvState conv[3];  // q, k, v
+};
+
+class Kda final : public ab::Mixer {
+ public:
+  explicit Kda(const ab::MixerConfig& cfg) : d_model_(cfg.d_model), heads_(cfg.heads) {
+    const auto& p = cfg.params;
+    const int64_t D = d_model_;
+    const int64_t Dk = std::llround(D * p.at("expand_k").get<double>()), Dv = std::llround(D * p.at("expand_v").get<double>());
+    if (heads_ <= 0 || Dk % heads_ != 0 || Dv % heads_ != 0 || Dk == 0 || Dv == 0) {
+      auto nearest = [&](int64_t w) {
+        const int64_t h = std::max<int64_t>(heads_, 1);
+        return std::to_string(double(std::max<int64_t>(h, (w + h / 2) / h * h)) / double(D));
+      };
+      throw ab::UsageError("kda: expand_k * d_model = " + std::to_string(Dk) + " and expand_v * d_model = " +
+                           std::to_string(Dv) + " must be positive multiples of model.heads = " +
+                           std::to_string(heads_) + " (d_model = " + std::to_string(D) +
+                           "); nearest valid: variant.expand_k=" + nearest(Dk) + ", variant.expand_v=" + nearest(Dv));
+    }
+    dk_ = Dk / heads_;
+    dv_ = Dv / heads_;
+    taps_ = p.at("conv_size").get<int64_t>();
+    opt_.chunk = p.at("chunk").get<int64_t>();
+    auto stream = [&](uint64_t which) { return ab::RngStream(cfg.seed, ab::Purpose::init, 1000 + cfg.layer, which); };
+    const int64_t widths[3] = {Dk, Dk, Dv};
+    const char* names[3] = {"q", "k", "v"};
+    const float cb = 1.0f / std::sqrt(static_cast<float>(taps_));
+    for (int i = 0; i < 3; ++i) {
+      w_[i] = add_param(std::string("w") + names[i], ab::init_xavier_uniform(D, widths[i], stream(i)));
+      cw_[i] = add_param(std::string("conv_") + names[i] + "_weight", ab::init_uniform({widths[i], taps_}, cb, stream(3 + i)));
+    }
+    wb_ = add_param("wbeta", ab::init_xavier_uniform(D, heads_, stream(6)));
+    wo_ = add_param("wo", ab::init_xavier_uniform(Dv, D, stream(7)));
+    wf1_ = add_param("wf1", ab::init_xavier_uniform(D, dv_, stream(8)));
+    wf2_ = add_param("wf2", ab::init_xavier_uniform(dv_, Dk, stream(9)));
+    wg1_ = add_param("wg1", ab::init_xavier_uniform(D, dv_, stream(10)));
+    wg2_ = add_param("wg2", ab::init_xavier_uniform(dv_, Dv, stream(11)));
+    bg_ = add_param("bg", ab::Tensor::zeros({Dv}));
+    norm_w_ = add_param("norm_weight", ab::Tensor::full({dv_}, 1.f));
+    norm_b_ = add_param("norm_bias", ab::Tensor::zeros({dv_}));
+    const double dt_min = p.at("dt_min").get<double>(), dt_max = p.at("dt_max").get<double>();
+    ab::Tensor dt_bias = ab::Tensor::empty({heads_, dk_}), a_log = ab::Tensor::empty({heads_, 1});
+    ab::RngStream r = stream(12);
+    for (int64_t i = 0; i < Dk; ++i) {
+      double dt = std::exp(std::log(dt_min) + r.uniform_double() * (std::log(dt_max) - std::log(dt_min)));
+      dt = std::max(dt, 1e-4);
+      dt_bias[i] = static_cast<float>(dt + std::log(-std::expm1(-dt)));  // softplus^-1(dt)
+    }
+    for (int64_t h = 0; h < heads_; ++h) a_log[h] = static_cast<float>(std::log(1.0 + 15.0 * r.uniform_double()));
+    dt_bias_ = add_param("dt_bias", dt_bias);
+    a_log_ = add_param("A_log", a_log);
+  }
+
+  static ab::VariantSpec spec() {
+    ab::VariantSpec s;
+    s.name = "kda";
+    s.family = "recurrent";
+    s.summary = "Kimi Delta Attention: the gated delta rule with a decay per key channel, low-rank gates";
+    s.reference = "Kimi Team 2025, Kimi Linear: An Expressive, Efficient Hybrid Architecture (arXiv 2510.26692)";
+    s.params = {
+        ab::int_param("chunk", 64, "chunk length of the chunked WY form (fla: 64)", 1, 4096),
+        ab::num_param("expand_k", 1.0, "key width as a fraction of d_model; expand_k D / heads must be whole", 0.0625, 4),
+        ab::num_param("expand_v", 1.0, "value width as a fraction of d_model (fla: 1); expand_v D / heads must be whole",
+                      0.0625, 4),
+        ab::int_param("conv_size", 4, "taps of the short convolutions on q, k and v (fla: 4)", 1, 8),
+        ab::num_param("dt_min", 1e-3, "smallest initial step size", 1e-5, 1.0),
+        ab::num_param("dt_max", 1e-1, "largest initial step size", 1e-5, 1.0),
+    };
+    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    s.check_params = ab::Json{{"chunk", 3}};  // several chunks, the last one partial, at N = 8
+    s.cost = cost;
+    return s;
+  }
+
+  static ab::Cost cost(const ab::CostArgs& a) {
+    const auto& p = *a.params;
+    const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
+    const double Dk = std::round(D * p.at("expand_k").get<double>()), Dv = std::round(D * p.at("expand_v").get<double>());
+    const double dk = Dk / H, dv = Dv / H, taps = double(p.at("conv_size").get<int64_t>());
+    const double C = std::min<double>(N, double(p.at("chunk").get<int64_t>()));
+    const double Np = std::ceil(N / C) * C;
+    const double dirs = a.causal ? 1 : 2;
+    // Per position of one (batch, head, direction), multiply-adds: the decayed K K^T and Q K^T
+    // (C dk each, plus C dk / 2 exps counted as one op each), W = T Kb (C dk), U = T Vb and P U~
+    // (2 C dv), T by substitution (C^2 / 6), U~, the state update and Q S (3 dk dv).
+    const double mix = Np * 2 * (3.5 * C * dk + 2 * C * dv + C * C / 6 + 3 * dk * dv);
+    ab::Cost c;
+    c.flops = 2 * B * N * D * (2 * Dk + Dv + H) + 2 * B * N * Dv * D + 2 * B * N * (2 * Dk + Dv) * taps +
+              2 * B * N * dv * (2 * D + Dk + Dv) + dirs * B * H * mix + 10 * B * N * (3 * Dk + 2 * Dv);
+    // Saved floats per position: projections, conv outputs, SiLU outputs, normalised q, k and v;
+    // beta's logits and beta; the gate path (low-rank hidden, logits, softplus, g: 3 Dk + dv) and
+    // the output gate (hidden, logits, sigmoid: 2 Dv + dv); output before/after the norm.
+    c.activation_bytes = 4 * B * N * (5 * Dk + 4 * Dv + 3 * Dv + 2 * H + 3 * Dk + 2 * Dv + 2 * dv);
+    c.state_bytes = 4 * B * H * dk * dv + 4 * B * (taps - 1) * (2 * Dk + Dv);
+    // Kernel backward peak: about 14 key-width (the per-channel cumulative decays, Gamma K, and
+    // the per-channel gate gradient), 5 value-width and 6 chunk-width buffers, chunk-start states
+    // and their gradients.
+    const double X = B * H * Np * dk, Y = B * H * Np * dv, Z = B * H * Np * C, SS = B * H * (Np / C) * dk * dv;
+    c.peak_bytes = c.activation_bytes + 4 * (14 * X + 5 * Y + 6 * Z + 2 * SS) + 4 * D * (2 * Dk + 2 * Dv);
+    return c;
+  }
+
+  // x: [B, N, D] -> [B, N, D]
+  ab::Var forward(const ab::Var& x, const ab::MixerContext& ctx) override {
+    const bool causal = ctx.causal;
+    auto conv = [&](int i, const ab::Var& in) { return ab::short_conv(in, cw_[i], ab::Var(), causal); };
+    auto mix = [&](const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::Var& beta, const ab::Var& g) {
+      return ab::delta_rule_mix(q, k, v, beta, g, opt_, causal);
+    };
+    return run(x, ctx.key_mask, conv, mix);
+  }
+
+  std::unique_ptr<ab::DecodeState> begin_decode(int64_t batch, const ab::MixerContext&) override {
+    return std::make_unique<KdaState>(batch, heads_, dk_, dv_, taps_);
+  }
+  // x_t: [B, 1, D] -> [B, 1, D]
+  ab::Tensor decode_step(const ab::Tensor& x_t, ab::DecodeState& state, const ab::MixerContext&) override {
+    ab::NoGrad ng;
+    auto& st = static_cast<KdaState&>(state);
+    auto conv = [&](int i, const ab::Var& in) { return ab::Var(st.conv[i].step(in.value(), cw_[i].value(), nullptr)); };
+    auto mix = [&](const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::Var& beta, const ab::Var& g) {
+      return ab::Var(st.s.step(q.value(), k.value(), v.value(), beta.value(), g.value()));
+    };
+    return run(ab::Var(x_t), nullptr, conv, mix).value();
+  }
+
+ private:
+  using ConvFn = std::function<ab::Var(int, const ab::Var&)>;
+  using MixFn = std::function<ab::Var(const ab::Var&, const ab::Var&, const ab::Var&, const ab::Var&, const ab::Var&)>;
+
+  ab::Var run(const ab::Var& x_in, const ab::Tensor* key_mask, const ConvFn& conv, const MixFn& mix) {
+    const int64_t B = x_in.dim(0), N = x_in.dim(1);
+    const ab::Tensor keep = ab::keep_flags(key_mask, {B, N});
+    const ab::Var x = key_mask ? ab::mul(x_in, ab::Var(keep.reshape({B, N, 1}))) : x_in;
+    auto heads = [&](const ab::Var& t, int64_t d) {  // [B, N, H d] -> [B, H, N, d]
+      return ab::permute(ab::reshape(t, {B, N, heads_, d}), {0, 2, 1, 3});
+    };
+    ab::Var u[3];
+    for (int i = 0; i < 3; ++i) u[i] = ab::silu(conv(i, ab::linear(x, w_[i])));
+    const ab::Var q = ab::scale(ab::l2_normalize(heads(u[0], dk_)), 1.0f / std::sqrt(static_cast<float>(dk_)));
+    const ab::Var k = ab::l2_normalize(heads(u[1], dk_));
+    const ab::Var v = heads(u[2], dv_);
+    ab::Var beta = ab::permute(ab::sigmoid(ab::linear(x, wb_)), {0, 2, 1});  // [B, H, N]
+    // g = -exp(A_log_h) softplus(x Wf1 Wf2 + dt_bias): [B, N, H, dk] -> [B, H, N, dk]
+    const ab::Var f = ab::linear(x, wf1_);  // [B, N, dv]
+    const ab::Var logits = ab::add(ab::reshape(ab::linear(f, wf2_), {B, N, heads_, dk_}), dt_bias_);
+    ab::Var g = ab::permute(ab::mul(ab::softplus(logits), ab::scale(ab::exp(a_log_), -1.f)), {0, 2, 1, 3});
+    if (key_mask) {
+      beta = ab::mul(beta, ab::Var(keep.reshape({B, 1, N})));
+      g = ab::mul(g, ab::Var(keep.reshape({B, 1, N, 1})));
+    }
+    const ab::Var o = mix(q, k, v, beta, g);                                      // [B, H, N, dv]
+    ab::Var y = ab::layer_norm(ab::permute(o, {0, 2, 1, 3}), norm_w_, norm_b_);  // [B, N, H, dv]
+    y = ab::reshape(y, {B, N, heads_ * dv_});
+    y = ab::mul(y, ab::sigmoid(ab::linear(ab::linear(x, wg1_), wg2_, bg_)));
+    return ab::linear(y, wo_);
+  }
+
+  int64_t d_model_, heads_, dk_ = 0, dv_ = 0, taps_ = 4;
+  ab::DeltaRuleOptions opt_;
+  ab::Var w_[3], cw_[3], wb_, wo_, wf1_, wf2_, wg1_, wg2_, bg_, norm_w_, norm_b_, dt_bias_, a_log_;
+};
+
+}  // namespace
+
+ATTNBENCH_REGISTER_VARIANT(Kda);
