@@ -34,7 +34,10 @@ namespace ab {
 //    attnbench/kernels/NAME.hpp); attnbench/kernels/delta_rule.hpp (the delta rule's chunked
 //    kernel and decode state); every op of ops.hpp and kernels/ says what it saves for backward
 //    (`check --trace-memory` measures it).
-#define ATTNBENCH_PLUGIN_ABI_VERSION 5
+// 6: spec builders, so a spec() is one call instead of a field-by-field block: variant_spec
+//    (variant.hpp) and task_spec (task.hpp); additive_mask (variant.hpp), the score mask of a
+//    context; one detail::Registrar behind both registration macros.
+#define ATTNBENCH_PLUGIN_ABI_VERSION 6
 inline constexpr int kPluginAbiVersion = ATTNBENCH_PLUGIN_ABI_VERSION;
 
 struct PluginInfo {
@@ -66,6 +69,16 @@ using PluginRegisterFn = void (*)(const std::string& origin);
 // Queues a registration until the loader has checked the ABI version (plugin_entry.cpp).
 [[gnu::visibility("hidden")]] void plugin_defer(PluginRegisterFn fn);
 #endif
+// A static object whose constructor registers (built-in) or queues the registration (plugin):
+// what ATTNBENCH_REGISTER_VARIANT and ATTNBENCH_REGISTER_TASK define.
+template <PluginRegisterFn Register>
+struct Registrar {
+#ifdef ATTNBENCH_PLUGIN
+  Registrar() { plugin_defer(Register); }
+#else
+  Registrar() { Register(""); }
+#endif
+};
 }  // namespace detail
 
 }  // namespace ab
