@@ -11,6 +11,7 @@
 
 #include "attnbench/check.hpp"
 #include "model/model.hpp"
+#include "support/model_grad.hpp"
 #include "support/random_tensors.hpp"
 #include "train/train.hpp"
 
@@ -240,14 +241,7 @@ TEST(ModelBlock, HybridWithShortConvNoMlpAndMqaGradientsMatchFiniteDifferences) 
     const RunConfig c = config("softmax", {"model.layers=2", "model.d_model=8", "model.heads=2", "model.mlp_dim=12",
                                            "model.mixers=softmax,linear_elu", "model.kv_heads=1", "model.mlp=false",
                                            "model.dropout=0", "model.causal=true", conv});
-    auto task = TaskRegistry::instance().get(c.task).make(c.task_params, 1);
-    Model model(c.model_params, VariantRegistry::instance().get("softmax"), c.variant_params, *task, 1);
-    const Batch batch = make_batch(*task, Split::train, {0, 1});
-    std::vector<Var> leaves;
-    for (auto& [n, v] : model.parameters()) leaves.push_back(v);
-    GradCheckOptions opt;
-    opt.max_elements = 6;
-    const auto rep = grad_check([&] { return cross_entropy(model.forward(batch, false, 0), batch.labels); }, leaves, opt);
+    const auto rep = test::model_grad_check(c);
     EXPECT_TRUE(rep.passed) << conv << ": " << rep.detail;
   }
 }
