@@ -46,6 +46,18 @@ def warn(message):
     print(f"warning: {message}", file=sys.stderr)
 
 
+def load_or_report(prog, load):
+    """load() for a script's main(): a missing path or an input that is not a results tree is
+    printed as `prog: ...` on stderr and gives None (the script then exits 2)."""
+    try:
+        return load()
+    except FileNotFoundError as e:
+        print(f"{prog}: no such file or directory: {e}", file=sys.stderr)
+    except abschema.InputError as e:  # no run file found, one nested too deep
+        print(f"{prog}: {e}", file=sys.stderr)
+    return None
+
+
 class NoRunsError(abschema.InputError):
     """No run file was found under the given paths (a usage error for the scripts)."""
 

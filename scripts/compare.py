@@ -28,7 +28,6 @@ import argparse
 import sys
 
 import abresults
-import abschema
 from abresults import OK
 
 REGRESSION = "regression"
@@ -228,6 +227,12 @@ def describe(row):
     return f"train {row['variant_label']} on {row['task_label']} seed {row['seed']} ({row['status']})"
 
 
+def verdict_class(flags):
+    """A compared row's class for the report's table: REGRESSION or IMPROVEMENT when flagged so, else None."""
+    kinds = {k for k, _ in flags}
+    return REGRESSION if REGRESSION in kinds else IMPROVEMENT if IMPROVEMENT in kinds else None
+
+
 def flag_text(flags):
     marks = {REGRESSION: "REGRESSION: ", IMPROVEMENT: "improved: ", "": ""}
     return "; ".join(marks[k] + text for k, text in flags)
@@ -316,15 +321,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not 0 <= args.threshold < 10:
         parser.error("--threshold must be in [0, 10)")
-    try:
-        runs_a = abresults.load([args.a])
-        runs_b = abresults.load([args.b])
-    except FileNotFoundError as e:
-        print(f"compare.py: no such file or directory: {e}", file=sys.stderr)
+    loaded = abresults.load_or_report("compare.py", lambda: (abresults.load([args.a]), abresults.load([args.b])))
+    if loaded is None:
         return 2
-    except abschema.InputError as e:  # no run file found, one nested too deep
-        print(f"compare.py: {e}", file=sys.stderr)
-        return 2
+    runs_a, runs_b = loaded
     result = compare_sets(runs_a, runs_b, args.threshold)
     print(text_report(result, args.a, args.b))
     if args.fail_if_regression and result["regressions"]:

@@ -102,6 +102,15 @@ def _finish(fig):
     return fig
 
 
+def _label(ax, xlabel, ylabel, title, title_size, legend_size):
+    """Axis labels, title, the log grid and the legend every line plot carries."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=title_size)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
 def _wrap(text, width=70):
     return "\n".join(textwrap.wrap(text, width)) or text
 
@@ -182,11 +191,7 @@ def bench_time(rows, title):
         ax.errorbar(xs, med, yerr=[lo, hi], color=colour, marker=marker, capsize=3, linewidth=1.5,
                     label=label + _failed_note(failed))
     _log_axes(ax, lengths)
-    ax.set_xlabel("sequence length N")
-    ax.set_ylabel("time per call (ms, median; bars min..max)")
-    ax.set_title(_wrap(title), fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    _label(ax, "sequence length N", "time per call (ms, median; bars min..max)", _wrap(title), 10, 8)
     return _finish(fig)
 
 
@@ -216,11 +221,7 @@ def roofline(rows, title):
                 label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("arithmetic intensity (FLOP / byte)")
-    ax.set_ylabel("achieved GFLOP/s (median)")
-    ax.set_title(_wrap(title), fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    _label(ax, "arithmetic intensity (FLOP / byte)", "achieved GFLOP/s (median)", _wrap(title), 10, 7)
     return _finish(fig)
 
 
@@ -241,11 +242,7 @@ def bench_memory(groups):
             ys = [p["peak_bytes"] / 2**20 for _, p in points]
             ax.plot(xs, ys, color=colour, marker=marker, linewidth=1.5, label=label + _failed_note(failed))
         _log_axes(ax, lengths)
-        ax.set_xlabel("sequence length N")
-        ax.set_ylabel("peak tracked memory (MiB)")
-        ax.set_title(_wrap(title, 60), fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        _label(ax, "sequence length N", "peak tracked memory (MiB)", _wrap(title, 60), 9, 7)
     return _finish(fig)
 
 

@@ -27,7 +27,6 @@ import urllib.parse
 from pathlib import Path
 
 import abresults
-import abschema
 import compare
 import plots
 from abresults import OK
@@ -847,9 +846,7 @@ def section_comparison(doc, result, baseline_paths):
     if result["bench"]:
         rows, classes = [], []
         for r in result["bench"]:
-            kinds = {k for k, _ in r["flags"]}
-            classes.append("regression" if compare.REGRESSION in kinds else
-                           "improvement" if compare.IMPROVEMENT in kinds else None)
+            classes.append(compare.verdict_class(r["flags"]))
             rows.append([Cell(r["variant_label"]), r["direction"], str(r["seq_len"]), Cell(r["shape"], cls="label"),
                          compare.fmt_ms(r["a"]), compare.fmt_ms(r["b"]), compare.fmt_ratio(r["time_ratio"]),
                          compare.fmt_mib(r["a"]), compare.fmt_mib(r["b"]), compare.fmt_ratio(r["memory_ratio"]),
@@ -860,9 +857,7 @@ def section_comparison(doc, result, baseline_paths):
     if result["train"]:
         rows, classes = [], []
         for r in result["train"]:
-            kinds = {k for k, _ in r["flags"]}
-            classes.append("regression" if compare.REGRESSION in kinds else
-                           "improvement" if compare.IMPROVEMENT in kinds else None)
+            classes.append(compare.verdict_class(r["flags"]))
             rows.append([Cell(r["variant_label"]), Cell(r["task_label"], cls="label"), compare.fmt_acc(r["a"]),
                          compare.fmt_acc(r["b"]), "-" if r["acc_diff"] is None else f"{100 * r['acc_diff']:+.2f}",
                          compare.fmt_ratio(r["speed_ratio"]), compare.fmt_ratio(r["memory_ratio"]),
@@ -1024,16 +1019,12 @@ def main(argv=None):
         print(f"report.py: --out {args.out} is a directory; give the HTML file to write, "
               f"e.g. {Path(args.out) / 'report.html'}", file=sys.stderr)
         return 2
-    try:
-        runs = abresults.load(args.paths)
-        baseline = abresults.load(args.baseline) if args.baseline else None
-        manifests = abresults.load_manifests(args.paths)
-    except FileNotFoundError as e:
-        print(f"report.py: no such file or directory: {e}", file=sys.stderr)
+    loaded = abresults.load_or_report("report.py", lambda: (
+        abresults.load(args.paths), abresults.load(args.baseline) if args.baseline else None,
+        abresults.load_manifests(args.paths)))
+    if loaded is None:
         return 2
-    except abschema.InputError as e:  # no run file found, one nested too deep
-        print(f"report.py: {e}", file=sys.stderr)
-        return 2
+    runs, baseline, manifests = loaded
     title = args.title
     if not title:
         names = sorted({str(m.get("name")) for m in manifests if m.get("name")})

@@ -48,31 +48,34 @@ constexpr uint64_t kRecallStream = 0x4173736F63524Cull;  // "AssocRL"
 class AssociativeRecall : public ab::SplitTask {
  public:
   static ab::TaskSpec spec() {
-    ab::TaskSpec s;
-    s.name = "associative_recall";
-    s.summary = "H3/Hyena associative recall: key-value pairs, then \"=>\" and a key; emit its value (last position)";
-    s.reference = "Fu et al. 2023, Hungry Hungry Hippos; Poli et al. 2023, Hyena Hierarchy (safari synthetics)";
     using ab::null_int_param;
-    s.params = {
-        ab::enum_param("preset", "small", {"small", "hyena"},
-                       "defaults of the null parameters: small = safari's dataset default as used by H3 (vocab 20, "
-                       "L 40, 5,000 / 500 / 500), already CPU-sized; hyena = the long-sequence experiment (vocab 30, "
-                       "L 131,072, 2,000 training samples per the paper's Table A.1, 500 / 500 held out)"),
-        null_int_param("vocab_size", "safari's vocab_size, counting \"=>\" and \".\"; null = 20 (small) / 30 (hyena)",
-                       6, 1 << 20),
-        null_int_param("seq_len", "L: tokens of key-value pairs before \"=>\"; null = 40 (small) / 131072 (hyena)", 2,
-                       1 << 26),
-        null_int_param("test_seq_len", "L of the validation and test splits; null = seq_len", 2, 1 << 26),
-        ab::int_param("num_keys", 1, "keys per tuple (safari default 1)", 1, 16),
-        ab::bool_param("allow_dot", false, "an absent query key is answered by \".\" (safari default false)"),
-        ab::enum_param("train_targets", "all", {"all", "answer"},
-                       "training split targets: all = next token at every position (safari), answer = only the "
-                       "value after the query, as in the test split"),
-        ab::bool_param("dedupe", true, "drop repeated sequences within a split (safari does); builds the index up front"),
-        null_int_param("train_size", "training examples; null = 5,000 (small) / 2,000 (hyena)", 1, 1e12),
-        null_int_param("valid_size", "validation examples; null = 500", 1, 1e10),
-        null_int_param("test_size", "test examples; null = 500", 1, 1e10),
-    };
+    ab::TaskSpec s = ab::task_spec(
+        "associative_recall",
+        "H3/Hyena associative recall: key-value pairs, then \"=>\" and a key; emit its value (last position)",
+        "Fu et al. 2023, Hungry Hungry Hippos; Poli et al. 2023, Hyena Hierarchy (safari synthetics)",
+        {
+            ab::enum_param(
+                "preset", "small", {"small", "hyena"},
+                "defaults of the null parameters: small = safari's dataset default as used by H3 (vocab 20, "
+                "L 40, 5,000 / 500 / 500), already CPU-sized; hyena = the long-sequence experiment (vocab 30, "
+                "L 131,072, 2,000 training samples per the paper's Table A.1, 500 / 500 held out)"),
+            null_int_param("vocab_size",
+                           "safari's vocab_size, counting \"=>\" and \".\"; null = 20 (small) / 30 (hyena)", 6,
+                           1 << 20),
+            null_int_param("seq_len", "L: tokens of key-value pairs before \"=>\"; null = 40 (small) / 131072 (hyena)",
+                           2, 1 << 26),
+            null_int_param("test_seq_len", "L of the validation and test splits; null = seq_len", 2, 1 << 26),
+            ab::int_param("num_keys", 1, "keys per tuple (safari default 1)", 1, 16),
+            ab::bool_param("allow_dot", false, "an absent query key is answered by \".\" (safari default false)"),
+            ab::enum_param("train_targets", "all", {"all", "answer"},
+                           "training split targets: all = next token at every position (safari), answer = only the "
+                           "value after the query, as in the test split"),
+            ab::bool_param("dedupe", true,
+                           "drop repeated sequences within a split (safari does); builds the index up front"),
+            null_int_param("train_size", "training examples; null = 5,000 (small) / 2,000 (hyena)", 1, 1e12),
+            null_int_param("valid_size", "validation examples; null = 500", 1, 1e10),
+            null_int_param("test_size", "test examples; null = 500", 1, 1e10),
+        });
     // The training targets are the next tokens (input = seq[:-1], target = seq[1:]): causal models,
     // as in safari, and no dropout.
     s.defaults = {{"model", {{"dropout", 0.0}, {"causal", true}}}};

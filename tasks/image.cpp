@@ -79,26 +79,25 @@ struct Shape {
 class Image : public ab::SplitTask, public ab::ImageTask {
  public:
   static ab::TaskSpec spec() {
-    ab::TaskSpec s;
-    s.name = "image";
-    s.summary = "Synthetic 32x32 grayscale shapes, 10 classes, as 1,024 pixel tokens (sequential CIFAR-10 stand-in)";
-    s.reference = "Tay et al. 2021, Long Range Arena (sequential image classification); synthetic stand-in";
     using ab::null_int_param;
-    s.params = {
-        ab::enum_param("preset", "small", {"small", "lra"},
-                       "defaults of the null split sizes: small = 10,000 / 1,000 / 1,000; lra = CIFAR-10's 45,000 / "
-                       "5,000 / 10,000"),
-        ab::num_param("noise", 12.0, "largest standard deviation of the pixel noise (each image draws 0..noise)", 0.0,
-                      128.0),
-        ab::int_param("clutter", 3, "largest number of small random specks per image", 0, 64),
-        ab::bool_param("black_is_padding", false,
-                       "LRA's token convention: token = gray level, so black pixels are padding (vocabulary 256); "
-                       "false = gray level + 1 (vocabulary 257)"),
-        null_int_param("train_size", "training images; null = 10,000 (small) / 45,000 (lra)", 1, 1e10),
-        null_int_param("valid_size", "validation images; null = 1,000 (small) / 5,000 (lra)", 1, 1e10),
-        null_int_param("test_size", "test images; null = 1,000 (small) / 10,000 (lra)", 1, 1e10),
-    };
-    return s;
+    return ab::task_spec(
+        "image", "Synthetic 32x32 grayscale shapes, 10 classes, as 1,024 pixel tokens (sequential CIFAR-10 stand-in)",
+        "Tay et al. 2021, Long Range Arena (sequential image classification); synthetic stand-in",
+        {
+            ab::enum_param(
+                "preset", "small", {"small", "lra"},
+                "defaults of the null split sizes: small = 10,000 / 1,000 / 1,000; lra = CIFAR-10's 45,000 / "
+                "5,000 / 10,000"),
+            ab::num_param("noise", 12.0, "largest standard deviation of the pixel noise (each image draws 0..noise)",
+                          0.0, 128.0),
+            ab::int_param("clutter", 3, "largest number of small random specks per image", 0, 64),
+            ab::bool_param("black_is_padding", false,
+                           "LRA's token convention: token = gray level, so black pixels are padding (vocabulary 256); "
+                           "false = gray level + 1 (vocabulary 257)"),
+            null_int_param("train_size", "training images; null = 10,000 (small) / 45,000 (lra)", 1, 1e10),
+            null_int_param("valid_size", "validation images; null = 1,000 (small) / 5,000 (lra)", 1, 1e10),
+            null_int_param("test_size", "test images; null = 1,000 (small) / 10,000 (lra)", 1, 1e10),
+        });
   }
 
   Image(const Json& p, uint64_t seed) : SplitTask("image", p, seed, "lra") {

@@ -47,35 +47,38 @@ constexpr uint64_t kInductionStream = 0x496E6448656164ull;  // "IndHead"
 class InductionHeads : public ab::SplitTask {
  public:
   static ab::TaskSpec spec() {
-    ab::TaskSpec s;
-    s.name = "induction_heads";
-    s.summary = "H3/Mamba induction head: after the final \"=>\" emit the token that followed the earlier trigger";
-    s.reference = "Fu et al. 2023, Hungry Hungry Hippos (safari synthetics); Gu & Dao 2023, Mamba §4.1.2";
     using ab::null_int_param;
-    s.params = {
-        ab::enum_param("preset", "small", {"small", "mamba"},
-                       "defaults of the null parameters: small = the H3 setting (vocab 20, L 30, 5,000 / 500 / 500, "
-                       "deduplicated), already CPU-sized; mamba = Mamba's (vocab 16, L 256, 204,800 steps x batch 8 "
-                       "of fresh examples = 1,638,400, 1,000 / 1,000 held out, no dedupe)"),
-        null_int_param("vocab_size", "safari's vocab_size, counting \"=>\" and \".\"; null = 20 (small) / 16 (mamba)",
-                       4, 1 << 20),
-        null_int_param("seq_len", "L: random tokens before the final \"=>\"; null = 30 (small) / 256 (mamba)", 3,
-                       1 << 24),
-        null_int_param("test_seq_len", "L of the validation and test splits (length extrapolation); null = seq_len", 3,
-                       1 << 24),
-        ab::int_param("induction_len", 1, "tokens copied after each trigger (safari default 1)", 1, 1 << 16),
-        ab::int_param("num_triggers", 1, "triggers drawn when not forced to 1 (probability 0.5; safari default 1)", 1,
-                      1 << 16),
-        ab::enum_param("train_targets", "all", {"all", "answer"},
-                       "training split targets: all = next token at every position (safari), answer = only the "
-                       "copied token(s) as in the test split"),
-        ab::null_bool_param("dedupe",
-                            "drop repeated sequences within a split (safari does); builds the index up front; null = "
-                            "true (small) / false (mamba)"),
-        null_int_param("train_size", "training examples; null = 5,000 (small) / 1,638,400 (mamba)", 1, 1e12),
-        null_int_param("valid_size", "validation examples; null = 500 (small) / 1,000 (mamba)", 1, 1e10),
-        null_int_param("test_size", "test examples; null = 500 (small) / 1,000 (mamba)", 1, 1e10),
-    };
+    ab::TaskSpec s = ab::task_spec(
+        "induction_heads",
+        "H3/Mamba induction head: after the final \"=>\" emit the token that followed the earlier trigger",
+        "Fu et al. 2023, Hungry Hungry Hippos (safari synthetics); Gu & Dao 2023, Mamba §4.1.2",
+        {
+            ab::enum_param(
+                "preset", "small", {"small", "mamba"},
+                "defaults of the null parameters: small = the H3 setting (vocab 20, L 30, 5,000 / 500 / 500, "
+                "deduplicated), already CPU-sized; mamba = Mamba's (vocab 16, L 256, 204,800 steps x batch 8 "
+                "of fresh examples = 1,638,400, 1,000 / 1,000 held out, no dedupe)"),
+            null_int_param("vocab_size",
+                           "safari's vocab_size, counting \"=>\" and \".\"; null = 20 (small) / 16 (mamba)", 4,
+                           1 << 20),
+            null_int_param("seq_len", "L: random tokens before the final \"=>\"; null = 30 (small) / 256 (mamba)", 3,
+                           1 << 24),
+            null_int_param("test_seq_len", "L of the validation and test splits (length extrapolation); null = seq_len",
+                           3, 1 << 24),
+            ab::int_param("induction_len", 1, "tokens copied after each trigger (safari default 1)", 1, 1 << 16),
+            ab::int_param("num_triggers", 1, "triggers drawn when not forced to 1 (probability 0.5; safari default 1)",
+                          1, 1 << 16),
+            ab::enum_param("train_targets", "all", {"all", "answer"},
+                           "training split targets: all = next token at every position (safari), answer = only the "
+                           "copied token(s) as in the test split"),
+            ab::null_bool_param(
+                "dedupe",
+                "drop repeated sequences within a split (safari does); builds the index up front; null = "
+                "true (small) / false (mamba)"),
+            null_int_param("train_size", "training examples; null = 5,000 (small) / 1,638,400 (mamba)", 1, 1e12),
+            null_int_param("valid_size", "validation examples; null = 500 (small) / 1,000 (mamba)", 1, 1e10),
+            null_int_param("test_size", "test examples; null = 500 (small) / 1,000 (mamba)", 1, 1e10),
+        });
     // The training targets are the next tokens (input = seq[:-1], target = seq[1:]): causal models,
     // as in safari, and no dropout.
     s.defaults = {{"model", {{"dropout", 0.0}, {"causal", true}}}};

@@ -74,23 +74,25 @@ uint64_t hash_tokens(const uint8_t* p, size_t n) {
 class ListOps : public ab::SplitTask {
  public:
   static ab::TaskSpec spec() {
-    ab::TaskSpec s;
-    s.name = "listops";
-    s.summary = "LRA ListOps: evaluate nested MIN/MAX/MED/SM lists of digits (10 classes)";
-    s.reference = "Tay et al. 2021, Long Range Arena (ListOps after Nangia & Bowman 2018)";
-    s.params = {
-        ab::int_param("max_length", 2000, "padded model length; trees are strictly shorter (LRA: 2000)", 8, 65536),
-        ab::ParamSpec{"min_length", ab::ParamType::integer, Json(),
-                      "trees are strictly longer than this; null = max_length / 4 (LRA: 500 for 2000); "
-                      "must be < max_length - 1",
-                      0, 65536, {}},
-        ab::int_param("max_depth", 10, "maximum nesting depth, the root at depth 1 (LRA: 10)", 1, 64),
-        ab::int_param("max_args", 10, "maximum number of arguments of an operator, at least 2 (LRA: 10)", 2, 64),
-        ab::int_param("train_size", 96000, "training trees (LRA: 96,000)", 1, 10'000'000),
-        ab::int_param("valid_size", 2000, "validation trees (LRA: 2,000)", 1, 10'000'000),
-        ab::int_param("test_size", 2000, "test trees (LRA: 2,000)", 1, 10'000'000),
-    };
-    return s;
+    return ab::task_spec(
+        "listops", "LRA ListOps: evaluate nested MIN/MAX/MED/SM lists of digits (10 classes)",
+        "Tay et al. 2021, Long Range Arena (ListOps after Nangia & Bowman 2018)",
+        {
+            ab::int_param("max_length", 2000, "padded model length; trees are strictly shorter (LRA: 2000)", 8, 65536),
+            ab::ParamSpec{"min_length",
+                          ab::ParamType::integer,
+                          Json(),
+                          "trees are strictly longer than this; null = max_length / 4 (LRA: 500 for 2000); "
+                          "must be < max_length - 1",
+                          0,
+                          65536,
+                          {}},
+            ab::int_param("max_depth", 10, "maximum nesting depth, the root at depth 1 (LRA: 10)", 1, 64),
+            ab::int_param("max_args", 10, "maximum number of arguments of an operator, at least 2 (LRA: 10)", 2, 64),
+            ab::int_param("train_size", 96000, "training trees (LRA: 96,000)", 1, 10'000'000),
+            ab::int_param("valid_size", 2000, "validation trees (LRA: 2,000)", 1, 10'000'000),
+            ab::int_param("test_size", 2000, "test trees (LRA: 2,000)", 1, 10'000'000),
+        });
   }
 
   ListOps(const Json& p, uint64_t seed) : SplitTask("listops", p, seed) {

@@ -44,12 +44,9 @@ inline std::vector<ParamSpec> params(int64_t vocab, double vocab_min, int64_t se
 
 // A MAD task's spec: its name, summary and parameters under the reference every MAD task shares.
 inline TaskSpec spec(std::string name, std::string summary, std::vector<ParamSpec> params) {
-  TaskSpec s;
-  s.name = std::move(name);
-  s.summary = std::move(summary);
-  s.reference = "Poli et al. 2024, Mechanistic Design and Scaling of Hybrid Architectures (athms/mad-lab)";
-  s.params = std::move(params);
-  return s;
+  return task_spec(std::move(name), std::move(summary),
+                   "Poli et al. 2024, Mechanistic Design and Scaling of Hybrid Architectures (athms/mad-lab)",
+                   std::move(params));
 }
 
 class Task : public SplitTask {

@@ -777,49 +777,56 @@ class Canvas {
 class Pathfinder : public ab::SplitTask, public ab::ImageTask {
  public:
   static ab::TaskSpec spec() {
-    ab::TaskSpec s;
-    s.name = "pathfinder";
-    s.summary = "LRA Pathfinder / Path-X: are the two markers joined by one dashed curve? (pixels as tokens)";
-    s.reference = "Tay et al. 2021, Long Range Arena; Linsley et al. 2018 and Kim et al. 2020 (snakes generator)";
     using ab::null_int_param;
-    s.params = {
-        ab::enum_param("preset", "small", {"small", "lra"},
-                       "defaults of the null split sizes: small = 20,000 / 2,000 / 2,000 images; lra = LRA's 160,000 / "
-                       "20,000 / 20,000 (80/10/10 of 200,000)"),
-        null_int_param("resolution",
-                       "image side: 32 (LRA Pathfinder), 64, 128 (Path-X) or 256, each with LRA's generator settings; "
-                       "seq_len = resolution^2; null = 32 (generated) / the images' size (lra_files)",
-                       kMinResolution, kMaxResolution),
-        ab::int_param("contour_length", 14,
-                      "paddles per target snake: 6 = LRA's easy split (curv_baseline), 9 = intermediate, 14 = hard "
-                      "(LRA's Pathfinder and Path-X)",
-                      2, 40),
-        null_int_param("distractor_length", "paddles per distractor snake; null = contour_length // 3 (LRA)", 1, 40),
-        null_int_param("num_distractor_snakes",
-                       "distractor snakes; null = LRA's budget // distractor_length (budget 20 / 22 / 35 / 30 at 32 / "
-                       "64 / 128 / 256); at most 62 (the generator tracks snakes in 64-bit masks)",
-                       0, 62),
-        ab::bool_param("black_is_padding", false,
-                       "LRA's token convention: token = gray level, so black pixels are padding (vocabulary 256); "
-                       "false = gray level + 1, nothing is padding (vocabulary 257)"),
-        ab::enum_param("source", "generated", {"generated", "lra_files"},
-                       "generated = the generator above; lra_files = read the LRA release's PNGs and metadata"),
-        ab::ParamSpec{"path", ab::ParamType::string, Json(""),
-                      "with source=lra_files: the contour directory, e.g. lra_release/pathfinder32/"
-                      "curv_contour_length_14 (metadata/*.npy text lines and the PNGs they name)",
-                      -1e300, 1e300, {}},
-        ab::int_param("cache_mb", 1024,
-                      "keep generated images in memory up to this many MiB, so later epochs do not redraw them (the "
-                      "generator restarts an image thousands of times at 64 and 128, as the original does: ~0.2 ms "
-                      "per image at 32, ~5 at 64, ~16 at 128 on one core); 0 = off",
-                      0, 1 << 20),
-        null_int_param("train_size", "training images; null = 20,000 (small) / 160,000 (lra) / 80% of the files",
-                       1, 1e10),
-        null_int_param("valid_size", "validation images; null = 2,000 (small) / 20,000 (lra) / 10% of the files",
-                       1, 1e10),
-        null_int_param("test_size", "test images; null = 2,000 (small) / 20,000 (lra) / 10% of the files", 1, 1e10),
-    };
-    return s;
+    return ab::task_spec(
+        "pathfinder", "LRA Pathfinder / Path-X: are the two markers joined by one dashed curve? (pixels as tokens)",
+        "Tay et al. 2021, Long Range Arena; Linsley et al. 2018 and Kim et al. 2020 (snakes generator)",
+        {
+            ab::enum_param(
+                "preset", "small", {"small", "lra"},
+                "defaults of the null split sizes: small = 20,000 / 2,000 / 2,000 images; lra = LRA's 160,000 / "
+                "20,000 / 20,000 (80/10/10 of 200,000)"),
+            null_int_param(
+                "resolution",
+                "image side: 32 (LRA Pathfinder), 64, 128 (Path-X) or 256, each with LRA's generator settings; "
+                "seq_len = resolution^2; null = 32 (generated) / the images' size (lra_files)",
+                kMinResolution, kMaxResolution),
+            ab::int_param("contour_length", 14,
+                          "paddles per target snake: 6 = LRA's easy split (curv_baseline), 9 = intermediate, 14 = hard "
+                          "(LRA's Pathfinder and Path-X)",
+                          2, 40),
+            null_int_param("distractor_length", "paddles per distractor snake; null = contour_length // 3 (LRA)", 1,
+                           40),
+            null_int_param(
+                "num_distractor_snakes",
+                "distractor snakes; null = LRA's budget // distractor_length (budget 20 / 22 / 35 / 30 at 32 / "
+                "64 / 128 / 256); at most 62 (the generator tracks snakes in 64-bit masks)",
+                0, 62),
+            ab::bool_param("black_is_padding", false,
+                           "LRA's token convention: token = gray level, so black pixels are padding (vocabulary 256); "
+                           "false = gray level + 1, nothing is padding (vocabulary 257)"),
+            ab::enum_param("source", "generated", {"generated", "lra_files"},
+                           "generated = the generator above; lra_files = read the LRA release's PNGs and metadata"),
+            ab::ParamSpec{"path",
+                          ab::ParamType::string,
+                          Json(""),
+                          "with source=lra_files: the contour directory, e.g. lra_release/pathfinder32/"
+                          "curv_contour_length_14 (metadata/*.npy text lines and the PNGs they name)",
+                          -1e300,
+                          1e300,
+                          {}},
+            ab::int_param(
+                "cache_mb", 1024,
+                "keep generated images in memory up to this many MiB, so later epochs do not redraw them (the "
+                "generator restarts an image thousands of times at 64 and 128, as the original does: ~0.2 ms "
+                "per image at 32, ~5 at 64, ~16 at 128 on one core); 0 = off",
+                0, 1 << 20),
+            null_int_param("train_size", "training images; null = 20,000 (small) / 160,000 (lra) / 80% of the files", 1,
+                           1e10),
+            null_int_param("valid_size", "validation images; null = 2,000 (small) / 20,000 (lra) / 10% of the files", 1,
+                           1e10),
+            null_int_param("test_size", "test images; null = 2,000 (small) / 20,000 (lra) / 10% of the files", 1, 1e10),
+        });
   }
 
   Pathfinder(const Json& p, uint64_t seed) : SplitTask("pathfinder", p, seed, "lra") {

@@ -48,33 +48,36 @@ constexpr int kTopicWords = 6, kFingerprint = 4, kDistractorTopics = 2;
 class Retrieval : public ab::SplitTask {
  public:
   static ab::TaskSpec spec() {
-    ab::TaskSpec s;
-    s.name = "retrieval";
-    s.summary = "Byte-level document pairs (AAN stand-in): do the two documents share a topic? (dual encoder)";
-    s.reference = "Tay et al. 2021, Long Range Arena (byte-level document retrieval); synthetic stand-in";
     using ab::null_int_param;
-    s.params = {
-        ab::enum_param("preset", "small", {"small", "lra"},
-                       "defaults of the null parameters: small = documents of 512-1,024 bytes, 20,000 / 2,000 / "
-                       "2,000 pairs; lra = 1,024-4,000 bytes (LRA's 4,000 per document) and AAN's split sizes "
-                       "147,086 / 18,090 / 17,437"),
-        null_int_param("min_length", "shortest generated document in bytes; null = 512 (small) / 1024 (lra)",
-                       64, 1 << 24),
-        null_int_param("max_length", "bytes per document = seq_len; null = 1024 (small) / 4000 (lra)", 256, 1 << 24),
-        ab::int_param("num_topics", 256, "topics (each a fingerprint of 6 rare words)", 4, 100000),
-        ab::enum_param("source", "generated", {"generated", "lra_files"},
-                       "generated = the generator above; lra_files = LRA's AAN pairs from `path`"),
-        ab::ParamSpec{"path", ab::ParamType::string, Json(""),
-                      "with source=lra_files: the directory holding new_aan_pairs.{train,eval,test}.tsv "
-                      "(lra_release/tsv_data)",
-                      -1e300, 1e300, {}},
-        null_int_param("train_size", "training pairs; null = 20,000 (small) / 147,086 (lra) / all in the file",
-                       1, 1e10),
-        null_int_param("valid_size", "validation pairs; null = 2,000 (small) / 18,090 (lra) / all in the file",
-                       1, 1e10),
-        null_int_param("test_size", "test pairs; null = 2,000 (small) / 17,437 (lra) / all in the file", 1, 1e10),
-    };
-    return s;
+    return ab::task_spec(
+        "retrieval", "Byte-level document pairs (AAN stand-in): do the two documents share a topic? (dual encoder)",
+        "Tay et al. 2021, Long Range Arena (byte-level document retrieval); synthetic stand-in",
+        {
+            ab::enum_param("preset", "small", {"small", "lra"},
+                           "defaults of the null parameters: small = documents of 512-1,024 bytes, 20,000 / 2,000 / "
+                           "2,000 pairs; lra = 1,024-4,000 bytes (LRA's 4,000 per document) and AAN's split sizes "
+                           "147,086 / 18,090 / 17,437"),
+            null_int_param("min_length", "shortest generated document in bytes; null = 512 (small) / 1024 (lra)", 64,
+                           1 << 24),
+            null_int_param("max_length", "bytes per document = seq_len; null = 1024 (small) / 4000 (lra)", 256,
+                           1 << 24),
+            ab::int_param("num_topics", 256, "topics (each a fingerprint of 6 rare words)", 4, 100000),
+            ab::enum_param("source", "generated", {"generated", "lra_files"},
+                           "generated = the generator above; lra_files = LRA's AAN pairs from `path`"),
+            ab::ParamSpec{"path",
+                          ab::ParamType::string,
+                          Json(""),
+                          "with source=lra_files: the directory holding new_aan_pairs.{train,eval,test}.tsv "
+                          "(lra_release/tsv_data)",
+                          -1e300,
+                          1e300,
+                          {}},
+            null_int_param("train_size", "training pairs; null = 20,000 (small) / 147,086 (lra) / all in the file", 1,
+                           1e10),
+            null_int_param("valid_size", "validation pairs; null = 2,000 (small) / 18,090 (lra) / all in the file", 1,
+                           1e10),
+            null_int_param("test_size", "test pairs; null = 2,000 (small) / 17,437 (lra) / all in the file", 1, 1e10),
+        });
   }
 
   Retrieval(const Json& p, uint64_t seed) : SplitTask("retrieval", p, seed, "lra") {

@@ -36,29 +36,29 @@ constexpr uint64_t kCopyStream = 0x53656C436F7079ull;  // "SelCopy"
 class SelectiveCopying : public ab::SplitTask {
  public:
   static ab::TaskSpec spec() {
-    ab::TaskSpec s;
-    s.name = "selective_copying";
-    s.summary = "Mamba selective copying: emit the data tokens scattered among noise, in order, at the markers";
-    s.reference = "Gu & Dao 2023, Mamba (§4.1.1, App. E.1); generator after S4's copying dataset";
     using ab::null_int_param;
-    s.params = {
-        ab::enum_param("preset", "small", {"small", "paper"},
-                       "defaults of the null parameters: small = 256 noise positions, 100,000 / 1,000 / 1,000 "
-                       "examples; paper = Mamba's 4,096 noise positions and 400K steps x batch 64 of fresh "
-                       "examples (25,600,000), 1,000 / 1,000 held out"),
-        null_int_param("num_noise",
-                       "L: noise positions (the data tokens hide among L + M); null = 256 (small) / 4096 (paper)", 0,
-                       1 << 24),
-        ab::int_param("num_data", 16, "M: data tokens to copy (Mamba: 16)", 1, 1 << 16),
-        ab::int_param("alphabet", 16,
-                      "A: S4's dictionary size including the noise and marker symbols, so the data tokens take "
-                      "A - 2 values (Mamba: 16)",
-                      3, 1 << 20),
-        ab::bool_param("variable", true, "scatter the data tokens (selective copying); false = vanilla copying"),
-        null_int_param("train_size", "training examples; null = 100,000 (small) / 25,600,000 (paper)", 1, 1e12),
-        ab::int_param("valid_size", 1000, "validation examples (S4: n_eval 1,000)", 1, 1e10),
-        ab::int_param("test_size", 1000, "test examples", 1, 1e10),
-    };
+    ab::TaskSpec s = ab::task_spec(
+        "selective_copying",
+        "Mamba selective copying: emit the data tokens scattered among noise, in order, at the markers",
+        "Gu & Dao 2023, Mamba (§4.1.1, App. E.1); generator after S4's copying dataset",
+        {
+            ab::enum_param("preset", "small", {"small", "paper"},
+                           "defaults of the null parameters: small = 256 noise positions, 100,000 / 1,000 / 1,000 "
+                           "examples; paper = Mamba's 4,096 noise positions and 400K steps x batch 64 of fresh "
+                           "examples (25,600,000), 1,000 / 1,000 held out"),
+            null_int_param("num_noise",
+                           "L: noise positions (the data tokens hide among L + M); null = 256 (small) / 4096 (paper)",
+                           0, 1 << 24),
+            ab::int_param("num_data", 16, "M: data tokens to copy (Mamba: 16)", 1, 1 << 16),
+            ab::int_param("alphabet", 16,
+                          "A: S4's dictionary size including the noise and marker symbols, so the data tokens take "
+                          "A - 2 values (Mamba: 16)",
+                          3, 1 << 20),
+            ab::bool_param("variable", true, "scatter the data tokens (selective copying); false = vanilla copying"),
+            null_int_param("train_size", "training examples; null = 100,000 (small) / 25,600,000 (paper)", 1, 1e12),
+            ab::int_param("valid_size", 1000, "validation examples (S4: n_eval 1,000)", 1, 1e10),
+            ab::int_param("test_size", 1000, "test examples", 1, 1e10),
+        });
     // The field trains these probes without dropout (Zoology, safari), not with LRA's 0.1.
     s.defaults = {{"model", {{"dropout", 0.0}}}};
     return s;

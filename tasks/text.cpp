@@ -56,27 +56,25 @@ struct Word {
 class Text : public ab::SplitTask {
  public:
   static ab::TaskSpec spec() {
-    ab::TaskSpec s;
-    s.name = "text";
-    s.summary = "Byte-level sentiment documents (IMDb stand-in): the sign of cue words summed over the document";
-    s.reference = "Tay et al. 2021, Long Range Arena (byte-level text classification); synthetic stand-in";
     using ab::null_int_param;
-    s.params = {
-        ab::enum_param("preset", "small", {"small", "lra"},
-                       "defaults of the null parameters: small = documents of 512-1,024 bytes, 20,000 / 2,000 / "
-                       "2,000; lra = 1,024-4,096 bytes (LRA's 4K setting), 25,000 / 2,000 / 25,000"),
-        null_int_param("min_length", "shortest document in bytes; null = 512 (small) / 1024 (lra)", 16, 1 << 24),
-        null_int_param("max_length", "longest document in bytes = seq_len; null = 1024 (small) / 4096 (lra)",
-                       16, 1 << 24),
-        ab::num_param("cues_per_kb", 6.0, "average cue words per 1,000 bytes (each document draws 0.5x-1.5x this)",
-                      0.1, 200.0),
-        ab::num_param("negated_fraction", 0.3, "probability that a cue is preceded by a negation", 0.0, 1.0),
-        ab::int_param("negation_window", 3, "a negation flips the first cue among the next this many words", 1, 16),
-        null_int_param("train_size", "training documents; null = 20,000 (small) / 25,000 (lra)", 1, 1e10),
-        null_int_param("valid_size", "validation documents; null = 2,000", 1, 1e10),
-        null_int_param("test_size", "test documents; null = 2,000 (small) / 25,000 (lra)", 1, 1e10),
-    };
-    return s;
+    return ab::task_spec(
+        "text", "Byte-level sentiment documents (IMDb stand-in): the sign of cue words summed over the document",
+        "Tay et al. 2021, Long Range Arena (byte-level text classification); synthetic stand-in",
+        {
+            ab::enum_param("preset", "small", {"small", "lra"},
+                           "defaults of the null parameters: small = documents of 512-1,024 bytes, 20,000 / 2,000 / "
+                           "2,000; lra = 1,024-4,096 bytes (LRA's 4K setting), 25,000 / 2,000 / 25,000"),
+            null_int_param("min_length", "shortest document in bytes; null = 512 (small) / 1024 (lra)", 16, 1 << 24),
+            null_int_param("max_length", "longest document in bytes = seq_len; null = 1024 (small) / 4096 (lra)", 16,
+                           1 << 24),
+            ab::num_param("cues_per_kb", 6.0, "average cue words per 1,000 bytes (each document draws 0.5x-1.5x this)",
+                          0.1, 200.0),
+            ab::num_param("negated_fraction", 0.3, "probability that a cue is preceded by a negation", 0.0, 1.0),
+            ab::int_param("negation_window", 3, "a negation flips the first cue among the next this many words", 1, 16),
+            null_int_param("train_size", "training documents; null = 20,000 (small) / 25,000 (lra)", 1, 1e10),
+            null_int_param("valid_size", "validation documents; null = 2,000", 1, 1e10),
+            null_int_param("test_size", "test documents; null = 2,000 (small) / 25,000 (lra)", 1, 1e10),
+        });
   }
 
   Text(const Json& p, uint64_t seed) : SplitTask("text", p, seed, "lra") {

@@ -48,13 +48,11 @@ class Aaren final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "aaren";
-    s.family = "recurrent";
-    s.summary = "a learned query per head attends causally; outputs by a parallel prefix scan of online softmax";
-    s.reference = "Feng et al. 2024, Attention as an RNN (Aaren)";
-    s.params = {};
-    s.caps = {.causal = true, .bidirectional = false, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "aaren", "recurrent",
+        "a learned query per head attends causally; outputs by a parallel prefix scan of online softmax",
+        "Feng et al. 2024, Attention as an RNN (Aaren)", {},
+        {.causal = true, .bidirectional = false, .padding_mask = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       ab::Cost c;

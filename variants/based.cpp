@@ -60,16 +60,13 @@ class Based final : public ab::Mixer {
   static int64_t features(int64_t f) { return 1 + f + f * f; }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "based";
-    s.family = "kernel";
-    s.summary = "2nd-order Taylor linear attention (1 + q.k + (q.k)^2/2) after a short depthwise conv";
-    s.reference = "Arora et al. 2024, Simple linear attention language models balance the recall-throughput tradeoff";
-    s.params = {
-        ab::int_param("feature_dim", 16, "projected q/k dimension f per head (1 + f + f^2 Taylor features)", 1, 64),
-        ab::int_param("conv_taps", 3, "taps of the short depthwise convolution (0 = no convolution)", 0, 64),
-        ab::num_param("eps", 1e-6, "added to the normaliser", 0.0, 1.0)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "based", "kernel", "2nd-order Taylor linear attention (1 + q.k + (q.k)^2/2) after a short depthwise conv",
+        "Arora et al. 2024, Simple linear attention language models balance the recall-throughput tradeoff",
+        {ab::int_param("feature_dim", 16, "projected q/k dimension f per head (1 + f + f^2 Taylor features)", 1, 64),
+         ab::int_param("conv_taps", 3, "taps of the short depthwise convolution (0 = no convolution)", 0, 64),
+         ab::num_param("eps", 1e-6, "added to the normaliser", 0.0, 1.0)},
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads, d = D / H;
       const double f = static_cast<double>(a.params->at("feature_dim").get<int64_t>());

@@ -71,15 +71,14 @@ class BigBird final : public ab::AttentionMixer {
                cfg.params.at("global_blocks").get<int64_t>(), cfg.heads, cfg.seed, cfg.layer} {}
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "bigbird";
-    s.family = "sparse";
-    s.summary = "block window (3 blocks) + random blocks (fixed per layer and head) + first/last global blocks";
-    s.reference = "Zaheer et al. 2020, Big Bird: Transformers for Longer Sequences";
-    s.params = {ab::int_param("block", 64, "block length in tokens (LRA 64)", 1, 65536),
-                ab::int_param("random_blocks", 3, "random key blocks per query block (LRA 3)", 0, 1e6),
-                ab::int_param("global_blocks", 2, "global blocks: 0 none, 1 the first, 2 the first and the last", 0, 2)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "bigbird", "sparse",
+        "block window (3 blocks) + random blocks (fixed per layer and head) + first/last global blocks",
+        "Zaheer et al. 2020, Big Bird: Transformers for Longer Sequences",
+        {ab::int_param("block", 64, "block length in tokens (LRA 64)", 1, 65536),
+         ab::int_param("random_blocks", 3, "random key blocks per query block (LRA 3)", 0, 1e6),
+         ab::int_param("global_blocks", 2, "global blocks: 0 none, 1 the first, 2 the first and the last", 0, 2)},
+        {.causal = true, .bidirectional = true, .padding_mask = true});
     s.cost = [](const ab::CostArgs& a) {
       const BigBirdShape shape{a.params->at("block").get<int64_t>(), a.params->at("random_blocks").get<int64_t>(),
                                a.params->at("global_blocks").get<int64_t>(), a.heads, 0, 0};

@@ -43,15 +43,14 @@ class Cosformer final : public ab::AttentionMixer {
         max_length_(std::max<int64_t>(1, cfg.max_length)) {}
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "cosformer";
-    s.family = "kernel";
-    s.summary = "relu linear attention re-weighted by cos(pi (i - j) / 2M), as two feature halves";
-    s.reference = "Qin et al. 2022, cosFormer: Rethinking Softmax in Attention";
-    s.params = {ab::num_param("eps", 1e-6, "added to the normaliser sum_j A_ij", 0.0, 1.0),
-                ab::enum_param("feature", "relu", {"relu", "elu"}, "feature map before the cos/sin weights: relu (paper) or 1 + elu")};
+    ab::VariantSpec s = ab::variant_spec(
+        "cosformer", "kernel", "relu linear attention re-weighted by cos(pi (i - j) / 2M), as two feature halves",
+        "Qin et al. 2022, cosFormer: Rethinking Softmax in Attention",
+        {ab::num_param("eps", 1e-6, "added to the normaliser sum_j A_ij", 0.0, 1.0),
+         ab::enum_param("feature", "relu", {"relu", "elu"},
+                        "feature map before the cos/sin weights: relu (paper) or 1 + elu")},
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.check_params = {{"feature", "elu"}};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads, d = D / H;
       ab::Cost c;

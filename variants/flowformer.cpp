@@ -37,13 +37,12 @@ class Flowformer final : public ab::AttentionMixer {
       : AttentionMixer(cfg), eps_(static_cast<float>(cfg.params.at("eps").get<double>())) {}
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "flowformer";
-    s.family = "kernel";
-    s.summary = "Flow-Attention: sigmoid linear attention with conserved flows (competition + allocation)";
-    s.reference = "Wu et al. 2022, Flowformer: Linearizing Transformers with Conservation Flows";
-    s.params = {ab::num_param("eps", 1e-6, "added to the features and flow sums", 1e-12, 1.0)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s =
+        ab::variant_spec("flowformer", "kernel",
+                         "Flow-Attention: sigmoid linear attention with conserved flows (competition + allocation)",
+                         "Wu et al. 2022, Flowformer: Linearizing Transformers with Conservation Flows",
+                         {ab::num_param("eps", 1e-6, "added to the features and flow sums", 1e-12, 1.0)},
+                         {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads, d = D / H;
       ab::Cost c;

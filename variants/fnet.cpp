@@ -22,14 +22,12 @@ class FNet final : public ab::Mixer {
   explicit FNet(const ab::MixerConfig& cfg) : ortho_(cfg.params.at("normalize").get<std::string>() == "ortho") {}
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "fnet";
-    s.family = "fourier";
-    s.summary = "FNet: real part of the 2-D DFT over sequence and hidden axes, no parameters";
-    s.reference = "Lee-Thorp et al. 2021, FNet: Mixing Tokens with Fourier Transforms";
-    s.params = {ab::enum_param("normalize", "none", {"none", "ortho"},
-                               "none: the paper's unnormalised DFT; ortho: divide by sqrt(N D)")};
-    s.caps = {.causal = false, .bidirectional = true, .padding_mask = false};
+    ab::VariantSpec s = ab::variant_spec(
+        "fnet", "fourier", "FNet: real part of the 2-D DFT over sequence and hidden axes, no parameters",
+        "Lee-Thorp et al. 2021, FNet: Mixing Tokens with Fourier Transforms",
+        {ab::enum_param("normalize", "none", {"none", "ortho"},
+                        "none: the paper's unnormalised DFT; ortho: divide by sqrt(N D)")},
+        {.causal = false, .bidirectional = true, .padding_mask = false});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model;
       ab::Cost c;

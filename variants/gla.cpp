@@ -50,23 +50,22 @@ class Gla final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "gla";
-    s.family = "recurrent";
-    s.summary = "gated linear attention: data-dependent decay per key dimension, chunked scan";
-    s.reference = "Yang et al. 2024, Gated Linear Attention Transformers with Hardware-Efficient Training";
-    s.params = {
-        ab::enum_param("form", "chunked", {"chunked", "parallel", "recurrent"},
-                       "computation of the recurrence: chunked (production), parallel (N x N), recurrent; equal results"),
-        ab::int_param("chunk", 64, "chunk length of the chunked form", 1, 4096),
-        ab::num_param("expand_k", 0.5, "key width as a fraction of d_model (fla: 0.5); expand_k D / heads must be whole",
-                      0.0625, 4),
-        ab::num_param("expand_v", 1.0, "value width as a fraction of d_model (fla: 1); expand_v D / heads must be whole",
-                      0.0625, 4),
-        ab::int_param("gate_low_rank", 16, "rank of the gate projection W1 W2 (fla: 16)", 1, 1024),
-        ab::num_param("gate_normalizer", 16.0, "tau: log alpha = logsigmoid(.) / tau (fla: 16)", 1.0, 1024.0),
-    };
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "gla", "recurrent", "gated linear attention: data-dependent decay per key dimension, chunked scan",
+        "Yang et al. 2024, Gated Linear Attention Transformers with Hardware-Efficient Training",
+        {
+            ab::enum_param(
+                "form", "chunked", {"chunked", "parallel", "recurrent"},
+                "computation of the recurrence: chunked (production), parallel (N x N), recurrent; equal results"),
+            ab::int_param("chunk", 64, "chunk length of the chunked form", 1, 4096),
+            ab::num_param("expand_k", 0.5,
+                          "key width as a fraction of d_model (fla: 0.5); expand_k D / heads must be whole", 0.0625, 4),
+            ab::num_param("expand_v", 1.0,
+                          "value width as a fraction of d_model (fla: 1); expand_v D / heads must be whole", 0.0625, 4),
+            ab::int_param("gate_low_rank", 16, "rank of the gate projection W1 W2 (fla: 16)", 1, 1024),
+            ab::num_param("gate_normalizer", 16.0, "tau: log alpha = logsigmoid(.) / tau (fla: 16)", 1.0, 1024.0),
+        },
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.check_params = ab::Json{{"chunk", 3}};  // several chunks, the last one partial, at N = 8
     s.cost = [](const ab::CostArgs& a) {
       const auto& p = *a.params;

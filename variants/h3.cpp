@@ -78,20 +78,21 @@ class H3 final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "h3";
-    s.family = "state-space";
-    s.summary = "H3: shift SSM on k, diagonal SSM on k v^T per head, read out by q (FFT convolution)";
-    s.reference = "Dao, Fu et al. 2023, Hungry Hungry Hippos: Towards Language Modeling with State Space Models";
-    s.params = {
-        ab::int_param("d_state", 64, "state size: taps of the shift SSM and n_s of the diagonal SSM (n_s / 2 complex "
-                                     "modes; even)", 2, 4096),
-        ab::int_param("head_dim", 1, "head size d (1 = reference default, elementwise; 0 = d_model / model heads)", 0,
-                      4096),
-        ab::num_param("dt_min", 1e-3, "smallest initial diagonal-SSM step (log-uniform in [dt_min, dt_max])", 1e-6, 10.0),
-        ab::num_param("dt_max", 1e-1, "largest initial diagonal-SSM step", 1e-6, 10.0),
-    };
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = false, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "h3", "state-space", "H3: shift SSM on k, diagonal SSM on k v^T per head, read out by q (FFT convolution)",
+        "Dao, Fu et al. 2023, Hungry Hungry Hippos: Towards Language Modeling with State Space Models",
+        {
+            ab::int_param("d_state", 64,
+                          "state size: taps of the shift SSM and n_s of the diagonal SSM (n_s / 2 complex "
+                          "modes; even)",
+                          2, 4096),
+            ab::int_param("head_dim", 1, "head size d (1 = reference default, elementwise; 0 = d_model / model heads)",
+                          0, 4096),
+            ab::num_param("dt_min", 1e-3, "smallest initial diagonal-SSM step (log-uniform in [dt_min, dt_max])", 1e-6,
+                          10.0),
+            ab::num_param("dt_max", 1e-1, "largest initial diagonal-SSM step", 1e-6, 10.0),
+        },
+        {.causal = true, .bidirectional = true, .padding_mask = false, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, K = a.params->at("d_state").get<int64_t>(), n = K / 2;
       const int64_t hd = a.params->at("head_dim").get<int64_t>();

@@ -125,23 +125,22 @@ class Hyena final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "hyena";
-    s.family = "long-convolution";
-    s.summary = "Hyena order 2: short conv, implicit long filters (FFN of positions, decay window), FFT conv, gating";
-    s.reference = "Poli et al. 2023, Hyena Hierarchy: Towards Larger Convolutional Language Models";
-    s.params = {
-        ab::int_param("filter_order", 64, "width F of the implicit filter FFN (safari hyena: 64)", 1, 4096),
-        ab::int_param("short_filter_order", 3, "taps of the causal short convolution on the projections", 1, 64),
-        ab::int_param("emb_dim", 3, "positional features: t plus (emb_dim - 1) / 2 cos/sin bands (odd)", 3, 65),
-        ab::int_param("num_inner_mlps", 2, "hidden F x F layers of the filter FFN", 0, 8),
-        ab::num_param("w", 1.0, "initial frequency of the FFN's sin activations", 1e-3, 1e3),
-        ab::num_param("fast_decay_pct", 0.3, "fastest decay of the modulation window", 1e-3, 100.0),
-        ab::num_param("slow_decay_pct", 1.5, "slowest decay of the modulation window", 1e-3, 100.0),
-        ab::num_param("target", 1e-2, "window value reached at the decay point", 1e-9, 0.999),
-        ab::bool_param("modulate", true, "apply the exponential decay window to the filters"),
-    };
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = false, .length_dependent = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "hyena", "long-convolution",
+        "Hyena order 2: short conv, implicit long filters (FFN of positions, decay window), FFT conv, gating",
+        "Poli et al. 2023, Hyena Hierarchy: Towards Larger Convolutional Language Models",
+        {
+            ab::int_param("filter_order", 64, "width F of the implicit filter FFN (safari hyena: 64)", 1, 4096),
+            ab::int_param("short_filter_order", 3, "taps of the causal short convolution on the projections", 1, 64),
+            ab::int_param("emb_dim", 3, "positional features: t plus (emb_dim - 1) / 2 cos/sin bands (odd)", 3, 65),
+            ab::int_param("num_inner_mlps", 2, "hidden F x F layers of the filter FFN", 0, 8),
+            ab::num_param("w", 1.0, "initial frequency of the FFN's sin activations", 1e-3, 1e3),
+            ab::num_param("fast_decay_pct", 0.3, "fastest decay of the modulation window", 1e-3, 100.0),
+            ab::num_param("slow_decay_pct", 1.5, "slowest decay of the modulation window", 1e-3, 100.0),
+            ab::num_param("target", 1e-2, "window value reached at the decay point", 1e-9, 0.999),
+            ab::bool_param("modulate", true, "apply the exponential decay window to the filters"),
+        },
+        {.causal = true, .bidirectional = true, .padding_mask = false, .length_dependent = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model;
       const double K = a.params->at("short_filter_order").get<int64_t>(), F = a.params->at("filter_order").get<int64_t>();

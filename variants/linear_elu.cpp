@@ -22,13 +22,11 @@ class LinearElu final : public ab::AttentionMixer {
       : AttentionMixer(cfg), eps_(static_cast<float>(cfg.params.at("eps").get<double>())) {}
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "linear_elu";
-    s.family = "kernel";
-    s.summary = "linear attention with phi = elu + 1; causal by prefix sums";
-    s.reference = "Katharopoulos et al. 2020, Transformers are RNNs (Linear Transformer)";
-    s.params = {ab::num_param("eps", 1e-6, "added to the normaliser phi(q) . sum phi(k) (LRA: 1e-6)", 0.0, 1.0)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "linear_elu", "kernel", "linear attention with phi = elu + 1; causal by prefix sums",
+        "Katharopoulos et al. 2020, Transformers are RNNs (Linear Transformer)",
+        {ab::num_param("eps", 1e-6, "added to the normaliser phi(q) . sum phi(k) (LRA: 1e-6)", 0.0, 1.0)},
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads, d = D / H;
       ab::Cost c;

@@ -34,15 +34,13 @@ class Linformer final : public ab::AttentionMixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "linformer";
-    s.family = "low-rank";
-    s.summary = "softmax attention over k learned sequence projections of keys and values";
-    s.reference = "Wang et al. 2020, Linformer: Self-Attention with Linear Complexity";
-    s.params = {ab::int_param("k", 256,
-                              "projected length (paper, lucidrains, mlpen LRA: 256; LRA JAX: 16, text 32)", 1, 65536),
-                ab::bool_param("share_kv", false, "one projection for keys and values (F = E)")};
-    s.caps = {.causal = false, .bidirectional = true, .padding_mask = true, .length_dependent = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "linformer", "low-rank", "softmax attention over k learned sequence projections of keys and values",
+        "Wang et al. 2020, Linformer: Self-Attention with Linear Complexity",
+        {ab::int_param("k", 256, "projected length (paper, lucidrains, mlpen LRA: 256; LRA JAX: 16, text 32)", 1,
+                       65536),
+         ab::bool_param("share_kv", false, "one projection for keys and values (F = E)")},
+        {.causal = false, .bidirectional = true, .padding_mask = true, .length_dependent = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       const double k = static_cast<double>(a.params->at("k").get<int64_t>());

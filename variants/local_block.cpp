@@ -21,13 +21,11 @@ class LocalBlock final : public ab::AttentionMixer {
       : AttentionMixer(cfg), block_(cfg.params.at("block").get<int64_t>()) {}
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "local_block";
-    s.family = "sparse";
-    s.summary = "non-overlapping blocks attend within themselves (LRA local attention)";
-    s.reference = "Tay et al. 2021, Long Range Arena (local attention baseline)";
-    s.params = {ab::int_param("block", 64, "block length in tokens (LRA: 50 text/ListOps, 64 image/Pathfinder)", 1, 65536)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "local_block", "sparse", "non-overlapping blocks attend within themselves (LRA local attention)",
+        "Tay et al. 2021, Long Range Arena (local attention baseline)",
+        {ab::int_param("block", 64, "block length in tokens (LRA: 50 text/ListOps, 64 image/Pathfinder)", 1, 65536)},
+        {.causal = true, .bidirectional = true, .padding_mask = true});
     s.cost = [](const ab::CostArgs& a) {
       const auto p = ab::block_diagonal_pattern(a.length, a.params->at("block").get<int64_t>());
       return ab::block_sparse_mixer_cost(p, a, a.causal);

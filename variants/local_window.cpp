@@ -41,17 +41,14 @@ class LocalWindow final : public ab::AttentionMixer {
         block_(cfg.params.at("block").get<int64_t>()) {}
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "local_window";
-    s.family = "sparse";
-    s.summary = "sliding window of `window` keys around each token (block-sparse band kernel)";
-    s.reference = "Beltagy et al. 2020, Longformer (sliding window); Tay et al. 2021, LRA local attention";
-    s.params = {
-        ab::int_param("window", 128,
-                      "keys per query in total: ceil(w/2) to the left including the token, floor(w/2) to the right",
-                      1, 1e9),
-        ab::int_param("block", 64, "kernel tile in tokens (speed only: results are the same for any block)", 1, 4096)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "local_window", "sparse", "sliding window of `window` keys around each token (block-sparse band kernel)",
+        "Beltagy et al. 2020, Longformer (sliding window); Tay et al. 2021, LRA local attention",
+        {ab::int_param("window", 128,
+                       "keys per query in total: ceil(w/2) to the left including the token, floor(w/2) to the right", 1,
+                       1e9),
+         ab::int_param("block", 64, "kernel tile in tokens (speed only: results are the same for any block)", 1, 4096)},
+        {.causal = true, .bidirectional = true, .padding_mask = true});
     s.cost = [](const ab::CostArgs& a) {
       const auto p = local_window_pattern(a.length, a.params->at("window").get<int64_t>(),
                                           a.params->at("block").get<int64_t>());

@@ -67,19 +67,17 @@ class Longformer final : public ab::AttentionMixer {
         block_(cfg.params.at("block").get<int64_t>()) {}
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "longformer";
-    s.family = "sparse";
-    s.summary = "sliding window + global tokens (the first g positions) attending to and from everything";
-    s.reference = "Beltagy et al. 2020, Longformer: The Long-Document Transformer";
-    s.params = {
-        ab::int_param("window", 512,
-                      "keys per query in the band: ceil(w/2) to the left including the token, floor(w/2) to the "
-                      "right (LRA 512)",
-                      1, 1e9),
-        ab::int_param("global_tokens", 1, "global tokens: the first g positions (1 = CLS; 0 = none)", 0, 1e9),
-        ab::int_param("block", 64, "kernel tile in tokens (speed only)", 1, 4096)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "longformer", "sparse",
+        "sliding window + global tokens (the first g positions) attending to and from everything",
+        "Beltagy et al. 2020, Longformer: The Long-Document Transformer",
+        {ab::int_param("window", 512,
+                       "keys per query in the band: ceil(w/2) to the left including the token, floor(w/2) to the "
+                       "right (LRA 512)",
+                       1, 1e9),
+         ab::int_param("global_tokens", 1, "global tokens: the first g positions (1 = CLS; 0 = none)", 0, 1e9),
+         ab::int_param("block", 64, "kernel tile in tokens (speed only)", 1, 4096)},
+        {.causal = true, .bidirectional = true, .padding_mask = true});
     s.cost = [](const ab::CostArgs& a) {
       const auto p = longformer_pattern(a.length, a.params->at("window").get<int64_t>(),
                                         a.params->at("global_tokens").get<int64_t>(), a.params->at("block").get<int64_t>());

@@ -114,20 +114,19 @@ class M2 final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "m2";
-    s.family = "long-convolution";
-    s.summary = "Monarch Mixer: gated short + implicit long convolution, the FFT done by Monarch (DFT) matrices";
-    s.reference = "Fu et al. 2023, Monarch Mixer: A Simple Sub-Quadratic GEMM-Based Architecture";
-    s.params = {
-        ab::int_param("filter_order", 16, "width of the implicit-filter MLP (hyena_filter_order)", 2, 512),
-        ab::int_param("filter_layers", 2, "inner (order x order) layers of the filter MLP (num_inner_mlps)", 0, 8),
-        ab::int_param("emb_dim", 3, "positional features of the filter MLP: t and (emb_dim-1)/2 cos/sin bands; odd",
-                      3, 65),
-        ab::num_param("sin_freq", 10.0, "initial frequency of the sine activations (hyena_w)", 0.01, 1000.0),
-        ab::int_param("short_conv", 3, "taps of the depthwise short convolution", 1, 16),
-    };
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "m2", "long-convolution",
+        "Monarch Mixer: gated short + implicit long convolution, the FFT done by Monarch (DFT) matrices",
+        "Fu et al. 2023, Monarch Mixer: A Simple Sub-Quadratic GEMM-Based Architecture",
+        {
+            ab::int_param("filter_order", 16, "width of the implicit-filter MLP (hyena_filter_order)", 2, 512),
+            ab::int_param("filter_layers", 2, "inner (order x order) layers of the filter MLP (num_inner_mlps)", 0, 8),
+            ab::int_param("emb_dim", 3, "positional features of the filter MLP: t and (emb_dim-1)/2 cos/sin bands; odd",
+                          3, 65),
+            ab::num_param("sin_freq", 10.0, "initial frequency of the sine activations (hyena_w)", 0.01, 1000.0),
+            ab::int_param("short_conv", 3, "taps of the depthwise short convolution", 1, 16),
+        },
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     // Three chained sin(10 x) layers make the filter so wiggly in its first-layer weights that a 1e-2
     // central difference is off by O(10%) (the error falls as step^2, so the backward is right); the
     // conformance gradient check uses frequency 1, where it agrees to 1e-5.

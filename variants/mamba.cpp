@@ -120,29 +120,26 @@ class Mamba final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "mamba";
-    s.family = "state-space";
-    s.summary = "Mamba block: conv + selective scan (S6) + SiLU gate; bi-directional by a reverse branch";
-    s.reference = "Gu & Dao 2023, Mamba: Linear-Time Sequence Modeling with Selective State Spaces";
-    ab::ParamSpec rank;
-    rank.name = "dt_rank";
-    rank.type = ab::ParamType::string;
-    rank.default_value = "auto";
-    rank.doc = "rank of the dt projection: \"auto\" = ceil(D / 16), or an integer in [1, 4096] (as a string)";
-    s.params = {
-        ab::int_param("d_state", 16, "SSM state size n per channel", 1, 256),
-        ab::int_param("d_conv", 4, "taps of the causal depthwise conv", 1, 32),
-        ab::int_param("expand", 2, "inner width E: D_in = E * D", 1, 8),
-        rank,
-        ab::num_param("dt_min", 1e-3, "smallest initial step dt (log-uniform init)", 1e-5, 1.0),
-        ab::num_param("dt_max", 1e-1, "largest initial step dt (log-uniform init)", 1e-5, 1.0),
-        ab::enum_param("bidirectional", "add", {"add", "none"},
-                       "encoder form: add = forward scan + reverse scan with its own conv/scan parameters, summed "
-                       "(Vim/Caduceus bi-Mamba); none = the causal scan only"),
-        ab::int_param("chunk", 64, "steps between the states the scan saves for backward (recomputed inside)", 1, 1 << 20),
-    };
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "mamba", "state-space",
+        "Mamba block: conv + selective scan (S6) + SiLU gate; bi-directional by a reverse branch",
+        "Gu & Dao 2023, Mamba: Linear-Time Sequence Modeling with Selective State Spaces",
+        {
+            ab::int_param("d_state", 16, "SSM state size n per channel", 1, 256),
+            ab::int_param("d_conv", 4, "taps of the causal depthwise conv", 1, 32),
+            ab::int_param("expand", 2, "inner width E: D_in = E * D", 1, 8),
+            ab::enum_param("dt_rank", "auto", {},  // no choices: free text
+                           "rank of the dt projection: \"auto\" = ceil(D / 16), or an integer in [1, 4096] "
+                           "(as a string)"),
+            ab::num_param("dt_min", 1e-3, "smallest initial step dt (log-uniform init)", 1e-5, 1.0),
+            ab::num_param("dt_max", 1e-1, "largest initial step dt (log-uniform init)", 1e-5, 1.0),
+            ab::enum_param("bidirectional", "add", {"add", "none"},
+                           "encoder form: add = forward scan + reverse scan with its own conv/scan parameters, summed "
+                           "(Vim/Caduceus bi-Mamba); none = the causal scan only"),
+            ab::int_param("chunk", 64, "steps between the states the scan saves for backward (recomputed inside)", 1,
+                          1 << 20),
+        },
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model;
       const double n = a.params->at("d_state").get<int64_t>(), K = a.params->at("d_conv").get<int64_t>();

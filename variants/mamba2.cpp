@@ -87,25 +87,26 @@ class Mamba2 final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "mamba2";
-    s.family = "state-space";
-    s.summary = "Mamba-2 SSD: selective SSM with a scalar decay per head, chunked scan, short conv, gated norm";
-    s.reference = "Dao & Gu 2024, Transformers are SSMs (Mamba-2, structured state space duality)";
-    s.params = {
-        ab::enum_param("form", "chunked", {"chunked", "parallel", "recurrent"},
-                       "computation of the scan: chunked (SSD, production), parallel (N x N), recurrent; equal results"),
-        ab::int_param("chunk", 64, "chunk length of the chunked form (mamba2.py: 256)", 1, 4096),
-        ab::int_param("d_state", 32, "state size per head (mamba2.py: 128; smaller for CPU)", 1, 256),
-        ab::int_param("headdim", 16, "channels per head; expand * d_model must be a multiple (mamba2.py: 64)", 1, 256),
-        ab::int_param("expand", 2, "inner width as a multiple of d_model", 1, 4),
-        ab::int_param("d_conv", 4, "taps of the short depthwise convolution", 1, 8),
-        ab::num_param("dt_min", 1e-3, "smallest initial step size", 1e-5, 1.0),
-        ab::num_param("dt_max", 1e-1, "largest initial step size", 1e-5, 1.0),
-        ab::num_param("a_init_min", 1.0, "-A_h is initialised uniform in [a_init_min, a_init_max]", 1e-3, 100.0),
-        ab::num_param("a_init_max", 16.0, "see a_init_min", 1e-3, 100.0),
-    };
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "mamba2", "state-space",
+        "Mamba-2 SSD: selective SSM with a scalar decay per head, chunked scan, short conv, gated norm",
+        "Dao & Gu 2024, Transformers are SSMs (Mamba-2, structured state space duality)",
+        {
+            ab::enum_param(
+                "form", "chunked", {"chunked", "parallel", "recurrent"},
+                "computation of the scan: chunked (SSD, production), parallel (N x N), recurrent; equal results"),
+            ab::int_param("chunk", 64, "chunk length of the chunked form (mamba2.py: 256)", 1, 4096),
+            ab::int_param("d_state", 32, "state size per head (mamba2.py: 128; smaller for CPU)", 1, 256),
+            ab::int_param("headdim", 16, "channels per head; expand * d_model must be a multiple (mamba2.py: 64)", 1,
+                          256),
+            ab::int_param("expand", 2, "inner width as a multiple of d_model", 1, 4),
+            ab::int_param("d_conv", 4, "taps of the short depthwise convolution", 1, 8),
+            ab::num_param("dt_min", 1e-3, "smallest initial step size", 1e-5, 1.0),
+            ab::num_param("dt_max", 1e-1, "largest initial step size", 1e-5, 1.0),
+            ab::num_param("a_init_min", 1.0, "-A_h is initialised uniform in [a_init_min, a_init_max]", 1e-3, 100.0),
+            ab::num_param("a_init_max", 16.0, "see a_init_min", 1e-3, 100.0),
+        },
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     // At N = 8, D = 16: several chunks (the last partial), 4 heads of 8, a small state.
     s.check_params = ab::Json{{"chunk", 3}, {"headdim", 8}, {"d_state", 4}};
     s.cost = [](const ab::CostArgs& a) {

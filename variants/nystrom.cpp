@@ -45,20 +45,18 @@ class Nystrom final : public ab::AttentionMixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "nystrom";
-    s.family = "low-rank";
-    s.summary = "Nystrom approximation of softmax attention with segment-mean landmarks";
-    s.reference = "Xiong et al. 2021, Nystromformer: A Nystrom-Based Algorithm for Approximating Self-Attention";
-    s.params = {
-        ab::int_param("landmarks", 64, "landmarks m (paper LRA: 64; xformers LRA config: 128; capped at N)", 1, 65536),
-        ab::int_param("pinv_iterations", 6, "iterations of the Moore-Penrose pseudo-inverse scheme (paper: 6)", 0, 1000),
-        ab::int_param("conv_kernel", 35, "length of the depthwise value convolution (mlpen/xformers LRA: 35; 0 = off)",
-                      0, 4097),
-        ab::enum_param("pinv_init", "per_matrix", {"per_matrix", "global"},
-                       "Z0 coefficient: each matrix's own 1/max column sum (mlpen corrected) or the batch-wide "
-                       "maximum (mlpen original; couples the examples of a batch)")};
-    s.caps = {.causal = false, .bidirectional = true, .padding_mask = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "nystrom", "low-rank", "Nystrom approximation of softmax attention with segment-mean landmarks",
+        "Xiong et al. 2021, Nystromformer: A Nystrom-Based Algorithm for Approximating Self-Attention",
+        {ab::int_param("landmarks", 64, "landmarks m (paper LRA: 64; xformers LRA config: 128; capped at N)", 1, 65536),
+         ab::int_param("pinv_iterations", 6, "iterations of the Moore-Penrose pseudo-inverse scheme (paper: 6)", 0,
+                       1000),
+         ab::int_param("conv_kernel", 35, "length of the depthwise value convolution (mlpen/xformers LRA: 35; 0 = off)",
+                       0, 4097),
+         ab::enum_param("pinv_init", "per_matrix", {"per_matrix", "global"},
+                        "Z0 coefficient: each matrix's own 1/max column sum (mlpen corrected) or the batch-wide "
+                        "maximum (mlpen original; couples the examples of a batch)")},
+        {.causal = false, .bidirectional = true, .padding_mask = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads, d = D / H;
       const double m = std::min<double>(static_cast<double>(a.params->at("landmarks").get<int64_t>()), N);

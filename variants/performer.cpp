@@ -99,24 +99,21 @@ class Performer final : public ab::AttentionMixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "performer";
-    s.family = "kernel";
-    s.summary = "FAVOR+ positive orthogonal random features (or LRA's deterministic ReLU kernel)";
-    s.reference = "Choromanski et al. 2021, Rethinking Attention with Performers";
-    s.params = {
-        ab::enum_param("kernel", "softmax", {"softmax", "softmax_hyp", "relu", "relu_random"},
-                       "softmax: FAVOR+ positive random features; softmax_hyp: hyperbolic (2m features); "
-                       "relu: LRA's deterministic ReLU(x) + kernel_eps (no projection, the LRA leaderboard "
-                       "model); relu_random: ReLU(W x) + kernel_eps"),
-        ab::int_param("num_features", 256, "random features m (LRA, xformers LRA config: 256)", 1, 65536),
-        ab::int_param("redraw_interval", 1000, "redraw the projections every this many training steps (0 = never)",
-                      0, 1e9),
-        ab::bool_param("orthogonal", true, "orthogonal blocks with chi_d row norms (false: i.i.d. Gaussian rows)"),
-        ab::num_param("stabilizer", 1e-6, "added to the exponential features (paper/LRA 1e-6, lucidrains 1e-4)", 0.0,
-                      1.0),
-        ab::num_param("kernel_eps", 1e-3, "added to the ReLU features (LRA 1e-3)", 0.0, 1.0)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .stochastic = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "performer", "kernel", "FAVOR+ positive orthogonal random features (or LRA's deterministic ReLU kernel)",
+        "Choromanski et al. 2021, Rethinking Attention with Performers",
+        {ab::enum_param("kernel", "softmax", {"softmax", "softmax_hyp", "relu", "relu_random"},
+                        "softmax: FAVOR+ positive random features; softmax_hyp: hyperbolic (2m features); "
+                        "relu: LRA's deterministic ReLU(x) + kernel_eps (no projection, the LRA leaderboard "
+                        "model); relu_random: ReLU(W x) + kernel_eps"),
+         ab::int_param("num_features", 256, "random features m (LRA, xformers LRA config: 256)", 1, 65536),
+         ab::int_param("redraw_interval", 1000, "redraw the projections every this many training steps (0 = never)", 0,
+                       1e9),
+         ab::bool_param("orthogonal", true, "orthogonal blocks with chi_d row norms (false: i.i.d. Gaussian rows)"),
+         ab::num_param("stabilizer", 1e-6, "added to the exponential features (paper/LRA 1e-6, lucidrains 1e-4)", 0.0,
+                       1.0),
+         ab::num_param("kernel_eps", 1e-3, "added to the ReLU features (LRA 1e-3)", 0.0, 1.0)},
+        {.causal = true, .bidirectional = true, .padding_mask = true, .stochastic = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads, d = D / H;
       const bool relu = a.params->at("kernel").get<std::string>() == "relu";

@@ -40,16 +40,15 @@ class PoNet final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "ponet";
-    s.family = "pooling";
-    s.summary = "PoNet: global attention-pooled context + segment max pooling + local max pooling, linear in N";
-    s.reference = "Tan et al. 2022, PoNet: Pooling Network for Efficient Token Mixing in Long Sequences";
-    s.params = {
-        ab::int_param("segment_size", 32, "tokens per segment of the segment max pooling", 1, 1 << 24),
-        ab::int_param("local_window", 3, "window of the local max pooling (odd)", 1, 255),
-    };
-    s.caps = {.causal = false, .bidirectional = true, .padding_mask = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "ponet", "pooling",
+        "PoNet: global attention-pooled context + segment max pooling + local max pooling, linear in N",
+        "Tan et al. 2022, PoNet: Pooling Network for Efficient Token Mixing in Long Sequences",
+        {
+            ab::int_param("segment_size", 32, "tokens per segment of the segment max pooling", 1, 1 << 24),
+            ab::int_param("local_window", 3, "window of the local max pooling (odd)", 1, 255),
+        },
+        {.causal = false, .bidirectional = true, .padding_mask = true});
     // Central differences are not valid across the kinks of a max (a 1e-2 step flips near-tied winners),
     // so the conformance gradient check runs the pools at width 1; the pools' gradients are checked
     // exactly against the argmax routing, and the mixer with padding against a naive reference, in

@@ -119,13 +119,12 @@ class PoolFormer final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "poolformer";
-    s.family = "pooling";
-    s.summary = "MetaFormer pooling mixer: average over a k-window minus the token (no parameters)";
-    s.reference = "Yu et al. 2022, MetaFormer Is Actually What You Need for Vision (PoolFormer)";
-    s.params = {ab::int_param("pool_size", 3, "window length k (odd): centered k//2 each side, or the k trailing tokens when causal", 1, 255)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "poolformer", "pooling", "MetaFormer pooling mixer: average over a k-window minus the token (no parameters)",
+        "Yu et al. 2022, MetaFormer Is Actually What You Need for Vision (PoolFormer)",
+        {ab::int_param("pool_size", 3,
+                       "window length k (odd): centered k//2 each side, or the k trailing tokens when causal", 1, 255)},
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, k = a.params->at("pool_size").get<int64_t>();
       ab::Cost c;

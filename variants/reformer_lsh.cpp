@@ -345,22 +345,24 @@ class ReformerLSH final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "reformer_lsh";
-    s.family = "learned-sparse";
-    s.summary = "Reformer LSH attention: shared QK, angular hashing rounds, sorted chunks (self excluded)";
-    s.reference = "Kitaev, Kaiser, Levskaya 2020, Reformer: The Efficient Transformer";
-    s.params = {
-        ab::int_param("n_hashes", 1, "hash rounds, combined by log-sum-exp weighting (LRA 1, lucidrains 8)", 1, 16),
-        ab::int_param("chunk_len", 32, "sorted positions per chunk (LRA 10)", 1, 1 << 20),
-        ab::int_param("n_buckets", 0,
-                      "buckets per round, even; 0 = N / chunk_len rounded up to an even number >= 2 (LRA 10)", 0, 1 << 16),
-        ab::int_param("chunks_before", 1, "earlier chunks each chunk attends to (cyclic)", 0, 16),
-        ab::int_param("chunks_after", 0, "later chunks each chunk attends to (cyclic)", 0, 16),
-        ab::bool_param("normalize_keys", true, "keys are the shared queries divided by their norm (paper); LRA: false"),
-        ab::bool_param("lra_compat_scale", false, "multiply the logits by sqrt(d) as the LRA code does (bug) instead of dividing"),
-    };
-    s.caps = {.causal = false, .bidirectional = true, .padding_mask = true, .stochastic = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "reformer_lsh", "learned-sparse",
+        "Reformer LSH attention: shared QK, angular hashing rounds, sorted chunks (self excluded)",
+        "Kitaev, Kaiser, Levskaya 2020, Reformer: The Efficient Transformer",
+        {
+            ab::int_param("n_hashes", 1, "hash rounds, combined by log-sum-exp weighting (LRA 1, lucidrains 8)", 1, 16),
+            ab::int_param("chunk_len", 32, "sorted positions per chunk (LRA 10)", 1, 1 << 20),
+            ab::int_param("n_buckets", 0,
+                          "buckets per round, even; 0 = N / chunk_len rounded up to an even number >= 2 (LRA 10)", 0,
+                          1 << 16),
+            ab::int_param("chunks_before", 1, "earlier chunks each chunk attends to (cyclic)", 0, 16),
+            ab::int_param("chunks_after", 0, "later chunks each chunk attends to (cyclic)", 0, 16),
+            ab::bool_param("normalize_keys", true,
+                           "keys are the shared queries divided by their norm (paper); LRA: false"),
+            ab::bool_param("lra_compat_scale", false,
+                           "multiply the logits by sqrt(d) as the LRA code does (bug) instead of dividing"),
+        },
+        {.causal = false, .bidirectional = true, .padding_mask = true, .stochastic = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       const ab::Json& p = *a.params;

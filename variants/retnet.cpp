@@ -45,19 +45,18 @@ class RetNet final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "retnet";
-    s.family = "recurrent";
-    s.summary = "multi-scale retention: fixed per-head decay 1 - 2^(-5-h), chunked | parallel | recurrent forms";
-    s.reference = "Sun et al. 2023, Retentive Network: A Successor to Transformer for Large Language Models";
-    s.params = {
-        ab::enum_param("form", "chunked", {"chunked", "parallel", "recurrent"},
-                       "computation of the retention: chunked (production), parallel (N x N decay matrix), "
-                       "recurrent (sequential scan); equal results"),
-        ab::int_param("chunk", 64, "chunk length of the chunked form", 1, 4096),
-        ab::int_param("expand_v", 2, "value / output head size as a multiple of d_model / heads (fla: 2)", 1, 4),
-    };
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "retnet", "recurrent",
+        "multi-scale retention: fixed per-head decay 1 - 2^(-5-h), chunked | parallel | recurrent forms",
+        "Sun et al. 2023, Retentive Network: A Successor to Transformer for Large Language Models",
+        {
+            ab::enum_param("form", "chunked", {"chunked", "parallel", "recurrent"},
+                           "computation of the retention: chunked (production), parallel (N x N decay matrix), "
+                           "recurrent (sequential scan); equal results"),
+            ab::int_param("chunk", 64, "chunk length of the chunked form", 1, 4096),
+            ab::int_param("expand_v", 2, "value / output head size as a multiple of d_model / heads (fla: 2)", 1, 4),
+        },
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.check_params = ab::Json{{"chunk", 3}};  // several chunks, the last one partial, at N = 8
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads, d = D / H;

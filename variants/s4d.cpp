@@ -55,18 +55,17 @@ class S4d final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "s4d";
-    s.family = "state-space";
-    s.summary = "diagonal SSM per channel (S4D), kernel by Vandermonde sums, FFT convolution, GELU + GLU output";
-    s.reference = "Gu et al. 2022, On the Parameterization and Initialization of Diagonal State Space Models (S4D)";
-    s.params = {
-        ab::int_param("d_state", 64, "state size n_s per channel (n_s / 2 complex modes; even)", 2, 4096),
-        ab::num_param("dt_min", 1e-3, "smallest initial step dt (log-uniform in [dt_min, dt_max])", 1e-6, 10.0),
-        ab::num_param("dt_max", 1e-1, "largest initial step dt", 1e-6, 10.0),
-        ab::enum_param("init", "lin", {"lin", "inv"}, "imaginary parts of A: S4D-Lin (pi n) or S4D-Inv"),
-    };
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = false, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "s4d", "state-space",
+        "diagonal SSM per channel (S4D), kernel by Vandermonde sums, FFT convolution, GELU + GLU output",
+        "Gu et al. 2022, On the Parameterization and Initialization of Diagonal State Space Models (S4D)",
+        {
+            ab::int_param("d_state", 64, "state size n_s per channel (n_s / 2 complex modes; even)", 2, 4096),
+            ab::num_param("dt_min", 1e-3, "smallest initial step dt (log-uniform in [dt_min, dt_max])", 1e-6, 10.0),
+            ab::num_param("dt_max", 1e-1, "largest initial step dt", 1e-6, 10.0),
+            ab::enum_param("init", "lin", {"lin", "inv"}, "imaginary parts of A: S4D-Lin (pi n) or S4D-Inv"),
+        },
+        {.causal = true, .bidirectional = true, .padding_mask = false, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, n = a.params->at("d_state").get<int64_t>() / 2;
       const double M = static_cast<double>(ab::fft_conv_length(a.length, a.length)), Mh = M / 2 + 1;

@@ -25,14 +25,12 @@ class Sigmoid final : public ab::AttentionMixer {
       : AttentionMixer(cfg), mode_(cfg.params.at("bias").get<std::string>()), max_length_(std::max<int64_t>(1, cfg.max_length)) {}
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "sigmoid";
-    s.family = "dense";
-    s.summary = "sigmoid(QK^T/sqrt(d) - log n) V, dense N x N weights without normalisation";
-    s.reference = "Ramapuram et al. 2025, Theory, Analysis, and Best Practices for Sigmoid Self-Attention";
-    s.params = {ab::enum_param("bias", "max_length", {"max_length", "length", "none"},
-                               "scalar bias b = -log n: n = max_length (decode-exact), n = the actual length, or b = 0")};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "sigmoid", "dense", "sigmoid(QK^T/sqrt(d) - log n) V, dense N x N weights without normalisation",
+        "Ramapuram et al. 2025, Theory, Analysis, and Best Practices for Sigmoid Self-Attention",
+        {ab::enum_param("bias", "max_length", {"max_length", "length", "none"},
+                        "scalar bias b = -log n: n = max_length (decode-exact), n = the actual length, or b = 0")},
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       ab::Cost c;
@@ -58,13 +56,7 @@ class Sigmoid final : public ab::AttentionMixer {
     const int64_t N = q.dim(2);
     const ab::Var qs = ab::scale(q, 1.0f / std::sqrt(static_cast<float>(head_dim_)));
     ab::Var scores = ab::matmul(qs, k, false, true);  // [B, H, N, N]
-    ab::Tensor mask;
-    if (ctx.causal) {
-      mask = ab::causal_mask(N);
-      if (ctx.key_mask) mask = ab::add(ab::Var(*ctx.key_mask), ab::Var(mask)).value();  // [B, 1, N, N]
-    } else if (ctx.key_mask) {
-      mask = *ctx.key_mask;  // [B, 1, 1, N]
-    }
+    const ab::Tensor mask = ab::additive_mask(ctx, N);  // [B, 1, N, N], [N, N] or [B, 1, 1, N]
     if (mask.defined()) scores = ab::add(scores, ab::Var(mask));
     const float b = bias_for(N);
     if (b != 0.f) scores = ab::add_scalar(scores, b);

@@ -392,25 +392,25 @@ class Sinkhorn final : public ab::AttentionMixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "sinkhorn";
-    s.family = "learned-sparse";
-    s.summary = "Sparse Sinkhorn attention: blocks attend to themselves and a learned soft-sorted block";
-    s.reference = "Tay, Bahri, Yang, Metzler, Juan 2020, Sparse Sinkhorn Attention";
-    s.params = {
-        ab::int_param("block_size", 32, "positions per block (LRA 50; 64 on image tasks)", 1, 1 << 20),
-        ab::int_param("max_num_blocks", 0, "columns of the sorting net; 0 = ceil(max_length / block_size) (LRA 25)", 0,
-                      1 << 20),
-        ab::enum_param("sort", "softmax", {"softmax", "sinkhorn"},
-                       "softmax: row softmax of the sorting logits (LRA default); sinkhorn: iterated row/column "
-                       "normalisation in log space"),
-        ab::int_param("sinkhorn_iters", 7, "Sinkhorn iterations (sort = sinkhorn; paper 5-10, lucidrains 7)", 1, 100),
-        ab::num_param("temperature", 0.75, "logits are divided by it before Sinkhorn (sort = sinkhorn)", 1e-3, 1e3),
-        ab::enum_param("combine", "concat", {"concat", "sum"},
-                       "concat: one softmax over the local and the sorted block (paper); sum: two separately "
-                       "normalised softmaxes added (LRA)"),
-    };
-    s.caps = {.causal = false, .bidirectional = true, .padding_mask = true, .length_dependent = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "sinkhorn", "learned-sparse",
+        "Sparse Sinkhorn attention: blocks attend to themselves and a learned soft-sorted block",
+        "Tay, Bahri, Yang, Metzler, Juan 2020, Sparse Sinkhorn Attention",
+        {
+            ab::int_param("block_size", 32, "positions per block (LRA 50; 64 on image tasks)", 1, 1 << 20),
+            ab::int_param("max_num_blocks", 0, "columns of the sorting net; 0 = ceil(max_length / block_size) (LRA 25)",
+                          0, 1 << 20),
+            ab::enum_param("sort", "softmax", {"softmax", "sinkhorn"},
+                           "softmax: row softmax of the sorting logits (LRA default); sinkhorn: iterated row/column "
+                           "normalisation in log space"),
+            ab::int_param("sinkhorn_iters", 7, "Sinkhorn iterations (sort = sinkhorn; paper 5-10, lucidrains 7)", 1,
+                          100),
+            ab::num_param("temperature", 0.75, "logits are divided by it before Sinkhorn (sort = sinkhorn)", 1e-3, 1e3),
+            ab::enum_param("combine", "concat", {"concat", "sum"},
+                           "concat: one softmax over the local and the sorted block (paper); sum: two separately "
+                           "normalised softmaxes added (LRA)"),
+        },
+        {.causal = false, .bidirectional = true, .padding_mask = true, .length_dependent = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       const ab::Json& p = *a.params;

@@ -14,13 +14,11 @@ class Softmax final : public ab::AttentionMixer {
       : AttentionMixer(cfg), dropout_(static_cast<float>(cfg.params.at("dropout").get<double>())) {}
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "softmax";
-    s.family = "dense";
-    s.summary = "exact softmax attention, N x N scores materialised (the reference)";
-    s.reference = "Vaswani et al. 2017, Attention Is All You Need";
-    s.params = {ab::num_param("dropout", 0.0, "dropout on the attention probabilities", 0.0, 0.95)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s =
+        ab::variant_spec("softmax", "dense", "exact softmax attention, N x N scores materialised (the reference)",
+                         "Vaswani et al. 2017, Attention Is All You Need",
+                         {ab::num_param("dropout", 0.0, "dropout on the attention probabilities", 0.0, 0.95)},
+                         {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       const bool dropout = a.params->at("dropout").get<double>() > 0;
@@ -45,15 +43,7 @@ class Softmax final : public ab::AttentionMixer {
     // Scaling q (N d) is cheaper than scaling the scores (N^2).
     const ab::Var qs = ab::scale(q, 1.0f / std::sqrt(static_cast<float>(head_dim_)));
     ab::Var scores = ab::matmul(qs, k, false, true);  // [B, H, N, N]
-    ab::Tensor mask;
-    if (ctx.causal) {
-      mask = ab::causal_mask(N);
-      if (ctx.key_mask) {  // combine: [B, 1, 1, N] + [N, N] -> [B, 1, N, N]
-        mask = ab::add(ab::Var(*ctx.key_mask), ab::Var(mask)).value();
-      }
-    } else if (ctx.key_mask) {
-      mask = *ctx.key_mask;
-    }
+    const ab::Tensor mask = ab::additive_mask(ctx, N);
     ab::Var p = ab::softmax(scores, mask.defined() ? &mask : nullptr);
     p = ab::dropout(p, dropout_, ab::RngStream(ctx.seed, ab::Purpose::dropout, ctx.step, ctx.layer, 1), ctx.training);
     return ab::matmul(p, v);

@@ -27,18 +27,17 @@ class SoftmaxTiled final : public ab::AttentionMixer {
 
   static ab::VariantSpec spec() {
     const ab::FlashAttentionOptions def;
-    ab::VariantSpec s;
-    s.name = "softmax_tiled";
-    s.family = "dense";
-    s.summary = "exact softmax attention with an online softmax over key tiles, O(N) memory (FlashAttention)";
-    s.reference = "Dao et al. 2022, FlashAttention; Dao 2023, FlashAttention-2";
-    s.params = {
-        ab::int_param("block_q", def.block_q, "forward tile: query rows per work item", 1, 4096),
-        ab::int_param("block_k", def.block_k, "forward tile: keys per online-softmax step", 1, 8192),
-        ab::int_param("bwd_block_q", def.bwd_block_q, "backward tile: query rows", 1, 4096),
-        ab::int_param("bwd_block_k", def.bwd_block_k, "backward tile: keys per work item step", 1, 8192),
-    };
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "softmax_tiled", "dense",
+        "exact softmax attention with an online softmax over key tiles, O(N) memory (FlashAttention)",
+        "Dao et al. 2022, FlashAttention; Dao 2023, FlashAttention-2",
+        {
+            ab::int_param("block_q", def.block_q, "forward tile: query rows per work item", 1, 4096),
+            ab::int_param("block_k", def.block_k, "forward tile: keys per online-softmax step", 1, 8192),
+            ab::int_param("bwd_block_q", def.bwd_block_q, "backward tile: query rows", 1, 4096),
+            ab::int_param("bwd_block_k", def.bwd_block_k, "backward tile: keys per work item step", 1, 8192),
+        },
+        {.causal = true, .bidirectional = true, .padding_mask = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       ab::Cost c;

@@ -97,19 +97,17 @@ class SparseFixed final : public ab::AttentionMixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "sparse_fixed";
-    s.family = "sparse";
-    s.summary = "Sparse Transformer fixed (or strided) factorised pattern, merged over heads as in LRA";
-    s.reference = "Child et al. 2019, Generating Long Sequences with Sparse Transformers";
-    s.params = {
-        ab::enum_param("pattern", "fixed", {"fixed", "strided"},
-                       "fixed: own group + summary columns; strided: band |i-j| < l + every l-th token"),
-        ab::int_param("stride", 128, "l: group length (fixed) or band / stride (strided); LRA 128", 1, 65536),
-        ab::int_param("summary", 32, "c: summary positions at the end of every group (fixed only); LRA 32", 0, 65536),
-        ab::bool_param("causal_pattern", false,
-                       "always intersect with j <= i, even in encoder mode (what the LRA code does)")};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "sparse_fixed", "sparse",
+        "Sparse Transformer fixed (or strided) factorised pattern, merged over heads as in LRA",
+        "Child et al. 2019, Generating Long Sequences with Sparse Transformers",
+        {ab::enum_param("pattern", "fixed", {"fixed", "strided"},
+                        "fixed: own group + summary columns; strided: band |i-j| < l + every l-th token"),
+         ab::int_param("stride", 128, "l: group length (fixed) or band / stride (strided); LRA 128", 1, 65536),
+         ab::int_param("summary", 32, "c: summary positions at the end of every group (fixed only); LRA 32", 0, 65536),
+         ab::bool_param("causal_pattern", false,
+                        "always intersect with j <= i, even in encoder mode (what the LRA code does)")},
+        {.causal = true, .bidirectional = true, .padding_mask = true});
     s.cost = [](const ab::CostArgs& a) {
       const auto p = sparse_pattern(a.length, *a.params);
       return ab::block_sparse_mixer_cost(p, a, a.causal || a.params->at("causal_pattern").get<bool>());

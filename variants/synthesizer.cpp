@@ -73,18 +73,17 @@ class Synthesizer final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "synthesizer";
-    s.family = "dense";
-    s.summary = "synthesised attention weights: learned random, factorised random or dense (MLP) logits";
-    s.reference = "Tay et al. 2021, Synthesizer: Rethinking Self-Attention in Transformer Models";
-    s.params = {ab::enum_param("mode", "random", {"random", "factorized_random", "dense"},
-                               "random: learned [N, N] logits per head; factorized_random: R1 R2^T of rank k; "
-                               "dense: per-token MLP logits (LRA: random for image/pathfinder, "
-                               "factorized_random with k = 32 for text)"),
-                ab::int_param("k", 32, "rank of factorized_random (LRA text: 32)", 1, 65536),
-                ab::bool_param("fixed", false, "random modes: keep the random logits fixed (not trained)")};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .length_dependent = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "synthesizer", "dense",
+        "synthesised attention weights: learned random, factorised random or dense (MLP) logits",
+        "Tay et al. 2021, Synthesizer: Rethinking Self-Attention in Transformer Models",
+        {ab::enum_param("mode", "random", {"random", "factorized_random", "dense"},
+                        "random: learned [N, N] logits per head; factorized_random: R1 R2^T of rank k; "
+                        "dense: per-token MLP logits (LRA: random for image/pathfinder, "
+                        "factorized_random with k = 32 for text)"),
+         ab::int_param("k", 32, "rank of factorized_random (LRA text: 32)", 1, 65536),
+         ab::bool_param("fixed", false, "random modes: keep the random logits fixed (not trained)")},
+        {.causal = true, .bidirectional = true, .padding_mask = true, .length_dependent = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       const Mode mode = parse_mode(a.params->at("mode").get<std::string>());
@@ -141,11 +140,9 @@ class Synthesizer final : public ab::Mixer {
     const bool shared = logits.rank() == 3 && !ctx.key_mask;
     if (logits.rank() == 3 && ctx.key_mask)  // per example: [1, H, N, N] + [B, 1, 1, N]
       logits = ab::add(ab::reshape(logits, {1, H, N, N}), ab::Var(*ctx.key_mask));
-    ab::Tensor mask;
-    if (ctx.causal) mask = ab::causal_mask(N);
-    if (!ctx.causal && ctx.key_mask && mode_ == Mode::dense) mask = *ctx.key_mask;
-    if (ctx.causal && ctx.key_mask && mode_ == Mode::dense)
-      mask = ab::add(ab::Var(*ctx.key_mask), ab::Var(mask)).value();  // [B, 1, N, N]
+    ab::MixerContext masks = ctx;  // the key mask joins the causal one in dense mode only
+    if (mode_ != Mode::dense) masks.key_mask = nullptr;
+    const ab::Tensor mask = ab::additive_mask(masks, N);
     const ab::Var p = ab::softmax(logits, mask.defined() ? &mask : nullptr);
     const ab::Var vals = ab::reshape(ab::linear(x, wv_), {B, N, H, d});
     ab::Var merged;  // [B, N, D]

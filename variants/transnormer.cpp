@@ -42,16 +42,15 @@ class TransNormer final : public ab::AttentionMixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "transnormer";
-    s.family = "kernel";
-    s.summary = "block softmax (DiagAttention) in lower layers, normalised linear attention (NormAttention) above";
-    s.reference = "Qin et al. 2022, The Devil in Linear Transformer (TransNormer)";
-    s.params = {
-        ab::int_param("block", 64, "DiagAttention block length in tokens", 1, 65536),
-        ab::int_param("diag_layers", 1, "layers 0 .. diag_layers-1 use DiagAttention, the rest NormAttention", 0, 1024),
-        ab::enum_param("feature", "elu", {"elu", "relu"}, "NormAttention feature map: 1 + elu(x) or relu(x)")};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "transnormer", "kernel",
+        "block softmax (DiagAttention) in lower layers, normalised linear attention (NormAttention) above",
+        "Qin et al. 2022, The Devil in Linear Transformer (TransNormer)",
+        {ab::int_param("block", 64, "DiagAttention block length in tokens", 1, 65536),
+         ab::int_param("diag_layers", 1, "layers 0 .. diag_layers-1 use DiagAttention, the rest NormAttention", 0,
+                       1024),
+         ab::enum_param("feature", "elu", {"elu", "relu"}, "NormAttention feature map: 1 + elu(x) or relu(x)")},
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads, d = D / H;
       const bool diag = a.params->at("diag_layers").get<int64_t>() > 0;  // layer 0

@@ -30,6 +30,13 @@ AttentionMixer::AttentionMixer(const MixerConfig& cfg)
   wo_ = add_param("wo", init_xavier_uniform(d_model_, d_model_, stream(3)));
 }
 
+Tensor additive_mask(const MixerContext& ctx, int64_t N) {
+  if (!ctx.causal) return ctx.key_mask ? *ctx.key_mask : Tensor();
+  Tensor mask = causal_mask(N);
+  if (ctx.key_mask) mask = add(Var(*ctx.key_mask), Var(mask)).value();  // [B, 1, 1, N] + [N, N] -> [B, 1, N, N]
+  return mask;
+}
+
 Var AttentionMixer::forward(const Var& x, const MixerContext& ctx) {
   // x: [B, N, D] -> q, k, v: [B, H, N, d] (k, v projected to kv_heads heads and repeated)
   const int64_t B = x.dim(0), N = x.dim(1);

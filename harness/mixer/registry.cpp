@@ -77,6 +77,29 @@ static const Spec* find_spec(const std::vector<Spec>& specs, const std::string& 
   return nullptr;
 }
 
+// The fields variant and task specs share.
+template <class Spec>
+static Spec described(std::string name, std::string summary, std::string reference, std::vector<ParamSpec> params) {
+  Spec s;
+  s.name = std::move(name);
+  s.summary = std::move(summary);
+  s.reference = std::move(reference);
+  s.params = std::move(params);
+  return s;
+}
+
+VariantSpec variant_spec(std::string name, std::string family, std::string summary, std::string reference,
+                         std::vector<ParamSpec> params, Capabilities caps) {
+  auto s = described<VariantSpec>(std::move(name), std::move(summary), std::move(reference), std::move(params));
+  s.family = std::move(family);
+  s.caps = caps;
+  return s;
+}
+
+TaskSpec task_spec(std::string name, std::string summary, std::string reference, std::vector<ParamSpec> params) {
+  return described<TaskSpec>(std::move(name), std::move(summary), std::move(reference), std::move(params));
+}
+
 VariantRegistry& VariantRegistry::instance() {
   static VariantRegistry r;
   return r;

@@ -16,15 +16,13 @@ class MyVariant final : public ab::AttentionMixer {
       : AttentionMixer(cfg), temperature_(static_cast<float>(cfg.params.at("temperature").get<double>())) {}
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "my_variant";
-    s.family = "dense";
-    s.summary = "softmax attention with a temperature (plugin template)";
-    s.reference = "your paper here";
-    // Every parameter has a default, a doc string and a valid range; unknown keys are errors.
-    s.params = {ab::num_param("temperature", 1.0, "divides the scores q.k / sqrt(d)", 0.01, 100.0)};
-    // Declare only what the conformance checks confirm.
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true};
+    // Name, family, one-line summary, paper; the parameters (each with a default, a doc string and
+    // a valid range; unknown keys are errors); the capabilities (declare only what the conformance
+    // checks confirm).
+    ab::VariantSpec s = ab::variant_spec(
+        "my_variant", "dense", "softmax attention with a temperature (plugin template)", "your paper here",
+        {ab::num_param("temperature", 1.0, "divides the scores q.k / sqrt(d)", 0.01, 100.0)},
+        {.causal = true, .bidirectional = true, .padding_mask = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       ab::Cost c;
@@ -49,13 +47,7 @@ class MyVariant final : public ab::AttentionMixer {
     const int64_t N = q.dim(2);
     const ab::Var qs = ab::scale(q, 1.0f / (temperature_ * std::sqrt(static_cast<float>(head_dim_))));
     const ab::Var scores = ab::matmul(qs, k, false, true);  // [B, H, N, N]
-    ab::Tensor mask;  // additive: 0 keep, -inf drop
-    if (ctx.causal) {
-      mask = ab::causal_mask(N);
-      if (ctx.key_mask) mask = ab::add(ab::Var(*ctx.key_mask), ab::Var(mask)).value();  // [B, 1, N, N]
-    } else if (ctx.key_mask) {
-      mask = *ctx.key_mask;  // [B, 1, 1, N]
-    }
+    const ab::Tensor mask = ab::additive_mask(ctx, N);  // additive: 0 keep, -inf drop
     return ab::matmul(ab::softmax(scores, mask.defined() ? &mask : nullptr), v);
   }
 

@@ -6,6 +6,7 @@
 
 #include "attnbench/check.hpp"
 #include "attnbench/variant.hpp"
+#include "support/mixer_runs.hpp"
 
 using namespace ab;
 
@@ -23,11 +24,7 @@ double decode_gap(const std::string& variant, Json given, int layer) {
   MixerContext ctx;
   ctx.causal = true;
   ctx.layer = layer;
-  Tensor full;
-  {
-    NoGrad ng;
-    full = mixer->forward(Var(x), ctx).value();
-  }
+  const Tensor full = test::forward_value(*mixer, x, ctx);
   const Tensor decoded = decode_sequence(*mixer, x, ctx);
   double worst = 0;
   for (int64_t i = 0; i < full.numel(); ++i) worst = std::max(worst, double(std::fabs(decoded[i] - full[i])));

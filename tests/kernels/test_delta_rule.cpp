@@ -13,6 +13,7 @@
 #include "attnbench/check.hpp"
 #include "attnbench/kernels/delta_rule.hpp"
 #include "support/random_tensors.hpp"
+#include "support/variant_checks.hpp"
 
 using namespace ab;
 
@@ -235,15 +236,7 @@ TEST(DeltaRule, DecodeStateMatchesForward) {
     const Tensor full = delta_rule(Var(q), Var(k), Var(v), Var(beta), gated ? Var(g) : Var(), opt).value();
     DeltaRuleState st(B, H, K, V);
     EXPECT_EQ(st.bytes(), B * H * K * V * 4);
-    auto at = [](const Tensor& x, int64_t t) {  // position t of [B, H, N, *] or [B, H, N] -> [B, H, 1, *]
-      const int64_t outer = x.dim(0) * x.dim(1), n = x.dim(2), inner = x.numel() / (outer * n);
-      Shape s = x.shape();
-      s[2] = 1;
-      Tensor y = Tensor::empty(s);
-      for (int64_t o = 0; o < outer; ++o)
-        for (int64_t i = 0; i < inner; ++i) y[o * inner + i] = x[(o * n + t) * inner + i];
-      return y;
-    };
+    const auto at = test::position;
     for (int64_t t = 0; t < N; ++t) {
       const Tensor o = st.step(at(q, t), at(k, t), at(v, t), at(beta, t), gated ? at(g, t) : Tensor());
       for (int64_t bh = 0; bh < B * H; ++bh)
@@ -267,12 +260,7 @@ TEST(DeltaRuleVariants, ConformanceSuitePasses) {
       {"gated_deltanet", Json::object()},
       {"gated_deltanet", Json{{"chunk", 64}, {"expand_v", 1.0}}},
   };
-  for (const auto& [name, params] : cases) {
-    const VariantSpec* spec = VariantRegistry::instance().find(name);
-    ASSERT_NE(spec, nullptr) << name;
-    for (const CheckResult& r : check_variant(*spec, params))
-      EXPECT_TRUE(r.passed) << name << " " << params.dump() << " " << r.check << ": " << r.detail;
-  }
+  test::expect_checks_pass(cases);
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include "attnbench/check.hpp"
 #include "attnbench/kernels/gated_linear_attention.hpp"
 #include "support/random_tensors.hpp"
+#include "support/variant_checks.hpp"
 
 using namespace ab;
 
@@ -166,15 +167,7 @@ TEST(GatedLinearAttention, DecodeStateMatchesForward) {
       const Tensor full = gated_linear_attention(in.q, in.k, in.v, in.g).value();
       GatedLinearState st(B, H, K, V);
       EXPECT_EQ(st.bytes(), B * H * K * V * 4);
-      auto at = [](const Tensor& x, int64_t t) {  // position t of [B, H', N, *] -> [B, H', 1, *]
-        const int64_t outer = x.dim(0) * x.dim(1), n = x.dim(2), inner = x.numel() / (outer * n);
-        Shape s = x.shape();
-        s[2] = 1;
-        Tensor y = Tensor::empty(s);
-        for (int64_t o = 0; o < outer; ++o)
-          for (int64_t i = 0; i < inner; ++i) y[o * inner + i] = x[(o * n + t) * inner + i];
-        return y;
-      };
+      const auto at = test::position;
       for (int64_t t = 0; t < N; ++t) {
         const Tensor o = st.step(at(in.q.value(), t), at(in.k.value(), t), at(in.v.value(), t), at(in.g.value(), t));
         for (int64_t bh = 0; bh < B * H; ++bh)
@@ -253,12 +246,7 @@ TEST(GatedLinearVariants, ConformanceSuitePasses) {
       {"mamba2", Json{{"form", "parallel"}, {"d_conv", 1}}},
       {"mamba2", Json{{"chunk", 64}, {"expand", 1}, {"headdim", 4}}},
   };
-  for (const auto& [name, params] : cases) {
-    const VariantSpec* spec = VariantRegistry::instance().find(name);
-    ASSERT_NE(spec, nullptr) << name;
-    for (const CheckResult& r : check_variant(*spec, params))
-      EXPECT_TRUE(r.passed) << name << " " << params.dump() << " " << r.check << ": " << r.detail;
-  }
+  test::expect_checks_pass(cases);
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include "attnbench/kernels/fft_conv.hpp"
 #include "attnbench/variant.hpp"
 #include "support/random_tensors.hpp"
+#include "support/mixer_runs.hpp"
 
 using namespace ab;
 
@@ -270,11 +271,7 @@ TEST(S4d, ConvolutionFormEqualsRecurrentScan) {
     const Tensor x = rand_t({B, N, D}, 20);
     MixerContext ctx;
     ctx.causal = causal;
-    Tensor y;
-    {
-      NoGrad ng;
-      y = mixer->forward(Var(x), ctx).value();
-    }
+    const Tensor y = test::forward_value(*mixer, x, ctx);
     auto P = params_of(*mixer);
     const int64_t n = 4;
     // The SSM output by scanning forward (c_fwd) and, bidirectionally, backward (c_bwd) in time.

@@ -9,6 +9,7 @@
 #include "attnbench/check.hpp"
 #include "attnbench/kernels/monarch.hpp"
 #include "support/random_tensors.hpp"
+#include "support/mixer_runs.hpp"
 
 using namespace ab;
 
@@ -291,11 +292,7 @@ TEST(PoNetVariant, MatchesANaiveReferenceWithAndWithoutPadding) {
     }
     MixerContext ctx;
     if (masked) ctx.key_mask = &mask;
-    Tensor y;
-    {
-      NoGrad ng;
-      y = mixer->forward(Var(x), ctx).value();
-    }
+    const Tensor y = test::forward_value(*mixer, x, ctx);
     for (int64_t i = 0; i < y.numel(); ++i) ASSERT_NEAR(y[i], ref[i], 1e-4) << "element " << i << " masked " << masked;
   }
 }
@@ -347,19 +344,11 @@ TEST(M2Variant, DecodingPastMaxLengthEqualsTheCausalForward) {
   const Tensor x = rand_t({B, N, D}, 40);
   MixerContext ctx;
   ctx.causal = true;
-  Tensor full;
-  {
-    NoGrad ng;
-    full = mixer->forward(Var(x), ctx).value();
-  }
+  const Tensor full = test::forward_value(*mixer, x, ctx);
   std::unique_ptr<DecodeState> state;
   const Tensor decoded = decode_sequence(*mixer, x, ctx, &state);
-  double worst = 0, largest = 0;
-  for (int64_t i = 0; i < full.numel(); ++i) {
-    worst = std::max(worst, double(std::fabs(decoded[i] - full[i])));
-    largest = std::max(largest, double(std::fabs(full[i])));
-  }
-  EXPECT_LE(worst, 1e-4 * std::max(1.0, largest));
+  const test::Deviation dev = test::deviation(decoded, full);
+  EXPECT_LE(dev.worst, 1e-4 * std::max(1.0, dev.largest));
   EXPECT_EQ(state->bytes(), 4 * (B * N * D + B * 2 * 3 * D + 20 * D));  // values, short-conv history, taps
 }
 

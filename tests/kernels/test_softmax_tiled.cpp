@@ -9,17 +9,13 @@
 
 #include "attnbench/check.hpp"
 #include "attnbench/kernels/flash_attention.hpp"
+#include "support/random_tensors.hpp"
 
 using namespace ab;
 
 namespace {
 
-Tensor random_tensor(const Shape& s, uint64_t key, float scale = 1.f) {
-  RngStream r(key, Purpose::check, 77);
-  Tensor t = Tensor::empty(s);
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = r.normal() * scale;
-  return t;
-}
+Tensor random_tensor(const Shape& s, uint64_t key, float scale = 1.f) { return test::normal_tensor(s, key, 77, scale); }
 
 // Key-padding pattern per batch row: 1 = real token, 0 = pad. Row 0 pads the last third; row 1
 // pads the first two keys and every fifth one, so causal rows 0 and 1 see no key at all.

@@ -18,6 +18,7 @@
 #include "attnbench/kernels/block_sparse_attention.hpp"
 #include "attnbench/check.hpp"
 #include "attnbench/variant.hpp"
+#include "support/random_tensors.hpp"
 
 using namespace ab;
 
@@ -35,12 +36,7 @@ double hash01(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
   return static_cast<double>(mix(seed ^ mix(a ^ mix(b ^ mix(c)))) >> 11) * 0x1.0p-53;
 }
 
-Tensor random_tensor(const Shape& s, uint64_t seed, float scale = 1.f) {
-  RngStream r(seed, Purpose::check, 77);
-  Tensor t = Tensor::empty(s);
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = r.normal() * scale;
-  return t;
-}
+Tensor random_tensor(const Shape& s, uint64_t seed, float scale = 1.f) { return test::normal_tensor(s, seed, 77, scale); }
 
 // ---- dense reference (double) ----
 using Allowed = std::function<bool(int64_t h, int64_t i, int64_t j)>;

@@ -11,6 +11,7 @@
 
 #include "attnbench/check.hpp"
 #include "model/model.hpp"
+#include "support/model_grad.hpp"
 #include "support/random_tensors.hpp"
 #include "train/train.hpp"
 
@@ -90,19 +91,6 @@ std::string usage_message(const std::string& variant, const std::vector<std::str
     return e.what();
   }
   return "no error";
-}
-
-// Finite differences against the gradients of every parameter (a few elements each) of the run's
-// model (variant softmax, or the layers model.mixers names) on two training examples.
-GradCheckReport model_grad_check(const RunConfig& c) {
-  auto task = TaskRegistry::instance().get(c.task).make(c.task_params, 1);
-  Model model(c.model_params, VariantRegistry::instance().get("softmax"), c.variant_params, *task, 1);
-  const Batch batch = make_batch(*task, Split::train, {0, 1});
-  std::vector<Var> leaves;
-  for (auto& [n, v] : model.parameters()) leaves.push_back(v);
-  GradCheckOptions opt;
-  opt.max_elements = 6;
-  return grad_check([&] { return cross_entropy(model.forward(batch, false, 0), batch.labels); }, leaves, opt);
 }
 
 int64_t parameter_count(const std::string& variant, const std::vector<std::string>& sets) {
@@ -253,7 +241,7 @@ TEST(ModelBlock, HybridWithShortConvNoMlpAndMqaGradientsMatchFiniteDifferences) 
     const RunConfig c = config("softmax", {"model.layers=2", "model.d_model=8", "model.heads=2", "model.mlp_dim=12",
                                            "model.mixers=softmax,linear_elu", "model.kv_heads=1", "model.mlp=false",
                                            "model.dropout=0", "model.causal=true", conv});
-    const auto rep = model_grad_check(c);
+    const auto rep = test::model_grad_check(c);
     EXPECT_TRUE(rep.passed) << conv << ": " << rep.detail;
   }
 }
@@ -368,7 +356,7 @@ TEST(MadAutoencoder, EveryPositionReadsTheLastStateAndOnlyIt) {
 }
 
 TEST(MadAutoencoder, GradientsMatchFiniteDifferences) {
-  const auto rep = model_grad_check(compression_config({"model.layers=1", "model.positions=learned"}));
+  const auto rep = test::model_grad_check(compression_config({"model.layers=1", "model.positions=learned"}));
   EXPECT_TRUE(rep.passed) << rep.detail;
 }
 

@@ -19,16 +19,14 @@ class ReluCosine final : public ab::AttentionMixer {
         detach_keys_(cfg.params.at("detach_keys").get<bool>()) {}
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "relu_cosine";
-    s.family = "dense";
-    s.summary = "relu(scale * cosine similarity), normalised per query row";
-    s.reference = "issue 19 (a new user's plugin)";
-    s.params = {ab::num_param("scale", 4.0, "multiplies the cosine similarity", 0.1, 100.0),
-                ab::num_param("eps", 1e-3, "added to each row's sum before dividing", 1e-9, 1.0),
-                ab::bool_param("detach_keys", false, "planted bug: no gradient flows through the keys"),
-                ab::num_param("declared_saved_factor", 1.0, "planted bug: scales the declared saved bytes", 0.1, 10.0)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "relu_cosine", "dense", "relu(scale * cosine similarity), normalised per query row",
+        "issue 19 (a new user's plugin)",
+        {ab::num_param("scale", 4.0, "multiplies the cosine similarity", 0.1, 100.0),
+         ab::num_param("eps", 1e-3, "added to each row's sum before dividing", 1e-9, 1.0),
+         ab::bool_param("detach_keys", false, "planted bug: no gradient flows through the keys"),
+         ab::num_param("declared_saved_factor", 1.0, "planted bug: scales the declared saved bytes", 0.1, 10.0)},
+        {.causal = true, .bidirectional = true, .padding_mask = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       ab::Cost c;

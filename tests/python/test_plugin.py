@@ -26,6 +26,34 @@ TINY = ["--set", "task.max_length=32", "--set", "task.train_size=128", "--set", 
         "--threads", "1", "--quiet"]
 
 
+def tiny_listops_spec(name, grid, plugins=None, per_variant=None):
+    """A sweep spec (JSON text) over `grid` on a ListOps cell small enough for a test."""
+    spec = {"name": name}
+    if plugins is not None:
+        spec["plugins"] = plugins
+    spec["base"] = {"task": "listops", "threads": 1, "set": {
+        "task.max_length": 32, "task.train_size": 128, "task.valid_size": 32, "task.test_size": 32,
+        "model.layers": 1, "model.d_model": 16, "model.heads": 2, "train.steps": 6, "train.eval_every": 3}}
+    spec["grid"] = grid
+    if per_variant is not None:
+        spec["per_variant"] = per_variant
+    return json.dumps(spec)
+
+
+def kill_sweep_after_first_run(binary, spec, out, env):
+    """Starts `sweep spec --out out`, kills it once its first run file exists (or after 300 s) and
+    returns how many run files it left."""
+    p = subprocess.Popen([str(binary), "sweep", str(spec), "--out", str(out)], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while p.poll() is None and time.time() < deadline and not list((out / "runs").glob("*.json")):
+        time.sleep(0.05)
+    p.kill()
+    p.wait()
+    time.sleep(0.5)  # the running cell dies with its parent
+    return len(list((out / "runs").glob("*.json")))
+
+
 def sh(*args, env=None, cwd=None, timeout=600):
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout,
                           env=env, cwd=cwd)
@@ -174,12 +202,7 @@ class OutOfTreePlugin(unittest.TestCase):
     def test_sweep_children_load_the_plugin_from_the_environment(self):
         with tempfile.TemporaryDirectory() as d:
             spec = Path(d) / "spec.json"
-            spec.write_text(json.dumps({
-                "name": "plugin", "base": {"task": "listops", "threads": 1, "set": {
-                    "task.max_length": 32, "task.train_size": 128, "task.valid_size": 32, "task.test_size": 32,
-                    "model.layers": 1, "model.d_model": 16, "model.heads": 2, "train.steps": 6,
-                    "train.eval_every": 3}},
-                "grid": {"variant": ["lowtemp", "softmax"]}}))
+            spec.write_text(tiny_listops_spec("plugin", {"variant": ["lowtemp", "softmax"]}))
             env = dict(os.environ, ATTNBENCH_PLUGINS=str(self.plugin))
             r = self.run_ab("sweep", spec, "--out", Path(d) / "out", env=env)
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
@@ -257,24 +280,11 @@ class OutOfTreePlugin(unittest.TestCase):
             (d / "plugins").mkdir()
             shutil.copy(self.plugin, d / "plugins" / "lowtemp.so")
             spec = d / "spec.json"
-            spec.write_text(json.dumps({
-                "name": "spec-names-plugin", "plugins": ["plugins/lowtemp.so"],
-                "base": {"task": "listops", "threads": 1, "set": {
-                    "task.max_length": 32, "task.train_size": 128, "task.valid_size": 32, "task.test_size": 32,
-                    "model.layers": 1, "model.d_model": 16, "model.heads": 2, "train.steps": 6,
-                    "train.eval_every": 3}},
-                "grid": {"variant": ["lowtemp", "softmax"], "seed": [1, 2]}}))
+            spec.write_text(tiny_listops_spec("spec-names-plugin", {"variant": ["lowtemp", "softmax"], "seed": [1, 2]},
+                                              plugins=["plugins/lowtemp.so"]))
             env = {k: v for k, v in os.environ.items() if k != "ATTNBENCH_PLUGINS"}
             out = d / "out"
-            p = subprocess.Popen([str(self.bin), "sweep", str(spec), "--out", str(out)], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            deadline = time.time() + 300
-            while p.poll() is None and time.time() < deadline and not list((out / "runs").glob("*.json")):
-                time.sleep(0.05)
-            p.kill()
-            p.wait()
-            time.sleep(0.5)  # the running cell dies with its parent
-            before = len(list((out / "runs").glob("*.json")))
+            before = kill_sweep_after_first_run(self.bin, spec, out, env)
             self.assertLess(before, 4, "the sweep finished before it could be killed")
             r = sh(self.bin, "sweep", spec, "--out", out, "--resume", env=env)
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
@@ -364,12 +374,8 @@ class FailingPlugins(unittest.TestCase):
     def test_sweep_records_crash_throw_and_nan_and_the_report_shows_them(self):
         with tempfile.TemporaryDirectory() as d:
             spec = Path(d) / "spec.json"
-            spec.write_text(json.dumps({
-                "name": "faults", "base": {"task": "listops", "threads": 1, "set": {
-                    "task.max_length": 32, "task.train_size": 128, "task.valid_size": 32, "task.test_size": 32,
-                    "model.layers": 1, "model.d_model": 16, "model.heads": 2, "train.steps": 6,
-                    "train.eval_every": 3}},
-                "grid": {"variant": ["softmax", "fault_crash", "fault_throw", "fault_nan"]}}))
+            spec.write_text(tiny_listops_spec("faults",
+                                              {"variant": ["softmax", "fault_crash", "fault_throw", "fault_nan"]}))
             out = Path(d) / "out"
             r = sh(BIN, "sweep", spec, "--out", out, "--plugin", FIXTURE)
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
@@ -398,24 +404,11 @@ class FailingPlugins(unittest.TestCase):
             plugin = d / "plugins" / "faults.so"
             shutil.copy(FIXTURE, plugin)
             spec = d / "spec.json"
-            spec.write_text(json.dumps({
-                "name": "spec-plugins", "plugins": ["plugins/faults.so"],
-                "base": {"task": "listops", "threads": 1, "set": {
-                    "task.max_length": 32, "task.train_size": 128, "task.valid_size": 32, "task.test_size": 32,
-                    "model.layers": 1, "model.d_model": 16, "model.heads": 2, "train.steps": 6,
-                    "train.eval_every": 3}},
-                "grid": {"variant": ["fault_nan", "softmax", "fault_throw"]}}))
+            spec.write_text(tiny_listops_spec("spec-plugins", {"variant": ["fault_nan", "softmax", "fault_throw"]},
+                                              plugins=["plugins/faults.so"]))
             env = {k: v for k, v in os.environ.items() if k != "ATTNBENCH_PLUGINS"}
             out = d / "out"
-            p = subprocess.Popen([str(BIN), "sweep", str(spec), "--out", str(out)], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            deadline = time.time() + 300
-            while p.poll() is None and time.time() < deadline and not list((out / "runs").glob("*.json")):
-                time.sleep(0.05)
-            p.kill()
-            p.wait()
-            time.sleep(0.5)  # the running cell dies with its parent
-            before = len(list((out / "runs").glob("*.json")))
+            before = kill_sweep_after_first_run(BIN, spec, out, env)
             self.assertLess(before, 3, "the sweep finished before it could be killed")
             r = sh(BIN, "sweep", spec, "--out", out, "--resume", env=env)
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
@@ -450,13 +443,8 @@ class FailingPlugins(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             spec = Path(d) / "spec.json"
             garbage = {"variant.garbage_output": True}
-            spec.write_text(json.dumps({
-                "name": "garbage", "base": {"task": "listops", "threads": 1, "set": {
-                    "task.max_length": 32, "task.train_size": 128, "task.valid_size": 32, "task.test_size": 32,
-                    "model.layers": 1, "model.d_model": 16, "model.heads": 2, "train.steps": 6,
-                    "train.eval_every": 3}},
-                "grid": {"variant": ["fault_crash", "fault_throw", "softmax"]},
-                "per_variant": {"fault_crash": garbage, "fault_throw": garbage}}))
+            spec.write_text(tiny_listops_spec("garbage", {"variant": ["fault_crash", "fault_throw", "softmax"]},
+                                              per_variant={"fault_crash": garbage, "fault_throw": garbage}))
             out = Path(d) / os.fsdecode(b"out-\xff\xfe")
 
             def sweep(*extra):  # its output names the directory, bytes and all

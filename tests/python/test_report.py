@@ -195,16 +195,19 @@ def td(table_html, variant, task):
     return (m.group(0), html.unescape(re.sub(r"<[^>]+>", "", m.group(1)))) if m else (None, None)
 
 
-class ReportOnFakeSweep(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory()
-        cls.dir = Path(cls.tmp.name)
-        cls.sweep = cls.dir / "sweep"
-        cls.docs = make_sweep(cls.sweep)
-        cls.out = cls.dir / "out" / "report.html"
-        cls.result = run_script("report.py", cls.sweep, "--out", cls.out, "--title", "Fake sweep")
-        cls.page = cls.out.read_text(encoding="utf-8") if cls.out.exists() else ""
+def table_of_report(test, make, table_id):
+    """The table `table_id` (None when absent) of the report on the fake sweep that make(folder) writes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        make(root / "sweep")
+        out = root / "report.html"
+        test.assertEqual(run_script("report.py", root / "sweep", "--out", out).returncode, 0)
+        return element(out.read_text(encoding="utf-8"), "table", table_id)
+
+
+class FakeRunsFixture:
+    """For a class whose setUpClass writes fake run documents (cls.docs) into cls.tmp: they follow
+    the run schema, and the folder goes at the end."""
 
     @classmethod
     def tearDownClass(cls):
@@ -216,6 +219,18 @@ class ReportOnFakeSweep(unittest.TestCase):
         validator = validate_run.load_validator()
         for doc in self.docs:
             self.assertEqual(validate_run.errors_of(validator, doc), [], json.dumps(doc)[:200])
+
+
+class ReportOnFakeSweep(FakeRunsFixture, unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.dir = Path(cls.tmp.name)
+        cls.sweep = cls.dir / "sweep"
+        cls.docs = make_sweep(cls.sweep)
+        cls.out = cls.dir / "out" / "report.html"
+        cls.result = run_script("report.py", cls.sweep, "--out", cls.out, "--title", "Fake sweep")
+        cls.page = cls.out.read_text(encoding="utf-8") if cls.out.exists() else ""
 
     def test_exit_and_paths_printed(self):
         self.assertEqual(self.result.returncode, 0, self.result.stderr)
@@ -379,7 +394,7 @@ def mad_run(variant, task, setting, lr, wd, acc):
     return doc
 
 
-class MadTable(unittest.TestCase):
+class MadTable(FakeRunsFixture, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory()
@@ -395,22 +410,11 @@ class MadTable(unittest.TestCase):
         cls.page = out.read_text(encoding="utf-8") if out.exists() else ""
         cls.table = element(cls.page, "table", "mad") or ""
 
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
-
     def cell(self, variant, task, setting):
         m = re.search(rf'<td[^>]*data-variant="{variant}" data-task="{task}" data-setting="{re.escape(setting)}"'
                       rf'[^>]*>(.*?)</td>', self.table, re.S)
         self.assertIsNotNone(m, (variant, task, setting))
         return html.unescape(re.sub(r"<[^>]+>", "", m.group(1)))
-
-    def test_fixtures_follow_the_schema(self):
-        if validate_run is None:
-            self.skipTest("python3-jsonschema not installed")
-        validator = validate_run.load_validator()
-        for doc in self.docs:
-            self.assertEqual(validate_run.errors_of(validator, doc), [], json.dumps(doc)[:200])
 
     def test_best_of_grid_per_setting_macro_and_micro(self):
         self.assertEqual(self.result.returncode, 0, self.result.stderr)
@@ -760,12 +764,7 @@ class BestOfTunedGrid(unittest.TestCase):
             self.assertIn("(2 failed)", text)
 
     def test_no_protocol_no_section(self):
-        with tempfile.TemporaryDirectory() as tmp:
-            root = Path(tmp)
-            make_sweep(root / "sweep")
-            out = root / "report.html"
-            self.assertEqual(run_script("report.py", root / "sweep", "--out", out).returncode, 0)
-            self.assertIsNone(element(out.read_text(encoding="utf-8"), "table", "best-of-grid"))
+        self.assertIsNone(table_of_report(self, make_sweep, "best-of-grid"))
 
 
 REPRODUCTIONS = [
@@ -838,12 +837,7 @@ class Reproductions(unittest.TestCase):
         self.assertIn('data-still-improving="1"', element(page, "table", "lra-accuracy"))
 
     def test_no_reproductions_no_section(self):
-        with tempfile.TemporaryDirectory() as tmp:
-            root = Path(tmp)
-            make_tuned_sweep(root / "sweep")
-            out = root / "report.html"
-            self.assertEqual(run_script("report.py", root / "sweep", "--out", out).returncode, 0)
-            self.assertIsNone(element(out.read_text(encoding="utf-8"), "table", "reproductions"))
+        self.assertIsNone(table_of_report(self, make_tuned_sweep, "reproductions"))
 
     def test_crossover_expectations_read_the_bench_runs(self):
         with tempfile.TemporaryDirectory() as tmp:

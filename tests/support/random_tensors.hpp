@@ -1,6 +1,6 @@
 #pragma once
 // Test inputs drawn from the check stream: the same tensor for the same (seed, key) on every
-// platform, like every draw of the harness.
+// platform, like every draw of the harness; and slices of them.
 #include "attnbench/rng.hpp"
 #include "attnbench/tensor.hpp"
 
@@ -20,6 +20,25 @@ inline Tensor symmetric_tensor(const Shape& s, uint64_t seed, uint64_t key, floa
   Tensor t = Tensor::empty(s);
   for (int64_t i = 0; i < t.numel(); ++i) t[i] = scale * (2.f * r.uniform() - 1.f);
   return t;
+}
+
+// Normal with standard deviation `scale`.
+inline Tensor normal_tensor(const Shape& s, uint64_t seed, uint64_t key, float scale = 1.f) {
+  RngStream r(seed, Purpose::check, key);
+  Tensor t = Tensor::empty(s);
+  for (int64_t i = 0; i < t.numel(); ++i) t[i] = r.normal() * scale;
+  return t;
+}
+
+// Position t of x [B, H, N, *] (or [B, H, N]) as [B, H, 1, *] (or [B, H, 1]): one decode step's input.
+inline Tensor position(const Tensor& x, int64_t t) {
+  const int64_t outer = x.dim(0) * x.dim(1), n = x.dim(2), inner = x.numel() / (outer * n);
+  Shape s = x.shape();
+  s[2] = 1;
+  Tensor y = Tensor::empty(s);
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t i = 0; i < inner; ++i) y[o * inner + i] = x[(o * n + t) * inner + i];
+  return y;
 }
 
 }  // namespace ab::test

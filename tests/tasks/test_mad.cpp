@@ -16,6 +16,7 @@
 #include "attnbench/ops.hpp"
 #include "attnbench/params.hpp"
 #include "attnbench/task.hpp"
+#include "support/task_fixtures.hpp"
 
 using namespace ab;
 
@@ -23,19 +24,8 @@ namespace {
 
 constexpr Split kSplits[] = {Split::train, Split::valid, Split::test};
 
-std::unique_ptr<Task> make(const std::string& name, const Json& given, uint64_t seed = 1) {
-  const TaskSpec& spec = TaskRegistry::instance().get(name);
-  return spec.make(resolve_params(spec.params, given, "task '" + name + "'"), seed);
-}
-
-std::string usage_error(const std::string& name, const Json& given) {
-  try {
-    make(name, given);
-  } catch (const UsageError& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::make_task;
+using test::usage_error;
 
 // Training examples are next-token LM targets: target[j] = input[j + 1].
 void expect_next_token(const Example& ex, const std::string& what) {
@@ -95,7 +85,7 @@ int check_recall(const Example& ex, const RecallIds& ids, int64_t L, bool traini
 }
 
 void check_recall_task(const std::string& name, const Json& given, const RecallIds& ids, int64_t L, double frac_noise) {
-  auto task = make(name, given, 5);
+  auto task = make_task(name, given, 5);
   ASSERT_EQ(task->kind(), TaskKind::per_position);
   ASSERT_EQ(task->vocab_size(), ids.V + 1);
   ASSERT_EQ(task->num_classes(), ids.V + 1);
@@ -145,7 +135,7 @@ TEST(MadNoisyRecall, NoiseSlotsAreUnscoredAndFrequentAsAsked) {
 TEST(MadFuzzyRecall, TargetsAreTheValueMotifsOfRepeatedKeyMotifs) {
   const int32_t V = 16, km = 3, vm = 3, keys = (V - 1) / 2, pad = V;  // ours: keys 1..7, values 8..15, pad 16
   const int64_t L = 128;
-  auto task = make("mad_fuzzy_recall", Json::object(), 9);
+  auto task = make_task("mad_fuzzy_recall", Json::object(), 9);
   ASSERT_EQ(task->seq_len(), L);
   ASSERT_EQ(task->vocab_size(), V + 1);
   int64_t unseen_probes = 0, examples = 0;
@@ -214,7 +204,7 @@ TEST(MadFuzzyRecall, TargetsAreTheValueMotifsOfRepeatedKeyMotifs) {
 // Selective copying: tokens and blanks, the copy token, n blanks; the tokens are the last targets.
 
 void check_copying(const Json& given, int32_t V, int64_t L, int64_t n) {
-  auto task = make("mad_selective_copying", given, 3);
+  auto task = make_task("mad_selective_copying", given, 3);
   ASSERT_EQ(task->seq_len(), L);
   ASSERT_EQ(task->vocab_size(), V + 1);
   const int32_t blank = V - 1, copy = V;  // MAD's V-2 and V-1, plus one
@@ -260,7 +250,7 @@ TEST(MadSelectiveCopying, TargetsAreTheTokensInOrder) {
 // Memorization: one map across splits, a function of the seed.
 
 std::map<int32_t, int32_t> check_memorization(const Json& given, uint64_t seed, int32_t V, int64_t L) {
-  auto task = make("mad_memorization", given, seed);
+  auto task = make_task("mad_memorization", given, seed);
   EXPECT_EQ(task->seq_len(), L);
   EXPECT_EQ(task->vocab_size(), V + 1);
   const int32_t keys = (V - 1) / 2, insert = V;

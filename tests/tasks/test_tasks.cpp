@@ -31,6 +31,7 @@
 #include "attnbench/params.hpp"
 #include "io/png.hpp"
 #include "attnbench/task.hpp"
+#include "support/task_fixtures.hpp"
 
 using namespace ab;
 
@@ -39,22 +40,8 @@ namespace {
 namespace fs = std::filesystem;
 constexpr Split kSplits[] = {Split::train, Split::valid, Split::test};
 
-std::unique_ptr<Task> make_task(const std::string& name, const Json& given, uint64_t seed = 1,
-                                Json* resolved = nullptr) {
-  const TaskSpec& spec = TaskRegistry::instance().get(name);
-  Json params = resolve_params(spec.params, given, "task '" + name + "'");
-  if (resolved) *resolved = params;
-  return spec.make(params, seed);
-}
-
-std::string usage_error(const std::string& name, const Json& given) {
-  try {
-    make_task(name, given);
-  } catch (const UsageError& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::make_task;
+using test::usage_error;
 
 // A scratch directory removed at the end of the test.
 struct TempDir {

@@ -9,6 +9,7 @@
 
 #include "attnbench/check.hpp"
 #include "model/model.hpp"
+#include "support/model_grad.hpp"
 #include "train/optimizer.hpp"
 #include "train/train.hpp"
 
@@ -92,14 +93,7 @@ TEST(Model, WholeModelGradientsMatchFiniteDifferences) {
 TEST(Model, PerPositionHeadGradients) {
   const RunConfig c = config({"task.per_position=true", "model.layers=1", "model.d_model=8", "model.heads=2",
                               "model.causal=true", "model.dropout=0"});
-  auto task = TaskRegistry::instance().get(c.task).make(c.task_params, 1);
-  Model model(c.model_params, VariantRegistry::instance().get("softmax"), c.variant_params, *task, 1);
-  const Batch batch = make_batch(*task, Split::train, {0, 1});
-  std::vector<Var> leaves;
-  for (auto& [n, v] : model.parameters()) leaves.push_back(v);
-  GradCheckOptions opt;
-  opt.max_elements = 6;
-  const auto rep = grad_check([&] { return cross_entropy(model.forward(batch, false, 0), batch.labels); }, leaves, opt);
+  const auto rep = test::model_grad_check(c);
   EXPECT_TRUE(rep.passed) << rep.detail;
 }
 

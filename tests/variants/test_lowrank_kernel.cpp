@@ -12,17 +12,13 @@
 #include "attnbench/check.hpp"
 #include "attnbench/kernels/linear_attention.hpp"
 #include "attnbench/variant.hpp"
+#include "support/random_tensors.hpp"
 
 using namespace ab;
 
 namespace {
 
-Tensor randn(const Shape& s, uint64_t key, float scale = 1.f) {
-  RngStream r(key, Purpose::check, 77);
-  Tensor t = Tensor::empty(s);
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = r.normal() * scale;
-  return t;
-}
+Tensor randn(const Shape& s, uint64_t key, float scale = 1.f) { return test::normal_tensor(s, key, 77, scale); }
 
 std::vector<double> to_double(const Tensor& t) {
   std::vector<double> out(static_cast<size_t>(t.numel()));

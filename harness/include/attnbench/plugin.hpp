@@ -37,6 +37,9 @@ namespace ab {
 // 6: a block-sparse SparseSegment may hold one block list per (batch, head) (B H lists), for
 //    data-dependent patterns (nsa's selected blocks); the delta-rule kernel takes a decay per key
 //    dimension (log_alpha [B, H, N, dk], kda).
+// 6: spec builders, so a spec() is one call instead of a field-by-field block: variant_spec
+//    (variant.hpp) and task_spec (task.hpp); additive_mask (variant.hpp), the score mask of a
+//    context; one detail::Registrar behind both registration macros.
 #define ATTNBENCH_PLUGIN_ABI_VERSION 6
 inline constexpr int kPluginAbiVersion = ATTNBENCH_PLUGIN_ABI_VERSION;
 
@@ -69,6 +72,16 @@ using PluginRegisterFn = void (*)(const std::string& origin);
 // Queues a registration until the loader has checked the ABI version (plugin_entry.cpp).
 [[gnu::visibility("hidden")]] void plugin_defer(PluginRegisterFn fn);
 #endif
+// A static object whose constructor registers (built-in) or queues the registration (plugin):
+// what ATTNBENCH_REGISTER_VARIANT and ATTNBENCH_REGISTER_TASK define.
+template <PluginRegisterFn Register>
+struct Registrar {
+#ifdef ATTNBENCH_PLUGIN
+  Registrar() { plugin_defer(Register); }
+#else
+  Registrar() { Register(""); }
+#endif
+};
 }  // namespace detail
 
 }  // namespace ab

@@ -65,6 +65,9 @@ struct TaskSpec {
   std::string origin = "built-in";
 };
 
+// A spec with its name, summary, reference and parameters filled in (the task may then set defaults).
+TaskSpec task_spec(std::string name, std::string summary, std::string reference, std::vector<ParamSpec> params);
+
 class TaskRegistry {
  public:
   static TaskRegistry& instance();
@@ -85,17 +88,10 @@ void register_task(const std::string& origin) {
   if (!origin.empty()) s.origin = origin;
   TaskRegistry::instance().add(std::move(s));
 }
-template <class T>
-struct TaskRegistrar {
-#ifdef ATTNBENCH_PLUGIN
-  TaskRegistrar() { plugin_defer(&register_task<T>); }
-#else
-  TaskRegistrar() { register_task<T>(""); }
-#endif
-};
 }  // namespace detail
 
-#define ATTNBENCH_REGISTER_TASK(Class) \
-  static const ::ab::detail::TaskRegistrar<Class> ATTNBENCH_CONCAT(ab_task_registrar_, __LINE__) {}
+#define ATTNBENCH_REGISTER_TASK(Class)                                      \
+  static const ::ab::detail::Registrar<&::ab::detail::register_task<Class>> \
+      ATTNBENCH_CONCAT(ab_task_registrar_, __LINE__) {}
 
 }  // namespace ab

@@ -104,6 +104,18 @@ struct VariantSpec {
   Json check_params = Json::object();
 };
 
+// The additive mask [.., N, N] of attention scores under ctx: causal_mask(N) [N, N] when causal,
+// the key mask [B, 1, 1, N] when given, both summed [B, 1, N, N], or an undefined Tensor when
+// neither applies (add it to the scores before the normalisation; -inf drops a score).
+Tensor additive_mask(const MixerContext& ctx, int64_t N);
+
+// A spec with its description, parameters and capabilities filled in, so spec() reads as one call
+// (the variant then sets cost, and check_params where the defaults do not fit the checks' sizes):
+//   ab::VariantSpec s = ab::variant_spec("name", "family", "one-line summary", "Author et al. 2024, Title",
+//                                        {ab::int_param(...), ...}, {.causal = true, ...});
+VariantSpec variant_spec(std::string name, std::string family, std::string summary, std::string reference,
+                         std::vector<ParamSpec> params, Capabilities caps);
+
 class VariantRegistry {
  public:
   static VariantRegistry& instance();
@@ -125,17 +137,10 @@ void register_variant(const std::string& origin) {
   if (!origin.empty()) s.origin = origin;
   VariantRegistry::instance().add(std::move(s));
 }
-template <class T>
-struct VariantRegistrar {
-#ifdef ATTNBENCH_PLUGIN
-  VariantRegistrar() { plugin_defer(&register_variant<T>); }
-#else
-  VariantRegistrar() { register_variant<T>(""); }
-#endif
-};
 }  // namespace detail
 
-#define ATTNBENCH_REGISTER_VARIANT(Class) \
-  static const ::ab::detail::VariantRegistrar<Class> ATTNBENCH_CONCAT(ab_variant_registrar_, __LINE__) {}
+#define ATTNBENCH_REGISTER_VARIANT(Class)                                      \
+  static const ::ab::detail::Registrar<&::ab::detail::register_variant<Class>> \
+      ATTNBENCH_CONCAT(ab_variant_registrar_, __LINE__) {}
 
 }  // namespace ab
