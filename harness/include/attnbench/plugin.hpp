@@ -37,7 +37,7 @@ namespace ab {
 // 6: a block-sparse SparseSegment may hold one block list per (batch, head) (B H lists), for
 //    data-dependent patterns (nsa's selected blocks); the delta-rule kernel takes a decay per key
 //    dimension (log_alpha [B, H, N, dk], kda).
-// 6: spec builders, so a spec() is one call instead of a field-by-field block: variant_spec
+//    Spec builders, so a spec() is one call instead of a field-by-field block: variant_spec
 //    (variant.hpp) and task_spec (task.hpp); additive_mask (variant.hpp), the score mask of a
 //    context; one detail::Registrar behind both registration macros.
 #define ATTNBENCH_PLUGIN_ABI_VERSION 6
