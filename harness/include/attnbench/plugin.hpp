@@ -34,7 +34,10 @@ namespace ab {
 //    attnbench/kernels/NAME.hpp); attnbench/kernels/delta_rule.hpp (the delta rule's chunked
 //    kernel and decode state); every op of ops.hpp and kernels/ says what it saves for backward
 //    (`check --trace-memory` measures it).
-#define ATTNBENCH_PLUGIN_ABI_VERSION 5
+// 6: AttentionMixer gained input() (x while attend runs, for gates that read it); flash_attention
+//    gained the per-head key bias (flash_attention_key_bias, key_bias / d_key_bias of the raw
+//    kernels) for the Forgetting Transformer.
+#define ATTNBENCH_PLUGIN_ABI_VERSION 6
 inline constexpr int kPluginAbiVersion = ATTNBENCH_PLUGIN_ABI_VERSION;
 
 struct PluginInfo {
