@@ -92,6 +92,9 @@ class Fox final : public ab::AttentionMixer {
 
   // q, k, v: [B, H, N, d] -> [B, H, N, d]
   ab::Var attend(const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::MixerContext& ctx) override {
+    if (!input().defined())  // attend(q, k, v) called alone (bench --attend-only, --fidelity)
+      throw ab::UsageError("fox: its gate reads the mixer input x, which attend(q, k, v) alone does not have; "
+                           "measure it without --attend-only / --fidelity");
     if (!ctx.causal) throw ab::UsageError("fox is causal only; set model.causal=true");
     const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
     // kb = -c: [B, H, N]

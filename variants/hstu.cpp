@@ -70,6 +70,9 @@ class Hstu final : public ab::AttentionMixer {
 
   // q, k, v: [B, H, N, d] -> [B, H, N, d]
   ab::Var attend(const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::MixerContext& ctx) override {
+    if (!input().defined())  // attend(q, k, v) called alone (bench --attend-only, --fidelity)
+      throw ab::UsageError("hstu: its gate reads the mixer input x, which attend(q, k, v) alone does not have; "
+                           "measure it without --attend-only / --fidelity");
     const int64_t B = q.dim(0), N = q.dim(2);
     const ab::Var scores = ab::matmul(ab::silu(q), ab::silu(k), false, true);  // [B, H, N, N]
     // Keep flags [B or 1, 1, N, N]: 1 where query i may see key j (causality and padding).

@@ -59,6 +59,9 @@ class SoftmaxGate final : public ab::AttentionMixer {
 
   // q, k, v: [B, H, N, d] -> [B, H, N, d]
   ab::Var attend(const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::MixerContext& ctx) override {
+    if (!input().defined())  // attend(q, k, v) called alone (bench --attend-only, --fidelity)
+      throw ab::UsageError("softmax_gate: its gate reads the mixer input x, which attend(q, k, v) alone does not have; "
+                           "measure it without --attend-only / --fidelity");
     const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
     return ab::mul(ab::flash_attention(q, k, v, scale, ctx.causal, ctx.key_mask), gate(input()));
   }
