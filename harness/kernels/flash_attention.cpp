@@ -353,15 +353,16 @@ struct Avx512 {
 };
 #endif
 
-// Bias of keys [k0, k0 + n) in base-2 units: mask * log2 e (then -inf up to w, a multiple of 16).
-// Returns the bias to add, nullptr when it is 0 for every key (no mask, or nothing masked here),
-// and sets `all_masked` when no key of the block is visible.
-const float* key_bias(const float* mask_row, int64_t k0, int64_t n, int64_t w, float* bias, bool& all_masked) {
+// Bias of keys [k0, k0 + n) in base-2 units: (mask + head bias) * log2 e (then -inf up to w, a
+// multiple of 16). Returns the bias to add, nullptr when it is 0 for every key (no mask and no head
+// bias, or nothing masked here), and sets `all_masked` when no key of the block is visible.
+const float* key_bias(const float* mask_row, const float* head_row, int64_t k0, int64_t n, int64_t w, float* bias,
+                      bool& all_masked) {
   all_masked = n <= 0;
-  if (!mask_row) return nullptr;
+  if (!mask_row && !head_row) return nullptr;
   bool any_visible = false, any_bias = false;
   for (int64_t j = 0; j < w; ++j) {
-    bias[j] = j >= n ? -kInf : mask_row[k0 + j] * kLog2e;
+    bias[j] = j >= n ? -kInf : ((mask_row ? mask_row[k0 + j] : 0.f) + (head_row ? head_row[k0 + j] : 0.f)) * kLog2e;
     any_visible = any_visible || (j < n && bias[j] != -kInf);
     any_bias = any_bias || (j < n && bias[j] != 0.f);
   }
@@ -375,9 +376,11 @@ struct Problem {
   int64_t mask_batch;
   float scale;
   bool causal;
+  const float* head_bias = nullptr;  // [B H, Nk] or null
   const float* mask_row(int64_t bh) const {
     return mask ? mask + (mask_batch == 1 ? 0 : bh / H) * Nk : nullptr;
   }
+  const float* head_row(int64_t bh) const { return head_bias ? head_bias + bh * Nk : nullptr; }
 };
 
 template <class KR>
@@ -434,7 +437,7 @@ void forward_impl(const Problem& pb, const float* q, const float* k, const float
         const int64_t ncols = pb.causal ? std::min(nk, q0 + mq - k0) : nk;  // keys any row of the block sees
         const int64_t w = round_up(ncols, kLane);
         bool all_masked;
-        const float* kbias = key_bias(mrow, k0, ncols, w, bias, all_masked);
+        const float* kbias = key_bias(mrow, pb.head_row(bh), k0, ncols, w, bias, all_masked);
         if (all_masked) continue;
         const float* kp = kpack + (bh * nkb + kb) * ldS * d;  // [ceil(nk/64), d, 64]
         for (int64_t p = 0; p * kPanel < ncols; ++p)  // S[mq, ncols] = qs kp^T
@@ -467,7 +470,8 @@ void forward_impl(const Problem& pb, const float* q, const float* k, const float
 
 template <class KR>
 void backward_impl(const Problem& pb, const float* q, const float* k, const float* v, const float* o,
-                   const float* lse, const float* dout, float* dq, float* dk, float* dv, int64_t Br, int64_t Bc) {
+                   const float* lse, const float* dout, float* dq, float* dk, float* dv, float* dkb, int64_t Br,
+                   int64_t Bc) {
   const int64_t d = pb.d, Nq = pb.Nq, Nk = pb.Nk, BH = pb.B * pb.H;
   Br = std::min(Br, std::max<int64_t>(Nq, 1));
   Bc = std::min(Bc, std::max<int64_t>(Nk, 1));
@@ -545,8 +549,10 @@ void backward_impl(const Problem& pb, const float* q, const float* k, const floa
         const int64_t k0 = kb * Bc, nk = std::min(Bc, Nk - k0);
         float* dkh = dk + (bh * Nk + k0) * d;
         float* dvh = dv + (bh * Nk + k0) * d;
+        float* dkbh = dkb ? dkb + bh * Nk + k0 : nullptr;  // [nk]: column sums of dS / scale
+        if (dkbh) std::fill(dkbh, dkbh + nk, 0.f);
         bool all_masked;
-        const float* kbias = key_bias(mrow, k0, nk, round_up(nk, kLane), bias, all_masked);
+        const float* kbias = key_bias(mrow, pb.head_row(bh), k0, nk, round_up(nk, kLane), bias, all_masked);
         if (all_masked || (pb.causal && k0 > Nq - 1)) {
           std::fill(dkh, dkh + nk * d, 0.f);
           std::fill(dvh, dvh + nk * d, 0.f);
@@ -575,6 +581,13 @@ void backward_impl(const Problem& pb, const float* q, const float* k, const floa
             KR::gemm(mq, kPanel, d, dob, d, 1, vp + p * kPanel * d, kPanel, dP + p * kPanel, ldS, false);
           for (int64_t i = 0; i < mq; ++i)  // dS = P o (dP - D) * scale, into dP
             KR::dsoftmax(S + i * ldS, dP + i * ldS, w, Dh[q0 + i], pb.scale);
+          if (dkbh) {  // the bias enters unscaled: d kb_j = sum_i dS_ij / scale
+            const float inv = 1.f / pb.scale;
+            for (int64_t i = 0; i < mq; ++i) {
+              const float* dsrow = dP + i * ldS;
+              for (int64_t j = 0; j < ncols; ++j) dkbh[j] += dsrow[j] * inv;
+            }
+          }
           // dQ[mq, d] += dS[mq, ncols] k[k0 : k0 + ncols, d]
           KR::gemm(mq, d, ncols, dP, ldS, 1, kh + k0 * d, d, dqh + q0 * d, d, true);
           // dK[ncols, d] += dS^T[ncols, mq] q[q0 : q0 + mq, d]
@@ -628,9 +641,10 @@ bool flash_attention_has_avx512() {
 
 void flash_attention_forward(const FlashShape& s, const float* q, const float* k, const float* v, const float* key_mask,
                              int64_t mask_batch, float scale, bool causal, float* o, float* lse,
-                             const FlashAttentionOptions& opt) {
+                             const FlashAttentionOptions& opt, const float* kb) {
   check_blocks(opt);
-  const Problem pb = make_problem(s, key_mask, mask_batch, scale, causal);
+  Problem pb = make_problem(s, key_mask, mask_batch, scale, causal);
+  pb.head_bias = kb;
 #ifdef __AVX512F__
   if (!opt.portable) return forward_impl<Avx512>(pb, q, k, v, o, lse, opt.block_q, opt.block_k);
 #endif
@@ -640,18 +654,22 @@ void flash_attention_forward(const FlashShape& s, const float* q, const float* k
 void flash_attention_backward(const FlashShape& s, const float* q, const float* k, const float* v,
                               const float* key_mask, int64_t mask_batch, float scale, bool causal, const float* o,
                               const float* lse, const float* dout, float* dq, float* dk, float* dv,
-                              const FlashAttentionOptions& opt) {
+                              const FlashAttentionOptions& opt, const float* kb, float* dkb) {
   check_blocks(opt);
-  const Problem pb = make_problem(s, key_mask, mask_batch, scale, causal);
+  Problem pb = make_problem(s, key_mask, mask_batch, scale, causal);
+  pb.head_bias = kb;
+  if (!kb) dkb = nullptr;
 #ifdef __AVX512F__
   if (!opt.portable)
-    return backward_impl<Avx512>(pb, q, k, v, o, lse, dout, dq, dk, dv, opt.bwd_block_q, opt.bwd_block_k);
+    return backward_impl<Avx512>(pb, q, k, v, o, lse, dout, dq, dk, dv, dkb, opt.bwd_block_q, opt.bwd_block_k);
 #endif
-  backward_impl<Portable>(pb, q, k, v, o, lse, dout, dq, dk, dv, opt.bwd_block_q, opt.bwd_block_k);
+  backward_impl<Portable>(pb, q, k, v, o, lse, dout, dq, dk, dv, dkb, opt.bwd_block_q, opt.bwd_block_k);
 }
 
-Var flash_attention(const Var& q, const Var& k, const Var& v, float scale, bool causal, const Tensor* key_mask,
-                    const FlashAttentionOptions& opt) {
+namespace {
+// The op behind flash_attention and flash_attention_key_bias; kb undefined = no head bias.
+Var flash_attention_op(const Var& q, const Var& k, const Var& v, const Var& kb, float scale, bool causal,
+                       const Tensor* key_mask, const FlashAttentionOptions& opt) {
   if (q.rank() != 4 || k.rank() != 4 || v.rank() != 4)
     throw std::invalid_argument(fmt::format("flash_attention: q, k, v must be [B, H, N, d] (got {}, {}, {})",
                                             shape_str(q.shape()), shape_str(k.shape()), shape_str(v.shape())));
@@ -659,6 +677,9 @@ Var flash_attention(const Var& q, const Var& k, const Var& v, float scale, bool 
   if (k.shape() != v.shape() || k.dim(0) != s.batch || k.dim(1) != s.heads || k.dim(3) != s.head_dim)
     throw std::invalid_argument(fmt::format("flash_attention: q {} does not match k {} and v {}", shape_str(q.shape()),
                                             shape_str(k.shape()), shape_str(v.shape())));
+  if (kb.defined() && kb.shape() != Shape{s.batch, s.heads, s.k_len})
+    throw std::invalid_argument(fmt::format("flash_attention: key bias {} is not [B, H, Nk] = [{}, {}, {}]",
+                                            shape_str(kb.shape()), s.batch, s.heads, s.k_len));
   Tensor mask;
   int64_t mask_batch = 0;
   if (key_mask && key_mask->defined()) {
@@ -672,21 +693,40 @@ Var flash_attention(const Var& q, const Var& k, const Var& v, float scale, bool 
   Tensor o = Tensor::empty(q.shape());
   Tensor lse = Tensor::empty({s.batch, s.heads, s.q_len});
   const float* mp = mask.defined() ? mask.data() : nullptr;
+  const Tensor kbv = kb.defined() ? kb.value() : Tensor();
   flash_attention_forward(s, q.value().data(), k.value().data(), v.value().data(), mp, mask_batch, scale, causal,
-                          o.data(), lse.data(), opt);
+                          o.data(), lse.data(), opt, kbv.defined() ? kbv.data() : nullptr);
   Tensor saved_o = o;
+  std::vector<Var> inputs = {q, k, v};
+  if (kb.defined()) inputs.push_back(kb);
   return make_op_result(
-      std::move(o), {q, k, v},
-      [gq = q.sink(), gk = k.sink(), gv = v.sink(), qv = q.value(), kv = k.value(), vv = v.value(), ov = saved_o, lse,
-       mask, mask_batch, s, scale, causal, opt](const Tensor& g) {
+      std::move(o), inputs,
+      [gq = q.sink(), gk = k.sink(), gv = v.sink(), gkb = kb.sink(),
+       qv = q.value(), kv = k.value(), vv = v.value(), ov = saved_o, lse, mask, mask_batch, kbv, s, scale, causal,
+       opt](const Tensor& g) {
         Tensor dq = Tensor::empty(qv.shape()), dk = Tensor::empty(kv.shape()), dv = Tensor::empty(vv.shape());
+        Tensor dkb = kbv.defined() ? Tensor::empty(kbv.shape()) : Tensor();
         flash_attention_backward(s, qv.data(), kv.data(), vv.data(), mask.defined() ? mask.data() : nullptr,
                                  mask_batch, scale, causal, ov.data(), lse.data(), g.data(), dq.data(), dk.data(),
-                                 dv.data(), opt);
+                                 dv.data(), opt, kbv.defined() ? kbv.data() : nullptr,
+                                 dkb.defined() ? dkb.data() : nullptr);
         gq.accumulate(dq);
         gk.accumulate(dk);
         gv.accumulate(dv);
+        if (dkb.defined()) gkb.accumulate(dkb);
       });
+}
+}  // namespace
+
+Var flash_attention(const Var& q, const Var& k, const Var& v, float scale, bool causal, const Tensor* key_mask,
+                    const FlashAttentionOptions& opt) {
+  return flash_attention_op(q, k, v, Var(), scale, causal, key_mask, opt);
+}
+
+Var flash_attention_key_bias(const Var& q, const Var& k, const Var& v, const Var& key_bias, float scale, bool causal,
+                             const Tensor* key_mask, const FlashAttentionOptions& opt) {
+  if (!key_bias.defined()) throw std::invalid_argument("flash_attention_key_bias: the key bias is undefined");
+  return flash_attention_op(q, k, v, key_bias, scale, causal, key_mask, opt);
 }
 
 }  // namespace ab

@@ -48,7 +48,9 @@ Var AttentionMixer::forward(const Var& x, const MixerContext& ctx) {
     const Var q = heads(wq_, heads_), k = repeat_heads(heads(wk_, kv_heads_), heads_ / kv_heads_),
               v = repeat_heads(heads(wv_, kv_heads_), heads_ / kv_heads_);
     if (const auto& probe = attention_probe()) probe(ctx.layer, q.value(), k.value(), v.value());
+    input_ = x;
     o = attend(q, k, v, ctx);  // [B, H, N, d]
+    input_ = Var();
   }
   return linear(reshape(permute(o, {0, 2, 1, 3}), {B, N, d_model_}), wo_);
 }
@@ -76,7 +78,9 @@ Tensor AttentionMixer::decode_step(const Tensor& x_t, DecodeState& state, const 
   auto heads = [&](const Var& w, int64_t h) {
     return repeat_heads(Var(linear(x, w).value().reshape({B, h, 1, head_dim_})), heads_ / h).value();
   };
+  input_ = x;
   const Tensor o = attend_step(heads(wq_, heads_), heads(wk_, kv_heads_), heads(wv_, kv_heads_), state, ctx);
+  input_ = Var();
   return linear(Var(o.reshape({B, 1, d_model_})), wo_).value();
 }
 

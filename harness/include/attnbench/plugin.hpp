@@ -40,6 +40,9 @@ namespace ab {
 //    Spec builders, so a spec() is one call instead of a field-by-field block: variant_spec
 //    (variant.hpp) and task_spec (task.hpp); additive_mask (variant.hpp), the score mask of a
 //    context; one detail::Registrar behind both registration macros.
+//    AttentionMixer gained input() (x while attend runs, for gates that read it); flash_attention
+//    gained the per-head key bias (flash_attention_key_bias, key_bias / d_key_bias of the raw
+//    kernels) for the Forgetting Transformer.
 #define ATTNBENCH_PLUGIN_ABI_VERSION 6
 inline constexpr int kPluginAbiVersion = ATTNBENCH_PLUGIN_ABI_VERSION;
 

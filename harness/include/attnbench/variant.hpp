@@ -84,8 +84,15 @@ class AttentionMixer : public Mixer {
                              const MixerContext& ctx);
 
  protected:
+  // The mixer's input x [B, N, D] (x_t [B, 1, D] in decode) while attend / attend_step runs, for
+  // variants whose gates read x (softmax_gate, fox); undefined at any other time.
+  const Var& input() const { return input_; }
+
   int64_t d_model_, heads_, head_dim_, kv_heads_;
   Var wq_, wk_, wv_, wo_;
+
+ private:
+  Var input_;
 };
 
 struct VariantSpec {

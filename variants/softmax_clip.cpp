@@ -1,0 +1,111 @@
+// softmax_clip — clipped softmax attention: P = clip((zeta - gamma) softmax(QK^T / sqrt(d)) + gamma, 0, 1).
+// Bondarenko, Nagel, Blankevoort 2023, "Quantizable Transformers: Removing Outliers by Helping
+// Attention Heads Do Nothing" (NeurIPS), eq. 4.1; as clipped_softmax() in
+// qualcomm-ai-research/outlier-free-transformers (there `eta` is zeta). gamma < 0 lets a head give a
+// key exactly 0 weight with finite logits (so it can "do nothing" without growing outliers); zeta > 1
+// lets it give exactly 1. gamma = 0, zeta = 1 is plain softmax attention.
+// Dense, N x N probabilities materialised (as `softmax`): time O(B H N^2 d), memory O(B H N^2).
+// Masked keys (causal, padding) get probability 0 before the stretch, then gamma, then the clip: with
+// gamma < 0 they stay exactly 0 (gamma > 0 is refused, it would leak weight onto masked keys).
+// Capabilities: bidirectional, causal, padding mask, decode (KV cache, O(t d) per token).
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "attnbench/kernels/decode.hpp"
+#include "attnbench/parallel.hpp"
+#include "attnbench/variant.hpp"
+
+namespace {
+
+class SoftmaxClip final : public ab::AttentionMixer {
+ public:
+  explicit SoftmaxClip(const ab::MixerConfig& cfg)
+      : AttentionMixer(cfg),
+        gamma_(static_cast<float>(cfg.params.at("gamma").get<double>())),
+        zeta_(static_cast<float>(cfg.params.at("zeta").get<double>())) {}
+
+  static ab::VariantSpec spec() {
+    ab::VariantSpec s;
+    s.name = "softmax_clip";
+    s.family = "dense";
+    s.summary = "clipped softmax clip((zeta - gamma) softmax + gamma, 0, 1): heads can give exact 0 / 1 weights";
+    s.reference = "Bondarenko et al. 2023, Quantizable Transformers (clipped softmax)";
+    s.params = {ab::num_param("gamma", -0.025, "stretch lower end (<= 0; 0 with zeta 1 = softmax)", -1.0, 0.0),
+                ab::num_param("zeta", 1.0, "stretch upper end (>= 1)", 1.0, 2.0)};
+    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    s.cost = [](const ab::CostArgs& a) {
+      const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
+      ab::Cost c;
+      c.flops = 2 * B * N * D * D * 4 + 4 * B * N * N * D + 3 * B * H * N * N;  // + stretch and clip
+      // Saved: scaled q, k, v and the merged heads (4 B N D), the softmax output, the stretched
+      // weights (the clamp's input) and the clipped ones (PV's backward): 3 B H N^2.
+      c.activation_bytes = 4 * (4 * B * N * D + 3 * B * H * N * N);
+      c.state_bytes = 4 * 2 * B * N * D;  // the KV cache
+      // Peak at the softmax backward: P, clipped P, their gradients and dS (4 B H N^2 at most
+      // alive), y, q, k, the gradient of x and dWo, dWv.
+      c.peak_bytes = 4 * (4 * B * H * N * N + 4 * B * N * D + 2 * D * D);
+      return c;
+    };
+    return s;
+  }
+
+  // q, k, v: [B, H, N, d] -> [B, H, N, d]
+  ab::Var attend(const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::MixerContext& ctx) override {
+    const int64_t N = q.dim(2);
+    const ab::Var qs = ab::scale(q, 1.0f / std::sqrt(static_cast<float>(head_dim_)));
+    const ab::Var scores = ab::matmul(qs, k, false, true);  // [B, H, N, N]
+    ab::Tensor mask;
+    if (ctx.causal) {
+      mask = ab::causal_mask(N);
+      if (ctx.key_mask) mask = ab::add(ab::Var(*ctx.key_mask), ab::Var(mask)).value();  // [B, 1, N, N]
+    } else if (ctx.key_mask) {
+      mask = *ctx.key_mask;  // [B, 1, 1, N]
+    }
+    ab::Var p = ab::softmax(scores, mask.defined() ? &mask : nullptr);
+    if (gamma_ != 0.f || zeta_ != 1.f) p = ab::clamp(ab::add_scalar(ab::scale(p, zeta_ - gamma_), gamma_), 0.f, 1.f);
+    return ab::matmul(p, v);
+  }
+
+  std::unique_ptr<ab::DecodeState> begin_decode(int64_t batch, const ab::MixerContext&) override {
+    return std::make_unique<ab::KvCache>(batch, heads_, head_dim_);
+  }
+  // q, k, v: [B, H, 1, d] -> [B, H, 1, d]: the clipped softmax of q against the whole cache.
+  ab::Tensor attend_step(const ab::Tensor& q, const ab::Tensor& k, const ab::Tensor& v, ab::DecodeState& state,
+                         const ab::MixerContext&) override {
+    auto& cache = static_cast<ab::KvCache&>(state);
+    cache.append(k, v);
+    const int64_t B = q.dim(0), H = q.dim(1), d = head_dim_, L = cache.length();
+    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+    ab::Tensor out = ab::Tensor::zeros(q.shape());
+    ab::parallel_for(B * H, 1, [&](int64_t lo, int64_t hi) {
+      std::vector<float> w(static_cast<size_t>(L));
+      for (int64_t bh = lo; bh < hi; ++bh) {
+        const float* qq = q.data() + bh * d;
+        const float* K = cache.keys(bh / H, bh % H);
+        const float* V = cache.values(bh / H, bh % H);
+        float mx = -INFINITY, sum = 0.f;
+        for (int64_t j = 0; j < L; ++j) {
+          float dot = 0.f;
+          for (int64_t c = 0; c < d; ++c) dot += qq[c] * K[j * d + c];
+          w[j] = dot * scale;
+          mx = std::max(mx, w[j]);
+        }
+        for (int64_t j = 0; j < L; ++j) sum += (w[j] = std::exp(w[j] - mx));
+        float* o = out.data() + bh * d;
+        for (int64_t j = 0; j < L; ++j) {
+          const float p = std::clamp((zeta_ - gamma_) * (w[j] / sum) + gamma_, 0.f, 1.f);
+          for (int64_t c = 0; c < d; ++c) o[c] += p * V[j * d + c];
+        }
+      }
+    });
+    return out;
+  }
+
+ private:
+  float gamma_, zeta_;
+};
+
+}  // namespace
+
+ATTNBENCH_REGISTER_VARIANT(SoftmaxClip);
