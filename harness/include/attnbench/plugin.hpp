@@ -34,7 +34,7 @@ namespace ab {
 //    attnbench/kernels/NAME.hpp); attnbench/kernels/delta_rule.hpp (the delta rule's chunked
 //    kernel and decode state); every op of ops.hpp and kernels/ says what it saves for backward
 //    (`check --trace-memory` measures it).
-#define ATTNBENCH_PLUGIN_ABI_VERSION 5
+#define ATTNBENCH_PLUGIN_ABI_VERSION 6
 inline constexpr int kPluginAbiVersion = ATTNBENCH_PLUGIN_ABI_VERSION;
 
 struct PluginInfo {
