@@ -6,10 +6,13 @@
 // Time O(B H N^2 d) (backward recomputes the scores: 5 tile GEMMs instead of 4 saved ones);
 // memory O(B N D): q, k, v, the output and one log-sum-exp per query row are kept for backward.
 // Capabilities: causal (fully masked key tiles skipped), bidirectional, key-padding mask.
+// precision=bf16 rounds the tile products' inputs to bfloat16 (fp32 sums; relative error ~3e-3,
+// `bench --fidelity` reports it against fp32).
 // Same projections and initialisation as `softmax`, so both give the same outputs for a seed (up to
 // fp32 rounding). Caveats: no attention dropout; a query row whose keys are all padding outputs 0
 // (the dense variant would give NaN there).
 #include <cmath>
+#include <string>
 
 #include "attnbench/kernels/flash_attention.hpp"
 #include "attnbench/variant.hpp"
@@ -23,6 +26,11 @@ class SoftmaxTiled final : public ab::AttentionMixer {
     opt_.block_k = cfg.params.at("block_k").get<int64_t>();
     opt_.bwd_block_q = cfg.params.at("bwd_block_q").get<int64_t>();
     opt_.bwd_block_k = cfg.params.at("bwd_block_k").get<int64_t>();
+    opt_.bf16 = cfg.params.at("precision").get<std::string>() == "bf16";
+    if (opt_.bf16 && !ab::flash_attention_has_bf16())
+      throw ab::UsageError(
+          "softmax_tiled: variant.precision=bf16 needs a CPU with AVX512_BF16 (vdpbf16ps), and this one has none "
+          "(or the build has no AVX-512); use variant.precision=fp32");
   }
 
   static ab::VariantSpec spec() {
@@ -36,6 +44,9 @@ class SoftmaxTiled final : public ab::AttentionMixer {
             ab::int_param("block_k", def.block_k, "forward tile: keys per online-softmax step", 1, 8192),
             ab::int_param("bwd_block_q", def.bwd_block_q, "backward tile: query rows", 1, 4096),
             ab::int_param("bwd_block_k", def.bwd_block_k, "backward tile: keys per work item step", 1, 8192),
+            ab::enum_param("precision", "fp32", {"fp32", "bf16"},
+                           "inputs of the tile products (QK^T, PV and the backward's three): fp32, or bf16 with fp32 "
+                           "accumulation (AVX512_BF16); softmax and accumulators stay fp32"),
         },
         {.causal = true, .bidirectional = true, .padding_mask = true});
     s.cost = [](const ab::CostArgs& a) {

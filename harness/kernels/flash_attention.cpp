@@ -14,6 +14,9 @@
 // are contiguous: k and v blocks are packed into 64-column panels [d][64] where they are the
 // transposed operand. With AVX-512: register-blocked broadcast-FMA kernels (6 x 64 for d = 64)
 // and a degree-5 polynomial exp2; otherwise plain loops the compiler vectorises.
+// With opt.bf16 (AVX512_BF16, checked at run time): the same schedule, every tile product with
+// bf16 inputs and fp32 sums (vdpbf16ps, twice the fp32 FMA rate); q, k, v, dO are rounded once per
+// call into pair-interleaved copies, P and dS once per tile; backward accumulates dK^T and dV^T.
 
 // GCC 12 reports a false -Wmaybe-uninitialized inside its own AVX-512 headers
 // (_mm512_undefined_ps in _mm512_max_ps) once they are inlined; it must be off where they are read.
@@ -34,6 +37,7 @@
 #include <fmt/format.h>
 
 #ifdef __AVX512F__
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -351,6 +355,152 @@ struct Avx512 {
     }
   }
 };
+
+// ---- bf16 tile products (AVX512_BF16): C[M, N] (+)= A[M, K] B[K, N] with bf16 inputs, fp32 sums ----
+// vdpbf16ps multiplies pairs: lane n of C gets A(i, 2kk) B(2kk, n) + A(i, 2kk+1) B(2kk+1, n). So A
+// is bf16 row-major with k contiguous (one 32-bit pair broadcast per row and kk) and B is
+// "pair-interleaved": [K/2][N][2], element (k, n) at b[((k/2) ldb + n) 2 + k%2], one 512-bit load
+// per 16 columns. Target attributes keep the rest of the build free of AVX512_BF16 instructions;
+// flash_attention_has_bf16() gates every call at run time.
+#define AB_BF16_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+using bf16_t = uint16_t;
+
+// n bf16 values held in a Tensor (so the harness's memory accounting sees them like kpacked).
+struct Bf16Buffer {
+  Tensor t;
+  explicit Bf16Buffer(int64_t n) : t(Tensor::empty({std::max<int64_t>(ceil_div(n, 2), 1)})) {}
+  bf16_t* data() { return reinterpret_cast<bf16_t*>(t.data()); }
+};
+
+// Round to nearest even, like vcvtneps2bf16 (a NaN stays a NaN).
+bf16_t to_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<bf16_t>((u >> 16) | 0x40u);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return static_cast<bf16_t>(u >> 16);
+}
+
+// A-layout: dst[i * lda + k] = bf16(mult * src[i * rs + k * cs]) for i < M, k < K; 0 for K <= k < lda.
+void pack_a_bf16(const float* src, int64_t rs, int64_t cs, int64_t M, int64_t K, float mult, bf16_t* dst,
+                 int64_t lda) {
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t k = 0; k < K; ++k) dst[i * lda + k] = to_bf16(mult * src[i * rs + k * cs]);
+    std::fill(dst + i * lda + K, dst + (i + 1) * lda, bf16_t{0});
+  }
+}
+
+// B-layout: element (k, n) = src[k * rs + n * cs] for k < K, n < N into [K2][ldb][2]; zero for
+// K <= k < 2 K2 and N <= n < ldb.
+void pack_b_bf16(const float* src, int64_t rs, int64_t cs, int64_t K, int64_t N, int64_t K2, bf16_t* dst,
+                 int64_t ldb) {
+  std::fill(dst, dst + K2 * ldb * 2, bf16_t{0});
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t n = 0; n < N; ++n) dst[((k / 2) * ldb + n) * 2 + (k & 1)] = to_bf16(src[k * rs + n * cs]);
+}
+
+struct Bf16 {
+  template <int MR, int NV>
+  AB_BF16_FN static void micro(int64_t K2, const bf16_t* a, int64_t lda, const bf16_t* b, int64_t ldb, float* c,
+                               int64_t ldc, __mmask16 tail, bool acc) {
+    __m512 cr[MR][NV];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        const float* cp = c + i * ldc + 16 * v;
+        cr[i][v] = !acc ? _mm512_setzero_ps() : v == NV - 1 ? _mm512_maskz_loadu_ps(tail, cp) : _mm512_loadu_ps(cp);
+      }
+    for (int64_t kk = 0; kk < K2; ++kk) {
+      const bf16_t* bk = b + kk * ldb * 2;
+      __m512bh bv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v)
+        bv[v] = (__m512bh)(v == NV - 1 ? _mm512_maskz_loadu_epi32(tail, bk + 32 * v) : _mm512_loadu_si512(bk + 32 * v));
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        int32_t pair;
+        std::memcpy(&pair, a + i * lda + 2 * kk, 4);
+        const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) cr[i][v] = _mm512_dpbf16_ps(cr[i][v], av, bv[v]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        float* cp = c + i * ldc + 16 * v;
+        if (v == NV - 1)
+          _mm512_mask_storeu_ps(cp, tail, cr[i][v]);
+        else
+          _mm512_storeu_ps(cp, cr[i][v]);
+      }
+  }
+
+  template <int NV, int R>
+  AB_BF16_FN static void micro_tail(int r, int64_t K2, const bf16_t* a, int64_t lda, const bf16_t* b, int64_t ldb,
+                                    float* c, int64_t ldc, __mmask16 tail, bool acc) {
+    if constexpr (R > 0) {
+      if (r == R)
+        micro<R, NV>(K2, a, lda, b, ldb, c, ldc, tail, acc);
+      else
+        micro_tail<NV, R - 1>(r, K2, a, lda, b, ldb, c, ldc, tail, acc);
+    }
+  }
+
+  template <int NV>
+  AB_BF16_FN static void column_block(int64_t M, int64_t K2, const bf16_t* a, int64_t lda, const bf16_t* b,
+                                      int64_t ldb, float* c, int64_t ldc, __mmask16 tail, bool acc) {
+    constexpr int MR = Avx512::rows_for(NV);
+    int64_t i = 0;
+    for (; i + MR <= M; i += MR) micro<MR, NV>(K2, a + i * lda, lda, b, ldb, c + i * ldc, ldc, tail, acc);
+    if (i < M)
+      micro_tail<NV, MR - 1>(static_cast<int>(M - i), K2, a + i * lda, lda, b, ldb, c + i * ldc, ldc, tail, acc);
+  }
+
+  // C[M, N] (+)= A[M, 2 K2] B[2 K2, N]: a A-layout (row stride lda), b B-layout (ldb columns).
+  AB_BF16_FN static void gemm(int64_t M, int64_t N, int64_t K2, const bf16_t* a, int64_t lda, const bf16_t* b,
+                              int64_t ldb, float* c, int64_t ldc, bool acc) {
+    for (int64_t n0 = 0; n0 < N; n0 += 64) {
+      const int64_t nn = std::min<int64_t>(64, N - n0);
+      const int nv = static_cast<int>(ceil_div(nn, 16));
+      const __mmask16 tail = Avx512::tail_mask(nn - 16 * (nv - 1));
+      switch (nv) {
+        case 4: column_block<4>(M, K2, a, lda, b + 2 * n0, ldb, c + n0, ldc, tail, acc); break;
+        case 3: column_block<3>(M, K2, a, lda, b + 2 * n0, ldb, c + n0, ldc, tail, acc); break;
+        case 2: column_block<2>(M, K2, a, lda, b + 2 * n0, ldb, c + n0, ldc, tail, acc); break;
+        default: column_block<1>(M, K2, a, lda, b + 2 * n0, ldb, c + n0, ldc, tail, acc); break;
+      }
+    }
+  }
+
+  // Tile rows to A-layout: dst[i * lda + j] = bf16(src[i * lds + j]), i < M, j < w (w a multiple of 16).
+  AB_BF16_FN static void rows_a(const float* src, int64_t lds, int64_t M, int64_t w, bf16_t* dst, int64_t lda) {
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < w; j += 16)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i * lda + j),
+                            (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i * lds + j)));
+  }
+
+  // Tile rows as the K dimension of a B operand: rows 2kk, 2kk+1 of src[M, w] interleaved into
+  // dst[kk][w][2] for kk < ceil(M/2) (a missing last row is 0); w a multiple of 16.
+  AB_BF16_FN static void rows_b(const float* src, int64_t lds, int64_t M, int64_t w, bf16_t* dst) {
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (int64_t r = 0; r < M; r += 2) {
+      const float* r0 = src + r * lds;
+      const float* r1 = r + 1 < M ? r0 + lds : nullptr;
+      bf16_t* out = dst + (r / 2) * w * 2;
+      for (int64_t j = 0; j < w; j += 16) {
+        const __m256i lo = (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(r0 + j));
+        const __m256i hi = r1 ? (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(r1 + j)) : _mm256_setzero_si256();
+        const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        _mm512_storeu_si512(out + 2 * j, _mm512_permutexvar_epi16(idx, both));
+      }
+    }
+  }
+};
 #endif
 
 // Bias of keys [k0, k0 + n) in base-2 units: (mask + head bias) * log2 e (then -inf up to w, a
@@ -468,13 +618,237 @@ void forward_impl(const Problem& pb, const float* q, const float* k, const float
   });
 }
 
+#ifdef __AVX512F__
+// bf16 forward: as forward_impl, with q (scaled), k^T, P and v rounded to bf16 for the two tile
+// products. Packed once per call: kT [BH][d2][ldk][2] (B of S = qs k^T) and vB [BH][Nk2][d][2]
+// (B of O += P v). Bc is even so that every key block starts on a pair.
+struct Bf16Fwd {
+  const Problem& pb;
+  const float *q, *v;
+  float *o, *lse;
+  int64_t Br, Bc, nqb, ldS, d2, ldk, Nk2;
+  const bf16_t *kT, *vB;
+
+  // One (head, query block) item; scratch from the thread's buffer.
+  AB_BF16_FN void item(int64_t it, bf16_t* qs, float* oacc, float* S, bf16_t* Pa, float* bias, float* m,
+                       float* l) const {
+    const int64_t d = pb.d, Nq = pb.Nq, Nk = pb.Nk, nkb = ceil_div(Nk, Bc);
+    const int64_t bh = it / nqb, q0 = (it % nqb) * Br, mq = std::min(Br, Nq - q0);
+    const float* mrow = pb.mask_row(bh);
+    pack_a_bf16(q + (bh * Nq + q0) * d, d, 1, mq, d, pb.scale * kLog2e, qs, 2 * d2);  // [mq, 2 d2]
+    std::fill(oacc, oacc + mq * d, 0.f);
+    std::fill(m, m + mq, -kInf);
+    std::fill(l, l + mq, 0.f);
+    const bf16_t* kTh = kT + bh * d2 * ldk * 2;
+    const bf16_t* vBh = vB + bh * Nk2 * d * 2;
+    for (int64_t kb = 0; kb < nkb; ++kb) {
+      const int64_t k0 = kb * Bc;
+      if (pb.causal && k0 > q0 + mq - 1) break;
+      const int64_t nk = std::min(Bc, Nk - k0);
+      const int64_t ncols = pb.causal ? std::min(nk, q0 + mq - k0) : nk;
+      const int64_t w = round_up(ncols, kLane);
+      bool all_masked;
+      const float* kbias = key_bias(mrow, pb.head_row(bh), k0, ncols, w, bias, all_masked);
+      if (all_masked) continue;
+      Bf16::gemm(mq, w, d2, qs, 2 * d2, kTh + 2 * k0, ldk, S, ldS, false);  // S[mq, w] = qs k^T
+      for (int64_t i = 0; i < mq; ++i) {
+        const int64_t lim = pb.causal ? std::clamp<int64_t>(q0 + i - k0 + 1, 0, ncols) : ncols;
+        float* srow = S + i * ldS;
+        const float mnew = std::max(m[i], Avx512::mask_max(srow, kbias, w, lim));
+        const float msafe = mnew == -kInf ? 0.f : mnew;
+        const float alpha = std::exp2(m[i] - msafe);
+        const float sum = Avx512::exp_sum(srow, w, msafe);
+        l[i] = l[i] * alpha + sum;
+        m[i] = mnew;
+        if (alpha != 1.f) Avx512::scale_row(oacc + i * d, d, alpha);
+      }
+      Bf16::rows_a(S, ldS, mq, w, Pa, ldS);
+      // oacc[mq, d] += P[mq, ncols] v[k0 : k0 + ncols, d] (P is 0 beyond ncols, so an odd last pair is exact)
+      Bf16::gemm(mq, d, ceil_div(ncols, 2), Pa, ldS, vBh + k0 * d, d, oacc, d, true);
+    }
+    float* oh = o + (bh * Nq + q0) * d;
+    float* lh = lse + bh * Nq + q0;
+    for (int64_t i = 0; i < mq; ++i) {
+      const bool seen = l[i] > 0.f;
+      const float inv = seen ? 1.f / l[i] : 0.f;
+      for (int64_t j = 0; j < d; ++j) oh[i * d + j] = oacc[i * d + j] * inv;
+      lh[i] = seen ? (m[i] + std::log2(l[i])) * kLn2 : kInf;
+    }
+  }
+};
+
+void forward_bf16(const Problem& pb, const float* q, const float* k, const float* v, float* o, float* lse, int64_t Br,
+                  int64_t Bc) {
+  const int64_t d = pb.d, Nq = pb.Nq, Nk = pb.Nk, BH = pb.B * pb.H;
+  Br = std::min(Br, std::max<int64_t>(Nq, 1));
+  Bc = round_up(std::min(Bc, std::max<int64_t>(Nk, 1)), 2);
+  const int64_t ldS = round_up(Bc, kPanel), d2 = ceil_div(d, 2), Nk2 = ceil_div(Nk, 2);
+  const int64_t ldk = round_up(Nk + ldS, kLane);  // S reads up to w <= ldS columns from any key block start
+  Bf16Buffer kT(BH * d2 * ldk * 2), vB(BH * Nk2 * d * 2);
+  ab::parallel_for(BH, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t bh = b0; bh < b1; ++bh) {
+      pack_b_bf16(k + bh * Nk * d, 1, d, d, Nk, d2, kT.data() + bh * d2 * ldk * 2, ldk);  // (c, j) = k[j, c]
+      pack_b_bf16(v + bh * Nk * d, d, 1, Nk, d, Nk2, vB.data() + bh * Nk2 * d * 2, d);
+    }
+  });
+  const Bf16Fwd f{pb, q, v, o, lse, Br, Bc, ceil_div(Nq, Br), ldS, d2, ldk, Nk2, kT.data(), vB.data()};
+  auto layout = [&](Carver& cv, float** qs, float** oacc, float** S, float** Pa, float** bias, float** m, float** l) {
+    *qs = cv.take(Br * d2);  // bf16 [Br, 2 d2]
+    *oacc = cv.take(Br * d);
+    *S = cv.take(Br * ldS);
+    *Pa = cv.take(ceil_div(Br * ldS, 2));  // bf16 [Br, ldS]
+    *bias = cv.take(ldS);
+    *m = cv.take(Br);
+    *l = cv.take(Br);
+  };
+  int64_t scratch_floats;
+  {
+    Carver cv{nullptr};
+    float* t[7];
+    layout(cv, &t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6]);
+    scratch_floats = cv.used;
+  }
+  ab::parallel_for(BH * f.nqb, 1, [&](int64_t r_begin, int64_t r_end) {
+    tls_scratch.reserve(scratch_floats);
+    Carver cv{tls_scratch.data()};
+    float *qs, *oacc, *S, *Pa, *bias, *m, *l;
+    layout(cv, &qs, &oacc, &S, &Pa, &bias, &m, &l);
+    for (int64_t it = r_begin; it < r_end; ++it)
+      f.item(it, reinterpret_cast<bf16_t*>(qs), oacc, S, reinterpret_cast<bf16_t*>(Pa), bias, m, l);
+  });
+}
+
+// bf16 backward: backward_impl's five tile products with bf16 inputs. dV and dK are accumulated
+// transposed (dV^T[d, keys] += dO^T P, dK^T += q^T dS) so that every A operand is a contiguous
+// bf16 row and every B operand a pair-interleaved tile. Packed once per call, per head:
+// qsA, doA [Nq][2 d2] (A of S and dP), kT, vT [d2][ldk][2] (B of S and dP), kB [Nk2][d][2]
+// (B of dQ), doT, qT [d][ldq] (A of dV^T and dK^T). Br and Bc are even (pairs start on a row).
+struct Bf16Bwd {
+  const Problem& pb;
+  const float *Dp, *L2;
+  float *dq_acc, *dk, *dv;
+  int64_t Br, Bc, G, ldS, d2, ldk, Nk2, ldq;
+  const bf16_t *qsA, *doA, *kT, *vT, *kB, *doT, *qT;
+
+  struct Tiles {
+    float *S, *dP, *dkT, *dvT, *bias;
+    bf16_t *Xa, *Xb;  // a tile as A rows [Br][ldS] and as B pairs [Br/2][ldS][2]
+  };
+
+  AB_BF16_FN void item(int64_t it, const Tiles& t) const {
+    const int64_t d = pb.d, Nq = pb.Nq, Nk = pb.Nk, BH = pb.B * pb.H, nkb = ceil_div(Nk, Bc);
+    const int64_t bh = it / G, g = it % G, dp2 = 2 * d2;
+    const float* Dh = Dp + bh * Nq;
+    const float* Lh = L2 + bh * Nq;
+    float* dqh = dq_acc + (g * BH + bh) * Nq * d;
+    const float* mrow = pb.mask_row(bh);
+    const bf16_t* qsAh = qsA + bh * Nq * dp2;
+    const bf16_t* doAh = doA + bh * Nq * dp2;
+    const bf16_t* kTh = kT + bh * d2 * ldk * 2;
+    const bf16_t* vTh = vT + bh * d2 * ldk * 2;
+    const bf16_t* kBh = kB + bh * Nk2 * d * 2;
+    const bf16_t* doTh = doT + bh * d * ldq;
+    const bf16_t* qTh = qT + bh * d * ldq;
+    for (int64_t kb = g; kb < nkb; kb += G) {
+      const int64_t k0 = kb * Bc, nk = std::min(Bc, Nk - k0);
+      float* dkh = dk + (bh * Nk + k0) * d;
+      float* dvh = dv + (bh * Nk + k0) * d;
+      bool all_masked;
+      const float* kbias = key_bias(mrow, pb.head_row(bh), k0, nk, round_up(nk, kLane), t.bias, all_masked);
+      if (all_masked || (pb.causal && k0 > Nq - 1)) {
+        std::fill(dkh, dkh + nk * d, 0.f);
+        std::fill(dvh, dvh + nk * d, 0.f);
+        continue;
+      }
+      std::fill(t.dkT, t.dkT + d * ldS, 0.f);
+      std::fill(t.dvT, t.dvT + d * ldS, 0.f);
+      for (int64_t q0 = pb.causal ? k0 / Br * Br : 0; q0 < Nq; q0 += Br) {
+        const int64_t mq = std::min(Br, Nq - q0), mq2 = ceil_div(mq, 2);
+        const int64_t ncols = pb.causal ? std::min(nk, q0 + mq - k0) : nk;
+        const int64_t w = round_up(ncols, kLane), nc2 = ceil_div(ncols, 2);
+        Bf16::gemm(mq, w, d2, qsAh + q0 * dp2, dp2, kTh + 2 * k0, ldk, t.S, ldS, false);  // S = qs k^T
+        for (int64_t i = 0; i < mq; ++i) {
+          const int64_t lim = pb.causal ? std::clamp<int64_t>(q0 + i - k0 + 1, 0, ncols) : ncols;
+          Avx512::probs(t.S + i * ldS, kbias, w, lim, Lh[q0 + i]);
+        }
+        Bf16::rows_b(t.S, ldS, mq, w, t.Xb);
+        Bf16::gemm(d, ncols, mq2, doTh + q0, ldq, t.Xb, w, t.dvT, ldS, true);  // dV^T[d, ncols] += dO^T P
+        Bf16::gemm(mq, w, d2, doAh + q0 * dp2, dp2, vTh + 2 * k0, ldk, t.dP, ldS, false);  // dP = dO v^T
+        for (int64_t i = 0; i < mq; ++i) Avx512::dsoftmax(t.S + i * ldS, t.dP + i * ldS, w, Dh[q0 + i], pb.scale);
+        Bf16::rows_a(t.dP, ldS, mq, w, t.Xa, ldS);
+        Bf16::gemm(mq, d, nc2, t.Xa, ldS, kBh + k0 * d, d, dqh + q0 * d, d, true);  // dQ[mq, d] += dS k
+        Bf16::rows_b(t.dP, ldS, mq, w, t.Xb);
+        Bf16::gemm(d, ncols, mq2, qTh + q0, ldq, t.Xb, w, t.dkT, ldS, true);  // dK^T[d, ncols] += q^T dS
+      }
+      for (int64_t j = 0; j < nk; ++j)
+        for (int64_t c = 0; c < d; ++c) {
+          dkh[j * d + c] = t.dkT[c * ldS + j];
+          dvh[j * d + c] = t.dvT[c * ldS + j];
+        }
+    }
+  }
+};
+
+void backward_bf16(const Problem& pb, const float* q, const float* k, const float* v, const float* Dp, const float* L2,
+                   const float* dout, float* dq_acc, float* dk, float* dv, int64_t Br, int64_t Bc, int64_t G) {
+  const int64_t d = pb.d, Nq = pb.Nq, Nk = pb.Nk, BH = pb.B * pb.H;
+  const int64_t ldS = round_up(Bc, kPanel), d2 = ceil_div(d, 2), Nk2 = ceil_div(Nk, 2), dp2 = 2 * d2;
+  const int64_t ldk = round_up(Nk + ldS, kLane), ldq = round_up(Nq, 2);
+  Bf16Buffer qsA(BH * Nq * dp2), doA(BH * Nq * dp2), kT(BH * d2 * ldk * 2), vT(BH * d2 * ldk * 2),
+      kB(BH * Nk2 * d * 2), doT(BH * d * ldq), qT(BH * d * ldq);
+  const float c = pb.scale * kLog2e;
+  ab::parallel_for(BH, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t bh = b0; bh < b1; ++bh) {
+      const float *qh = q + bh * Nq * d, *kh = k + bh * Nk * d, *vh = v + bh * Nk * d, *doh = dout + bh * Nq * d;
+      pack_a_bf16(qh, d, 1, Nq, d, c, qsA.data() + bh * Nq * dp2, dp2);
+      pack_a_bf16(doh, d, 1, Nq, d, 1.f, doA.data() + bh * Nq * dp2, dp2);
+      pack_b_bf16(kh, 1, d, d, Nk, d2, kT.data() + bh * d2 * ldk * 2, ldk);
+      pack_b_bf16(vh, 1, d, d, Nk, d2, vT.data() + bh * d2 * ldk * 2, ldk);
+      pack_b_bf16(kh, d, 1, Nk, d, Nk2, kB.data() + bh * Nk2 * d * 2, d);
+      pack_a_bf16(doh, 1, d, d, Nq, 1.f, doT.data() + bh * d * ldq, ldq);
+      pack_a_bf16(qh, 1, d, d, Nq, 1.f, qT.data() + bh * d * ldq, ldq);
+    }
+  });
+  const Bf16Bwd b{pb,  Dp,  L2,     dq_acc,     dk,        dv,        Br,        Bc,       G,
+                  ldS, d2,  ldk,    Nk2,        ldq,       qsA.data(), doA.data(), kT.data(), vT.data(),
+                  kB.data(), doT.data(), qT.data()};
+  auto layout = [&](Carver& cv, Bf16Bwd::Tiles& t) {
+    t.S = cv.take(Br * ldS);
+    t.dP = cv.take(Br * ldS);
+    t.dkT = cv.take(d * ldS);
+    t.dvT = cv.take(d * ldS);
+    t.bias = cv.take(ldS);
+    t.Xa = reinterpret_cast<bf16_t*>(cv.take(ceil_div(Br * ldS, 2)));
+    t.Xb = reinterpret_cast<bf16_t*>(cv.take(ceil_div(Br + 1, 2) * ldS));
+  };
+  int64_t scratch_floats;
+  {
+    Carver cv{nullptr};
+    Bf16Bwd::Tiles t;
+    layout(cv, t);
+    scratch_floats = cv.used;
+  }
+  ab::parallel_for(BH * G, 1, [&](int64_t r_begin, int64_t r_end) {
+    tls_scratch.reserve(scratch_floats);
+    Carver cv{tls_scratch.data()};
+    Bf16Bwd::Tiles t;
+    layout(cv, t);
+    for (int64_t it = r_begin; it < r_end; ++it) b.item(it, t);
+  });
+}
+#endif
+
 template <class KR>
 void backward_impl(const Problem& pb, const float* q, const float* k, const float* v, const float* o,
                    const float* lse, const float* dout, float* dq, float* dk, float* dv, float* dkb, int64_t Br,
-                   int64_t Bc) {
+                   int64_t Bc, bool bf16 = false) {
   const int64_t d = pb.d, Nq = pb.Nq, Nk = pb.Nk, BH = pb.B * pb.H;
   Br = std::min(Br, std::max<int64_t>(Nq, 1));
   Bc = std::min(Bc, std::max<int64_t>(Nk, 1));
+  if (bf16) {  // the bf16 tiles interleave rows in pairs
+    Br = round_up(Br, 2);
+    Bc = round_up(Bc, 2);
+  }
   const int64_t nkb = ceil_div(Nk, Bc);
   const int64_t ldS = round_up(Bc, kPanel);
   const float c = pb.scale * kLog2e;
@@ -512,6 +886,9 @@ void backward_impl(const Problem& pb, const float* q, const float* k, const floa
     std::fill(dq, dq + BH * Nq * d, 0.f);
   }
 
+#ifdef __AVX512F__
+  if (bf16) backward_bf16(pb, q, k, v, Dp, L2, dout, dq_acc, dk, dv, Br, Bc, G);
+#endif
   auto layout = [&](Carver& cv, float** qs, float** S, float** dP, float** kp, float** vp, float** dka, float** dva,
                     float** bias) {
     *qs = cv.take(Br * d);
@@ -530,7 +907,7 @@ void backward_impl(const Problem& pb, const float* q, const float* k, const floa
     layout(cv, &t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6], &t[7]);
     scratch_floats = cv.used;
   }
-  ab::parallel_for(BH * G, 1, [&](int64_t r_begin, int64_t r_end) {
+  if (!bf16) ab::parallel_for(BH * G, 1, [&](int64_t r_begin, int64_t r_end) {
     tls_scratch.reserve(scratch_floats);
     Carver cv{tls_scratch.data()};
     float *qs, *S, *dP, *kp, *vp, *dka, *dva, *bias;
@@ -639,13 +1016,35 @@ bool flash_attention_has_avx512() {
 #endif
 }
 
+bool flash_attention_has_bf16() {
+#if defined(__AVX512F__) && (defined(__x86_64__) || defined(__i386__))
+  unsigned a = 0, b = 0, c = 0, d = 0;  // CPUID.(EAX=7, ECX=1):EAX bit 5 = AVX512_BF16
+  return __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5)) != 0;
+#else
+  return false;
+#endif
+}
+
+namespace {
+// The bf16 tiles have no key-bias gradient (no bf16 variant uses a key bias yet): refused, not ignored.
+void check_bf16(const FlashAttentionOptions& opt, const float* kb) {
+  if (opt.bf16 && kb) throw std::invalid_argument("flash_attention: bf16 tile products take no key bias");
+  if (opt.bf16 && (opt.portable || !flash_attention_has_bf16()))
+    throw std::invalid_argument(opt.portable ? "flash_attention: bf16 tile products have no portable kernel"
+                                             : "flash_attention: bf16 tile products need a CPU with AVX512_BF16 "
+                                               "(this one has none; use the fp32 default)");
+}
+}  // namespace
+
 void flash_attention_forward(const FlashShape& s, const float* q, const float* k, const float* v, const float* key_mask,
                              int64_t mask_batch, float scale, bool causal, float* o, float* lse,
                              const FlashAttentionOptions& opt, const float* kb) {
   check_blocks(opt);
+  check_bf16(opt, kb);
   Problem pb = make_problem(s, key_mask, mask_batch, scale, causal);
   pb.head_bias = kb;
 #ifdef __AVX512F__
+  if (opt.bf16) return forward_bf16(pb, q, k, v, o, lse, opt.block_q, opt.block_k);
   if (!opt.portable) return forward_impl<Avx512>(pb, q, k, v, o, lse, opt.block_q, opt.block_k);
 #endif
   forward_impl<Portable>(pb, q, k, v, o, lse, opt.block_q, opt.block_k);
@@ -656,12 +1055,14 @@ void flash_attention_backward(const FlashShape& s, const float* q, const float* 
                               const float* lse, const float* dout, float* dq, float* dk, float* dv,
                               const FlashAttentionOptions& opt, const float* kb, float* dkb) {
   check_blocks(opt);
+  check_bf16(opt, kb);
   Problem pb = make_problem(s, key_mask, mask_batch, scale, causal);
   pb.head_bias = kb;
   if (!kb) dkb = nullptr;
 #ifdef __AVX512F__
   if (!opt.portable)
-    return backward_impl<Avx512>(pb, q, k, v, o, lse, dout, dq, dk, dv, dkb, opt.bwd_block_q, opt.bwd_block_k);
+    return backward_impl<Avx512>(pb, q, k, v, o, lse, dout, dq, dk, dv, dkb, opt.bwd_block_q, opt.bwd_block_k,
+                                 opt.bf16);
 #endif
   backward_impl<Portable>(pb, q, k, v, o, lse, dout, dq, dk, dv, dkb, opt.bwd_block_q, opt.bwd_block_k);
 }

@@ -28,6 +28,10 @@ struct FlashAttentionOptions {
   int64_t bwd_block_k = 128;  // backward tile: keys
   // Use the portable loop kernels even where AVX-512 is available (for tests and comparisons).
   bool portable = false;
+  // Tile products (all GEMMs of forward and backward) with bfloat16 inputs and fp32 accumulation
+  // (AVX512_BF16 vdpbf16ps); softmax, exp and the accumulators stay fp32. Needs
+  // flash_attention_has_bf16(), else std::invalid_argument. Block sizes are rounded up to even.
+  bool bf16 = false;
 };
 
 // Differentiable in q, k and v (not in the mask). Returns [B, H, Nq, d].
@@ -59,5 +63,7 @@ void flash_attention_backward(const FlashShape& s, const float* q, const float* 
 
 // Whether this build has the AVX-512 micro-kernels (else every call uses the portable kernels).
 bool flash_attention_has_avx512();
+// Whether the bf16 tile products can run: this build has them and this CPU has AVX512_BF16.
+bool flash_attention_has_bf16();
 
 }  // namespace ab

@@ -209,12 +209,27 @@ void parallel_backward(const Slice& s, const float* dO, float* dq, float* dk, fl
 // transposed copy yT [max(K, V), C] of the rows a score pass multiplies against.
 struct ChunkScratch {
   std::vector<float> b, A, dA, qe, ke, ebl, xt, yt, D, yT;  // [C, gs], [C, C] x2, [C, K] x2, [K], [C, K] x2, [C, C], [max(K, V), C]
+  std::vector<float> sT, row;  // backward: a state (gradient) transposed [V, K], one [K] row
   ChunkScratch(int64_t C, int64_t K, int64_t V, int64_t gs)
       : b(static_cast<size_t>(C * gs)), A(static_cast<size_t>(C * C)), dA(static_cast<size_t>(C * C)),
         qe(static_cast<size_t>(C * K)), ke(static_cast<size_t>(C * K)), ebl(static_cast<size_t>(K)),
         xt(static_cast<size_t>(C * K)), yt(static_cast<size_t>(C * K)), D(gs == 1 ? static_cast<size_t>(C * C) : 0),
-        yT(static_cast<size_t>(C * std::max(K, V))) {}
+        yT(static_cast<size_t>(C * std::max(K, V))), sT(static_cast<size_t>(K * V)), row(static_cast<size_t>(K)) {}
 };
+
+// r[K] = M [K, V] x (x [V]) for a series of x against one M: M is transposed once into w.sT [V, K]
+// (transpose_state), then each product is V axpys of length K (vectorised, no horizontal sum; the
+// K dot products of length V with a 16-lane reduction each were latency-bound, 2/3 of backward).
+void transpose_state(const float* M, int64_t K, int64_t V, ChunkScratch& w) {
+  for (int64_t i = 0; i < K; ++i)
+    for (int64_t j = 0; j < V; ++j) w.sT[j * K + i] = M[i * V + j];
+}
+const float* state_times(const float* x, int64_t K, int64_t V, ChunkScratch& w) {
+  float* r = w.row.data();
+  std::fill(r, r + K, 0.f);
+  for (int64_t j = 0; j < V; ++j) axpy(r, w.sT.data() + j * K, x[j], K);
+  return r;
+}
 
 // S[l, m] = X_l . Y_m for m <= l < L (X [L, n], Y [L, n] rows), as rank-1 updates of each row of S
 // over a transposed Y (w.yT), so the inner loop runs over m (vectorised) and no dot product of
@@ -443,10 +458,11 @@ void chunked_backward(const Slice& s, int64_t C, const float* dO, float* dq, flo
     std::fill(dQ, dQ + L * K, 0.f);
     intra_dscores(s, dO + c0 * V, s.v + c0 * V, L, w, w.dA.data());
     intra_dq(s, s.k + c0 * K, L, w, w.dA.data(), dQ);
+    transpose_state(S.data(), K, V, w);
     for (int64_t l = 0; l < L; ++l) {
-      const float* dol = dO + (c0 + l) * V;
+      const float* sd = state_times(dO + (c0 + l) * V, K, V, w);  // S_prev do_l [K]
       const float* bb = w.b.data() + l * gs;
-      for (int64_t i = 0; i < K; ++i) dQ[l * K + i] += std::exp(bb[s.vec ? i : 0]) * dot(S.data() + i * V, dol, V);
+      for (int64_t i = 0; i < K; ++i) dQ[l * K + i] += std::exp(bb[s.vec ? i : 0]) * sd[i];
     }
     chunk_state_update(s, c0, L, w, S.data());
   }
@@ -468,15 +484,15 @@ void chunked_backward(const Slice& s, int64_t C, const float* dO, float* dq, flo
       for (int64_t m = 0; m <= l; ++m) axpy(dVc + m * V, dO + (c0 + l) * V, w.A[l * L + m], V);
     // From the state after the chunk: S_next += ke_m v_m^T
     const float* bl = w.b.data() + (L - 1) * gs;
+    transpose_state(dS.data(), K, V, w);
     for (int64_t m = 0; m < L; ++m) {
-      const float* vm = s.v + (c0 + m) * V;
       const float* ke = w.ke.data() + m * K;
       const float* bb = w.b.data() + m * gs;
       const float es = s.vec ? 0.f : std::exp(bl[0] - bb[0]);  // exp(b_last - b_m), scalar decays
+      const float* dsv = state_times(s.v + (c0 + m) * V, K, V, w);  // dS v_m [K]
       for (int64_t i = 0; i < K; ++i) {
-        const float* row = dS.data() + i * V;
-        dKc[m * K + i] += (s.vec ? std::exp(bl[i] - bb[i]) : es) * dot(row, vm, V);
-        axpy(dVc + m * V, row, ke[i], V);
+        dKc[m * K + i] += (s.vec ? std::exp(bl[i] - bb[i]) : es) * dsv[i];
+        axpy(dVc + m * V, dS.data() + i * V, ke[i], V);
       }
     }
     // dS_prev = diag(exp(b_last)) dS + sum_l qe_l do_l^T

@@ -43,6 +43,8 @@ namespace ab {
 //    AttentionMixer gained input() (x while attend runs, for gates that read it); flash_attention
 //    gained the per-head key bias (flash_attention_key_bias, key_bias / d_key_bias of the raw
 //    kernels) for the Forgetting Transformer.
+//    FlashAttentionOptions gained bf16 (tile products with bf16 inputs, AVX512_BF16) and
+//    flash_attention_has_bf16().
 #define ATTNBENCH_PLUGIN_ABI_VERSION 6
 inline constexpr int kPluginAbiVersion = ATTNBENCH_PLUGIN_ABI_VERSION;
 
