@@ -291,7 +291,7 @@ TEST(MadMemorization, OneFixedMapAcrossSplits) {
 // V - 1; the target is the sequence itself everywhere, in every split.
 
 void check_compression(const Json& given, int32_t V, int64_t L) {
-  auto task = make("mad_compression", given, 5);
+  auto task = make_task("mad_compression", given, 5);
   EXPECT_EQ(task->seq_len(), L);
   EXPECT_EQ(task->vocab_size(), V + 1);
   EXPECT_EQ(task->kind(), TaskKind::per_position);
