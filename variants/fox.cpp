@@ -74,7 +74,8 @@ class Fox final : public ab::AttentionMixer {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       ab::Cost c;
       // projections + the gate (2 B N D H) + QK^T + PV (+ the bias, 1 per pair)
-      c.flops = 2 * B * N * D * D * 4 + 2 * B * N * D * H + 4 * B * N * N * D + B * H * N * N;
+      const double pairs = N * (N + 1) / 2;  // causal only; the tiled kernel skips masked tiles
+      c.flops = 2 * B * N * D * D * 4 + 2 * B * N * D * H + 4 * B * pairs * D + 2 * B * H * pairs;
       // Saved: as softmax_tiled (q, k, v, O, merged heads: 5 B N D; log-sum-exp B H N) plus the gate
       // logits (log-sigmoid input) and the key bias (2 B H N).
       c.activation_bytes = 4 * (5 * B * N * D + 3 * B * H * N);

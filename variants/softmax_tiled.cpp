@@ -52,7 +52,10 @@ class SoftmaxTiled final : public ab::AttentionMixer {
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       ab::Cost c;
-      c.flops = 2 * B * N * D * D * 4 + 4 * B * N * N * D;  // projections + QK^T + PV
+      // projections + QK^T + PV; causal: the N (N + 1) / 2 visible pairs (the kernel skips fully
+      // masked tiles, so counting N^2 would put a causal run above its roofline)
+      const double pairs = a.causal ? N * (N + 1) / 2 : N * N;
+      c.flops = 2 * B * N * D * D * 4 + 4 * B * pairs * D;
       // Saved for backward: q, k, v and the output O per head, the merged heads (input of the
       // output projection), 5 B N D floats, and one log-sum-exp per query row and head (B H N).
       c.activation_bytes = 4 * (5 * B * N * D + B * H * N);
