@@ -57,19 +57,17 @@ class Fox final : public ab::AttentionMixer {
 
   static ab::VariantSpec spec() {
     const ab::FlashAttentionOptions def;
-    ab::VariantSpec s;
-    s.name = "fox";
-    s.family = "dense";
-    s.summary = "softmax attention plus a cumulative data-dependent forget bias log f (Forgetting Transformer)";
-    s.reference = "Lin et al. 2025, Forgetting Transformer: Softmax Attention with a Forget Gate";
-    s.params = {
-        ab::num_param("forget_bias", 0.0, "initial bias of the forget gate's logit (f = sigmoid(.))", -20, 20),
-        ab::int_param("block_q", def.block_q, "forward tile: query rows per work item", 1, 4096),
-        ab::int_param("block_k", def.block_k, "forward tile: keys per online-softmax step", 1, 8192),
-        ab::int_param("bwd_block_q", def.bwd_block_q, "backward tile: query rows", 1, 4096),
-        ab::int_param("bwd_block_k", def.bwd_block_k, "backward tile: keys per work item step", 1, 8192),
-    };
-    s.caps = {.causal = true, .bidirectional = false, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "fox", "dense", "softmax attention plus a cumulative data-dependent forget bias log f (Forgetting Transformer)",
+        "Lin et al. 2025, Forgetting Transformer: Softmax Attention with a Forget Gate",
+        {
+            ab::num_param("forget_bias", 0.0, "initial bias of the forget gate's logit (f = sigmoid(.))", -20, 20),
+            ab::int_param("block_q", def.block_q, "forward tile: query rows per work item", 1, 4096),
+            ab::int_param("block_k", def.block_k, "forward tile: keys per online-softmax step", 1, 8192),
+            ab::int_param("bwd_block_q", def.bwd_block_q, "backward tile: query rows", 1, 4096),
+            ab::int_param("bwd_block_k", def.bwd_block_k, "backward tile: keys per work item step", 1, 8192),
+        },
+        {.causal = true, .bidirectional = false, .padding_mask = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       ab::Cost c;

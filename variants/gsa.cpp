@@ -65,23 +65,23 @@ class Gsa final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "gsa";
-    s.family = "recurrent";
-    s.summary = "Gated Slot Attention: gated key and value memories of m slots, softmax read over the slots";
-    s.reference = "Zhang et al. 2024, Gated Slot Attention for Efficient Linear-Time Sequence Modeling";
-    s.params = {
-        ab::enum_param("form", "chunked", {"chunked", "parallel", "recurrent"},
-                       "computation of both passes: chunked (production), parallel (N x N), recurrent; equal results"),
-        ab::int_param("chunk", 64, "chunk length of the chunked form", 1, 4096),
-        ab::int_param("num_slots", 64, "memory slots per head (fla: 64)", 1, 1024),
-        ab::num_param("expand_k", 1.0, "key width as a fraction of d_model (fla: 1); expand_k D / heads must be whole",
-                      0.0625, 4),
-        ab::num_param("expand_v", 1.0, "value width as a fraction of d_model (fla: 1); expand_v D / heads must be whole",
-                      0.0625, 4),
-        ab::num_param("gate_normalizer", 8.0, "tau: log alpha = logsigmoid(x Wf) / tau (fla: 8)", 1.0, 1024.0),
-    };
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "gsa", "recurrent",
+        "Gated Slot Attention: gated key and value memories of m slots, softmax read over the slots",
+        "Zhang et al. 2024, Gated Slot Attention for Efficient Linear-Time Sequence Modeling",
+        {
+            ab::enum_param(
+                "form", "chunked", {"chunked", "parallel", "recurrent"},
+                "computation of both passes: chunked (production), parallel (N x N), recurrent; equal results"),
+            ab::int_param("chunk", 64, "chunk length of the chunked form", 1, 4096),
+            ab::int_param("num_slots", 64, "memory slots per head (fla: 64)", 1, 1024),
+            ab::num_param("expand_k", 1.0,
+                          "key width as a fraction of d_model (fla: 1); expand_k D / heads must be whole", 0.0625, 4),
+            ab::num_param("expand_v", 1.0,
+                          "value width as a fraction of d_model (fla: 1); expand_v D / heads must be whole", 0.0625, 4),
+            ab::num_param("gate_normalizer", 8.0, "tau: log alpha = logsigmoid(x Wf) / tau (fla: 8)", 1.0, 1024.0),
+        },
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.check_params = ab::Json{{"chunk", 3}, {"num_slots", 4}};
     s.cost = [](const ab::CostArgs& a) {
       const auto& p = *a.params;

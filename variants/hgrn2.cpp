@@ -48,21 +48,21 @@ class Hgrn2 final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "hgrn2";
-    s.family = "recurrent";
-    s.summary = "HGRN2: gated linear RNN with outer-product state expansion (forget gate as decay, 1 - f as key)";
-    s.reference = "Qin et al. 2024, HGRN2: Gated Linear RNNs with State Expansion";
-    s.params = {
-        ab::enum_param("form", "chunked", {"chunked", "parallel", "recurrent"},
-                       "computation of the recurrence: chunked (production), parallel (N x N), recurrent; equal results"),
-        ab::int_param("chunk", 64, "chunk length of the chunked form", 1, 4096),
-        ab::int_param("expand_ratio", 128, "forget (key) width per head: the state is expand_ratio x d_model/heads (fla: 128)",
-                      1, 1024),
-        ab::num_param("lower_bound", 0.0, "lower bound of the forget gate (fla learns one per layer; 0 in the first)",
-                      0.0, 0.99),
-    };
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "hgrn2", "recurrent",
+        "HGRN2: gated linear RNN with outer-product state expansion (forget gate as decay, 1 - f as key)",
+        "Qin et al. 2024, HGRN2: Gated Linear RNNs with State Expansion",
+        {
+            ab::enum_param(
+                "form", "chunked", {"chunked", "parallel", "recurrent"},
+                "computation of the recurrence: chunked (production), parallel (N x N), recurrent; equal results"),
+            ab::int_param("chunk", 64, "chunk length of the chunked form", 1, 4096),
+            ab::int_param("expand_ratio", 128,
+                          "forget (key) width per head: the state is expand_ratio x d_model/heads (fla: 128)", 1, 1024),
+            ab::num_param("lower_bound", 0.0,
+                          "lower bound of the forget gate (fla learns one per layer; 0 in the first)", 0.0, 0.99),
+        },
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.check_params = ab::Json{{"chunk", 3}, {"expand_ratio", 4}, {"lower_bound", 0.3}};
     s.cost = [](const ab::CostArgs& a) {
       const auto& p = *a.params;

@@ -32,14 +32,12 @@ class Hstu final : public ab::AttentionMixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "hstu";
-    s.family = "dense";
-    s.summary = "pointwise SiLU(QK^T)/n V attention, layer-normed and gated by SiLU(U x) (HSTU)";
-    s.reference = "Zhai et al. 2024, Actions Speak Louder than Words (HSTU)";
-    s.params = {ab::enum_param("norm", "max_length", {"max_length", "length"},
-                               "n dividing the weights: max_length (decode-exact) or the actual length")};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "hstu", "dense", "pointwise SiLU(QK^T)/n V attention, layer-normed and gated by SiLU(U x) (HSTU)",
+        "Zhai et al. 2024, Actions Speak Louder than Words (HSTU)",
+        {ab::enum_param("norm", "max_length", {"max_length", "length"},
+                        "n dividing the weights: max_length (decode-exact) or the actual length")},
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       ab::Cost c;

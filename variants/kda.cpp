@@ -90,21 +90,20 @@ class Kda final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "kda";
-    s.family = "recurrent";
-    s.summary = "Kimi Delta Attention: the gated delta rule with a decay per key channel, low-rank gates";
-    s.reference = "Kimi Team 2025, Kimi Linear: An Expressive, Efficient Hybrid Architecture (arXiv 2510.26692)";
-    s.params = {
-        ab::int_param("chunk", 64, "chunk length of the chunked WY form (fla: 64)", 1, 4096),
-        ab::num_param("expand_k", 1.0, "key width as a fraction of d_model; expand_k D / heads must be whole", 0.0625, 4),
-        ab::num_param("expand_v", 1.0, "value width as a fraction of d_model (fla: 1); expand_v D / heads must be whole",
-                      0.0625, 4),
-        ab::int_param("conv_size", 4, "taps of the short convolutions on q, k and v (fla: 4)", 1, 8),
-        ab::num_param("dt_min", 1e-3, "smallest initial step size", 1e-5, 1.0),
-        ab::num_param("dt_max", 1e-1, "largest initial step size", 1e-5, 1.0),
-    };
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "kda", "recurrent", "Kimi Delta Attention: the gated delta rule with a decay per key channel, low-rank gates",
+        "Kimi Team 2025, Kimi Linear: An Expressive, Efficient Hybrid Architecture (arXiv 2510.26692)",
+        {
+            ab::int_param("chunk", 64, "chunk length of the chunked WY form (fla: 64)", 1, 4096),
+            ab::num_param("expand_k", 1.0, "key width as a fraction of d_model; expand_k D / heads must be whole",
+                          0.0625, 4),
+            ab::num_param("expand_v", 1.0,
+                          "value width as a fraction of d_model (fla: 1); expand_v D / heads must be whole", 0.0625, 4),
+            ab::int_param("conv_size", 4, "taps of the short convolutions on q, k and v (fla: 4)", 1, 8),
+            ab::num_param("dt_min", 1e-3, "smallest initial step size", 1e-5, 1.0),
+            ab::num_param("dt_max", 1e-1, "largest initial step size", 1e-5, 1.0),
+        },
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.check_params = ab::Json{{"chunk", 3}};  // several chunks, the last one partial, at N = 8
     s.cost = cost;
     return s;

@@ -26,14 +26,13 @@ class SoftmaxClip final : public ab::AttentionMixer {
         zeta_(static_cast<float>(cfg.params.at("zeta").get<double>())) {}
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "softmax_clip";
-    s.family = "dense";
-    s.summary = "clipped softmax clip((zeta - gamma) softmax + gamma, 0, 1): heads can give exact 0 / 1 weights";
-    s.reference = "Bondarenko et al. 2023, Quantizable Transformers (clipped softmax)";
-    s.params = {ab::num_param("gamma", -0.025, "stretch lower end (<= 0; 0 with zeta 1 = softmax)", -1.0, 0.0),
-                ab::num_param("zeta", 1.0, "stretch upper end (>= 1)", 1.0, 2.0)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "softmax_clip", "dense",
+        "clipped softmax clip((zeta - gamma) softmax + gamma, 0, 1): heads can give exact 0 / 1 weights",
+        "Bondarenko et al. 2023, Quantizable Transformers (clipped softmax)",
+        {ab::num_param("gamma", -0.025, "stretch lower end (<= 0; 0 with zeta 1 = softmax)", -1.0, 0.0),
+         ab::num_param("zeta", 1.0, "stretch upper end (>= 1)", 1.0, 2.0)},
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       ab::Cost c;
@@ -55,13 +54,7 @@ class SoftmaxClip final : public ab::AttentionMixer {
     const int64_t N = q.dim(2);
     const ab::Var qs = ab::scale(q, 1.0f / std::sqrt(static_cast<float>(head_dim_)));
     const ab::Var scores = ab::matmul(qs, k, false, true);  // [B, H, N, N]
-    ab::Tensor mask;
-    if (ctx.causal) {
-      mask = ab::causal_mask(N);
-      if (ctx.key_mask) mask = ab::add(ab::Var(*ctx.key_mask), ab::Var(mask)).value();  // [B, 1, N, N]
-    } else if (ctx.key_mask) {
-      mask = *ctx.key_mask;  // [B, 1, 1, N]
-    }
+    const ab::Tensor mask = ab::additive_mask(ctx, N);  // [B, 1, N, N], [N, N] or [B, 1, 1, N]
     ab::Var p = ab::softmax(scores, mask.defined() ? &mask : nullptr);
     if (gamma_ != 0.f || zeta_ != 1.f) p = ab::clamp(ab::add_scalar(ab::scale(p, zeta_ - gamma_), gamma_), 0.f, 1.f);
     return ab::matmul(p, v);

@@ -26,13 +26,12 @@ class SoftmaxGate final : public ab::AttentionMixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "softmax_gate";
-    s.family = "dense";
-    s.summary = "softmax attention with a per-head, per-token sigmoid gate on its output (heads can do nothing)";
-    s.reference = "Bondarenko et al. 2023, Quantizable Transformers (gated attention)";
-    s.params = {ab::num_param("pi_init", 0.25, "initial gate value sigmoid(bias)", 0.01, 0.99)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "softmax_gate", "dense",
+        "softmax attention with a per-head, per-token sigmoid gate on its output (heads can do nothing)",
+        "Bondarenko et al. 2023, Quantizable Transformers (gated attention)",
+        {ab::num_param("pi_init", 0.25, "initial gate value sigmoid(bias)", 0.01, 0.99)},
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       ab::Cost c;
