@@ -68,31 +68,12 @@ class SoftmaxClip final : public ab::AttentionMixer {
                          const ab::MixerContext&) override {
     auto& cache = static_cast<ab::KvCache&>(state);
     cache.append(k, v);
-    const int64_t B = q.dim(0), H = q.dim(1), d = head_dim_, L = cache.length();
-    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-    ab::Tensor out = ab::Tensor::zeros(q.shape());
-    ab::parallel_for(B * H, 1, [&](int64_t lo, int64_t hi) {
-      std::vector<float> w(static_cast<size_t>(L));
-      for (int64_t bh = lo; bh < hi; ++bh) {
-        const float* qq = q.data() + bh * d;
-        const float* K = cache.keys(bh / H, bh % H);
-        const float* V = cache.values(bh / H, bh % H);
-        float mx = -INFINITY, sum = 0.f;
-        for (int64_t j = 0; j < L; ++j) {
-          float dot = 0.f;
-          for (int64_t c = 0; c < d; ++c) dot += qq[c] * K[j * d + c];
-          w[j] = dot * scale;
-          mx = std::max(mx, w[j]);
-        }
-        for (int64_t j = 0; j < L; ++j) sum += (w[j] = std::exp(w[j] - mx));
-        float* o = out.data() + bh * d;
-        for (int64_t j = 0; j < L; ++j) {
-          const float p = std::clamp((zeta_ - gamma_) * (w[j] / sum) + gamma_, 0.f, 1.f);
-          for (int64_t c = 0; c < d; ++c) o[c] += p * V[j * d + c];
-        }
-      }
+    const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
+    return ab::attend_cached(q, cache, scale, [&](int64_t, float* w, int64_t L) {
+      ab::softmax_in_place(w, L);
+      for (int64_t j = 0; j < L; ++j)
+        w[j] = std::clamp((zeta_ - gamma_) * w[j] + gamma_, 0.f, 1.f);
     });
-    return out;
   }
 
  private:
