@@ -16,13 +16,14 @@
 #include "attnbench/kernels/decode.hpp"
 #include "attnbench/parallel.hpp"
 #include "attnbench/variant.hpp"
+#include "kv_cache_attention.hpp"
 
 namespace {
 
-class Sigmoid final : public ab::AttentionMixer {
+class Sigmoid final : public ab_kv_cache::KvCacheAttention {
  public:
   explicit Sigmoid(const ab::MixerConfig& cfg)
-      : AttentionMixer(cfg), mode_(cfg.params.at("bias").get<std::string>()), max_length_(std::max<int64_t>(1, cfg.max_length)) {}
+      : KvCacheAttention(cfg), mode_(cfg.params.at("bias").get<std::string>()), max_length_(std::max<int64_t>(1, cfg.max_length)) {}
 
   static ab::VariantSpec spec() {
     ab::VariantSpec s = ab::variant_spec(
@@ -63,14 +64,8 @@ class Sigmoid final : public ab::AttentionMixer {
     return ab::matmul(ab::sigmoid(scores), v);
   }
 
-  std::unique_ptr<ab::DecodeState> begin_decode(int64_t batch, const ab::MixerContext&) override {
-    return std::make_unique<ab::KvCache>(batch, heads_, head_dim_);
-  }
-  // q, k, v: [B, H, 1, d] -> [B, H, 1, d]: o = sum_j sigmoid(q . k_j / sqrt(d) + b) v_j over the cache.
-  ab::Tensor attend_step(const ab::Tensor& q, const ab::Tensor& k, const ab::Tensor& v, ab::DecodeState& state,
-                         const ab::MixerContext&) override {
-    auto& cache = static_cast<ab::KvCache&>(state);
-    cache.append(k, v);
+  // q: [B, H, 1, d] -> [B, H, 1, d]: o = sum_j sigmoid(q . k_j / sqrt(d) + b) v_j over the cache.
+  ab::Tensor attend_cache(const ab::Tensor& q, const ab::KvCache& cache) override {
     const float b = mode_ == "none" ? 0.f : -static_cast<float>(std::log(static_cast<double>(max_length_)));
     const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
     return ab::attend_cached(q, cache, scale, [b](int64_t, float* w, int64_t L) {

@@ -15,13 +15,14 @@
 #include "attnbench/kernels/decode.hpp"
 #include "attnbench/parallel.hpp"
 #include "attnbench/variant.hpp"
+#include "kv_cache_attention.hpp"
 
 namespace {
 
-class SoftmaxClip final : public ab::AttentionMixer {
+class SoftmaxClip final : public ab_kv_cache::KvCacheAttention {
  public:
   explicit SoftmaxClip(const ab::MixerConfig& cfg)
-      : AttentionMixer(cfg),
+      : KvCacheAttention(cfg),
         gamma_(static_cast<float>(cfg.params.at("gamma").get<double>())),
         zeta_(static_cast<float>(cfg.params.at("zeta").get<double>())) {}
 
@@ -60,14 +61,8 @@ class SoftmaxClip final : public ab::AttentionMixer {
     return ab::matmul(p, v);
   }
 
-  std::unique_ptr<ab::DecodeState> begin_decode(int64_t batch, const ab::MixerContext&) override {
-    return std::make_unique<ab::KvCache>(batch, heads_, head_dim_);
-  }
-  // q, k, v: [B, H, 1, d] -> [B, H, 1, d]: the clipped softmax of q against the whole cache.
-  ab::Tensor attend_step(const ab::Tensor& q, const ab::Tensor& k, const ab::Tensor& v, ab::DecodeState& state,
-                         const ab::MixerContext&) override {
-    auto& cache = static_cast<ab::KvCache&>(state);
-    cache.append(k, v);
+  // q: [B, H, 1, d] -> [B, H, 1, d]: the clipped softmax of q against the whole cache.
+  ab::Tensor attend_cache(const ab::Tensor& q, const ab::KvCache& cache) override {
     const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
     return ab::attend_cached(q, cache, scale, [&](int64_t, float* w, int64_t L) {
       ab::softmax_in_place(w, L);
