@@ -15,6 +15,7 @@
 #include "attnbench/kernels/delta_rule.hpp"
 #include "attnbench/kernels/short_conv.hpp"
 #include "attnbench/variant.hpp"
+#include "head_widths.hpp"
 
 namespace ab_delta_layer {
 
@@ -56,27 +57,17 @@ class DeltaRuleLayer : public ab::Mixer {
   }
 
  protected:
-  // Reads expand_k, expand_v (UsageError naming `name` and the nearest valid widths when D times
-  // them is not a positive multiple of the heads), conv_size and chunk; creates wq, wk, wv and their
-  // conv taps (init streams 0-5), wbeta (6), wo (7) and the per-head norm's affine.
+  // Reads expand_k, expand_v (head_widths: a UsageError naming `name` when they do not fit the
+  // heads), conv_size and chunk; creates wq, wk, wv and their conv taps (init streams 0-5), wbeta
+  // (6), wo (7) and the per-head norm's affine.
   DeltaRuleLayer(const ab::MixerConfig& cfg, const std::string& name)
       : d_model_(cfg.d_model), heads_(cfg.heads), seed_(cfg.seed), layer_(cfg.layer) {
     const auto& p = cfg.params;
     const int64_t D = d_model_;
-    const int64_t Dk = std::llround(D * p.at("expand_k").get<double>()), Dv = std::llround(D * p.at("expand_v").get<double>());
-    if (heads_ <= 0 || Dk % heads_ != 0 || Dv % heads_ != 0 || Dk == 0 || Dv == 0) {
-      // The nearest widths that fit: whole multiples of the heads, at least one channel per head.
-      auto nearest = [&](int64_t w) {
-        const int64_t h = std::max<int64_t>(heads_, 1);
-        return std::to_string(double(std::max<int64_t>(h, (w + h / 2) / h * h)) / double(D));
-      };
-      throw ab::UsageError(name + ": expand_k * d_model = " + std::to_string(Dk) + " and expand_v * d_model = " +
-                           std::to_string(Dv) + " must be positive multiples of model.heads = " +
-                           std::to_string(heads_) + " (d_model = " + std::to_string(D) +
-                           "); nearest valid: variant.expand_k=" + nearest(Dk) + ", variant.expand_v=" + nearest(Dv));
-    }
-    dk_ = Dk / heads_;
-    dv_ = Dv / heads_;
+    const ab_head_widths::HeadWidths w = ab_head_widths::head_widths(cfg, name);
+    dk_ = w.dk;
+    dv_ = w.dv;
+    const int64_t Dk = heads_ * dk_, Dv = heads_ * dv_;
     taps_ = p.at("conv_size").get<int64_t>();
     opt_.chunk = p.at("chunk").get<int64_t>();
     const int64_t widths[3] = {Dk, Dk, Dv};

@@ -19,6 +19,7 @@
 
 #include "attnbench/kernels/gated_linear_attention.hpp"
 #include "attnbench/variant.hpp"
+#include "head_widths.hpp"
 
 namespace {
 
@@ -27,11 +28,10 @@ class Gla final : public ab::Mixer {
   explicit Gla(const ab::MixerConfig& cfg) : d_model_(cfg.d_model), heads_(cfg.heads) {
     const auto& p = cfg.params;
     const int64_t D = d_model_;
-    const int64_t Dk = std::llround(D * p.at("expand_k").get<double>()), Dv = std::llround(D * p.at("expand_v").get<double>());
-    if (heads_ <= 0 || Dk % heads_ != 0 || Dv % heads_ != 0 || Dk == 0 || Dv == 0)
-      throw ab::UsageError(fmt_dims(D, Dk, Dv));
-    dk_ = Dk / heads_;
-    dv_ = Dv / heads_;
+    const ab_head_widths::HeadWidths w = ab_head_widths::head_widths(cfg, "gla");
+    dk_ = w.dk;
+    dv_ = w.dv;
+    const int64_t Dk = heads_ * dk_, Dv = heads_ * dv_;
     rank_ = p.at("gate_low_rank").get<int64_t>();
     inv_tau_ = static_cast<float>(1.0 / p.at("gate_normalizer").get<double>());
     opt_.form = ab::gla_form_from_string(p.at("form").get<std::string>());
@@ -117,11 +117,6 @@ class Gla final : public ab::Mixer {
   }
 
  private:
-  static std::string fmt_dims(int64_t D, int64_t Dk, int64_t Dv) {
-    return "gla: expand_k * d_model = " + std::to_string(Dk) + " and expand_v * d_model = " + std::to_string(Dv) +
-           " must be positive multiples of model.heads (d_model = " + std::to_string(D) + ")";
-  }
-
   struct Proj {
     ab::Var q, k, v;   // [B, H, N, dk], [B, H, N, dk], [B, H, N, dv]
     ab::Var log_alpha;  // [B, H, N, dk]

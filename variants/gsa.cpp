@@ -25,6 +25,7 @@
 
 #include "attnbench/kernels/gated_linear_attention.hpp"
 #include "attnbench/variant.hpp"
+#include "head_widths.hpp"
 
 namespace {
 
@@ -42,14 +43,10 @@ class Gsa final : public ab::Mixer {
   explicit Gsa(const ab::MixerConfig& cfg) : d_model_(cfg.d_model), heads_(cfg.heads) {
     const auto& p = cfg.params;
     const int64_t D = d_model_;
-    const int64_t Dk = std::llround(D * p.at("expand_k").get<double>()), Dv = std::llround(D * p.at("expand_v").get<double>());
-    if (heads_ <= 0 || Dk % heads_ != 0 || Dv % heads_ != 0 || Dk == 0 || Dv == 0) {
-      throw ab::UsageError("gsa: expand_k * d_model = " + std::to_string(Dk) + " and expand_v * d_model = " +
-                           std::to_string(Dv) + " must be positive multiples of model.heads = " +
-                           std::to_string(heads_) + " (d_model = " + std::to_string(D) + ")");
-    }
-    dk_ = Dk / heads_;
-    dv_ = Dv / heads_;
+    const ab_head_widths::HeadWidths w = ab_head_widths::head_widths(cfg, "gsa");
+    dk_ = w.dk;
+    dv_ = w.dv;
+    const int64_t Dk = heads_ * dk_, Dv = heads_ * dv_;
     slots_ = p.at("num_slots").get<int64_t>();
     inv_tau_ = static_cast<float>(1.0 / p.at("gate_normalizer").get<double>());
     opt_.form = ab::gla_form_from_string(p.at("form").get<std::string>());
