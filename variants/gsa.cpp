@@ -25,6 +25,7 @@
 
 #include "attnbench/kernels/gated_linear_attention.hpp"
 #include "attnbench/variant.hpp"
+#include "gla_family.hpp"
 #include "head_widths.hpp"
 
 namespace {
@@ -49,8 +50,7 @@ class Gsa final : public ab::Mixer {
     const int64_t Dk = heads_ * dk_, Dv = heads_ * dv_;
     slots_ = p.at("num_slots").get<int64_t>();
     inv_tau_ = static_cast<float>(1.0 / p.at("gate_normalizer").get<double>());
-    opt_.form = ab::gla_form_from_string(p.at("form").get<std::string>());
-    opt_.chunk = p.at("chunk").get<int64_t>();
+    opt_ = ab_gla_family::options(p);
     auto stream = [&](uint64_t which) { return ab::RngStream(cfg.seed, ab::Purpose::init, 1000 + cfg.layer, which); };
     wq_ = add_param("wq", ab::init_xavier_uniform(D, Dk, stream(0)));
     wk_ = add_param("wk", ab::init_xavier_uniform(D, Dk, stream(1)));
@@ -66,18 +66,18 @@ class Gsa final : public ab::Mixer {
         "gsa", "recurrent",
         "Gated Slot Attention: gated key and value memories of m slots, softmax read over the slots",
         "Zhang et al. 2024, Gated Slot Attention for Efficient Linear-Time Sequence Modeling",
-        {
-            ab::enum_param(
-                "form", "chunked", {"chunked", "parallel", "recurrent"},
-                "computation of both passes: chunked (production), parallel (N x N), recurrent; equal results"),
-            ab::int_param("chunk", 64, "chunk length of the chunked form", 1, 4096),
-            ab::int_param("num_slots", 64, "memory slots per head (fla: 64)", 1, 1024),
-            ab::num_param("expand_k", 1.0,
-                          "key width as a fraction of d_model (fla: 1); expand_k D / heads must be whole", 0.0625, 4),
-            ab::num_param("expand_v", 1.0,
-                          "value width as a fraction of d_model (fla: 1); expand_v D / heads must be whole", 0.0625, 4),
-            ab::num_param("gate_normalizer", 8.0, "tau: log alpha = logsigmoid(x Wf) / tau (fla: 8)", 1.0, 1024.0),
-        },
+        ab_gla_family::with_form_params(
+            "both passes",
+            {
+                ab::int_param("num_slots", 64, "memory slots per head (fla: 64)", 1, 1024),
+                ab::num_param("expand_k", 1.0,
+                              "key width as a fraction of d_model (fla: 1); expand_k D / heads must be whole", 0.0625,
+                              4),
+                ab::num_param("expand_v", 1.0,
+                              "value width as a fraction of d_model (fla: 1); expand_v D / heads must be whole", 0.0625,
+                              4),
+                ab::num_param("gate_normalizer", 8.0, "tau: log alpha = logsigmoid(x Wf) / tau (fla: 8)", 1.0, 1024.0),
+            }),
         {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.check_params = ab::Json{{"chunk", 3}, {"num_slots", 4}};
     s.cost = [](const ab::CostArgs& a) {
@@ -86,16 +86,10 @@ class Gsa final : public ab::Mixer {
       const double Dk = std::round(D * p.at("expand_k").get<double>()), Dv = std::round(D * p.at("expand_v").get<double>());
       const double dk = Dk / H, dv = Dv / H, m = double(p.at("num_slots").get<int64_t>());
       const std::string form = p.at("form").get<std::string>();
-      const double C = std::min<double>(N, double(p.at("chunk").get<int64_t>()));
       const double dirs = a.causal ? 1 : 2;
       // per (batch, head, direction): pass 1 as m heads of key width dk and value width 1, pass 2
-      // one head of key width m and value width dv (as gla's count)
-      auto gla = [&](double K, double V) {
-        if (form == "parallel") return N * N * (2 * K + V);
-        if (form == "recurrent") return 4 * N * K * V;
-        return N * C * (2 * K + V) + 4 * N * K * V;
-      };
-      const double mix = m * gla(dk, 1) + gla(m, dv);
+      // one head of key width m and value width dv
+      const double mix = m * ab_gla_family::scan_flops(p, N, dk, 1) + ab_gla_family::scan_flops(p, N, m, dv);
       ab::Cost c;
       c.flops = 2 * B * N * D * (2 * Dk + Dv + H * m) + 2 * B * N * Dv * D + dirs * B * H * mix +
                 10 * B * N * (2 * Dk + Dv + 3 * H * m);
