@@ -30,6 +30,24 @@ class DeltaLayerState final : public ab::DecodeState {
   ab::ShortConvState conv[3];  // q, k, v
 };
 
+// The sizes a delta-rule layer's cost model starts from (from CostArgs and the resolved params).
+struct CostSizes {
+  double B, N, D, H;
+  double Dk, Dv, dk, dv, taps;  // widths: all heads, per head; conv taps
+  double C, Np, dirs;           // chunk, length padded to whole chunks, scan directions
+};
+inline CostSizes cost_sizes(const ab::CostArgs& a) {
+  const auto& p = *a.params;
+  CostSizes s;
+  s.B = a.batch, s.N = a.length, s.D = a.d_model, s.H = a.heads;
+  s.Dk = std::round(s.D * p.at("expand_k").get<double>()), s.Dv = std::round(s.D * p.at("expand_v").get<double>());
+  s.dk = s.Dk / s.H, s.dv = s.Dv / s.H, s.taps = double(p.at("conv_size").get<int64_t>());
+  s.C = std::min<double>(s.N, double(p.at("chunk").get<int64_t>()));
+  s.Np = std::ceil(s.N / s.C) * s.C;
+  s.dirs = a.causal ? 1 : 2;
+  return s;
+}
+
 class DeltaRuleLayer : public ab::Mixer {
  public:
   // x: [B, N, D] -> [B, N, D]

@@ -73,13 +73,9 @@ class Kda final : public ab_delta_layer::DeltaRuleLayer {
   }
 
   static ab::Cost cost(const ab::CostArgs& a) {
-    const auto& p = *a.params;
-    const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
-    const double Dk = std::round(D * p.at("expand_k").get<double>()), Dv = std::round(D * p.at("expand_v").get<double>());
-    const double dk = Dk / H, dv = Dv / H, taps = double(p.at("conv_size").get<int64_t>());
-    const double C = std::min<double>(N, double(p.at("chunk").get<int64_t>()));
-    const double Np = std::ceil(N / C) * C;
-    const double dirs = a.causal ? 1 : 2;
+    const ab_delta_layer::CostSizes z = ab_delta_layer::cost_sizes(a);
+    const double B = z.B, N = z.N, D = z.D, H = z.H, Dk = z.Dk, Dv = z.Dv, dk = z.dk, dv = z.dv, taps = z.taps;
+    const double C = z.C, Np = z.Np, dirs = z.dirs;  // Np: padded to whole chunks
     // Per position of one (batch, head, direction), multiply-adds: the decayed K K^T and Q K^T
     // (C dk each, plus C dk / 2 exps counted as one op each), W = T Kb (C dk), U = T Vb and P U~
     // (2 C dv), T by substitution (C^2 / 6), U~, the state update and Q S (3 dk dv).
