@@ -67,13 +67,12 @@ class Combiner final : public ab::AttentionMixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "combiner";
-    s.family = "sparse";
-    s.summary = "Combiner-Fixed: own block direct + every other block as a softmax-summarised region (full coverage)";
-    s.reference = "Ren et al. 2021, Combiner: Full Attention Transformer with Sparse Computation Cost";
-    s.params = {ab::int_param("block", 0, "s: block (region) length; 0 = ceil(sqrt(N)), the N sqrt N cost", 0, 65536)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "combiner", "sparse",
+        "Combiner-Fixed: own block direct + every other block as a softmax-summarised region (full coverage)",
+        "Ren et al. 2021, Combiner: Full Attention Transformer with Sparse Computation Cost",
+        {ab::int_param("block", 0, "s: block (region) length; 0 = ceil(sqrt(N)), the N sqrt N cost", 0, 65536)},
+        {.causal = true, .bidirectional = true, .padding_mask = true});
     s.cost = [](const ab::CostArgs& a) {
       const int64_t sb = block_of(a.length, *a.params);
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads, R = static_cast<double>((a.length + sb - 1) / sb);

@@ -32,57 +32,18 @@
 #include "attnbench/kernels/gated_linear_attention.hpp"  // softplus
 #include "attnbench/kernels/short_conv.hpp"
 #include "attnbench/variant.hpp"
+#include "delta_rule_layer.hpp"
 
 namespace {
 
-class DeltaNetState final : public ab::DecodeState {
- public:
-  DeltaNetState(int64_t batch, int64_t heads, int64_t dk, int64_t dv, int64_t taps)
-      : s(batch, heads, dk, dv),
-        conv{ab::ShortConvState(batch, heads * dk, taps), ab::ShortConvState(batch, heads * dk, taps),
-             ab::ShortConvState(batch, heads * dv, taps)} {}
-  int64_t bytes() const override { return s.bytes() + conv[0].bytes() + conv[1].bytes() + conv[2].bytes(); }
-  ab::DeltaRuleState s;
-  ab::ShortConvState conv[3];  // q, k, v
-};
-
 template <bool kGated>
-class DeltaNetLayer final : public ab::Mixer {
+class DeltaNetLayer final : public ab_delta_layer::DeltaRuleLayer {
   static constexpr const char* kName = kGated ? "gated_deltanet" : "deltanet";
 
  public:
-  explicit DeltaNetLayer(const ab::MixerConfig& cfg) : d_model_(cfg.d_model), heads_(cfg.heads) {
+  explicit DeltaNetLayer(const ab::MixerConfig& cfg) : DeltaRuleLayer(cfg, kName) {
     const auto& p = cfg.params;
-    const int64_t D = d_model_;
-    const int64_t Dk = std::llround(D * p.at("expand_k").get<double>()), Dv = std::llround(D * p.at("expand_v").get<double>());
-    if (heads_ <= 0 || Dk % heads_ != 0 || Dv % heads_ != 0 || Dk == 0 || Dv == 0) {
-      // The nearest widths that fit: whole multiples of the heads, at least one channel per head.
-      auto nearest = [&](int64_t w) {
-        const int64_t h = std::max<int64_t>(heads_, 1);
-        return std::to_string(double(std::max<int64_t>(h, (w + h / 2) / h * h)) / double(D));
-      };
-      throw ab::UsageError(std::string(kName) + ": expand_k * d_model = " + std::to_string(Dk) +
-                           " and expand_v * d_model = " + std::to_string(Dv) +
-                           " must be positive multiples of model.heads = " + std::to_string(heads_) +
-                           " (d_model = " + std::to_string(D) + "); nearest valid: variant.expand_k=" + nearest(Dk) +
-                           ", variant.expand_v=" + nearest(Dv));
-    }
-    dk_ = Dk / heads_;
-    dv_ = Dv / heads_;
-    taps_ = p.at("conv_size").get<int64_t>();
-    opt_.chunk = p.at("chunk").get<int64_t>();
-    auto stream = [&](uint64_t which) { return ab::RngStream(cfg.seed, ab::Purpose::init, 1000 + cfg.layer, which); };
-    const int64_t widths[3] = {Dk, Dk, Dv};
-    const char* names[3] = {"q", "k", "v"};
-    const float cb = 1.0f / std::sqrt(static_cast<float>(taps_));
-    for (int i = 0; i < 3; ++i) {
-      w_[i] = add_param(std::string("w") + names[i], ab::init_xavier_uniform(D, widths[i], stream(i)));
-      cw_[i] = add_param(std::string("conv_") + names[i] + "_weight", ab::init_uniform({widths[i], taps_}, cb, stream(3 + i)));
-    }
-    wb_ = add_param("wbeta", ab::init_xavier_uniform(D, heads_, stream(6)));
-    wo_ = add_param("wo", ab::init_xavier_uniform(Dv, D, stream(7)));
-    norm_w_ = add_param("norm_weight", ab::Tensor::full({dv_}, 1.f));
-    norm_b_ = add_param("norm_bias", ab::Tensor::zeros({dv_}));
+    const int64_t D = d_model_, Dv = heads_ * dv_;
     if (!kGated) return;
     wa_ = add_param("wa", ab::init_xavier_uniform(D, heads_, stream(8)));
     wg_ = add_param("wg", ab::init_xavier_uniform(D, Dv, stream(9)));
@@ -135,13 +96,9 @@ class DeltaNetLayer final : public ab::Mixer {
   }
 
   static ab::Cost cost(const ab::CostArgs& a) {
-    const auto& p = *a.params;
-    const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
-    const double Dk = std::round(D * p.at("expand_k").get<double>()), Dv = std::round(D * p.at("expand_v").get<double>());
-    const double dk = Dk / H, dv = Dv / H, taps = double(p.at("conv_size").get<int64_t>());
-    const double C = std::min<double>(N, double(p.at("chunk").get<int64_t>()));
-    const double Np = std::ceil(N / C) * C;  // padded to whole chunks
-    const double dirs = a.causal ? 1 : 2;
+    const ab_delta_layer::CostSizes z = ab_delta_layer::cost_sizes(a);
+    const double B = z.B, N = z.N, D = z.D, H = z.H, Dk = z.Dk, Dv = z.Dv, dk = z.dk, dv = z.dv, taps = z.taps;
+    const double C = z.C, Np = z.Np, dirs = z.dirs;  // Np: padded to whole chunks
     // Per position of one (batch, head, direction), multiply-adds: K K^T, Q K^T and W = T Kb (3 C dk),
     // U = T Vb and P U~ (2 C dv), T by substitution (C^2 / 6), U~, the state update and Q S (3 dk dv).
     const double mix = Np * 2 * (3 * C * dk + 2 * C * dv + C * C / 6 + 3 * dk * dv);
@@ -166,65 +123,16 @@ class DeltaNetLayer final : public ab::Mixer {
     return c;
   }
 
-  // x: [B, N, D] -> [B, N, D]
-  ab::Var forward(const ab::Var& x, const ab::MixerContext& ctx) override {
-    const bool causal = ctx.causal;
-    auto conv = [&](int i, const ab::Var& in) { return ab::short_conv(in, cw_[i], ab::Var(), causal); };
-    auto mix = [&](const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::Var& beta, const ab::Var& g) {
-      return ab::delta_rule_mix(q, k, v, beta, g, opt_, causal);
-    };
-    return run(x, ctx.key_mask, conv, mix);
-  }
-
-  std::unique_ptr<ab::DecodeState> begin_decode(int64_t batch, const ab::MixerContext&) override {
-    return std::make_unique<DeltaNetState>(batch, heads_, dk_, dv_, taps_);
-  }
-  // x_t: [B, 1, D] -> [B, 1, D]
-  ab::Tensor decode_step(const ab::Tensor& x_t, ab::DecodeState& state, const ab::MixerContext&) override {
-    ab::NoGrad ng;
-    auto& st = static_cast<DeltaNetState&>(state);
-    auto conv = [&](int i, const ab::Var& in) { return ab::Var(st.conv[i].step(in.value(), cw_[i].value(), nullptr)); };
-    auto mix = [&](const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::Var& beta, const ab::Var& g) {
-      return ab::Var(st.s.step(q.value(), k.value(), v.value(), beta.value(), g.value()));
-    };
-    return run(ab::Var(x_t), nullptr, conv, mix).value();
-  }
-
  private:
-  using ConvFn = std::function<ab::Var(int, const ab::Var&)>;
-  using MixFn = std::function<ab::Var(const ab::Var&, const ab::Var&, const ab::Var&, const ab::Var&, const ab::Var&)>;
-
-  ab::Var run(const ab::Var& x_in, const ab::Tensor* key_mask, const ConvFn& conv, const MixFn& mix) {
-    const int64_t B = x_in.dim(0), N = x_in.dim(1);
-    const ab::Tensor keep = ab::keep_flags(key_mask, {B, N});  // undefined: no mask
-    const ab::Var x = key_mask ? ab::mul(x_in, ab::Var(keep.reshape({B, N, 1}))) : x_in;
-    auto heads = [&](const ab::Var& t, int64_t d) {  // [B, N, H d] -> [B, H, N, d]
-      return ab::permute(ab::reshape(t, {B, N, heads_, d}), {0, 2, 1, 3});
-    };
-    ab::Var u[3];
-    for (int i = 0; i < 3; ++i) u[i] = ab::silu(conv(i, ab::linear(x, w_[i])));
-    const ab::Var q = ab::scale(ab::l2_normalize(heads(u[0], dk_)), 1.0f / std::sqrt(static_cast<float>(dk_)));
-    const ab::Var k = ab::l2_normalize(heads(u[1], dk_));
-    const ab::Var v = heads(u[2], dv_);
-    ab::Var beta = ab::permute(ab::sigmoid(ab::linear(x, wb_)), {0, 2, 1});  // [B, H, N]
-    ab::Var g;                                                                // [B, H, N] or none
-    if (kGated)  // g = -exp(A_log) softplus(x Wa + dt_bias)
-      g = ab::permute(ab::mul(ab::softplus(ab::linear(x, wa_, dt_bias_)), ab::scale(ab::exp(a_log_), -1.f)), {0, 2, 1});
-    if (key_mask) {
-      const ab::Var keep_h(keep.reshape({B, 1, N}));
-      beta = ab::mul(beta, keep_h);
-      if (kGated) g = ab::mul(g, keep_h);
-    }
-    const ab::Var o = mix(q, k, v, beta, g);                                             // [B, H, N, dv]
-    ab::Var y = ab::layer_norm(ab::permute(o, {0, 2, 1, 3}), norm_w_, norm_b_);         // [B, N, H, dv]
-    y = ab::reshape(y, {B, N, heads_ * dv_});
-    if (kGated) y = ab::mul(y, ab::silu(ab::linear(x, wg_)));
-    return ab::linear(y, wo_);
+  // g = -exp(A_log) softplus(x Wa + dt_bias): [B, H, N]; none for deltanet
+  ab::Var decay(const ab::Var& x) const override {
+    if (!kGated) return ab::Var();
+    return ab::permute(ab::mul(ab::softplus(ab::linear(x, wa_, dt_bias_)), ab::scale(ab::exp(a_log_), -1.f)), {0, 2, 1});
+  }
+  ab::Var output_gate(const ab::Var& y, const ab::Var& x) const override {
+    return kGated ? ab::mul(y, ab::silu(ab::linear(x, wg_))) : y;
   }
 
-  int64_t d_model_, heads_, dk_ = 0, dv_ = 0, taps_ = 4;
-  ab::DeltaRuleOptions opt_;
-  ab::Var w_[3], cw_[3], wb_, wo_, norm_w_, norm_b_;
   ab::Var wa_, wg_, dt_bias_, a_log_;  // gated only
 };
 

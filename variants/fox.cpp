@@ -57,19 +57,17 @@ class Fox final : public ab::AttentionMixer {
 
   static ab::VariantSpec spec() {
     const ab::FlashAttentionOptions def;
-    ab::VariantSpec s;
-    s.name = "fox";
-    s.family = "dense";
-    s.summary = "softmax attention plus a cumulative data-dependent forget bias log f (Forgetting Transformer)";
-    s.reference = "Lin et al. 2025, Forgetting Transformer: Softmax Attention with a Forget Gate";
-    s.params = {
-        ab::num_param("forget_bias", 0.0, "initial bias of the forget gate's logit (f = sigmoid(.))", -20, 20),
-        ab::int_param("block_q", def.block_q, "forward tile: query rows per work item", 1, 4096),
-        ab::int_param("block_k", def.block_k, "forward tile: keys per online-softmax step", 1, 8192),
-        ab::int_param("bwd_block_q", def.bwd_block_q, "backward tile: query rows", 1, 4096),
-        ab::int_param("bwd_block_k", def.bwd_block_k, "backward tile: keys per work item step", 1, 8192),
-    };
-    s.caps = {.causal = true, .bidirectional = false, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "fox", "dense", "softmax attention plus a cumulative data-dependent forget bias log f (Forgetting Transformer)",
+        "Lin et al. 2025, Forgetting Transformer: Softmax Attention with a Forget Gate",
+        {
+            ab::num_param("forget_bias", 0.0, "initial bias of the forget gate's logit (f = sigmoid(.))", -20, 20),
+            ab::int_param("block_q", def.block_q, "forward tile: query rows per work item", 1, 4096),
+            ab::int_param("block_k", def.block_k, "forward tile: keys per online-softmax step", 1, 8192),
+            ab::int_param("bwd_block_q", def.bwd_block_q, "backward tile: query rows", 1, 4096),
+            ab::int_param("bwd_block_k", def.bwd_block_k, "backward tile: keys per work item step", 1, 8192),
+        },
+        {.causal = true, .bidirectional = false, .padding_mask = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       ab::Cost c;
@@ -110,34 +108,17 @@ class Fox final : public ab::AttentionMixer {
   ab::Tensor attend_step(const ab::Tensor& q, const ab::Tensor& k, const ab::Tensor& v, ab::DecodeState& state,
                          const ab::MixerContext&) override {
     auto& st = static_cast<FoxState&>(state);
-    const int64_t B = q.dim(0), H = q.dim(1), d = head_dim_;
+    const int64_t BH = q.dim(0) * q.dim(1);
     const ab::Tensor lf = log_forget(input()).value();  // [B, 1, H]
-    for (int64_t bh = 0; bh < B * H; ++bh) st.c[bh] += lf[bh];
+    for (int64_t bh = 0; bh < BH; ++bh) st.c[bh] += lf[bh];
     st.cum.insert(st.cum.end(), st.c.begin(), st.c.end());
     st.kv.append(k, v);
-    const int64_t L = st.kv.length();
-    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-    ab::Tensor out = ab::Tensor::zeros(q.shape());
-    ab::parallel_for(B * H, 1, [&](int64_t lo, int64_t hi) {
-      std::vector<float> w(static_cast<size_t>(L));
-      for (int64_t bh = lo; bh < hi; ++bh) {
-        const float* qq = q.data() + bh * d;
-        const float* K = st.kv.keys(bh / H, bh % H);
-        const float* V = st.kv.values(bh / H, bh % H);
-        float mx = -INFINITY, sum = 0.f;
-        for (int64_t j = 0; j < L; ++j) {
-          float dot = 0.f;
-          for (int64_t c = 0; c < d; ++c) dot += qq[c] * K[j * d + c];
-          w[j] = dot * scale + st.c[bh] - st.cum[j * B * H + bh];
-          mx = std::max(mx, w[j]);
-        }
-        for (int64_t j = 0; j < L; ++j) sum += (w[j] = std::exp(w[j] - mx));
-        float* o = out.data() + bh * d;
-        for (int64_t j = 0; j < L; ++j)
-          for (int64_t c = 0; c < d; ++c) o[c] += w[j] / sum * V[j * d + c];
-      }
+    // scores + c_t - c_j, then softmax
+    const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
+    return ab::attend_cached(q, st.kv, scale, [&](int64_t bh, float* w, int64_t L) {
+      for (int64_t j = 0; j < L; ++j) w[j] = w[j] + st.c[bh] - st.cum[j * BH + bh];
+      ab::softmax_in_place(w, L);
     });
-    return out;
   }
 
  private:

@@ -19,6 +19,8 @@
 
 #include "attnbench/kernels/gated_linear_attention.hpp"
 #include "attnbench/variant.hpp"
+#include "gla_family.hpp"
+#include "head_widths.hpp"
 
 namespace {
 
@@ -27,15 +29,13 @@ class Gla final : public ab::Mixer {
   explicit Gla(const ab::MixerConfig& cfg) : d_model_(cfg.d_model), heads_(cfg.heads) {
     const auto& p = cfg.params;
     const int64_t D = d_model_;
-    const int64_t Dk = std::llround(D * p.at("expand_k").get<double>()), Dv = std::llround(D * p.at("expand_v").get<double>());
-    if (heads_ <= 0 || Dk % heads_ != 0 || Dv % heads_ != 0 || Dk == 0 || Dv == 0)
-      throw ab::UsageError(fmt_dims(D, Dk, Dv));
-    dk_ = Dk / heads_;
-    dv_ = Dv / heads_;
+    const ab_head_widths::HeadWidths w = ab_head_widths::head_widths(cfg, "gla");
+    dk_ = w.dk;
+    dv_ = w.dv;
+    const int64_t Dk = heads_ * dk_, Dv = heads_ * dv_;
     rank_ = p.at("gate_low_rank").get<int64_t>();
     inv_tau_ = static_cast<float>(1.0 / p.at("gate_normalizer").get<double>());
-    opt_.form = ab::gla_form_from_string(p.at("form").get<std::string>());
-    opt_.chunk = p.at("chunk").get<int64_t>();
+    opt_ = ab_gla_family::options(p);
     auto stream = [&](uint64_t which) { return ab::RngStream(cfg.seed, ab::Purpose::init, 1000 + cfg.layer, which); };
     wq_ = add_param("wq", ab::init_xavier_uniform(D, Dk, stream(0)));
     wk_ = add_param("wk", ab::init_xavier_uniform(D, Dk, stream(1)));
@@ -53,18 +53,18 @@ class Gla final : public ab::Mixer {
     ab::VariantSpec s = ab::variant_spec(
         "gla", "recurrent", "gated linear attention: data-dependent decay per key dimension, chunked scan",
         "Yang et al. 2024, Gated Linear Attention Transformers with Hardware-Efficient Training",
-        {
-            ab::enum_param(
-                "form", "chunked", {"chunked", "parallel", "recurrent"},
-                "computation of the recurrence: chunked (production), parallel (N x N), recurrent; equal results"),
-            ab::int_param("chunk", 64, "chunk length of the chunked form", 1, 4096),
-            ab::num_param("expand_k", 0.5,
-                          "key width as a fraction of d_model (fla: 0.5); expand_k D / heads must be whole", 0.0625, 4),
-            ab::num_param("expand_v", 1.0,
-                          "value width as a fraction of d_model (fla: 1); expand_v D / heads must be whole", 0.0625, 4),
-            ab::int_param("gate_low_rank", 16, "rank of the gate projection W1 W2 (fla: 16)", 1, 1024),
-            ab::num_param("gate_normalizer", 16.0, "tau: log alpha = logsigmoid(.) / tau (fla: 16)", 1.0, 1024.0),
-        },
+        ab_gla_family::with_form_params(
+            "the recurrence",
+            {
+                ab::num_param("expand_k", 0.5,
+                              "key width as a fraction of d_model (fla: 0.5); expand_k D / heads must be whole", 0.0625,
+                              4),
+                ab::num_param("expand_v", 1.0,
+                              "value width as a fraction of d_model (fla: 1); expand_v D / heads must be whole", 0.0625,
+                              4),
+                ab::int_param("gate_low_rank", 16, "rank of the gate projection W1 W2 (fla: 16)", 1, 1024),
+                ab::num_param("gate_normalizer", 16.0, "tau: log alpha = logsigmoid(.) / tau (fla: 16)", 1.0, 1024.0),
+            }),
         {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.check_params = ab::Json{{"chunk", 3}};  // several chunks, the last one partial, at N = 8
     s.cost = [](const ab::CostArgs& a) {
@@ -73,12 +73,8 @@ class Gla final : public ab::Mixer {
       const double Dk = std::round(D * p.at("expand_k").get<double>()), Dv = std::round(D * p.at("expand_v").get<double>());
       const double dk = Dk / H, dv = Dv / H, r = double(p.at("gate_low_rank").get<int64_t>());
       const std::string form = p.at("form").get<std::string>();
-      const double C = std::min<double>(N, double(p.at("chunk").get<int64_t>()));
       const double dirs = a.causal ? 1 : 2;
-      double mix = 0;  // per (batch, head, direction); the intra-chunk scores take dk decays each
-      if (form == "parallel") mix = N * N * (2 * dk + dv);
-      else if (form == "recurrent") mix = 4 * N * dk * dv;
-      else mix = N * C * (2 * dk + dv) + 4 * N * dk * dv;
+      const double mix = ab_gla_family::scan_flops(p, N, dk, dv);  // per (batch, head, direction)
       ab::Cost c;
       c.flops = 2 * B * N * (D * (2 * Dk + 2 * Dv) + Dv * D + D * r + r * Dk) + dirs * B * H * mix + 10 * B * N * (Dk + Dv);
       // Saved: q, k, the gates and the logsigmoid's input (4 B N Dk), the low-rank activations
@@ -117,11 +113,6 @@ class Gla final : public ab::Mixer {
   }
 
  private:
-  static std::string fmt_dims(int64_t D, int64_t Dk, int64_t Dv) {
-    return "gla: expand_k * d_model = " + std::to_string(Dk) + " and expand_v * d_model = " + std::to_string(Dv) +
-           " must be positive multiples of model.heads (d_model = " + std::to_string(D) + ")";
-  }
-
   struct Proj {
     ab::Var q, k, v;   // [B, H, N, dk], [B, H, N, dk], [B, H, N, dv]
     ab::Var log_alpha;  // [B, H, N, dk]

@@ -25,6 +25,8 @@
 
 #include "attnbench/kernels/gated_linear_attention.hpp"
 #include "attnbench/variant.hpp"
+#include "gla_family.hpp"
+#include "head_widths.hpp"
 
 namespace {
 
@@ -42,18 +44,13 @@ class Gsa final : public ab::Mixer {
   explicit Gsa(const ab::MixerConfig& cfg) : d_model_(cfg.d_model), heads_(cfg.heads) {
     const auto& p = cfg.params;
     const int64_t D = d_model_;
-    const int64_t Dk = std::llround(D * p.at("expand_k").get<double>()), Dv = std::llround(D * p.at("expand_v").get<double>());
-    if (heads_ <= 0 || Dk % heads_ != 0 || Dv % heads_ != 0 || Dk == 0 || Dv == 0) {
-      throw ab::UsageError("gsa: expand_k * d_model = " + std::to_string(Dk) + " and expand_v * d_model = " +
-                           std::to_string(Dv) + " must be positive multiples of model.heads = " +
-                           std::to_string(heads_) + " (d_model = " + std::to_string(D) + ")");
-    }
-    dk_ = Dk / heads_;
-    dv_ = Dv / heads_;
+    const ab_head_widths::HeadWidths w = ab_head_widths::head_widths(cfg, "gsa");
+    dk_ = w.dk;
+    dv_ = w.dv;
+    const int64_t Dk = heads_ * dk_, Dv = heads_ * dv_;
     slots_ = p.at("num_slots").get<int64_t>();
     inv_tau_ = static_cast<float>(1.0 / p.at("gate_normalizer").get<double>());
-    opt_.form = ab::gla_form_from_string(p.at("form").get<std::string>());
-    opt_.chunk = p.at("chunk").get<int64_t>();
+    opt_ = ab_gla_family::options(p);
     auto stream = [&](uint64_t which) { return ab::RngStream(cfg.seed, ab::Purpose::init, 1000 + cfg.layer, which); };
     wq_ = add_param("wq", ab::init_xavier_uniform(D, Dk, stream(0)));
     wk_ = add_param("wk", ab::init_xavier_uniform(D, Dk, stream(1)));
@@ -65,23 +62,23 @@ class Gsa final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "gsa";
-    s.family = "recurrent";
-    s.summary = "Gated Slot Attention: gated key and value memories of m slots, softmax read over the slots";
-    s.reference = "Zhang et al. 2024, Gated Slot Attention for Efficient Linear-Time Sequence Modeling";
-    s.params = {
-        ab::enum_param("form", "chunked", {"chunked", "parallel", "recurrent"},
-                       "computation of both passes: chunked (production), parallel (N x N), recurrent; equal results"),
-        ab::int_param("chunk", 64, "chunk length of the chunked form", 1, 4096),
-        ab::int_param("num_slots", 64, "memory slots per head (fla: 64)", 1, 1024),
-        ab::num_param("expand_k", 1.0, "key width as a fraction of d_model (fla: 1); expand_k D / heads must be whole",
-                      0.0625, 4),
-        ab::num_param("expand_v", 1.0, "value width as a fraction of d_model (fla: 1); expand_v D / heads must be whole",
-                      0.0625, 4),
-        ab::num_param("gate_normalizer", 8.0, "tau: log alpha = logsigmoid(x Wf) / tau (fla: 8)", 1.0, 1024.0),
-    };
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "gsa", "recurrent",
+        "Gated Slot Attention: gated key and value memories of m slots, softmax read over the slots",
+        "Zhang et al. 2024, Gated Slot Attention for Efficient Linear-Time Sequence Modeling",
+        ab_gla_family::with_form_params(
+            "both passes",
+            {
+                ab::int_param("num_slots", 64, "memory slots per head (fla: 64)", 1, 1024),
+                ab::num_param("expand_k", 1.0,
+                              "key width as a fraction of d_model (fla: 1); expand_k D / heads must be whole", 0.0625,
+                              4),
+                ab::num_param("expand_v", 1.0,
+                              "value width as a fraction of d_model (fla: 1); expand_v D / heads must be whole", 0.0625,
+                              4),
+                ab::num_param("gate_normalizer", 8.0, "tau: log alpha = logsigmoid(x Wf) / tau (fla: 8)", 1.0, 1024.0),
+            }),
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.check_params = ab::Json{{"chunk", 3}, {"num_slots", 4}};
     s.cost = [](const ab::CostArgs& a) {
       const auto& p = *a.params;
@@ -89,16 +86,10 @@ class Gsa final : public ab::Mixer {
       const double Dk = std::round(D * p.at("expand_k").get<double>()), Dv = std::round(D * p.at("expand_v").get<double>());
       const double dk = Dk / H, dv = Dv / H, m = double(p.at("num_slots").get<int64_t>());
       const std::string form = p.at("form").get<std::string>();
-      const double C = std::min<double>(N, double(p.at("chunk").get<int64_t>()));
       const double dirs = a.causal ? 1 : 2;
       // per (batch, head, direction): pass 1 as m heads of key width dk and value width 1, pass 2
-      // one head of key width m and value width dv (as gla's count)
-      auto gla = [&](double K, double V) {
-        if (form == "parallel") return N * N * (2 * K + V);
-        if (form == "recurrent") return 4 * N * K * V;
-        return N * C * (2 * K + V) + 4 * N * K * V;
-      };
-      const double mix = m * gla(dk, 1) + gla(m, dv);
+      // one head of key width m and value width dv
+      const double mix = m * ab_gla_family::scan_flops(p, N, dk, 1) + ab_gla_family::scan_flops(p, N, m, dv);
       ab::Cost c;
       c.flops = 2 * B * N * D * (2 * Dk + Dv + H * m) + 2 * B * N * Dv * D + dirs * B * H * mix +
                 10 * B * N * (2 * Dk + Dv + 3 * H * m);

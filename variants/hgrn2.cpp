@@ -20,6 +20,7 @@
 
 #include "attnbench/kernels/gated_linear_attention.hpp"
 #include "attnbench/variant.hpp"
+#include "gla_family.hpp"
 
 namespace {
 
@@ -35,8 +36,7 @@ class Hgrn2 final : public ab::Mixer {
     dk_ = p.at("expand_ratio").get<int64_t>();
     dv_ = D / heads_;
     lower_bound_ = static_cast<float>(p.at("lower_bound").get<double>());
-    opt_.form = ab::gla_form_from_string(p.at("form").get<std::string>());
-    opt_.chunk = p.at("chunk").get<int64_t>();
+    opt_ = ab_gla_family::options(p);
     auto stream = [&](uint64_t which) { return ab::RngStream(cfg.seed, ab::Purpose::init, 1000 + cfg.layer, which); };
     const int64_t Dk = heads_ * dk_;
     wq_ = add_param("wq", ab::init_xavier_uniform(D, Dk, stream(0)));
@@ -48,33 +48,28 @@ class Hgrn2 final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "hgrn2";
-    s.family = "recurrent";
-    s.summary = "HGRN2: gated linear RNN with outer-product state expansion (forget gate as decay, 1 - f as key)";
-    s.reference = "Qin et al. 2024, HGRN2: Gated Linear RNNs with State Expansion";
-    s.params = {
-        ab::enum_param("form", "chunked", {"chunked", "parallel", "recurrent"},
-                       "computation of the recurrence: chunked (production), parallel (N x N), recurrent; equal results"),
-        ab::int_param("chunk", 64, "chunk length of the chunked form", 1, 4096),
-        ab::int_param("expand_ratio", 128, "forget (key) width per head: the state is expand_ratio x d_model/heads (fla: 128)",
-                      1, 1024),
-        ab::num_param("lower_bound", 0.0, "lower bound of the forget gate (fla learns one per layer; 0 in the first)",
-                      0.0, 0.99),
-    };
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "hgrn2", "recurrent",
+        "HGRN2: gated linear RNN with outer-product state expansion (forget gate as decay, 1 - f as key)",
+        "Qin et al. 2024, HGRN2: Gated Linear RNNs with State Expansion",
+        ab_gla_family::with_form_params(
+            "the recurrence",
+            {
+                ab::int_param("expand_ratio", 128,
+                              "forget (key) width per head: the state is expand_ratio x d_model/heads (fla: 128)", 1,
+                              1024),
+                ab::num_param("lower_bound", 0.0,
+                              "lower bound of the forget gate (fla learns one per layer; 0 in the first)", 0.0, 0.99),
+            }),
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.check_params = ab::Json{{"chunk", 3}, {"expand_ratio", 4}, {"lower_bound", 0.3}};
     s.cost = [](const ab::CostArgs& a) {
       const auto& p = *a.params;
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       const double dk = double(p.at("expand_ratio").get<int64_t>()), dv = D / H, Dk = H * dk;
       const std::string form = p.at("form").get<std::string>();
-      const double C = std::min<double>(N, double(p.at("chunk").get<int64_t>()));
       const double dirs = a.causal ? 1 : 2;
-      double mix = 0;  // per (batch, head, direction), as gla
-      if (form == "parallel") mix = N * N * (2 * dk + dv);
-      else if (form == "recurrent") mix = 4 * N * dk * dv;
-      else mix = N * C * (2 * dk + dv) + 4 * N * dk * dv;
+      const double mix = ab_gla_family::scan_flops(p, N, dk, dv);  // per (batch, head, direction), as gla
       ab::Cost c;
       c.flops = 2 * B * N * D * (2 * Dk + 2 * D) + dirs * B * H * mix + 12 * B * N * Dk + 10 * B * N * D;
       // Saved: x Wq, SiLU(q), the scaled head-major q, x Wf, the gate and k in head-major copies:

@@ -32,14 +32,12 @@ class Hstu final : public ab::AttentionMixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "hstu";
-    s.family = "dense";
-    s.summary = "pointwise SiLU(QK^T)/n V attention, layer-normed and gated by SiLU(U x) (HSTU)";
-    s.reference = "Zhai et al. 2024, Actions Speak Louder than Words (HSTU)";
-    s.params = {ab::enum_param("norm", "max_length", {"max_length", "length"},
-                               "n dividing the weights: max_length (decode-exact) or the actual length")};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "hstu", "dense", "pointwise SiLU(QK^T)/n V attention, layer-normed and gated by SiLU(U x) (HSTU)",
+        "Zhai et al. 2024, Actions Speak Louder than Words (HSTU)",
+        {ab::enum_param("norm", "max_length", {"max_length", "length"},
+                        "n dividing the weights: max_length (decode-exact) or the actual length")},
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       ab::Cost c;
@@ -96,22 +94,10 @@ class Hstu final : public ab::AttentionMixer {
     auto& cache = static_cast<ab::KvCache&>(state);
     cache.append(ab::silu(ab::Var(k)).value(), ab::silu(ab::Var(v)).value());
     const ab::Tensor qs = ab::silu(ab::Var(q)).value();
-    const int64_t B = q.dim(0), H = q.dim(1), d = head_dim_, L = cache.length();
     const float inv = 1.f / static_cast<float>(max_length_);  // decode: n = max_length in both modes
-    ab::Tensor a = ab::Tensor::zeros(q.shape());
-    ab::parallel_for(B * H, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t bh = lo; bh < hi; ++bh) {
-        const float* qq = qs.data() + bh * d;
-        const float* K = cache.keys(bh / H, bh % H);
-        const float* V = cache.values(bh / H, bh % H);
-        float* o = a.data() + bh * d;
-        for (int64_t j = 0; j < L; ++j) {
-          float dot = 0.f;
-          for (int64_t c = 0; c < d; ++c) dot += qq[c] * K[j * d + c];
-          const float w = dot / (1.f + std::exp(-dot)) * inv;
-          for (int64_t c = 0; c < d; ++c) o[c] += w * V[j * d + c];
-        }
-      }
+    // SiLU(q . k_j) / n
+    const ab::Tensor a = ab::attend_cached(qs, cache, 1.f, [inv](int64_t, float* w, int64_t L) {
+      for (int64_t j = 0; j < L; ++j) w[j] = w[j] / (1.f + std::exp(-w[j])) * inv;
     });
     return norm_gate(ab::Var(a), input()).value();
   }

@@ -36,13 +36,11 @@ class KernelRpeFft final : public ab::AttentionMixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "kernel_rpe_fft";
-    s.family = "kernel";
-    s.summary = "positive random features with a Toeplitz RPE exp(b_{i-j}), the RPE product by FFT";
-    s.reference = "Luo et al. 2021, Stable, Fast and Accurate: Kernelized Attention with Relative Positional Encoding";
-    s.params = {ab::int_param("num_features", 32, "random features m per head", 1, 4096)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .length_dependent = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "kernel_rpe_fft", "kernel", "positive random features with a Toeplitz RPE exp(b_{i-j}), the RPE product by FFT",
+        "Luo et al. 2021, Stable, Fast and Accurate: Kernelized Attention with Relative Positional Encoding",
+        {ab::int_param("num_features", 32, "random features m per head", 1, 4096)},
+        {.causal = true, .bidirectional = true, .padding_mask = true, .length_dependent = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads, d = D / H;
       const double m = static_cast<double>(a.params->at("num_features").get<int64_t>());

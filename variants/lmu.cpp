@@ -152,16 +152,15 @@ class Lmu final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "lmu";
-    s.family = "state-space";
-    s.summary = "Legendre Memory Unit (LMUFormer): fixed ZOH Legendre LTI memory by FFT convolution, ReLU mix";
-    s.reference = "Liu et al. 2024, LMUFormer: Low Complexity Yet Powerful Spiking Model With Legendre Memory Units";
-    s.params = {
-        ab::int_param("memory_size", 0, "order q of the Legendre memory (0 = d_model, as LMUFormer)", 0, 4096),
-        ab::num_param("theta", 0.0, "window theta of the delay network in tokens (0 = max_length)", 0.0, 1e9),
-    };
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .length_dependent = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "lmu", "state-space",
+        "Legendre Memory Unit (LMUFormer): fixed ZOH Legendre LTI memory by FFT convolution, ReLU mix",
+        "Liu et al. 2024, LMUFormer: Low Complexity Yet Powerful Spiking Model With Legendre Memory Units",
+        {
+            ab::int_param("memory_size", 0, "order q of the Legendre memory (0 = d_model, as LMUFormer)", 0, 4096),
+            ab::num_param("theta", 0.0, "window theta of the delay network in tokens (0 = max_length)", 0.0, 1e9),
+        },
+        {.causal = true, .bidirectional = true, .padding_mask = true, .length_dependent = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model;
       const int64_t qp = a.params->at("memory_size").get<int64_t>();

@@ -54,18 +54,17 @@ class LongConv final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "long_conv";
-    s.family = "state-space";
-    s.summary = "explicit learned length-N convolution kernel per channel (safari long conv), squash + FFT";
-    s.reference = "Fu et al. 2023, Simple Hardware-Efficient Long Convolutions for Sequence Modeling";
-    s.params = {
-        ab::num_param("lam", 0.002, "squash threshold: k <- relu(|k| - lam) sign(k) (safari LRA: 0.002)", 0.0, 1.0),
-        ab::int_param("ma_window", 0, "moving-average smoothing of the kernel over this many lags (odd; 0 = off)", 0,
-                      63),
-        ab::num_param("kernel_dropout", 0.0, "dropout on the kernel taps in training (safari LRA: 0.2)", 0.0, 0.95),
-    };
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .length_dependent = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "long_conv", "state-space",
+        "explicit learned length-N convolution kernel per channel (safari long conv), squash + FFT",
+        "Fu et al. 2023, Simple Hardware-Efficient Long Convolutions for Sequence Modeling",
+        {
+            ab::num_param("lam", 0.002, "squash threshold: k <- relu(|k| - lam) sign(k) (safari LRA: 0.002)", 0.0, 1.0),
+            ab::int_param("ma_window", 0, "moving-average smoothing of the kernel over this many lags (odd; 0 = off)",
+                          0, 63),
+            ab::num_param("kernel_dropout", 0.0, "dropout on the kernel taps in training (safari LRA: 0.2)", 0.0, 0.95),
+        },
+        {.causal = true, .bidirectional = true, .padding_mask = true, .length_dependent = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, L = N;  // taps used (max_length when smoothing)
       const double M = static_cast<double>(ab::fft_conv_length(a.length, a.length)), Mh = M / 2 + 1;

@@ -19,6 +19,7 @@
 
 #include "attnbench/kernels/block_sparse_attention.hpp"
 #include "attnbench/variant.hpp"
+#include "band_segment.hpp"
 
 namespace {
 
@@ -27,15 +28,7 @@ ab::SparsePattern longformer_pattern(int64_t N, int64_t window, int64_t globals,
   ab::SparsePattern p;
   p.length = N;
   const auto bounds = ab::uniform_bounds(N, block);
-  // Band among the non-global tokens.
-  p.segments.push_back(ab::build_segment(
-      N, {{}, {}, bounds, bounds}, 1,
-      [&](int64_t, int64_t qb, std::vector<int32_t>& kbs) {
-        const int64_t r0 = qb * block, r1 = std::min(N, r0 + block) - 1;
-        const int64_t lo = std::max<int64_t>(0, r0 - left), hi = std::min(N - 1, r1 + right);
-        for (int64_t kb = lo / block; kb <= hi / block; ++kb) kbs.push_back(static_cast<int32_t>(kb));
-      },
-      [&](int64_t, int64_t i, int64_t j) { return i >= g && j >= g && j >= i - left && j <= i + right; }));
+  p.segments.push_back(ab_band::band_segment(N, left, right, block, g));  // band among the non-global tokens
   if (g > 0) {
     std::vector<int64_t> glob(static_cast<size_t>(g)), rest(static_cast<size_t>(N - g));
     std::iota(glob.begin(), glob.end(), 0);

@@ -148,18 +148,15 @@ class Nsa final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "nsa";
-    s.family = "sparse";
-    s.summary = "Native Sparse Attention: compressed + top-n selected blocks + sliding window, sigmoid-gated";
-    s.reference = "Yuan et al. 2025, Native Sparse Attention (fla-org/native-sparse-attention)";
-    s.params = {
-        ab::int_param("block", 64, "l: compression and selection block length (fla-org default 64)", 1, 65536),
-        ab::int_param("select", 16, "n: selected blocks per query, incl. the first and 2 local ones (paper 16)", 1,
-                      65536),
-        ab::int_param("window", 512, "w: sliding-window length (paper 512)", 1, 1 << 24),
-        ab::int_param("query_block", 64, "queries sharing one selection (1 = per token, as the paper)", 1, 65536)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "nsa", "sparse", "Native Sparse Attention: compressed + top-n selected blocks + sliding window, sigmoid-gated",
+        "Yuan et al. 2025, Native Sparse Attention (fla-org/native-sparse-attention)",
+        {ab::int_param("block", 64, "l: compression and selection block length (fla-org default 64)", 1, 65536),
+         ab::int_param("select", 16, "n: selected blocks per query, incl. the first and 2 local ones (paper 16)", 1,
+                       65536),
+         ab::int_param("window", 512, "w: sliding-window length (paper 512)", 1, 1 << 24),
+         ab::int_param("query_block", 64, "queries sharing one selection (1 = per token, as the paper)", 1, 65536)},
+        {.causal = true, .bidirectional = true, .padding_mask = true});
     s.cost = [](const ab::CostArgs& a) {
       const NsaDims nd = dims_of(*a.params);
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads, d = D / H;

@@ -55,14 +55,13 @@ class ProbSparse final : public ab::AttentionMixer {
       : AttentionMixer(cfg), factor_(cfg.params.at("factor").get<double>()) {}
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "probsparse";
-    s.family = "sparse";
-    s.summary = "the factor*ln N queries of largest sampled sparsity measure attend; the rest output mean(V) (Informer)";
-    s.reference = "Zhou et al. 2021, Informer (ProbSparse self-attention)";
-    s.params = {ab::num_param("factor", 5.0, "c of u = c ceil(ln N) active queries and U = c ceil(ln N) sampled keys",
-                              0.1, 1e6)};
-    s.caps = {.causal = false, .bidirectional = true, .padding_mask = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "probsparse", "sparse",
+        "the factor*ln N queries of largest sampled sparsity measure attend; the rest output mean(V) (Informer)",
+        "Zhou et al. 2021, Informer (ProbSparse self-attention)",
+        {ab::num_param("factor", 5.0, "c of u = c ceil(ln N) active queries and U = c ceil(ln N) sampled keys", 0.1,
+                       1e6)},
+        {.causal = false, .bidirectional = true, .padding_mask = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       const double f = a.params->at("factor").get<double>();

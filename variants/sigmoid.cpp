@@ -16,13 +16,14 @@
 #include "attnbench/kernels/decode.hpp"
 #include "attnbench/parallel.hpp"
 #include "attnbench/variant.hpp"
+#include "kv_cache_attention.hpp"
 
 namespace {
 
-class Sigmoid final : public ab::AttentionMixer {
+class Sigmoid final : public ab_kv_cache::KvCacheAttention {
  public:
   explicit Sigmoid(const ab::MixerConfig& cfg)
-      : AttentionMixer(cfg), mode_(cfg.params.at("bias").get<std::string>()), max_length_(std::max<int64_t>(1, cfg.max_length)) {}
+      : KvCacheAttention(cfg), mode_(cfg.params.at("bias").get<std::string>()), max_length_(std::max<int64_t>(1, cfg.max_length)) {}
 
   static ab::VariantSpec spec() {
     ab::VariantSpec s = ab::variant_spec(
@@ -63,33 +64,13 @@ class Sigmoid final : public ab::AttentionMixer {
     return ab::matmul(ab::sigmoid(scores), v);
   }
 
-  std::unique_ptr<ab::DecodeState> begin_decode(int64_t batch, const ab::MixerContext&) override {
-    return std::make_unique<ab::KvCache>(batch, heads_, head_dim_);
-  }
-  // q, k, v: [B, H, 1, d] -> [B, H, 1, d]: o = sum_j sigmoid(q . k_j / sqrt(d) + b) v_j over the cache.
-  ab::Tensor attend_step(const ab::Tensor& q, const ab::Tensor& k, const ab::Tensor& v, ab::DecodeState& state,
-                         const ab::MixerContext&) override {
-    auto& cache = static_cast<ab::KvCache&>(state);
-    cache.append(k, v);
-    const int64_t B = q.dim(0), H = q.dim(1), d = head_dim_, L = cache.length();
-    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  // q: [B, H, 1, d] -> [B, H, 1, d]: o = sum_j sigmoid(q . k_j / sqrt(d) + b) v_j over the cache.
+  ab::Tensor attend_cache(const ab::Tensor& q, const ab::KvCache& cache) override {
     const float b = mode_ == "none" ? 0.f : -static_cast<float>(std::log(static_cast<double>(max_length_)));
-    ab::Tensor out = ab::Tensor::zeros(q.shape());
-    ab::parallel_for(B * H, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t bh = lo; bh < hi; ++bh) {
-        const float* qq = q.data() + bh * d;
-        const float* K = cache.keys(bh / H, bh % H);
-        const float* V = cache.values(bh / H, bh % H);
-        float* o = out.data() + bh * d;
-        for (int64_t j = 0; j < L; ++j) {
-          float dot = 0.f;
-          for (int64_t c = 0; c < d; ++c) dot += qq[c] * K[j * d + c];
-          const float w = 1.f / (1.f + std::exp(-(dot * scale + b)));
-          for (int64_t c = 0; c < d; ++c) o[c] += w * V[j * d + c];
-        }
-      }
+    const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
+    return ab::attend_cached(q, cache, scale, [b](int64_t, float* w, int64_t L) {
+      for (int64_t j = 0; j < L; ++j) w[j] = 1.f / (1.f + std::exp(-(w[j] + b)));
     });
-    return out;
   }
 
  private:

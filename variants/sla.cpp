@@ -49,13 +49,11 @@ class Sla final : public ab::AttentionMixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "sla";
-    s.family = "kernel";
-    s.summary = "SLAB simplified linear attention: ReLU features + depthwise convolution of V";
-    s.reference = "Guo et al. 2024, SLAB: Efficient Transformers with Simplified Linear Attention and PRepBN";
-    s.params = {ab::int_param("conv_size", 5, "taps of the depthwise convolution on V (SLAB: 5)", 1, 63)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .length_dependent = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "sla", "kernel", "SLAB simplified linear attention: ReLU features + depthwise convolution of V",
+        "Guo et al. 2024, SLAB: Efficient Transformers with Simplified Linear Attention and PRepBN",
+        {ab::int_param("conv_size", 5, "taps of the depthwise convolution on V (SLAB: 5)", 1, 63)},
+        {.causal = true, .bidirectional = true, .padding_mask = true, .length_dependent = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads, d = D / H;
       const double K = static_cast<double>(a.params->at("conv_size").get<int64_t>());

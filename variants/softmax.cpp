@@ -5,13 +5,14 @@
 
 #include "attnbench/kernels/decode.hpp"
 #include "attnbench/variant.hpp"
+#include "kv_cache_attention.hpp"
 
 namespace {
 
-class Softmax final : public ab::AttentionMixer {
+class Softmax final : public ab_kv_cache::KvCacheAttention {
  public:
   explicit Softmax(const ab::MixerConfig& cfg)
-      : AttentionMixer(cfg), dropout_(static_cast<float>(cfg.params.at("dropout").get<double>())) {}
+      : KvCacheAttention(cfg), dropout_(static_cast<float>(cfg.params.at("dropout").get<double>())) {}
 
   static ab::VariantSpec spec() {
     ab::VariantSpec s =
@@ -50,13 +51,7 @@ class Softmax final : public ab::AttentionMixer {
   }
 
   // Decoding with a KV cache: O(t d) per token after t tokens.
-  std::unique_ptr<ab::DecodeState> begin_decode(int64_t batch, const ab::MixerContext&) override {
-    return std::make_unique<ab::KvCache>(batch, heads_, head_dim_);
-  }
-  ab::Tensor attend_step(const ab::Tensor& q, const ab::Tensor& k, const ab::Tensor& v, ab::DecodeState& state,
-                         const ab::MixerContext&) override {
-    auto& cache = static_cast<ab::KvCache&>(state);
-    cache.append(k, v);
+  ab::Tensor attend_cache(const ab::Tensor& q, const ab::KvCache& cache) override {
     return ab::softmax_attend_cached(q, cache, 1.0f / std::sqrt(static_cast<float>(head_dim_)));
   }
 

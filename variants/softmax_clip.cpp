@@ -15,25 +15,25 @@
 #include "attnbench/kernels/decode.hpp"
 #include "attnbench/parallel.hpp"
 #include "attnbench/variant.hpp"
+#include "kv_cache_attention.hpp"
 
 namespace {
 
-class SoftmaxClip final : public ab::AttentionMixer {
+class SoftmaxClip final : public ab_kv_cache::KvCacheAttention {
  public:
   explicit SoftmaxClip(const ab::MixerConfig& cfg)
-      : AttentionMixer(cfg),
+      : KvCacheAttention(cfg),
         gamma_(static_cast<float>(cfg.params.at("gamma").get<double>())),
         zeta_(static_cast<float>(cfg.params.at("zeta").get<double>())) {}
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "softmax_clip";
-    s.family = "dense";
-    s.summary = "clipped softmax clip((zeta - gamma) softmax + gamma, 0, 1): heads can give exact 0 / 1 weights";
-    s.reference = "Bondarenko et al. 2023, Quantizable Transformers (clipped softmax)";
-    s.params = {ab::num_param("gamma", -0.025, "stretch lower end (<= 0; 0 with zeta 1 = softmax)", -1.0, 0.0),
-                ab::num_param("zeta", 1.0, "stretch upper end (>= 1)", 1.0, 2.0)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "softmax_clip", "dense",
+        "clipped softmax clip((zeta - gamma) softmax + gamma, 0, 1): heads can give exact 0 / 1 weights",
+        "Bondarenko et al. 2023, Quantizable Transformers (clipped softmax)",
+        {ab::num_param("gamma", -0.025, "stretch lower end (<= 0; 0 with zeta 1 = softmax)", -1.0, 0.0),
+         ab::num_param("zeta", 1.0, "stretch upper end (>= 1)", 1.0, 2.0)},
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       ab::Cost c;
@@ -55,51 +55,20 @@ class SoftmaxClip final : public ab::AttentionMixer {
     const int64_t N = q.dim(2);
     const ab::Var qs = ab::scale(q, 1.0f / std::sqrt(static_cast<float>(head_dim_)));
     const ab::Var scores = ab::matmul(qs, k, false, true);  // [B, H, N, N]
-    ab::Tensor mask;
-    if (ctx.causal) {
-      mask = ab::causal_mask(N);
-      if (ctx.key_mask) mask = ab::add(ab::Var(*ctx.key_mask), ab::Var(mask)).value();  // [B, 1, N, N]
-    } else if (ctx.key_mask) {
-      mask = *ctx.key_mask;  // [B, 1, 1, N]
-    }
+    const ab::Tensor mask = ab::additive_mask(ctx, N);  // [B, 1, N, N], [N, N] or [B, 1, 1, N]
     ab::Var p = ab::softmax(scores, mask.defined() ? &mask : nullptr);
     if (gamma_ != 0.f || zeta_ != 1.f) p = ab::clamp(ab::add_scalar(ab::scale(p, zeta_ - gamma_), gamma_), 0.f, 1.f);
     return ab::matmul(p, v);
   }
 
-  std::unique_ptr<ab::DecodeState> begin_decode(int64_t batch, const ab::MixerContext&) override {
-    return std::make_unique<ab::KvCache>(batch, heads_, head_dim_);
-  }
-  // q, k, v: [B, H, 1, d] -> [B, H, 1, d]: the clipped softmax of q against the whole cache.
-  ab::Tensor attend_step(const ab::Tensor& q, const ab::Tensor& k, const ab::Tensor& v, ab::DecodeState& state,
-                         const ab::MixerContext&) override {
-    auto& cache = static_cast<ab::KvCache&>(state);
-    cache.append(k, v);
-    const int64_t B = q.dim(0), H = q.dim(1), d = head_dim_, L = cache.length();
-    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-    ab::Tensor out = ab::Tensor::zeros(q.shape());
-    ab::parallel_for(B * H, 1, [&](int64_t lo, int64_t hi) {
-      std::vector<float> w(static_cast<size_t>(L));
-      for (int64_t bh = lo; bh < hi; ++bh) {
-        const float* qq = q.data() + bh * d;
-        const float* K = cache.keys(bh / H, bh % H);
-        const float* V = cache.values(bh / H, bh % H);
-        float mx = -INFINITY, sum = 0.f;
-        for (int64_t j = 0; j < L; ++j) {
-          float dot = 0.f;
-          for (int64_t c = 0; c < d; ++c) dot += qq[c] * K[j * d + c];
-          w[j] = dot * scale;
-          mx = std::max(mx, w[j]);
-        }
-        for (int64_t j = 0; j < L; ++j) sum += (w[j] = std::exp(w[j] - mx));
-        float* o = out.data() + bh * d;
-        for (int64_t j = 0; j < L; ++j) {
-          const float p = std::clamp((zeta_ - gamma_) * (w[j] / sum) + gamma_, 0.f, 1.f);
-          for (int64_t c = 0; c < d; ++c) o[c] += p * V[j * d + c];
-        }
-      }
+  // q: [B, H, 1, d] -> [B, H, 1, d]: the clipped softmax of q against the whole cache.
+  ab::Tensor attend_cache(const ab::Tensor& q, const ab::KvCache& cache) override {
+    const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
+    return ab::attend_cached(q, cache, scale, [&](int64_t, float* w, int64_t L) {
+      ab::softmax_in_place(w, L);
+      for (int64_t j = 0; j < L; ++j)
+        w[j] = std::clamp((zeta_ - gamma_) * w[j] + gamma_, 0.f, 1.f);
     });
-    return out;
   }
 
  private:

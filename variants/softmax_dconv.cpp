@@ -40,12 +40,11 @@ class SoftmaxDconv final : public ab::AttentionMixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "softmax_dconv";
-    s.family = "dense";
-    s.summary = "softmax attention with depthwise 3-tap convolutions after the q, k, v projections (Primer MDHA)";
-    s.reference = "So et al. 2021, Primer: Searching for Efficient Transformers for Language Modeling";
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "softmax_dconv", "dense",
+        "softmax attention with depthwise 3-tap convolutions after the q, k, v projections (Primer MDHA)",
+        "So et al. 2021, Primer: Searching for Efficient Transformers for Language Modeling", {},
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       ab::Cost c;

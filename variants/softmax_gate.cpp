@@ -12,12 +12,13 @@
 #include "attnbench/kernels/decode.hpp"
 #include "attnbench/kernels/flash_attention.hpp"
 #include "attnbench/variant.hpp"
+#include "kv_cache_attention.hpp"
 
 namespace {
 
-class SoftmaxGate final : public ab::AttentionMixer {
+class SoftmaxGate final : public ab_kv_cache::KvCacheAttention {
  public:
-  explicit SoftmaxGate(const ab::MixerConfig& cfg) : AttentionMixer(cfg) {
+  explicit SoftmaxGate(const ab::MixerConfig& cfg) : KvCacheAttention(cfg) {
     const double pi = cfg.params.at("pi_init").get<double>();
     // wg [H, d_head]: head h's gate reads x[..., h d_head : (h + 1) d_head]; bg [H].
     wg_ = add_param("wg", ab::init_xavier_uniform(heads_, head_dim_, ab::RngStream(cfg.seed, ab::Purpose::init,
@@ -26,13 +27,12 @@ class SoftmaxGate final : public ab::AttentionMixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "softmax_gate";
-    s.family = "dense";
-    s.summary = "softmax attention with a per-head, per-token sigmoid gate on its output (heads can do nothing)";
-    s.reference = "Bondarenko et al. 2023, Quantizable Transformers (gated attention)";
-    s.params = {ab::num_param("pi_init", 0.25, "initial gate value sigmoid(bias)", 0.01, 0.99)};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "softmax_gate", "dense",
+        "softmax attention with a per-head, per-token sigmoid gate on its output (heads can do nothing)",
+        "Bondarenko et al. 2023, Quantizable Transformers (gated attention)",
+        {ab::num_param("pi_init", 0.25, "initial gate value sigmoid(bias)", 0.01, 0.99)},
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
       ab::Cost c;
@@ -66,13 +66,7 @@ class SoftmaxGate final : public ab::AttentionMixer {
     return ab::mul(ab::flash_attention(q, k, v, scale, ctx.causal, ctx.key_mask), gate(input()));
   }
 
-  std::unique_ptr<ab::DecodeState> begin_decode(int64_t batch, const ab::MixerContext&) override {
-    return std::make_unique<ab::KvCache>(batch, heads_, head_dim_);
-  }
-  ab::Tensor attend_step(const ab::Tensor& q, const ab::Tensor& k, const ab::Tensor& v, ab::DecodeState& state,
-                         const ab::MixerContext&) override {
-    auto& cache = static_cast<ab::KvCache&>(state);
-    cache.append(k, v);
+  ab::Tensor attend_cache(const ab::Tensor& q, const ab::KvCache& cache) override {
     const ab::Tensor o = ab::softmax_attend_cached(q, cache, 1.0f / std::sqrt(static_cast<float>(head_dim_)));
     return ab::mul(ab::Var(o), gate(input())).value();  // [B, H, 1, d] * [B, H, 1, 1]
   }

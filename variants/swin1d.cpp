@@ -44,15 +44,14 @@ class Swin1d final : public ab::AttentionMixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "swin1d";
-    s.family = "sparse";
-    s.summary = "attention within windows of `window` tokens, the grid shifted by window/2 in every other layer";
-    s.reference = "Liu et al. 2021, Swin Transformer (shifted windows), in 1-D";
-    s.params = {ab::int_param("window", 64, "window length in tokens (>= N: one window = softmax attention)", 1, 1e9),
-                ab::enum_param("shift", "alternate", {"alternate", "none", "always"},
-                               "shift the grid by window/2: in odd layers (Swin), never, or in every layer")};
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "swin1d", "sparse",
+        "attention within windows of `window` tokens, the grid shifted by window/2 in every other layer",
+        "Liu et al. 2021, Swin Transformer (shifted windows), in 1-D",
+        {ab::int_param("window", 64, "window length in tokens (>= N: one window = softmax attention)", 1, 1e9),
+         ab::enum_param("shift", "alternate", {"alternate", "none", "always"},
+                        "shift the grid by window/2: in odd layers (Swin), never, or in every layer")},
+        {.causal = true, .bidirectional = true, .padding_mask = true});
     s.cost = [](const ab::CostArgs& a) {
       // The unshifted grid (the shifted one computes at most one window's pairs more or less).
       return ab::block_sparse_mixer_cost(swin_pattern(a.length, a.params->at("window").get<int64_t>(), 0), a,

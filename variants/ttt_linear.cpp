@@ -96,16 +96,15 @@ class TttLinear final : public ab::Mixer {
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s;
-    s.name = "ttt_linear";
-    s.family = "recurrent";
-    s.summary = "TTT-Linear: a linear model (LN + residual) trained at test time, mini-batch TTT in dual form";
-    s.reference = "Sun et al. 2024, Learning to (Learn at Test Time): RNNs with Expressive Hidden States";
-    s.params = {
-        ab::int_param("mini_batch_size", 16, "TTT mini-batch size b (the paper: 16)", 1, 1024),
-        ab::num_param("base_lr", 1.0, "base inner learning rate (ttt_base_lr; 1.0 for TTT-Linear)", 0.0, 100.0),
-    };
-    s.caps = {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true};
+    ab::VariantSpec s = ab::variant_spec(
+        "ttt_linear", "recurrent",
+        "TTT-Linear: a linear model (LN + residual) trained at test time, mini-batch TTT in dual form",
+        "Sun et al. 2024, Learning to (Learn at Test Time): RNNs with Expressive Hidden States",
+        {
+            ab::int_param("mini_batch_size", 16, "TTT mini-batch size b (the paper: 16)", 1, 1024),
+            ab::num_param("base_lr", 1.0, "base inner learning rate (ttt_base_lr; 1.0 for TTT-Linear)", 0.0, 100.0),
+        },
+        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
     s.cost = [](const ab::CostArgs& a) {
       const double B = a.batch, N = a.length, D = a.d_model, H = a.heads, d = D / H;
       const double K = static_cast<double>(a.params->at("mini_batch_size").get<int64_t>());

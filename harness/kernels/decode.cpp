@@ -45,34 +45,39 @@ void KvCache::append(const Tensor& k_t, const Tensor& v_t) {
 const float* KvCache::keys(int64_t b, int64_t h) const { return k_.data() + (b * heads_ + h) * capacity_ * dim_; }
 const float* KvCache::values(int64_t b, int64_t h) const { return v_.data() + (b * heads_ + h) * capacity_ * dim_; }
 
-Tensor softmax_attend_cached(const Tensor& q_t, const KvCache& cache, float scale) {
+Tensor attend_cached(const Tensor& q_t, const KvCache& cache, float scale,
+                     const std::function<void(int64_t bh, float* w, int64_t L)>& weigh) {
   // q_t: [B, H, 1, d] -> [B, H, 1, d]
   const int64_t B = q_t.dim(0), H = q_t.dim(1), d = q_t.dim(3), L = cache.length();
   Tensor out = Tensor::zeros(q_t.shape());
   ab::parallel_for(B * H, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<float> w(static_cast<size_t>(L));
     for (int64_t bh = lo; bh < hi; ++bh) {
-      const int64_t b = bh / H, h = bh % H;
       const float* q = q_t.data() + bh * d;
-      const float *K = cache.keys(b, h), *V = cache.values(b, h);
-      std::vector<float> s(static_cast<size_t>(L));
-      float m = -INFINITY;
+      const float *K = cache.keys(bh / H, bh % H), *V = cache.values(bh / H, bh % H);
       for (int64_t j = 0; j < L; ++j) {
         float dot = 0;
         for (int64_t c = 0; c < d; ++c) dot += q[c] * K[j * d + c];
-        s[j] = scale * dot;
-        m = std::max(m, s[j]);
+        w[j] = scale * dot;
       }
-      float total = 0;
+      weigh(bh, w.data(), L);
       float* o = out.data() + bh * d;
-      for (int64_t j = 0; j < L; ++j) {
-        const float p = std::exp(s[j] - m);
-        total += p;
-        for (int64_t c = 0; c < d; ++c) o[c] += p * V[j * d + c];
-      }
-      for (int64_t c = 0; c < d && total > 0; ++c) o[c] /= total;
+      for (int64_t j = 0; j < L; ++j)
+        for (int64_t c = 0; c < d; ++c) o[c] += w[j] * V[j * d + c];
     }
   });
   return out;
+}
+
+void softmax_in_place(float* w, int64_t n) {
+  float m = -INFINITY, total = 0;
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, w[j]);
+  for (int64_t j = 0; j < n; ++j) total += (w[j] = std::exp(w[j] - m));
+  for (int64_t j = 0; j < n && total > 0; ++j) w[j] /= total;
+}
+
+Tensor softmax_attend_cached(const Tensor& q_t, const KvCache& cache, float scale) {
+  return attend_cached(q_t, cache, scale, [](int64_t, float* w, int64_t L) { softmax_in_place(w, L); });
 }
 
 LinearAttentionState::LinearAttentionState(int64_t batch, int64_t heads, int64_t feature_dim, int64_t value_dim)

@@ -1,6 +1,7 @@
 #pragma once
 // Building blocks for decoding one token at a time (Mixer::begin_decode / decode_step).
 #include <cstdint>
+#include <functional>
 
 #include "attnbench/decode_state.hpp"
 #include "attnbench/tensor.hpp"
@@ -26,6 +27,16 @@ class KvCache final : public DecodeState {
   int64_t batch_, heads_, dim_, length_ = 0, capacity_ = 0;
   Tensor k_, v_;  // [B, H, capacity, d]
 };
+
+// Attention of one query per (batch, head) over the cache with weights of the caller's choosing:
+// q_t [B, H, 1, d] -> o_t [B, H, 1, d], o = sum_j w_j v_j, where weigh(bh, w, L) turns the scores
+// w_j = scale q . k_j (j < L = cache.length(), bh = b H + h) into the weights, in place. Called
+// from several threads at once (one bh each).
+Tensor attend_cached(const Tensor& q_t, const KvCache& cache, float scale,
+                     const std::function<void(int64_t bh, float* w, int64_t L)>& weigh);
+
+// w[0, n) <- softmax(w[0, n)), stable (the largest score subtracted first).
+void softmax_in_place(float* w, int64_t n);
 
 // Exact softmax attention of one query per (batch, head) over the cache:
 // q_t [B, H, 1, d] -> o_t [B, H, 1, d], o = softmax(scale * q K^T) V.

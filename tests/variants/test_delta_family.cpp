@@ -12,36 +12,14 @@
 
 #include "attnbench/check.hpp"
 #include "attnbench/variant.hpp"
+#include "support/mixer_build.hpp"
+#include "support/mixer_runs.hpp"
+#include "support/random_tensors.hpp"
 
 using namespace ab;
+using namespace ab::test;
 
 namespace {
-
-Tensor gaussian(const Shape& s, uint64_t key, float scale = 1.f) {
-  RngStream r(key, Purpose::check, 4242);
-  Tensor t = Tensor::empty(s);
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = r.normal() * scale;
-  return t;
-}
-
-std::unique_ptr<Mixer> build(const std::string& name, const Json& given, int64_t D, int64_t H) {
-  const VariantSpec& spec = VariantRegistry::instance().get(name);
-  MixerConfig cfg{D, H, 64, 0, 3, resolve_params(spec.params, given, name)};
-  return spec.make(cfg);
-}
-
-Tensor param(const Mixer& m, const std::string& name) {
-  for (const auto& [n, v] : m.parameters())
-    if (n == name) return v.value();
-  ADD_FAILURE() << "no parameter " << name;
-  return Tensor();
-}
-
-double max_diff(const Tensor& a, const Tensor& b) {
-  double m = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) m = std::max(m, double(std::fabs(a[i] - b[i])));
-  return m;
-}
 
 struct FamilyRun {
   Tensor y, dx;
@@ -49,12 +27,12 @@ struct FamilyRun {
 };
 
 FamilyRun forward_backward(const std::string& name, const Json& params, const Tensor& x0, bool causal) {
-  auto m = build(name, params, x0.dim(2), 2);
+  auto m = build_mixer(name, params, x0.dim(2), 2, 64);
   Var x(x0, true);
   MixerContext ctx;
   ctx.causal = causal;
   Var y = m->forward(x, ctx);
-  y.backward(gaussian(y.value().shape(), 77));
+  y.backward(normal_tensor(y.value().shape(), 77, 4242));
   FamilyRun r{y.value(), x.grad(), {}};
   for (const auto& [n, v] : m->parameters()) r.dparams.push_back(v.grad());
   return r;
@@ -63,7 +41,7 @@ FamilyRun forward_backward(const std::string& name, const Json& params, const Te
 // N = 37 with chunks of 16: the chunked, recurrent and parallel forms agree, forward and gradients
 // (of the input and of every parameter), causal and bidirectional.
 TEST(DeltaFamily, EveryFormOfHgrn2AndGsaAgreesWithGradients) {
-  const Tensor x = gaussian({2, 37, 16}, 5);
+  const Tensor x = normal_tensor({2, 37, 16}, 5, 4242);
   const std::vector<std::pair<std::string, Json>> cases = {
       {"hgrn2", Json{{"expand_ratio", 8}, {"lower_bound", 0.0}}},
       {"hgrn2", Json{{"expand_ratio", 8}, {"lower_bound", 0.4}}},
@@ -80,10 +58,11 @@ TEST(DeltaFamily, EveryFormOfHgrn2AndGsaAgreesWithGradients) {
       for (const Json& other : {rec, par}) {
         const FamilyRun b = forward_backward(name, other, x, causal);
         const std::string what = name + " " + other.dump() + (causal ? " causal" : " bidirectional");
-        EXPECT_LT(max_diff(a.y, b.y), 2e-5) << what;
-        EXPECT_LT(max_diff(a.dx, b.dx), 2e-4) << what;
+        EXPECT_LT(test::deviation(a.y, b.y).worst, 2e-5) << what;
+        EXPECT_LT(test::deviation(a.dx, b.dx).worst, 2e-4) << what;
         ASSERT_EQ(a.dparams.size(), b.dparams.size());
-        for (size_t i = 0; i < a.dparams.size(); ++i) EXPECT_LT(max_diff(a.dparams[i], b.dparams[i]), 5e-4) << what << " param " << i;
+        for (size_t i = 0; i < a.dparams.size(); ++i)
+          EXPECT_LT(test::deviation(a.dparams[i], b.dparams[i]).worst, 5e-4) << what << " param " << i;
       }
     }
 }
@@ -94,14 +73,16 @@ TEST(DeltaFamily, EveryFormOfHgrn2AndGsaAgreesWithGradients) {
 TEST(DeltaFamily, GsaEqualsItsTwoMemoryRecurrence) {
   const int64_t B = 2, N = 23, D = 12, H = 2, m = 5, dk = D / H, dv = D / H;
   const double tau = 8;
-  const Tensor x = gaussian({B, N, D}, 6);
-  auto mixer = build("gsa", Json{{"num_slots", m}, {"chunk", 8}}, D, H);
+  const Tensor x = normal_tensor({B, N, D}, 6, 4242);
+  auto mixer = build_mixer("gsa", Json{{"num_slots", m}, {"chunk", 8}}, D, H, 64);
   NoGrad ng;
   MixerContext ctx;
   ctx.causal = true;
   const Tensor y = mixer->forward(Var(x), ctx).value();
-  const Tensor wq = param(*mixer, "wq"), wk = param(*mixer, "wk"), wv = param(*mixer, "wv"), wf = param(*mixer, "wf"),
-               wo = param(*mixer, "wo"), nw = param(*mixer, "norm_weight"), nb = param(*mixer, "norm_bias");
+  const Tensor wq = mixer_param(*mixer, "wq").value(), wk = mixer_param(*mixer, "wk").value(),
+               wv = mixer_param(*mixer, "wv").value(), wf = mixer_param(*mixer, "wf").value(),
+               wo = mixer_param(*mixer, "wo").value(), nw = mixer_param(*mixer, "norm_weight").value(),
+               nb = mixer_param(*mixer, "norm_bias").value();
   auto proj = [&](const Tensor& w, int64_t b, int64_t t, int64_t c) {  // (x_t W)[c], W [D, out]
     double s = 0;
     for (int64_t i = 0; i < D; ++i) s += double(x[(b * N + t) * D + i]) * w[i * w.dim(1) + c];

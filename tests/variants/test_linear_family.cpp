@@ -4,8 +4,8 @@
 // papers' formulas (explicit N x N sums, no features, no scans); gradients are compared with the
 // references' central differences. The registry-wide conformance suite (tests/test_variants.cpp)
 // covers shape, causality, padding, decode = forward and the cost models.
-#include <gtest/gtest.h>
 #include <fmt/format.h>
+#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
@@ -17,8 +17,10 @@
 #include "attnbench/check.hpp"
 #include "attnbench/kernels/prefix_scan_attention.hpp"
 #include "attnbench/variant.hpp"
+#include "support/mixer_build.hpp"
 
 using namespace ab;
+using namespace ab::test;
 
 namespace {
 
@@ -35,28 +37,6 @@ Vec as_double(const Tensor& t) {
   Vec out(static_cast<size_t>(t.numel()));
   for (int64_t i = 0; i < t.numel(); ++i) out[i] = t[i];
   return out;
-}
-
-std::unique_ptr<Mixer> build(const std::string& name, const Json& given, int64_t D, int64_t H, int64_t max_length,
-                             int layer = 0) {
-  const VariantSpec& spec = VariantRegistry::instance().get(name);
-  MixerConfig cfg{D, H, max_length, layer, 3, resolve_params(spec.params, given, name)};
-  return spec.make(cfg);
-}
-
-Var param(const Mixer& m, const std::string& name) {
-  for (const auto& [n, v] : m.parameters())
-    if (n == name) return v;
-  ADD_FAILURE() << "no parameter " << name;
-  return Var();
-}
-
-// [B, 1, 1, N] additive mask with sequence b real for its first real[b] positions.
-Tensor padding_mask(int64_t B, int64_t N, const std::vector<int64_t>& real) {
-  std::vector<int32_t> tokens(static_cast<size_t>(B * N), 1);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t n = real[b]; n < N; ++n) tokens[b * N + n] = 0;
-  return key_padding_mask(tokens, B, N, 0);
 }
 
 bool kept(const Tensor* mask, int64_t b, int64_t N, int64_t j) { return !mask || std::isfinite((*mask)[b * N + j]); }
@@ -153,7 +133,7 @@ TEST(Cosformer, EqualsTheCosReweightedQuadraticFormWithGradients) {
   for (const std::string feature : {"relu", "elu"})
     for (bool causal : {false, true})
       for (bool masked : {false, true}) {
-        auto mixer = build("cosformer", Json{{"feature", feature}}, H * d, H, M);
+        auto mixer = build_mixer("cosformer", Json{{"feature", feature}}, H * d, H, M);
         auto* attn = dynamic_cast<AttentionMixer*>(mixer.get());
         ASSERT_NE(attn, nullptr);
         MixerContext ctx;
@@ -178,7 +158,7 @@ TEST(Sigmoid, EqualsTheNaiveFormForEveryBiasModeWithGradients) {
   const Tensor mask = padding_mask(B, N, {6, 4});
   for (const std::string mode : {"max_length", "length", "none"})
     for (bool causal : {false, true}) {
-      auto mixer = build("sigmoid", Json{{"bias", mode}}, H * d, H, M);
+      auto mixer = build_mixer("sigmoid", Json{{"bias", mode}}, H * d, H, M);
       auto* attn = dynamic_cast<AttentionMixer*>(mixer.get());
       MixerContext ctx;
       ctx.causal = causal;
@@ -202,12 +182,13 @@ TEST(Based, TaylorKernelAndConvolutionMatchTheClosedFormWithGradients) {
   const int64_t B = 2, H = 2, N = 6, D = 4, f = 3, d = D / H;
   for (int64_t taps : {0, 3})
     for (bool causal : {false, true}) {
-      auto mixer = build("based", Json{{"feature_dim", f}, {"conv_taps", taps}}, D, H, N);
-      const Var wq = param(*mixer, "wq"), wk = param(*mixer, "wk"), wv = param(*mixer, "wv"), wo = param(*mixer, "wo");
+      auto mixer = build_mixer("based", Json{{"feature_dim", f}, {"conv_taps", taps}}, D, H, N);
+      const Var wq = mixer_param(*mixer, "wq"), wk = mixer_param(*mixer, "wk"), wv = mixer_param(*mixer, "wv"),
+                wo = mixer_param(*mixer, "wo");
       Var cw, cb;
       if (taps > 0) {
-        cw = param(*mixer, "conv.w");
-        cb = param(*mixer, "conv.b");
+        cw = mixer_param(*mixer, "conv.w");
+        cb = mixer_param(*mixer, "conv.b");
         for (int64_t i = 0; i < D; ++i) cb.value_mut()[i] = 0.1f * float(i + 1);  // a non-zero bias
       }
       MixerContext ctx;
@@ -303,8 +284,9 @@ TEST(PrefixSoftmaxAttention, EqualsCausalSoftmaxOfOneQueryAcrossChunksWithGradie
 
 TEST(Aaren, IsCausalSoftmaxAttentionWithAFixedLearnedQuery) {
   const int64_t B = 2, H = 2, N = 9, D = 6, d = D / H;
-  auto mixer = build("aaren", Json::object(), D, H, N);
-  const Var wk = param(*mixer, "wk"), wv = param(*mixer, "wv"), wo = param(*mixer, "wo"), q = param(*mixer, "query");
+  auto mixer = build_mixer("aaren", Json::object(), D, H, N);
+  const Var wk = mixer_param(*mixer, "wk"), wv = mixer_param(*mixer, "wv"), wo = mixer_param(*mixer, "wo"),
+            q = mixer_param(*mixer, "query");
   const Tensor mask = padding_mask(B, N, {9, 6});
   MixerContext ctx;
   ctx.causal = true;
@@ -343,7 +325,7 @@ TEST(Aaren, IsCausalSoftmaxAttentionWithAFixedLearnedQuery) {
   expect_op_matches([&](const std::vector<Var>& in) { return mixer->forward(in[0], ctx); }, ref,
                     {gaussian({B, N, D}, 10)}, 1e-4, "aaren");
   // The parameters too (the query included), by the library's finite differences.
-  auto fresh = build("aaren", Json::object(), D, H, N);
+  auto fresh = build_mixer("aaren", Json::object(), D, H, N);
   std::vector<Var> leaves{Var(gaussian({B, N, D}, 11), true)};
   for (auto& [n, v] : fresh->parameters()) leaves.push_back(v);
   const GradCheckReport rep = grad_check([&] { return fresh->forward(leaves[0], ctx); }, leaves);
@@ -405,9 +387,9 @@ TEST(TransNormer, NormAttentionIsTheLayerNormedNumeratorWithGradients) {
   for (const std::string feature : {"elu", "relu"})
     for (bool causal : {false, true}) {
       // Layer 1 of the default split is NormAttention.
-      auto mixer = build("transnormer", Json{{"feature", feature}}, H * d, H, N, 1);
+      auto mixer = build_mixer("transnormer", Json{{"feature", feature}}, H * d, H, N, 1);
       auto* attn = dynamic_cast<AttentionMixer*>(mixer.get());
-      Var gamma = param(*mixer, "norm.gamma"), beta = param(*mixer, "norm.beta");
+      Var gamma = mixer_param(*mixer, "norm.gamma"), beta = mixer_param(*mixer, "norm.beta");
       for (int64_t i = 0; i < d; ++i) {
         gamma.value_mut()[i] = 1.f + 0.1f * float(i);
         beta.value_mut()[i] = 0.05f * float(i);
@@ -438,7 +420,7 @@ TEST(TransNormer, NormAttentionIsTheLayerNormedNumeratorWithGradients) {
 TEST(TransNormer, DiagAttentionIsBlockSoftmaxAndTheSplitFollowsTheLayer) {
   const int64_t B = 1, H = 2, N = 10, d = 3, block = 4;
   for (bool causal : {false, true}) {
-    auto mixer = build("transnormer", Json{{"block", block}, {"diag_layers", 2}}, H * d, H, N, 1);
+    auto mixer = build_mixer("transnormer", Json{{"block", block}, {"diag_layers", 2}}, H * d, H, N, 1);
     EXPECT_EQ(mixer->parameters().size(), 4u) << "DiagAttention layers have no norm parameters";
     auto* attn = dynamic_cast<AttentionMixer*>(mixer.get());
     MixerContext ctx;
@@ -464,13 +446,13 @@ TEST(TransNormer, DiagAttentionIsBlockSoftmaxAndTheSplitFollowsTheLayer) {
                       {gaussian({B, H, N, d}, 21), gaussian({B, H, N, d}, 22), gaussian({B, H, N, d}, 23)}, 1e-4,
                       fmt::format("transnormer diag causal={}", causal));
   }
-  auto upper = build("transnormer", Json{{"diag_layers", 2}}, 8, 2, 8, 2);
+  auto upper = build_mixer("transnormer", Json{{"diag_layers", 2}}, 8, 2, 8, 2);
   EXPECT_EQ(upper->parameters().size(), 6u) << "layer 2 with diag_layers = 2 is NormAttention";
 }
 
 TEST(TransNormer, NormAttentionLayersPassTheGradientCheck) {
   for (bool causal : {false, true}) {
-    auto m = build("transnormer", Json::object(), 8, 2, 6, 1);
+    auto m = build_mixer("transnormer", Json::object(), 8, 2, 6, 1);
     std::vector<Var> leaves{Var(gaussian({2, 6, 8}, 24), true)};
     for (auto& [n, v] : m->parameters()) leaves.push_back(v);
     MixerContext ctx;
@@ -539,7 +521,7 @@ Vec flow_reference(int64_t B, int64_t H, int64_t N, int64_t d, const Vec& q, con
 TEST(Flowformer, BothFormsEqualTheFlowFormulasWithGradients) {
   const int64_t B = 2, H = 2, N = 6, d = 3;
   for (bool causal : {false, true}) {
-    auto mixer = build("flowformer", Json::object(), H * d, H, N);
+    auto mixer = build_mixer("flowformer", Json::object(), H * d, H, N);
     auto* attn = dynamic_cast<AttentionMixer*>(mixer.get());
     MixerContext ctx;
     ctx.causal = causal;
@@ -553,7 +535,7 @@ TEST(Flowformer, BothFormsEqualTheFlowFormulasWithGradients) {
 TEST(Flowformer, PaddedTokensAreNeitherSourcesNorSinks) {
   // Bidirectional with padding = the same sequence cut to its real tokens.
   const int64_t H = 2, N = 7, real = 5, d = 3;
-  auto mixer = build("flowformer", Json::object(), H * d, H, N);
+  auto mixer = build_mixer("flowformer", Json::object(), H * d, H, N);
   auto* attn = dynamic_cast<AttentionMixer*>(mixer.get());
   const Tensor q = gaussian({1, H, N, d}, 28), k = gaussian({1, H, N, d}, 29), v = gaussian({1, H, N, d}, 30);
   const Tensor mask = padding_mask(1, N, {real});

@@ -2,8 +2,8 @@
 // compared with a reference written here independently, in double, from the papers' formulas
 // (explicit sums, no scans, no FFTs); the registry-wide conformance suite (tests/mixer/
 // test_variants.cpp) covers gradients, causality, padding, decode = forward and the cost models.
-#include <gtest/gtest.h>
 #include <fmt/format.h>
+#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
@@ -13,30 +13,19 @@
 
 #include "attnbench/check.hpp"
 #include "attnbench/variant.hpp"
+#include "support/mixer_build.hpp"
 #include "support/random_tensors.hpp"
 
 using namespace ab;
+using namespace ab::test;
 
 namespace {
 
 using Vec = std::vector<double>;
 
-std::unique_ptr<Mixer> build(const std::string& name, const Json& given, int64_t D, int64_t H, int64_t max_length) {
-  const VariantSpec& spec = VariantRegistry::instance().get(name);
-  MixerConfig cfg{D, H, max_length, 0, 3, resolve_params(spec.params, given, name)};
-  return spec.make(cfg);
-}
-
-Var param(const Mixer& m, const std::string& name) {
-  for (const auto& [n, v] : m.parameters())
-    if (n == name) return v;
-  ADD_FAILURE() << "no parameter " << name;
-  return Var();
-}
-
 // Overwrites a parameter with symmetric noise (initial values such as zeros would hide terms).
 void randomise(const Mixer& m, const std::string& name, uint64_t key, float scale) {
-  Var p = param(m, name);
+  Var p = mixer_param(m, name);
   const Tensor r = test::symmetric_tensor(p.shape(), 11, key, scale);
   std::copy(r.data(), r.data() + r.numel(), p.value_mut().data());
 }
@@ -49,14 +38,6 @@ double max_abs_diff(const Vec& ref, const Tensor& got) {
   return worst;
 }
 
-// [B, 1, 1, N] additive mask, sequence b real for its first real[b] positions.
-Tensor padding_mask(int64_t B, int64_t N, const std::vector<int64_t>& real) {
-  std::vector<int32_t> tokens(static_cast<size_t>(B * N), 1);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t n = real[b]; n < N; ++n) tokens[b * N + n] = 0;
-  return key_padding_mask(tokens, B, N, 0);
-}
-
 }  // namespace
 
 // ---- sla ----
@@ -67,12 +48,12 @@ TEST(Sla, AttendEqualsTheNaiveFormulaWithGradients) {
   const Tensor mask = padding_mask(B, N, {7, 5});
   for (bool causal : {false, true})
     for (bool masked : {false, true}) {
-      auto mixer = build("sla", Json::object(), D, H, M);
+      auto mixer = build_mixer("sla", Json::object(), D, H, M);
       auto* attn = dynamic_cast<AttentionMixer*>(mixer.get());
       ASSERT_NE(attn, nullptr);
       randomise(*mixer, "positional_encoding", 1, 1.f);
-      const Tensor P = param(*mixer, "positional_encoding").value();
-      const Tensor w = param(*mixer, "dwc_weight").value(), bias = param(*mixer, "dwc_bias").value();
+      const Tensor P = mixer_param(*mixer, "positional_encoding").value();
+      const Tensor w = mixer_param(*mixer, "dwc_weight").value(), bias = mixer_param(*mixer, "dwc_bias").value();
       const int64_t K = w.dim(1);
       MixerContext ctx;
       ctx.causal = causal;
@@ -112,8 +93,8 @@ TEST(Sla, AttendEqualsTheNaiveFormulaWithGradients) {
       // Gradients of the fused ops against finite differences, through the parameters as well.
       Var vq(q.clone(), true), vk(k.clone(), true), vv(v.clone(), true);
       const GradCheckReport r = grad_check([&] { return attn->attend(vq, vk, vv, ctx); },
-                                           {vq, vk, vv, param(*mixer, "positional_encoding"),
-                                            param(*mixer, "dwc_weight"), param(*mixer, "dwc_bias")});
+                                           {vq, vk, vv, mixer_param(*mixer, "positional_encoding"),
+                                            mixer_param(*mixer, "dwc_weight"), mixer_param(*mixer, "dwc_bias")});
       EXPECT_TRUE(r.passed) << r.detail;
     }
 }
@@ -125,12 +106,12 @@ TEST(LongConvVariant, EqualsDirectSumsOfTheSquashedSmoothedKernels) {
   const int64_t B = 2, N = 9, D = 4, M = 12;
   for (int64_t window : {0, 3})
     for (bool causal : {false, true}) {
-      auto mixer = build("long_conv", Json{{"ma_window", window}, {"lam", 0.01}}, D, 1, M);
+      auto mixer = build_mixer("long_conv", Json{{"ma_window", window}, {"lam", 0.01}}, D, 1, M);
       randomise(*mixer, "kernel_fwd", 1, 0.3f);
       randomise(*mixer, "kernel_bwd", 2, 0.3f);
-      const Tensor kf = param(*mixer, "kernel_fwd").value(), kb = param(*mixer, "kernel_bwd").value();
-      const Tensor skip = param(*mixer, "skip").value(), w = param(*mixer, "w_out").value(),
-                   bias = param(*mixer, "b_out").value();
+      const Tensor kf = mixer_param(*mixer, "kernel_fwd").value(), kb = mixer_param(*mixer, "kernel_bwd").value();
+      const Tensor skip = mixer_param(*mixer, "skip").value(), w = mixer_param(*mixer, "w_out").value(),
+                   bias = mixer_param(*mixer, "b_out").value();
       auto taps = [&](const Tensor& k, int64_t c, int64_t l) {
         double s = 0;
         if (window == 0) {
@@ -167,7 +148,7 @@ TEST(LongConvVariant, EqualsDirectSumsOfTheSquashedSmoothedKernels) {
       EXPECT_LE(max_abs_diff(ref, mixer->forward(Var(x), ctx).value()), 1e-5) << "window=" << window
                                                                                 << " causal=" << causal;
       const GradCheckReport r = grad_check([&] { return mixer->forward(Var(x), ctx); },
-                                           {param(*mixer, "kernel_fwd"), param(*mixer, "kernel_bwd")});
+                                           {mixer_param(*mixer, "kernel_fwd"), mixer_param(*mixer, "kernel_bwd")});
       EXPECT_TRUE(r.passed) << r.detail;
     }
 }
@@ -182,12 +163,12 @@ TEST(KernelRpeFft, FftToeplitzProductEqualsTheDenseOneWithGradients) {
   const Tensor w = init_normal({m, d}, 1.0f, RngStream(3, Purpose::mixer, 0, 0));
   for (bool causal : {false, true})
     for (bool masked : {false, true}) {
-      auto mixer = build("kernel_rpe_fft", Json{{"num_features", m}}, D, H, M);
+      auto mixer = build_mixer("kernel_rpe_fft", Json{{"num_features", m}}, D, H, M);
       auto* attn = dynamic_cast<AttentionMixer*>(mixer.get());
       ASSERT_NE(attn, nullptr);
       randomise(*mixer, "rpe_fwd", 1, 1.f);
       randomise(*mixer, "rpe_bwd", 2, 1.f);
-      const Tensor bf = param(*mixer, "rpe_fwd").value(), bb = param(*mixer, "rpe_bwd").value();
+      const Tensor bf = mixer_param(*mixer, "rpe_fwd").value(), bb = mixer_param(*mixer, "rpe_bwd").value();
       MixerContext ctx;
       ctx.causal = causal;
       ctx.key_mask = masked ? &mask : nullptr;
@@ -221,8 +202,9 @@ TEST(KernelRpeFft, FftToeplitzProductEqualsTheDenseOneWithGradients) {
       const Var y = attn->attend(Var(q), Var(k), Var(v), ctx);
       EXPECT_LE(max_abs_diff(ref, y.value()), 1e-4) << "causal=" << causal << " masked=" << masked;
       Var vq(q.clone(), true), vk(k.clone(), true), vv(v.clone(), true);
-      const GradCheckReport r = grad_check([&] { return attn->attend(vq, vk, vv, ctx); },
-                                           {vq, vk, vv, param(*mixer, "rpe_fwd"), param(*mixer, "rpe_bwd")});
+      const GradCheckReport r =
+          grad_check([&] { return attn->attend(vq, vk, vv, ctx); },
+                     {vq, vk, vv, mixer_param(*mixer, "rpe_fwd"), mixer_param(*mixer, "rpe_bwd")});
       EXPECT_TRUE(r.passed) << r.detail;
     }
 }
@@ -263,10 +245,10 @@ TEST(Lmu, FftConvolutionEqualsTheZohRecurrence) {
     for (size_t i = 0; i < s.size(); ++i) s[i] += h / 6 * (k1[i] + 2 * k2[i] + 2 * k3[i] + k4[i]);
   }
   for (bool masked : {false, true}) {
-    auto mixer = build("lmu", Json{{"memory_size", q}, {"theta", theta}}, D, 1, 16);
-    const Tensor wu = param(*mixer, "w_u").value(), bu = param(*mixer, "b_u").value();
-    const Tensor wh = param(*mixer, "w_h").value(), bh = param(*mixer, "b_h").value();
-    const Tensor wp = param(*mixer, "w_proj").value(), bp = param(*mixer, "b_proj").value();
+    auto mixer = build_mixer("lmu", Json{{"memory_size", q}, {"theta", theta}}, D, 1, 16);
+    const Tensor wu = mixer_param(*mixer, "w_u").value(), bu = mixer_param(*mixer, "b_u").value();
+    const Tensor wh = mixer_param(*mixer, "w_h").value(), bh = mixer_param(*mixer, "b_h").value();
+    const Tensor wp = mixer_param(*mixer, "w_proj").value(), bp = mixer_param(*mixer, "b_proj").value();
     const Tensor x = test::symmetric_tensor({B, N, D}, 7, 1, 2.f);
     const Tensor mask = padding_mask(B, N, {11, 7});
     Vec ref(static_cast<size_t>(B * N * D));
@@ -312,13 +294,13 @@ TEST(Lmu, FftConvolutionEqualsTheZohRecurrence) {
 // the next mini-batch starting from the last W_i. N = 11 with mini-batches of 4: a remainder of 3.
 TEST(TttLinear, DualFormEqualsOneExplicitGradientStepPerToken) {
   const int64_t B = 2, N = 11, H = 2, d = 4, D = H * d, K = 4;
-  auto mixer = build("ttt_linear", Json{{"mini_batch_size", K}}, D, H, 16);
+  auto mixer = build_mixer("ttt_linear", Json{{"mini_batch_size", K}}, D, H, 16);
   uint64_t key = 20;
   for (const char* name : {"W1", "b1", "ttt_norm_weight", "ttt_norm_bias", "token_idx_bias", "lr_bias",
                            "post_norm_weight", "post_norm_bias"})
     randomise(*mixer, name, key++, 0.5f);
   randomise(*mixer, "lr_weight", key++, 1.f);
-  auto P = [&](const char* name) { return param(*mixer, name).value(); };
+  auto P = [&](const char* name) { return mixer_param(*mixer, name).value(); };
   const Tensor wq = P("wq"), wk = P("wk"), wv = P("wv"), wo = P("wo"), lw = P("lr_weight"), lb = P("lr_bias");
   const Tensor W1 = P("W1"), b1 = P("b1"), tg = P("ttt_norm_weight"), tb = P("ttt_norm_bias"), tok_b = P("token_idx_bias");
   const Tensor pg = P("post_norm_weight"), pb = P("post_norm_bias");

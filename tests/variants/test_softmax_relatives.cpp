@@ -15,30 +15,13 @@
 #include "attnbench/check.hpp"
 #include "attnbench/kernels/flash_attention.hpp"
 #include "attnbench/variant.hpp"
+#include "support/mixer_build.hpp"
+#include "support/random_tensors.hpp"
 
 using namespace ab;
+using namespace ab::test;
 
 namespace {
-
-Tensor randn(const Shape& s, uint64_t key, float scale = 1.f) {
-  RngStream r(key, Purpose::check, 1818);
-  Tensor t = Tensor::empty(s);
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = r.normal() * scale;
-  return t;
-}
-
-std::unique_ptr<Mixer> build(const std::string& name, const Json& given, int64_t D, int64_t H, int64_t N,
-                             int layer = 0) {
-  const VariantSpec& spec = VariantRegistry::instance().get(name);
-  return spec.make({D, H, N, layer, 5, resolve_params(spec.params, given, name)});
-}
-
-Var param(const Mixer& m, const std::string& name) {
-  for (const auto& [n, v] : m.parameters())
-    if (n == name) return v;
-  ADD_FAILURE() << "no parameter " << name;
-  return Var();
-}
 
 void expect_close(const Tensor& a, const Tensor& b, double tol, const std::string& what) {
   ASSERT_EQ(a.shape(), b.shape()) << what;
@@ -55,14 +38,15 @@ void expect_close(const Tensor& a, const Tensor& b, double tol, const std::strin
 // the parameters both have (wq, wk, wv, wo).
 void expect_same_mixer(Mixer& a, Mixer& b, const MixerContext& ctx, int64_t B, int64_t N, int64_t D, double tol,
                        const std::string& what) {
-  const Tensor x = randn({B, N, D}, 91 + N), g = randn({B, N, D}, 92 + N);
+  const Tensor x = normal_tensor({B, N, D}, 91 + N, 1818), g = normal_tensor({B, N, D}, 92 + N, 1818);
   Var xa(x.clone(), true), xb(x.clone(), true);
   Var ya = a.forward(xa, ctx), yb = b.forward(xb, ctx);
   ya.backward(g);
   yb.backward(g);
   expect_close(ya.value(), yb.value(), tol, what + " output");
   expect_close(xa.grad(), xb.grad(), tol, what + " dx");
-  for (const char* w : {"wq", "wk", "wv", "wo"}) expect_close(param(a, w).grad(), param(b, w).grad(), tol, what + " d" + w);
+  for (const char* w : {"wq", "wk", "wv", "wo"})
+    expect_close(mixer_param(a, w).grad(), mixer_param(b, w).grad(), tol, what + " d" + w);
 }
 
 // ---- the flash kernel's key bias ----
@@ -135,7 +119,8 @@ TEST(FlashKeyBias, MatchesNaiveReference) {
       for (bool causal : {false, true})
         for (bool masked : {false, true}) {
           const Shape s{B, H, N, d};
-          Var q(randn(s, 1, 2.f), true), k(randn(s, 2), true), v(randn(s, 3), true);
+          Var q(normal_tensor(s, 1, 1818, 2.f), true), k(normal_tensor(s, 2, 1818), true),
+              v(normal_tensor(s, 3, 1818), true);
           // A FoX-like bias: -cumsum of negative log-forget values (large towards the end).
           Tensor kbt = Tensor::empty({B, H, N});
           RngStream r(4, Purpose::check, 1);
@@ -144,7 +129,7 @@ TEST(FlashKeyBias, MatchesNaiveReference) {
             for (int64_t j = 0; j < N; ++j) kbt[bh * N + j] = (c += 0.3f * r.uniform());
           }
           Var kb(kbt, true);
-          const Tensor g = randn(s, 5);
+          const Tensor g = normal_tensor(s, 5, 1818);
           std::vector<int32_t> tokens(B * N, 1);
           for (int64_t j = N - N / 3; j < N; ++j) tokens[j] = 0;
           const Tensor mask = key_padding_mask(tokens, B, N);
@@ -176,8 +161,8 @@ TEST(FlashKeyBias, FiniteDifferenceGradients) {
   opt.bwd_block_q = 2;
   opt.bwd_block_k = 4;
   for (bool causal : {false, true}) {
-    std::vector<Var> leaves{Var(randn(s, 11), true), Var(randn(s, 12), true), Var(randn(s, 13), true),
-                            Var(randn({1, 2, 9}, 14), true)};
+    std::vector<Var> leaves{Var(normal_tensor(s, 11, 1818), true), Var(normal_tensor(s, 12, 1818), true),
+                            Var(normal_tensor(s, 13, 1818), true), Var(normal_tensor({1, 2, 9}, 14, 1818), true)};
     const GradCheckReport rep = grad_check(
         [&] { return flash_attention_key_bias(leaves[0], leaves[1], leaves[2], leaves[3], 0.6f, causal, nullptr, opt); },
         leaves);
@@ -190,8 +175,8 @@ TEST(FlashKeyBias, FiniteDifferenceGradients) {
 TEST(SoftmaxClip, WithoutClippingIsSoftmax) {
   const int64_t B = 2, N = 11, D = 16, H = 2;
   for (bool causal : {false, true}) {
-    auto a = build("softmax_clip", {{"gamma", 0.0}, {"zeta", 1.0}}, D, H, N);
-    auto b = build("softmax", Json::object(), D, H, N);
+    auto a = build_mixer("softmax_clip", {{"gamma", 0.0}, {"zeta", 1.0}}, D, H, N, 0, 5);
+    auto b = build_mixer("softmax", Json::object(), D, H, N, 0, 5);
     MixerContext ctx;
     ctx.causal = causal;
     expect_same_mixer(*a, *b, ctx, B, N, D, 1e-5, std::string("clip") + (causal ? " causal" : ""));
@@ -202,9 +187,10 @@ TEST(SoftmaxClip, ClipsToExactZerosAndOnes) {
   // q, k, v through attend: with gamma = -0.5 the small weights are exactly 0 and, zeta = 2, the
   // dominant ones exactly 1: the output equals sum over the clipped weights of v, computed here.
   const int64_t N = 6, D = 8, H = 1;
-  auto m = build("softmax_clip", {{"gamma", -0.5}, {"zeta", 2.0}}, D, H, N);
+  auto m = build_mixer("softmax_clip", {{"gamma", -0.5}, {"zeta", 2.0}}, D, H, N, 0, 5);
   auto& am = dynamic_cast<AttentionMixer&>(*m);
-  const Tensor q = randn({1, 1, N, D}, 31, 3.f), k = randn({1, 1, N, D}, 32), v = randn({1, 1, N, D}, 33);
+  const Tensor q = normal_tensor({1, 1, N, D}, 31, 1818, 3.f), k = normal_tensor({1, 1, N, D}, 32, 1818),
+               v = normal_tensor({1, 1, N, D}, 33, 1818);
   const Tensor o = am.attend(Var(q), Var(k), Var(v), MixerContext{}).value();
   Tensor ref = Tensor::zeros({1, 1, N, D});
   for (int64_t i = 0; i < N; ++i) {
@@ -226,11 +212,11 @@ TEST(SoftmaxClip, ClipsToExactZerosAndOnes) {
 
 TEST(Fox, ZeroForgetIsCausalSoftmax) {
   const int64_t B = 2, N = 13, D = 16, H = 2;
-  auto a = build("fox", {{"forget_bias", 20.0}, {"block_q", 4}, {"block_k", 8}}, D, H, N);
+  auto a = build_mixer("fox", {{"forget_bias", 20.0}, {"block_q", 4}, {"block_k", 8}}, D, H, N, 0, 5);
   // f = sigmoid(0 x + 20): log f = -2e-9, i.e. no forgetting at fp32 resolution.
-  Tensor wf = param(*a, "wf").value();
+  Tensor wf = mixer_param(*a, "wf").value();
   for (int64_t i = 0; i < wf.numel(); ++i) wf[i] = 0.f;
-  auto b = build("softmax", Json::object(), D, H, N);
+  auto b = build_mixer("softmax", Json::object(), D, H, N, 0, 5);
   MixerContext ctx;
   ctx.causal = true;
   expect_same_mixer(*a, *b, ctx, B, N, D, 1e-5, "fox f=1");
@@ -240,16 +226,16 @@ TEST(Fox, ForgetBiasIsTheCumulativeLogForget) {
   // With a strong constant forget (wf = 0, f = sigmoid(-3)) the output equals softmax attention whose
   // scores carry (i - j) log f, here written out densely from q, k, v.
   const int64_t N = 9, D = 8, H = 1;
-  auto m = build("fox", {{"forget_bias", -3.0}}, D, H, N);
-  Tensor wf = param(*m, "wf").value();
+  auto m = build_mixer("fox", {{"forget_bias", -3.0}}, D, H, N, 0, 5);
+  Tensor wf = mixer_param(*m, "wf").value();
   for (int64_t i = 0; i < wf.numel(); ++i) wf[i] = 0.f;
-  const Tensor x = randn({1, N, D}, 41);
+  const Tensor x = normal_tensor({1, N, D}, 41, 1818);
   MixerContext ctx;
   ctx.causal = true;
   const Tensor y = m->forward(Var(x), ctx).value();
   const double logf = -std::log1p(std::exp(3.0));
   // Recompute through the projections: q = x Wq etc. (one head).
-  auto proj = [&](const char* w) { return matmul(Var(x), param(*m, w)).value(); };
+  auto proj = [&](const char* w) { return matmul(Var(x), mixer_param(*m, w)).value(); };
   const Tensor q = proj("wq"), k = proj("wk"), v = proj("wv");
   Tensor o = Tensor::zeros({1, N, D});
   for (int64_t i = 0; i < N; ++i) {
@@ -264,19 +250,19 @@ TEST(Fox, ForgetBiasIsTheCumulativeLogForget) {
     for (int64_t j = 0; j <= i; ++j)
       for (int64_t c = 0; c < D; ++c) o[i * D + c] += static_cast<float>(p[j] / z * v[j * D + c]);
   }
-  expect_close(y, matmul(Var(o), param(*m, "wo")).value(), 1e-5, "fox constant forget");
+  expect_close(y, matmul(Var(o), mixer_param(*m, "wo")).value(), 1e-5, "fox constant forget");
 }
 
 TEST(SoftmaxDconv, IdentityTapsAreSoftmax) {
   const int64_t B = 2, N = 10, D = 16, H = 2;
   for (bool causal : {false, true}) {
-    auto a = build("softmax_dconv", Json::object(), D, H, N);
+    auto a = build_mixer("softmax_dconv", Json::object(), D, H, N, 0, 5);
     for (const char* w : {"conv_q", "conv_k", "conv_v"}) {
-      Tensor t = param(*a, w).value();  // [D, 3]: causal tap 0 is the token itself, centred tap 1
+      Tensor t = mixer_param(*a, w).value();  // [D, 3]: causal tap 0 is the token itself, centred tap 1
       for (int64_t c = 0; c < D; ++c)
         for (int64_t j = 0; j < 3; ++j) t[c * 3 + j] = j == (causal ? 0 : 1) ? 1.f : 0.f;
     }
-    auto b = build("softmax", Json::object(), D, H, N);
+    auto b = build_mixer("softmax", Json::object(), D, H, N, 0, 5);
     MixerContext ctx;
     ctx.causal = causal;
     expect_same_mixer(*a, *b, ctx, B, N, D, 1e-5, std::string("dconv") + (causal ? " causal" : ""));
@@ -287,8 +273,8 @@ TEST(Swin1d, OneWindowIsSoftmax) {
   const int64_t B = 2, N = 12, D = 16, H = 2;
   for (const char* shift : {"none", "always"})
     for (bool causal : {false, true}) {
-      auto a = build("swin1d", {{"window", 12}, {"shift", shift}}, D, H, N);
-      auto b = build("softmax", Json::object(), D, H, N);
+      auto a = build_mixer("swin1d", {{"window", 12}, {"shift", shift}}, D, H, N, 0, 5);
+      auto b = build_mixer("softmax", Json::object(), D, H, N, 0, 5);
       MixerContext ctx;
       ctx.causal = causal;
       expect_same_mixer(*a, *b, ctx, B, N, D, 1e-5, std::string("swin one window ") + shift);
@@ -299,10 +285,11 @@ TEST(Swin1d, ShiftedWindowsAreSoftmaxMaskedToTheWindows) {
   // window 4, N 11: unshifted windows [0,4) [4,8) [8,11); shifted by 2: [0,2) [2,6) [6,10) [10,11).
   // Layer 0 of "alternate" is unshifted and layer 1 shifted.
   const int64_t N = 11, D = 8, H = 2;
-  const Tensor q = randn({1, H, N, D / H}, 51), k = randn({1, H, N, D / H}, 52), v = randn({1, H, N, D / H}, 53);
-  auto dense = build("softmax", Json::object(), D, H, N);
+  const Tensor q = normal_tensor({1, H, N, D / H}, 51, 1818), k = normal_tensor({1, H, N, D / H}, 52, 1818),
+               v = normal_tensor({1, H, N, D / H}, 53, 1818);
+  auto dense = build_mixer("softmax", Json::object(), D, H, N, 0, 5);
   for (int layer : {0, 1}) {
-    auto m = build("swin1d", {{"window", 4}, {"shift", "alternate"}}, D, H, N, layer);
+    auto m = build_mixer("swin1d", {{"window", 4}, {"shift", "alternate"}}, D, H, N, layer, 5);
     const int64_t s = layer == 1 ? 2 : 0;
     auto win = [&](int64_t i) { return i < s ? -1 : (i - s) / 4; };
     Tensor mask = Tensor::empty({N, N});
@@ -317,15 +304,16 @@ TEST(Swin1d, ShiftedWindowsAreSoftmaxMaskedToTheWindows) {
 
 TEST(ProbSparse, EveryQueryActiveIsSoftmax) {
   const int64_t B = 2, N = 9, D = 16, H = 2;
-  auto a = build("probsparse", {{"factor", 100.0}}, D, H, N);
-  auto b = build("softmax", Json::object(), D, H, N);
+  auto a = build_mixer("probsparse", {{"factor", 100.0}}, D, H, N, 0, 5);
+  auto b = build_mixer("softmax", Json::object(), D, H, N, 0, 5);
   expect_same_mixer(*a, *b, MixerContext{}, B, N, D, 1e-5, "probsparse u = N");
 }
 
 TEST(ProbSparse, RowsAreTheirSoftmaxRowOrTheMeanOfV) {
   const int64_t N = 40, D = 8, H = 2, d = D / H;  // factor 1: u = ceil(ln 40) = 4 active rows per head
-  auto m = build("probsparse", {{"factor", 1.0}}, D, H, N);
-  const Tensor q = randn({1, H, N, d}, 61, 2.f), k = randn({1, H, N, d}, 62), v = randn({1, H, N, d}, 63);
+  auto m = build_mixer("probsparse", {{"factor", 1.0}}, D, H, N, 0, 5);
+  const Tensor q = normal_tensor({1, H, N, d}, 61, 1818, 2.f), k = normal_tensor({1, H, N, d}, 62, 1818),
+               v = normal_tensor({1, H, N, d}, 63, 1818);
   const Tensor o = dynamic_cast<AttentionMixer&>(*m).attend(Var(q), Var(k), Var(v), MixerContext{}).value();
   const Tensor full = matmul(softmax(matmul(scale(Var(q), 1.f / std::sqrt(float(d))), Var(k), false, true)), Var(v)).value();
   const Tensor mean = mean_dim(Var(v), 2, true).value();  // [1, H, 1, d]
@@ -350,14 +338,14 @@ TEST(Hstu, MatchesADoubleReference) {
   // n = N (norm = length), written out in double from the mixer's weights.
   const int64_t N = 7, D = 8, H = 2, d = D / H;
   for (bool causal : {false, true}) {
-    auto m = build("hstu", {{"norm", "length"}}, D, H, N);
-    const Tensor x = randn({1, N, D}, 71);
+    auto m = build_mixer("hstu", {{"norm", "length"}}, D, H, N, 0, 5);
+    const Tensor x = normal_tensor({1, N, D}, 71, 1818);
     MixerContext ctx;
     ctx.causal = causal;
     const Tensor y = m->forward(Var(x), ctx).value();
     auto silu = [](double z) { return z / (1 + std::exp(-z)); };
     auto proj = [&](const char* w, bool act) {
-      const Tensor W = param(*m, w).value();  // [D, D]
+      const Tensor W = mixer_param(*m, w).value();  // [D, D]
       std::vector<double> out(N * D);
       for (int64_t t = 0; t < N; ++t)
         for (int64_t o = 0; o < D; ++o) {
@@ -377,7 +365,7 @@ TEST(Hstu, MatchesADoubleReference) {
           for (int64_t c = 0; c < d; ++c) s += q[i * D + h * d + c] * k[j * D + h * d + c];
           for (int64_t c = 0; c < d; ++c) a[i * D + h * d + c] += silu(s) / N * v[j * D + h * d + c];
         }
-    const Tensor Wo = param(*m, "wo").value();
+    const Tensor Wo = mixer_param(*m, "wo").value();
     Tensor ref = Tensor::zeros({1, N, D});
     for (int64_t i = 0; i < N; ++i) {
       double mu = 0, var = 0;

@@ -9,37 +9,13 @@
 
 #include "attnbench/kernels/block_sparse_attention.hpp"
 #include "attnbench/variant.hpp"
+#include "support/mixer_build.hpp"
+#include "support/random_tensors.hpp"
 
 using namespace ab;
+using namespace ab::test;
 
 namespace {
-
-Tensor randn(const Shape& s, uint64_t key, float scale = 1.f) {
-  RngStream r(key, Purpose::check, 91);
-  Tensor t = Tensor::empty(s);
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = r.normal() * scale;
-  return t;
-}
-
-std::unique_ptr<Mixer> build(const std::string& name, const Json& given, int64_t D, int64_t H, int64_t L) {
-  const VariantSpec& spec = VariantRegistry::instance().get(name);
-  MixerConfig cfg{D, H, L, 0, 5, resolve_params(spec.params, given, name)};
-  return spec.make(cfg);
-}
-
-Tensor param(const Mixer& m, const std::string& name) {
-  for (const auto& [n, v] : m.parameters())
-    if (n == name) return v.value();
-  ADD_FAILURE() << "no parameter " << name;
-  return Tensor();
-}
-
-Tensor padding_mask(int64_t B, int64_t N, const std::vector<int64_t>& real) {
-  std::vector<int32_t> tokens(static_cast<size_t>(B * N), 1);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t n = real[b]; n < N; ++n) tokens[b * N + n] = 0;
-  return key_padding_mask(tokens, B, N, 0);
-}
 
 // softmax(scale q_i . k_j) v_j over the keys in `keys` (all of them allowed); 0 when empty.
 std::vector<double> attend_set(const std::vector<double>& qi, const std::vector<std::vector<double>>& ks,
@@ -71,8 +47,10 @@ struct NsaRef {
   // x [B, N, D] -> y [B, N, D], from the mixer's own parameters.
   std::vector<double> operator()(const Mixer& m, const Tensor& x, int64_t H, const Tensor* mask) const {
     const int64_t B = x.dim(0), N = x.dim(1), D = x.dim(2), d = D / H, M = N / l, K = (N + l - 1) / l;
-    const Tensor Wq = param(m, "wq"), Wk = param(m, "wk"), Wv = param(m, "wv"), Wo = param(m, "wo"),
-                 Wg = param(m, "wg"), Wck = param(m, "wck"), Wcv = param(m, "wcv");
+    const Tensor Wq = mixer_param(m, "wq").value(), Wk = mixer_param(m, "wk").value(),
+                 Wv = mixer_param(m, "wv").value(), Wo = mixer_param(m, "wo").value(),
+                 Wg = mixer_param(m, "wg").value(), Wck = mixer_param(m, "wck").value(),
+                 Wcv = mixer_param(m, "wcv").value();
     const double scale = 1.0 / std::sqrt(static_cast<double>(d));
     auto keep = [&](int64_t b, int64_t j) { return !mask || !is_padded_key((*mask)[(mask->dim(0) == 1 ? 0 : b) * N + j]); };
     std::vector<double> y(static_cast<size_t>(B * N * D), 0.0);
@@ -183,8 +161,8 @@ double max_diff(const Tensor& a, const std::vector<double>& b) {
 // Makes the compression maps non-trivial (they start as the identity).
 void perturb(const Mixer& m, uint64_t key) {
   for (const char* name : {"wck", "wcv"}) {
-    Tensor w = param(m, name);
-    const Tensor r = randn(w.shape(), key++, 0.3f);
+    Tensor w = mixer_param(m, name).value();
+    const Tensor r = normal_tensor(w.shape(), key++, 91, 0.3f);
     for (int64_t i = 0; i < w.numel(); ++i) w[i] += r[i];
   }
 }
@@ -196,9 +174,10 @@ struct NsaCase {
 
 void check_nsa(const NsaCase& c, bool full) {
   const int64_t B = 2, D = 16, H = 2;
-  auto m = build("nsa", {{"block", c.l}, {"select", c.n}, {"window", c.w}, {"query_block", c.qb}}, D, H, c.N);
+  auto m =
+      build_mixer("nsa", {{"block", c.l}, {"select", c.n}, {"window", c.w}, {"query_block", c.qb}}, D, H, c.N, 0, 5);
   perturb(*m, 11);
-  const Tensor x = randn({B, c.N, D}, 3);
+  const Tensor x = normal_tensor({B, c.N, D}, 3, 91);
   const Tensor mask = padding_mask(B, c.N, {c.N, c.N - 5});
   MixerContext ctx;
   ctx.causal = c.causal;
@@ -247,7 +226,8 @@ TEST(BlockSparse, PerBatchHeadListsIndexByBatchAndHead) {
                                         [&](int64_t bh, int64_t, std::vector<int32_t>& kbs) {
                                           kbs.push_back(static_cast<int32_t>((bh / H + bh % H) % 3));
                                         }));
-  const Tensor q = randn({B, H, N, d}, 1), k = randn({B, H, N, d}, 2), v = randn({B, H, N, d}, 3);
+  const Tensor q = normal_tensor({B, H, N, d}, 1, 91), k = normal_tensor({B, H, N, d}, 2, 91),
+               v = normal_tensor({B, H, N, d}, 3, 91);
   Tensor o;
   {
     NoGrad ng;
@@ -338,13 +318,13 @@ TEST(Combiner, CoversEveryPairOnceAndMatchesTheDenseFactorisation) {
       for (bool causal : {true, false})
         for (bool padded : {false, true}) {
           const int64_t B = 2, H = 2, d = N;
-          auto m = build("combiner", {{"block", s}}, H * d, H, N);
+          auto m = build_mixer("combiner", {{"block", s}}, H * d, H, N, 0, 5);
           auto* att = dynamic_cast<AttentionMixer*>(m.get());
           ASSERT_NE(att, nullptr);
-          Tensor w = param(*m, "w_region");
-          const Tensor wr = randn(w.shape(), 9, 0.5f);
+          Tensor w = mixer_param(*m, "w_region").value();
+          const Tensor wr = normal_tensor(w.shape(), 9, 91, 0.5f);
           for (int64_t i = 0; i < w.numel(); ++i) w[i] = wr[i];
-          const Tensor q = randn({B, H, N, d}, 21), k = randn({B, H, N, d}, 22);
+          const Tensor q = normal_tensor({B, H, N, d}, 21, 91), k = normal_tensor({B, H, N, d}, 22, 91);
           Tensor v = Tensor::zeros({B, H, N, d});
           for (int64_t bh = 0; bh < B * H; ++bh)
             for (int64_t j = 0; j < N; ++j) v[(bh * N + j) * d + j] = 1.f;
