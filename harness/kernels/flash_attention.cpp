@@ -533,6 +533,38 @@ struct Problem {
   const float* head_row(int64_t bh) const { return head_bias ? head_bias + bh * Nk : nullptr; }
 };
 
+// One key block of the online softmax, rows [0, mq) of the query block at q0: S[mq, w] holds the
+// base-2 logits of keys [k0, k0 + ncols); they become 2^(S - m_new), and the running max m, sum l
+// and output accumulator oacc[mq, d] are rescaled to the new max.
+template <class KR>
+void online_softmax_block(const Problem& pb, float* S, int64_t ldS, const float* kbias, int64_t w, int64_t mq,
+                          int64_t q0, int64_t k0, int64_t ncols, float* m, float* l, float* oacc) {
+  const int64_t d = pb.d;
+  for (int64_t i = 0; i < mq; ++i) {
+    const int64_t lim = pb.causal ? std::clamp<int64_t>(q0 + i - k0 + 1, 0, ncols) : ncols;
+    float* srow = S + i * ldS;
+    const float mnew = std::max(m[i], KR::mask_max(srow, kbias, w, lim));
+    const float msafe = mnew == -kInf ? 0.f : mnew;
+    const float alpha = std::exp2(m[i] - msafe);
+    const float sum = KR::exp_sum(srow, w, msafe);
+    l[i] = l[i] * alpha + sum;
+    m[i] = mnew;
+    if (alpha != 1.f) KR::scale_row(oacc + i * d, d, alpha);
+  }
+}
+
+// The query block's output O = oacc / l and log-sum-exp (natural units; +inf for a row that saw no key).
+void finish_rows(const Problem& pb, const float* oacc, const float* m, const float* l, int64_t mq, float* oh,
+                 float* lh) {
+  const int64_t d = pb.d;
+  for (int64_t i = 0; i < mq; ++i) {
+    const bool seen = l[i] > 0.f;
+    const float inv = seen ? 1.f / l[i] : 0.f;
+    for (int64_t j = 0; j < d; ++j) oh[i * d + j] = oacc[i * d + j] * inv;
+    lh[i] = seen ? (m[i] + std::log2(l[i])) * kLn2 : kInf;
+  }
+}
+
 template <class KR>
 void forward_impl(const Problem& pb, const float* q, const float* k, const float* v, float* o, float* lse,
                   int64_t Br, int64_t Bc) {
@@ -592,28 +624,11 @@ void forward_impl(const Problem& pb, const float* q, const float* k, const float
         const float* kp = kpack + (bh * nkb + kb) * ldS * d;  // [ceil(nk/64), d, 64]
         for (int64_t p = 0; p * kPanel < ncols; ++p)  // S[mq, ncols] = qs kp^T
           KR::gemm(mq, kPanel, d, qs, d, 1, kp + p * kPanel * d, kPanel, S + p * kPanel, ldS, false);
-        for (int64_t i = 0; i < mq; ++i) {
-          const int64_t lim = pb.causal ? std::clamp<int64_t>(q0 + i - k0 + 1, 0, ncols) : ncols;
-          float* srow = S + i * ldS;
-          const float mnew = std::max(m[i], KR::mask_max(srow, kbias, w, lim));
-          const float msafe = mnew == -kInf ? 0.f : mnew;
-          const float alpha = std::exp2(m[i] - msafe);
-          const float sum = KR::exp_sum(srow, w, msafe);
-          l[i] = l[i] * alpha + sum;
-          m[i] = mnew;
-          if (alpha != 1.f) KR::scale_row(oacc + i * d, d, alpha);
-        }
+        online_softmax_block<KR>(pb, S, ldS, kbias, w, mq, q0, k0, ncols, m, l, oacc);
         // oacc[mq, d] += P[mq, ncols] v[k0 : k0 + ncols, d]
         KR::gemm(mq, d, ncols, S, ldS, 1, vh + k0 * d, d, oacc, d, true);
       }
-      float* oh = o + (bh * Nq + q0) * d;
-      float* lh = lse + bh * Nq + q0;
-      for (int64_t i = 0; i < mq; ++i) {
-        const bool seen = l[i] > 0.f;
-        const float inv = seen ? 1.f / l[i] : 0.f;
-        for (int64_t j = 0; j < d; ++j) oh[i * d + j] = oacc[i * d + j] * inv;
-        lh[i] = seen ? (m[i] + std::log2(l[i])) * kLn2 : kInf;
-      }
+      finish_rows(pb, oacc, m, l, mq, o + (bh * Nq + q0) * d, lse + bh * Nq + q0);
     }
   });
 }
@@ -651,29 +666,12 @@ struct Bf16Fwd {
       const float* kbias = key_bias(mrow, pb.head_row(bh), k0, ncols, w, bias, all_masked);
       if (all_masked) continue;
       Bf16::gemm(mq, w, d2, qs, 2 * d2, kTh + 2 * k0, ldk, S, ldS, false);  // S[mq, w] = qs k^T
-      for (int64_t i = 0; i < mq; ++i) {
-        const int64_t lim = pb.causal ? std::clamp<int64_t>(q0 + i - k0 + 1, 0, ncols) : ncols;
-        float* srow = S + i * ldS;
-        const float mnew = std::max(m[i], Avx512::mask_max(srow, kbias, w, lim));
-        const float msafe = mnew == -kInf ? 0.f : mnew;
-        const float alpha = std::exp2(m[i] - msafe);
-        const float sum = Avx512::exp_sum(srow, w, msafe);
-        l[i] = l[i] * alpha + sum;
-        m[i] = mnew;
-        if (alpha != 1.f) Avx512::scale_row(oacc + i * d, d, alpha);
-      }
+      online_softmax_block<Avx512>(pb, S, ldS, kbias, w, mq, q0, k0, ncols, m, l, oacc);
       Bf16::rows_a(S, ldS, mq, w, Pa, ldS);
       // oacc[mq, d] += P[mq, ncols] v[k0 : k0 + ncols, d] (P is 0 beyond ncols, so an odd last pair is exact)
       Bf16::gemm(mq, d, ceil_div(ncols, 2), Pa, ldS, vBh + k0 * d, d, oacc, d, true);
     }
-    float* oh = o + (bh * Nq + q0) * d;
-    float* lh = lse + bh * Nq + q0;
-    for (int64_t i = 0; i < mq; ++i) {
-      const bool seen = l[i] > 0.f;
-      const float inv = seen ? 1.f / l[i] : 0.f;
-      for (int64_t j = 0; j < d; ++j) oh[i * d + j] = oacc[i * d + j] * inv;
-      lh[i] = seen ? (m[i] + std::log2(l[i])) * kLn2 : kInf;
-    }
+    finish_rows(pb, oacc, m, l, mq, o + (bh * Nq + q0) * d, lse + bh * Nq + q0);
   }
 };
 
