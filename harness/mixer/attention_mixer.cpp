@@ -1,3 +1,5 @@
+#include <cmath>
+
 #include <fmt/format.h>
 
 #include "attnbench/variant.hpp"
@@ -28,6 +30,26 @@ AttentionMixer::AttentionMixer(const MixerConfig& cfg)
   wk_ = add_param("wk", init_xavier_uniform(d_model_, kv_heads_ * head_dim_, stream(1)));
   wv_ = add_param("wv", init_xavier_uniform(d_model_, kv_heads_ * head_dim_, stream(2)));
   wo_ = add_param("wo", init_xavier_uniform(d_model_, d_model_, stream(3)));
+  if (cfg.rotary_base > 0) {
+    const int64_t d = head_dim_, h = d / 2;
+    if (d % 2 != 0)
+      throw UsageError(fmt::format("rotary positions rotate pairs of channels, but the head width d_model / heads = {} "
+                                   "is odd; nearest valid d_model: {}", d, (d + 1) * heads_));
+    // Position n, pair (m, m + h): angle n * base^(-2m / d) (flash-attn's inv_freq), in double.
+    rotary_cos_ = Tensor::empty({cfg.max_length, d});
+    rotary_sin_ = Tensor::empty({cfg.max_length, d});
+    for (int64_t n = 0; n < cfg.max_length; ++n)
+      for (int64_t m = 0; m < h; ++m) {
+        const double a = static_cast<double>(n) * std::pow(cfg.rotary_base, -2.0 * static_cast<double>(m) / static_cast<double>(d));
+        rotary_cos_[n * d + m] = rotary_cos_[n * d + m + h] = static_cast<float>(std::cos(a));
+        rotary_sin_[n * d + m] = rotary_sin_[n * d + m + h] = static_cast<float>(std::sin(a));
+      }
+    rotary_half_ = Tensor::zeros({d, d});  // x @ P = (-x2, x1)
+    for (int64_t m = 0; m < h; ++m) {
+      rotary_half_[(m + h) * d + m] = -1.f;
+      rotary_half_[m * d + m + h] = 1.f;
+    }
+  }
 }
 
 Tensor additive_mask(const MixerContext& ctx, int64_t N) {
@@ -38,14 +60,25 @@ Tensor additive_mask(const MixerContext& ctx, int64_t N) {
 }
 
 Var AttentionMixer::forward(const Var& x, const MixerContext& ctx) {
-  // x: [B, N, D] -> q, k, v: [B, H, N, d] (k, v projected to kv_heads heads and repeated)
+  // x: [B, N, D] -> q, k, v: [B, H, N, d] (k, v projected to kv_heads heads and repeated; q, k
+  // rotated by position with rotary positions)
   const int64_t B = x.dim(0), N = x.dim(1);
   auto heads = [&](const Var& w, int64_t h) {
     return permute(reshape(linear(x, w), {B, N, h, head_dim_}), {0, 2, 1, 3});
   };
+  const bool rotary = rotary_cos_.defined();
+  if (rotary && N > rotary_cos_.dim(0))
+    throw std::invalid_argument(fmt::format("sequence length {} exceeds the {} positions this mixer was built for", N,
+                                            rotary_cos_.dim(0)));
+  auto rows = [&](const Tensor& t) { return !rotary || N == t.dim(0) ? t : slice(Var(t), 0, 0, N).value(); };
+  const Tensor cos = rows(rotary_cos_), sin = rows(rotary_sin_);
+  // t [B, h, N, d] -> t * cos + rotate_half(t) * sin, the tables [N, d] broadcast over B and h
+  auto rotate = [&](const Var& t) {
+    return rotary ? add(mul(t, Var(cos)), mul(linear(t, Var(rotary_half_)), Var(sin))) : t;
+  };
   Var o;
   {  // q, k, v die before the output projection, as they would as temporaries
-    const Var q = heads(wq_, heads_), k = repeat_heads(heads(wk_, kv_heads_), heads_ / kv_heads_),
+    const Var q = rotate(heads(wq_, heads_)), k = repeat_heads(rotate(heads(wk_, kv_heads_)), heads_ / kv_heads_),
               v = repeat_heads(heads(wv_, kv_heads_), heads_ / kv_heads_);
     if (const auto& probe = attention_probe()) probe(ctx.layer, q.value(), k.value(), v.value());
     input_ = x;
@@ -72,6 +105,9 @@ Tensor AttentionMixer::decode_step(const Tensor& x_t, DecodeState& state, const 
   // x_t: [B, 1, D] -> q, k, v: [B, H, 1, d] (with one position, [B, 1, H, d] is already that layout)
   NoGrad ng;
   const int64_t B = x_t.dim(0);
+  if (rotary_cos_.defined())
+    throw UsageError("one-token decoding with rotary positions (model.positions=rotary) is not supported: the decode "
+                     "state does not carry its position; decode without rotary positions");
   if (x_t.rank() != 3 || x_t.dim(1) != 1 || x_t.dim(2) != d_model_)
     throw UsageError(fmt::format("decode_step takes one token [B, 1, {}], got {}", d_model_, shape_str(x_t.shape())));
   const Var x(x_t);

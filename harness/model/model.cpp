@@ -11,6 +11,8 @@
 namespace ab {
 
 namespace {
+constexpr double kRotaryBase = 10000.0;  // RoFormer's; flash-attn's rotary_emb_base default, which MAD keeps
+
 // MAD's posemb_sincos_1d(length, dim) (fairseq's table): row n = [sin(n f_0 .. n f_{h-1}),
 // cos(n f_0 .. n f_{h-1})], h = dim / 2, f_i = exp(-i ln(10000) / (h - 1)); a 0 column if dim is odd.
 Tensor mad_sincos(int64_t length, int64_t dim) {
@@ -41,9 +43,12 @@ std::vector<ParamSpec> model_param_specs() {
       int_param("layers", 2, "number of encoder blocks", 0, 256),
       int_param("heads", 4, "attention heads (d_model must be a multiple)", 1, 1024),
       int_param("mlp_dim", 128, "hidden width of each block's MLP and of the classifier head", 1, 1 << 20),
-      enum_param("positions", "sinusoidal", {"none", "sinusoidal", "learned", "sinusoidal2d"},
+      enum_param("positions", "sinusoidal", {"none", "sinusoidal", "learned", "sinusoidal2d", "rotary"},
                  "position information added to the token embedding (LRA: sinusoidal); sinusoidal2d encodes "
-                 "row and column of a square image raster in half the channels each (image tasks)"),
+                 "row and column of a square image raster in half the channels each (image tasks); rotary "
+                 "rotates q and k of every attention-style layer by their position instead (RoFormer, base "
+                 "10000, the whole head, half-split pairs as flash-attn's rotary that MAD's attention uses): "
+                 "scores then depend on positions only through i - j; the other layers get no positions"),
       enum_param("pooling", "mean", {"mean", "cls", "last"},
                  "sequence summary for classification: masked mean over tokens, or a learned CLS token "
                  "prepended (LRA); last = MAD's autoencoder for per-position tasks (mad_compression): the "
@@ -70,6 +75,10 @@ std::vector<ParamSpec> model_param_specs() {
       bool_param("mlp", true,
                  "an MLP sublayer in every block; false = mixer-only blocks, as in Zoology (model.mlp_dim still "
                  "sets the classifier head's width)"),
+      enum_param("mlp_type", "gelu", {"gelu", "swiglu"},
+                 "the blocks' channel mixer: gelu = W2 GELU(x W1 + b1) + b2 (LRA); swiglu = W2 (SiLU(x W1) * x W3), "
+                 "no biases, MAD's channel mixer (its hidden width for d_model 128 is 352: 8d/3 rounded up to "
+                 "a multiple of 16; set model.mlp_dim); both of hidden width model.mlp_dim"),
       enum_param("positions_for", "all", {"all", "attention"},
                  "all: model.positions always; attention: only when some layer is attention-style "
                  "(AttentionMixer; 'attnbench list variants --json'), as Zoology gives positions to attention "
@@ -180,6 +189,26 @@ std::vector<LayerMixer> plan_layers(const Json& mp, const VariantSpec& variant, 
                                    kv, out.empty() ? variant.name : out.front().spec->name,
                                    fmt::join(attention_style_names(), ", ")));
   }
+  const bool any_attention =
+      std::any_of(out.begin(), out.end(), [](const LayerMixer& m) { return m.spec->attention_style; });
+  if (mp.value("positions", "") == "rotary") {
+    // Rotary positions live in q and k: a model without them has nowhere to put them. With
+    // positions_for=attention such a model gets no positions at all, as asked.
+    if (!any_attention && mp.value("positions_for", "all") == "all")
+      throw UsageError(fmt::format(
+          "model.positions=rotary rotates q and k of attention-style layers, but no layer is one ('{}' is not); use "
+          "model.positions=sinusoidal (or learned, none), model.positions_for=attention (no positions for models "
+          "without attention, as MAD and Zoology), or an attention-style variant: {}",
+          out.empty() ? variant.name : out.front().spec->name, fmt::join(attention_style_names(), ", ")));
+    const int64_t d = mp.at("d_model").get<int64_t>();
+    if (any_attention && heads > 0 && d % heads == 0 && (d / heads) % 2 != 0)
+      throw UsageError(fmt::format("model.positions=rotary rotates pairs of channels, but the head width d_model / "
+                                   "heads = {} / {} = {} is odd; nearest valid d_model: {}",
+                                   d, heads, d / heads, std::max<int64_t>(2 * heads, (d + heads) / (2 * heads) * 2 * heads)));
+  }
+  if (mp.value("mlp_type", "gelu") != "gelu" && !mp.value("mlp", true))
+    throw UsageError(fmt::format("model.mlp_type={} chooses the blocks' MLP, but model.mlp=false leaves them none; set "
+                                 "model.mlp=true or drop model.mlp_type", mp.at("mlp_type").get<std::string>()));
   return out;
 }
 
@@ -214,7 +243,8 @@ Batch make_batch(const Task& task, Split split, const std::vector<int64_t>& indi
 }
 
 struct Model::Block : Module {
-  Var ln1_g, ln1_b, ln2_g, ln2_b, w1, b1, w2, b2, conv_w, conv_b;  // conv_*: model.short_conv; ln2..b2: model.mlp
+  // conv_*: model.short_conv; ln2..w3: model.mlp (b1, b2 for gelu, w3 for swiglu)
+  Var ln1_g, ln1_b, ln2_g, ln2_b, w1, b1, w2, b2, w3, conv_w, conv_b;
   std::unique_ptr<Mixer> mixer;
 };
 
@@ -243,7 +273,9 @@ Model::Model(const Json& mp, const VariantSpec& variant, const Json& variant_par
   tok_emb_ = add_param("tok_emb", init_normal({vocab_, d_}, 1.0f, init(1)));
   const bool positions = mp.value("positions_for", "all") == "all" ||
                          std::any_of(layers_.begin(), layers_.end(), [](const LayerMixer& m) { return m.spec->attention_style; });
-  if (!positions) {
+  // model.positions=rotary: nothing at the embedding; the attention-style layers rotate q and k.
+  const bool rotary = positions && mp.at("positions") == "rotary";
+  if (!positions || rotary) {
     // model.positions_for=attention and no attention-style layer: no position information.
   } else if (mp.at("positions") == "learned") {
     pos_emb_ = add_param("pos_emb", init_normal({model_length_, d_}, 0.02f, init(2)));
@@ -267,7 +299,7 @@ Model::Model(const Json& mp, const VariantSpec& variant, const Json& variant_par
   }
   if (cls_) cls_emb_ = add_param("cls", Tensor::zeros({1, 1, d_}));
 
-  const bool with_mlp = mp.value("mlp", true);
+  const bool with_mlp = mp.value("mlp", true), swiglu = mp.value("mlp_type", "gelu") == "swiglu";
   const int64_t taps = mp.value("short_conv", int64_t{0}), kv_heads = mp.value("kv_heads", int64_t{0});
   for (int l = 0; l < layers; ++l) {
     auto b = std::make_unique<Block>();
@@ -281,12 +313,19 @@ Model::Model(const Json& mp, const VariantSpec& variant, const Json& variant_par
       b->ln2_g = b->add_param("ln2.gamma", Tensor::full({d_}, 1.f));
       b->ln2_b = b->add_param("ln2.beta", Tensor::zeros({d_}));
       b->w1 = b->add_param("mlp.w1", init_xavier_uniform(d_, mlp, init(10 + l, 1)));
-      b->b1 = b->add_param("mlp.b1", Tensor::zeros({mlp}));
-      b->w2 = b->add_param("mlp.w2", init_xavier_uniform(mlp, d_, init(10 + l, 2)));
-      b->b2 = b->add_param("mlp.b2", Tensor::zeros({d_}));
+      if (swiglu) {  // W1 gate, W3 value, W2 out; MAD's SwiGLU has no biases (bias=False)
+        b->w3 = b->add_param("mlp.w3", init_xavier_uniform(d_, mlp, init(10 + l, 4)));
+        b->w2 = b->add_param("mlp.w2", init_xavier_uniform(mlp, d_, init(10 + l, 2)));
+      } else {  // registered in this order since the first release (the parameter order is the optimiser's)
+        b->b1 = b->add_param("mlp.b1", Tensor::zeros({mlp}));
+        b->w2 = b->add_param("mlp.w2", init_xavier_uniform(mlp, d_, init(10 + l, 2)));
+        b->b2 = b->add_param("mlp.b2", Tensor::zeros({d_}));
+      }
     }
-    MixerConfig mc{d_, heads, model_length_, l, seed, layers_[static_cast<size_t>(l)].params, kv_heads};
-    b->mixer = layers_[static_cast<size_t>(l)].spec->make(mc);
+    const LayerMixer& lm = layers_[static_cast<size_t>(l)];
+    MixerConfig mc{d_, heads, model_length_, l, seed, lm.params, kv_heads};
+    if (rotary && lm.spec->attention_style) mc.rotary_base = kRotaryBase;
+    b->mixer = lm.spec->make(mc);
     b->add_child("mixer", b->mixer.get());
     add_child(fmt::format("blocks.{}", l), b.get());
     blocks_.push_back(std::move(b));
@@ -364,7 +403,9 @@ Var Model::encode(const std::vector<int32_t>& tokens, int64_t B, int64_t N, bool
     if (b.conv_w.defined()) u = add(u, short_conv(u, b.conv_w, b.conv_b, /*causal=*/true));
     x = add(x, drop(b.mixer->forward(u, ctx), l + 1, 1));
     if (!b.w1.defined()) continue;  // model.mlp=false
-    Var h = gelu(linear(layer_norm(x, b.ln2_g, b.ln2_b), b.w1, b.b1));
+    const Var v = layer_norm(x, b.ln2_g, b.ln2_b);  // [B, L, D] -> hidden h [B, L, mlp_dim]
+    const Var h = b.w3.defined() ? mul(silu(linear(v, b.w1)), linear(v, b.w3))  // SwiGLU
+                                 : gelu(linear(v, b.w1, b.b1));
     x = add(x, drop(linear(drop(h, l + 1, 2), b.w2, b.b2), l + 1, 3));
   }
   x = layer_norm(x, final_gamma_, final_beta_);

@@ -1,7 +1,8 @@
 #pragma once
 // The encoder every variant is evaluated in: token embedding + positions -> L pre-norm blocks
-// (norm -> [u + short conv(u)] -> mixer -> residual; norm -> MLP -> residual, unless model.mlp=false)
-// -> final norm -> head. model.mixers gives each layer its own variant (hybrids). model.pooling=last
+// (norm -> [u + short conv(u)] -> mixer -> residual; norm -> MLP -> residual, unless model.mlp=false;
+// the MLP is GELU or MAD's SwiGLU, model.mlp_type) -> final norm -> head. model.positions=rotary
+// adds nothing at the embedding: the attention-style layers rotate their q and k instead. model.mixers gives each layer its own variant (hybrids). model.pooling=last
 // on a per-position task is MAD's autoencoder: the last position's state, plus a sin-cos row per
 // output position, through a 2-layer MLP decoder, then the head.
 #include <memory>
@@ -21,7 +22,8 @@ struct LayerMixer {
 };
 // Resolves model.mixers against model.layers (empty = `variant` in every layer) and checks what the
 // layers must satisfy together: every layer's capabilities against model.causal, and model.kv_heads
-// against model.heads and the presence of an attention-style layer. UsageError naming the problem
+// against model.heads and the presence of an attention-style layer, model.positions=rotary likewise
+// (and an even head width), model.mlp_type against model.mlp. UsageError naming the problem
 // and the nearest valid choice otherwise.
 std::vector<LayerMixer> plan_layers(const Json& model_params, const VariantSpec& variant, const Json& variant_params);
 // The variant names of plan_layers, layer by layer (the run file's variant.layers).

@@ -39,6 +39,10 @@ struct MixerConfig {
   // Grouped-query attention (model.kv_heads), read by AttentionMixer only: Wk and Wv project to
   // kv_heads heads, each shared by heads / kv_heads consecutive query heads. 0 = heads (MHA).
   int64_t kv_heads = 0;
+  // Rotary positions (model.positions=rotary), read by AttentionMixer only: q and k of every head
+  // are rotated by their position before attend() (RoFormer; over the whole head, channel m paired
+  // with m + d/2 as in GPT-NeoX and flash-attn's non-interleaved rotary) with this base; 0 = none.
+  double rotary_base = 0.0;
 };
 
 // What a forward call may know beyond x.
@@ -68,7 +72,9 @@ class Mixer : public Module {
 
 // Owns Wq, Wk, Wv, Wo (Xavier-uniform, no bias, as in LRA) and the head split. With
 // MixerConfig::kv_heads < heads (GQA / MQA) Wk and Wv are [D, kv_heads * d] and every k, v head is
-// repeated to its group of query heads before attend(), so variants always see H heads.
+// repeated to its group of query heads before attend(), so variants always see H heads. With
+// MixerConfig::rotary_base > 0 the q and k that attend() sees are rotated (rotary positions);
+// one-token decoding then refuses (it would need each state's position).
 class AttentionMixer : public Mixer {
  public:
   explicit AttentionMixer(const MixerConfig& cfg);
@@ -93,6 +99,9 @@ class AttentionMixer : public Mixer {
 
  private:
   Var input_;
+  // Rotary positions: x [.., N, d] -> x * cos + rotate_half(x) * sin, tables [max_length, d]
+  // (undefined = off) and rotate_half as a constant [d, d] matrix (x1, x2 -> -x2, x1).
+  Tensor rotary_cos_, rotary_sin_, rotary_half_;
 };
 
 struct VariantSpec {
