@@ -229,9 +229,10 @@ TEST(Rotary, ScoresDependOnPositionsOnlyThroughTheirDifference) {
       for (int64_t i = 0; i < N; ++i)
         for (int64_t j = 0; j < N; ++j) {
           const double sij = score(probe.q[0], probe.k[0], 0, head, i, j);
-          if (i + 1 < N && j + 1 < N)
+          if (i + 1 < N && j + 1 < N) {
             ASSERT_NEAR(score(probe.q[0], probe.k[0], 0, head, i + 1, j + 1), sij, 1e-4 * (1 + std::fabs(sij)))
                 << "head " << head << " i " << i << " j " << j;
+          }
           spread = std::max(spread, std::fabs(sij - score(probe.q[0], probe.k[0], 0, head, 0, 0)));
         }
     EXPECT_GT(spread, 1e-2) << "the scores do not depend on position at all";
