@@ -1,5 +1,5 @@
-// Fused ops for the low-rank and kernelised mixers: linear attention (bidirectional by batched
-// GEMMs, causal by a sequential scan), Performer's random-feature maps, and a per-head depthwise
+// Fused ops for the low-rank and kernelised mixers: linear attention (bidirectional and causal by
+// batched GEMMs, causal in chunks), Performer's random-feature maps, and a per-head depthwise
 // convolution along the sequence. oneDNN GEMMs run outside TBB regions only.
 #include "attnbench/kernels/linear_attention.hpp"
 
@@ -224,7 +224,104 @@ Var linear_attention_bidirectional(const Var& q, const Var& k, const Var& v, con
   });
 }
 
-// ---- causal: sequential scan per (batch, head) ----
+// ---- causal: chunked, by batched GEMMs ----
+// Rows are cut into chunks of C; an item is one chunk of one (batch, head). With V+ = [V | 1]
+// (width dv + 1) the numerator and the normaliser are one product:
+//   O+ = tril(Fq Fk^T) V+  +  Fq S+_prev,   S+_prev = sum over earlier chunks of Fk^T V+  [m, dv + 1]
+//   out = O+[:, :dv] / (O+[:, dv] + eps)
+// Backward with G = g / den and c_i = G_i . out_i, G+ = [G | -c]: dP = tril(G+ V+^T) is dL/d(fq_i . fk_j),
+//   dFq = dP Fk + G+ S+_prev^T,  dFk = dP^T Fq + V+ R+_next^T,  dV+ = tril(P)^T G+ + Fk R+_next,
+// R+_next = sum over later chunks of Fq^T G+. Every product is a oneDNN batched GEMM over the items.
+// Per row, a chunk of C costs 2 C (m + dv + 1) multiply-adds inside it and 4 m (dv + 1) for the
+// state products, so a length up to C + 2 m (dv + 1) / (m + dv + 1) is cheapest as one chunk (no
+// state at all); longer ones are cut into chunks of 64.
+constexpr int64_t kCausalChunk = 64;
+
+int64_t causal_chunk(int64_t N, int64_t m, int64_t dv) {
+  const int64_t w = dv + 1;
+  return N <= kCausalChunk + 2 * m * w / (m + w) ? N : kCausalChunk;
+}
+
+// The forward quantities, recomputed by backward. Packed per item: [items, C, *], rows past N zero.
+struct CausalChunks {
+  int64_t BH, N, m, dv, C, nc, items;
+  Tensor fq, fk;  // features [items, C, m]
+  Tensor va;      // V+ [items, C, dv + 1]
+  Tensor P;       // tril(Fq Fk^T) [items, C, C]
+  Tensor S;       // S+_prev [items, m, dv + 1] (more than one chunk only)
+  Tensor O;       // O+ [items, C, dv + 1]
+};
+
+// x [BH, N, w] -> [BH * nc, C, w], zero rows past N (w = dst width; ones in column `one_col` if >= 0).
+void pack_chunks(const float* x, int64_t w, float* dst, int64_t dw, int64_t BH, int64_t N, int64_t C, int64_t nc,
+                 int64_t one_col) {
+  parallel_for(BH * nc, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t it = i0; it < i1; ++it) {
+      const int64_t bh = it / nc, n0 = (it % nc) * C;
+      for (int64_t r = 0; r < C; ++r) {
+        float* d = dst + (it * C + r) * dw;
+        const int64_t n = n0 + r;
+        if (n < N) {
+          std::copy(x + (bh * N + n) * w, x + (bh * N + n + 1) * w, d);
+          if (one_col >= 0) d[one_col] = 1.f;
+        } else {
+          std::fill(d, d + dw, 0.f);
+        }
+      }
+    }
+  });
+}
+
+// Zero the strictly upper triangle of every [C, C] item.
+void tril_items(float* P, int64_t items, int64_t C) {
+  parallel_for(items, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t it = i0; it < i1; ++it)
+      for (int64_t r = 0; r < C; ++r) std::fill(P + (it * C + r) * C + r + 1, P + (it * C + r + 1) * C, 0.f);
+  });
+}
+
+// In place over the chunks of each (batch, head): x_c <- sum of x_c' over c' < c (forward) or c' > c.
+void exclusive_scan_chunks(float* x, int64_t BH, int64_t nc, int64_t width, bool reverse) {
+  parallel_for(BH, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> run(static_cast<size_t>(width)), cur(static_cast<size_t>(width));
+    for (int64_t bh = b0; bh < b1; ++bh) {
+      std::fill(run.begin(), run.end(), 0.f);
+      for (int64_t t = 0; t < nc; ++t) {
+        float* xc = x + (bh * nc + (reverse ? nc - 1 - t : t)) * width;
+        std::copy(xc, xc + width, cur.begin());
+        std::copy(run.begin(), run.end(), xc);
+        for (int64_t e = 0; e < width; ++e) run[e] += cur[e];
+      }
+    }
+  });
+}
+
+CausalChunks causal_forward(const Tensor& fq, const Tensor& fk, const Tensor& v, int64_t BH, int64_t N, int64_t m,
+                            int64_t dv) {
+  CausalChunks c{BH, N, m, dv, causal_chunk(N, m, dv), 0, 0, {}, {}, {}, {}, {}, {}};
+  c.nc = (N + c.C - 1) / c.C;
+  c.items = BH * c.nc;
+  const int64_t C = c.C, items = c.items, w = dv + 1;
+  c.fq = Tensor::empty({items, C, m});
+  c.fk = Tensor::empty({items, C, m});
+  c.va = Tensor::empty({items, C, w});
+  pack_chunks(fq.data(), m, c.fq.data(), m, BH, N, C, c.nc, -1);
+  pack_chunks(fk.data(), m, c.fk.data(), m, BH, N, C, c.nc, -1);
+  pack_chunks(v.data(), dv, c.va.data(), w, BH, N, C, c.nc, dv);
+  c.P = Tensor::empty({items, C, C});
+  kernels::matmul(c.fq.data(), c.fk.data(), c.P.data(), items, items, C, C, m, false, true);
+  tril_items(c.P.data(), items, C);
+  c.O = Tensor::empty({items, C, w});
+  kernels::matmul(c.P.data(), c.va.data(), c.O.data(), items, items, C, w, C, false, false);
+  if (c.nc > 1) {  // one chunk: no earlier state (c.S stays undefined)
+    c.S = Tensor::empty({items, m, w});
+    kernels::matmul(c.fk.data(), c.va.data(), c.S.data(), items, items, m, w, C, true, false);
+    exclusive_scan_chunks(c.S.data(), BH, c.nc, m * w, false);
+    kernels::matmul(c.fq.data(), c.S.data(), c.O.data(), items, items, C, w, m, false, false, nullptr, true);
+  }
+  return c;
+}
+
 Var linear_attention_causal(const Var& q, const Var& k, const Var& v, const LinearAttentionOptions& opt) {
   const Dims dims = check_shapes(q, k, v);
   const int64_t B = dims.B, H = dims.H, N = dims.N, m = dims.m, dv = dims.dv, BH = B * H;
@@ -234,153 +331,118 @@ Var linear_attention_causal(const Var& q, const Var& k, const Var& v, const Line
   const bool map_q = f != FeatureMap::identity, map_k = map_q || !keep.empty();
   Tensor out = Tensor::empty({B, H, N, dv});
   {
-    // Features (temporaries unless the inputs are already features): fq, fk [BH, N, m]
+    // Features (temporaries unless the inputs are already features): fq, fk [BH, N, m]; padded keys
+    // have zero features, so they enter neither the state nor the normaliser.
     const Tensor fqt = map_q ? map_features(q.value(), f, feps, {}, H) : q.value();
     const Tensor fkt = map_k ? map_features(k.value(), f, feps, keep, H) : k.value();
-    const float* fqp = fqt.data();
-    const float* fkp = fkt.data();
-    const float* vp = v.value().data();
+    const CausalChunks c = causal_forward(fqt, fkt, v.value(), BH, N, m, dv);
+    const float* Op = c.O.data();
     float* op = out.data();
-    parallel_for(BH, 1, [&](int64_t b0, int64_t b1) {
-      // Running state S [m, dv], z [m].
-      std::vector<float> S(static_cast<size_t>(m * dv)), z(m);
-      for (int64_t bh = b0; bh < b1; ++bh) {
-        std::fill(S.begin(), S.end(), 0.f);
-        std::fill(z.begin(), z.end(), 0.f);
-        for (int64_t i = 0; i < N; ++i) {
-          const int64_t r = bh * N + i;
-          const float* vi = vp + r * dv;
-          if (keep.empty() || keep[(bh / H) * N + i] != 0.f) {  // S += fk_i v_i^T, z += fk_i
-            const float* fk = fkp + r * m;
-            for (int64_t a = 0; a < m; ++a) {
-              float* s = S.data() + a * dv;
-              const float w = fk[a];
-              for (int64_t c = 0; c < dv; ++c) s[c] += w * vi[c];
-              z[a] += w;
-            }
-          }
-          const float* fq = fqp + r * m;
-          float* o = op + r * dv;
-          std::fill(o, o + dv, 0.f);
-          float den = eps;
-          for (int64_t a = 0; a < m; ++a) {
-            const float w = fq[a];
-            const float* s = S.data() + a * dv;
-            for (int64_t c = 0; c < dv; ++c) o[c] += w * s[c];
-            den += w * z[a];
-          }
-          const float inv = den != 0.f ? 1.f / den : 0.f;
-          for (int64_t c = 0; c < dv; ++c) o[c] *= inv;
-        }
+    parallel_for(BH * N, std::max<int64_t>(1, kernels::kGrain / dv), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t bh = r / N, n = r % N;
+        const float* o = Op + ((bh * c.nc + n / c.C) * c.C + n % c.C) * (dv + 1);
+        const float den = o[dv] + eps;
+        const float inv = den != 0.f ? 1.f / den : 0.f;
+        for (int64_t e = 0; e < dv; ++e) op[r * dv + e] = o[e] * inv;
       }
     });
   }
   const GradSink gq = q.sink(), gk = k.sink(), gv = v.sink();
   const Tensor qv = q.value(), kv = k.value(), vv = v.value();
-  // Captures the inputs and the keep flags only; the features and states are recomputed.
-  return make_op_result(std::move(out), {q, k, v}, [gq, gk, gv, qv, kv, vv, keep, B, H, N, m, dv, BH, f, feps, eps,
+  // Captures the inputs and the keep flags only; the features and chunk states are recomputed.
+  return make_op_result(std::move(out), {q, k, v}, [gq, gk, gv, qv, kv, vv, keep, H, N, m, dv, BH, f, feps, eps,
                                                      map_q, map_k](const Tensor& g) {
     const Tensor fqt = map_q ? map_features(qv, f, feps, {}, H) : qv;
     const Tensor fkt = map_k ? map_features(kv, f, feps, keep, H) : kv;
-    Tensor dq = Tensor::empty(qv.shape()), dk = Tensor::empty(kv.shape()), dvt = Tensor::empty(vv.shape());
-    Tensor inv_den = Tensor::empty({BH * N}), cbuf = Tensor::empty({BH * N});
-    const float* qp = qv.data();
-    const float* kp = kv.data();
-    const float* fqp = fqt.data();
-    const float* fkp = fkt.data();
-    const float* vp = vv.data();
-    const float* gp = g.data();
-    float* dqp = dq.data();
-    float* dkp = dk.data();
-    float* dvp = dvt.data();
-    float* ip = inv_den.data();
-    float* cp = cbuf.data();
-    parallel_for(BH, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<float> S(static_cast<size_t>(m * dv)), z(m), G(dv);
-      for (int64_t bh = b0; bh < b1; ++bh) {
-        // Pass 1, forward in i: recompute S_i, z_i; G_i = g_i / den_i; c_i = G_i . out_i;
-        // dfq_i = S_i G_i - c_i z_i.
-        std::fill(S.begin(), S.end(), 0.f);
-        std::fill(z.begin(), z.end(), 0.f);
-        for (int64_t i = 0; i < N; ++i) {
-          const int64_t r = bh * N + i;
-          const float* vi = vp + r * dv;
-          if (keep.empty() || keep[(bh / H) * N + i] != 0.f) {
-            const float* fk = fkp + r * m;
-            for (int64_t a = 0; a < m; ++a) {
-              float* s = S.data() + a * dv;
-              const float w = fk[a];
-              for (int64_t c = 0; c < dv; ++c) s[c] += w * vi[c];
-              z[a] += w;
+    const CausalChunks c = causal_forward(fqt, fkt, vv, BH, N, m, dv);
+    const int64_t C = c.C, nc = c.nc, items = c.items, w = dv + 1;
+    // G+ = [g / den | -c] [items, C, dv + 1]; rows past N zero.
+    Tensor ga = Tensor::empty({items, C, w});
+    {
+      const float* Op = c.O.data();
+      const float* gp = g.data();
+      float* gap = ga.data();
+      parallel_for(items, 1, [&](int64_t i0, int64_t i1) {
+        for (int64_t it = i0; it < i1; ++it) {
+          const int64_t bh = it / nc, n0 = (it % nc) * C;
+          for (int64_t r = 0; r < C; ++r) {
+            float* gr = gap + (it * C + r) * w;
+            if (n0 + r >= N) {
+              std::fill(gr, gr + w, 0.f);
+              continue;
             }
-          }
-          const float* fq = fqp + r * m;
-          float den = eps;
-#pragma omp simd reduction(+ : den)
-          for (int64_t a = 0; a < m; ++a) den += fq[a] * z[a];
-          const float inv = den != 0.f ? 1.f / den : 0.f;
-          ip[r] = inv;
-          const float* gi = gp + r * dv;
-          for (int64_t c = 0; c < dv; ++c) G[c] = gi[c] * inv;
-          // c_i = G_i . (S_i^T fq_i) / den_i; the row products S_a . G_i serve dfq as well.
-          float* dqi = dqp + r * m;
-          float cnum = 0.f;
-          for (int64_t a = 0; a < m; ++a) {
-            const float* s = S.data() + a * dv;
-            float t = 0.f;
-#pragma omp simd reduction(+ : t)
-            for (int64_t c = 0; c < dv; ++c) t += s[c] * G[c];
-            dqi[a] = t;
-            cnum += fq[a] * t;
-          }
-          const float ci = cnum * inv;
-          cp[r] = ci;
-          const float* qi = qp + r * m;
-          for (int64_t a = 0; a < m; ++a) dqi[a] = (dqi[a] - ci * z[a]) * feature_grad(f, qi[a], fq[a]);
-        }
-        // Pass 2, backward in i: R_j = sum_{i >= j} fq_i G_i^T, rr_j = -sum_{i >= j} c_i fq_i;
-        // dfk_j = R_j v_j + rr_j, dv_j = R_j^T fk_j. (S and z are reused as R and rr.)
-        std::fill(S.begin(), S.end(), 0.f);
-        std::fill(z.begin(), z.end(), 0.f);
-        for (int64_t i = N - 1; i >= 0; --i) {
-          const int64_t r = bh * N + i;
-          const float inv = ip[r], ci = cp[r];
-          const float* gi = gp + r * dv;
-          for (int64_t c = 0; c < dv; ++c) G[c] = gi[c] * inv;
-          const float* fq = fqp + r * m;
-          for (int64_t a = 0; a < m; ++a) {
-            const float w = fq[a];
-            float* s = S.data() + a * dv;
-            for (int64_t c = 0; c < dv; ++c) s[c] += w * G[c];
-            z[a] -= ci * w;
-          }
-          const float* vi = vp + r * dv;
-          float* dki = dkp + r * m;
-          float* dvi = dvp + r * dv;
-          std::fill(dvi, dvi + dv, 0.f);
-          if (!keep.empty() && keep[(bh / H) * N + i] == 0.f) {
-            std::fill(dki, dki + m, 0.f);
-            continue;
-          }
-          const float* fk = fkp + r * m;
-          const float* ki = kp + r * m;
-          for (int64_t a = 0; a < m; ++a) {
-            const float* s = S.data() + a * dv;
-            const float fka = fk[a];
-            float t = z[a];
-#pragma omp simd reduction(+ : t)
-            for (int64_t c = 0; c < dv; ++c) {
-              t += s[c] * vi[c];
-              dvi[c] += fka * s[c];
+            const float* o = Op + (it * C + r) * w;
+            const float den = o[dv] + eps;
+            const float inv = den != 0.f ? 1.f / den : 0.f;
+            const float* gi = gp + (bh * N + n0 + r) * dv;
+            float ci = 0.f;
+            for (int64_t e = 0; e < dv; ++e) {
+              gr[e] = gi[e] * inv;
+              ci += gr[e] * o[e] * inv;  // G_i . out_i
             }
-            dki[a] = t * feature_grad(f, ki[a], fka);
+            gr[dv] = -ci;
           }
         }
-      }
-    });
-    gq.accumulate(dq);
-    gk.accumulate(dk);
-    gv.accumulate(dvt);
+      });
+    }
+    // dP = tril(G+ V+^T) [items, C, C]
+    Tensor dP = Tensor::empty({items, C, C});
+    kernels::matmul(ga.data(), c.va.data(), dP.data(), items, items, C, C, w, false, true);
+    tril_items(dP.data(), items, C);
+    // Back from chunk rows [items, C, width] to [BH, N, width] rows, through phi and the key mask.
+    auto unpack_grad = [&](const Tensor& d, const Tensor& x, const Tensor& fx, bool masked, const Tensor& shape_of) {
+      Tensor res = Tensor::empty(shape_of.shape());
+      const float* dp = d.data();
+      const float* xp = x.data();
+      const float* fp = fx.data();
+      float* rp = res.data();
+      parallel_for(BH * N, std::max<int64_t>(1, kernels::kGrain / m), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t bh = r / N, n = r % N;
+          const float kp = masked && !keep.empty() ? keep[(bh / H) * N + n] : 1.f;
+          const float* dr = dp + ((bh * nc + n / C) * C + n % C) * m;
+          for (int64_t a = 0; a < m; ++a) rp[r * m + a] = kp * dr[a] * feature_grad(f, xp[r * m + a], fp[r * m + a]);
+        }
+      });
+      return res;
+    };
+    if (gq.wanted()) {  // dFq = dP Fk + G+ S+_prev^T
+      Tensor dfq = Tensor::empty({items, C, m});
+      kernels::matmul(dP.data(), c.fk.data(), dfq.data(), items, items, C, m, C, false, false);
+      if (nc > 1) kernels::matmul(ga.data(), c.S.data(), dfq.data(), items, items, C, m, w, false, true, nullptr, true);
+      gq.accumulate(unpack_grad(dfq, qv, fqt, false, qv));
+    }
+    if (!gk.wanted() && !gv.wanted()) return;
+    // R+_next: Fq^T G+ per item [items, m, dv + 1], summed over the later chunks (none: one chunk).
+    Tensor R;
+    if (nc > 1) {
+      R = Tensor::empty({items, m, w});
+      kernels::matmul(c.fq.data(), ga.data(), R.data(), items, items, m, w, C, true, false);
+      exclusive_scan_chunks(R.data(), BH, nc, m * w, true);
+    }
+    if (gk.wanted()) {  // dFk = dP^T Fq + V+ R+_next^T
+      Tensor dfk = Tensor::empty({items, C, m});
+      kernels::matmul(dP.data(), c.fq.data(), dfk.data(), items, items, C, m, C, true, false);
+      if (nc > 1) kernels::matmul(c.va.data(), R.data(), dfk.data(), items, items, C, m, w, false, true, nullptr, true);
+      gk.accumulate(unpack_grad(dfk, kv, fkt, true, kv));
+    }
+    if (gv.wanted()) {  // dV+ = tril(P)^T G+ + Fk R+_next; its first dv columns
+      Tensor dva = Tensor::empty({items, C, w});
+      kernels::matmul(c.P.data(), ga.data(), dva.data(), items, items, C, w, C, true, false);
+      if (nc > 1) kernels::matmul(c.fk.data(), R.data(), dva.data(), items, items, C, w, m, false, false, nullptr, true);
+      Tensor dvt = Tensor::empty(vv.shape());
+      const float* sp = dva.data();
+      float* dp = dvt.data();
+      parallel_for(BH * N, std::max<int64_t>(1, kernels::kGrain / dv), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t bh = r / N, n = r % N;
+          const float* s = sp + ((bh * nc + n / C) * C + n % C) * w;
+          std::copy(s, s + dv, dp + r * dv);
+        }
+      });
+      gv.accumulate(dvt);
+    }
   });
 }
 

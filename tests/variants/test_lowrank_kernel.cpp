@@ -243,6 +243,23 @@ TEST(LinearAttentionOp, EveryFeatureMapAndDirectionMatchesTheQuadraticForm) {
       }
 }
 
+TEST(LinearAttentionOp, CausalChunksMatchTheQuadraticFormAcrossChunkBoundaries) {
+  // N = 140: chunks of 64, 64 and a partial 12, so states cross two chunk boundaries.
+  const int64_t B = 1, H = 1, N = 140, m = 5, dv = 3;
+  const Tensor mask = mask_with_padding(B, N, {131});
+  for (bool with_mask : {false, true}) {
+    LinearAttentionOptions opt;
+    opt.feature = FeatureMap::elu_plus_one;
+    opt.causal = true;
+    opt.eps = 1e-4f;
+    opt.key_mask = with_mask ? &mask : nullptr;
+    QuadraticForm qf{B, H, N, m, dv, elu1, true, keep_of(opt.key_mask, B, N), 1e-4};
+    expect_matches_reference([&](const Var& a, const Var& b, const Var& v) { return linear_attention(a, b, v, opt); },
+                             qf, randn({B, H, N, m}, 31), randn({B, H, N, m}, 32), randn({B, H, N, dv}, 33), 5e-5,
+                             with_mask ? "causal over 3 chunks, masked" : "causal over 3 chunks");
+  }
+}
+
 TEST(LinearAttentionOp, FiniteDifferencesAndNoVisibleKeyGivesZero) {
   const int64_t B = 2, H = 2, N = 6, m = 4, dv = 3;
   const Tensor mask = mask_with_padding(B, N, {6, 3});
