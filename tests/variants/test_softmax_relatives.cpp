@@ -4,7 +4,8 @@
 // equivalences the maths gives: clip without clipping = softmax, fox with f = 1 = softmax, dconv with
 // identity taps = softmax, swin1d with one window = softmax and its shifted windows = softmax masked
 // to the windows, probsparse with every query active = softmax and otherwise each row = its softmax
-// row or mean(V). The registry-wide conformance suite covers gradients, decode, padding, memory.
+// row or mean(V), sea with every column selected = softmax and otherwise each row = softmax over its
+// estimated top columns. The registry-wide conformance suite covers gradients, decode, padding, memory.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -330,6 +331,79 @@ TEST(ProbSparse, RowsAreTheirSoftmaxRowOrTheMeanOfV) {
       active += e_full < 1e-5 && e_mean >= 1e-5;
     }
     EXPECT_EQ(active, 4) << "head " << h;
+  }
+}
+
+// ---- sea ----
+// k >= N: every column is selected and sea is exactly softmax attention (the estimate is skipped),
+// forward and gradients, per-row and grouped selections, causal and not, with key padding.
+TEST(Sea, EveryColumnSelectedIsSoftmax) {
+  const int64_t B = 2, N = 11, D = 16, H = 2;
+  const Tensor mask = padding_mask(B, N, {N, 7});
+  for (bool causal : {false, true})
+    for (int64_t qb : {1, 3})
+      for (bool padded : {false, true}) {
+        auto a = build_mixer("sea", {{"columns", 4}, {"k", N}, {"query_block", qb}}, D, H, N, 0, 5);
+        auto b = build_mixer("softmax", Json::object(), D, H, N, 0, 5);
+        MixerContext ctx;
+        ctx.causal = causal;
+        if (padded) ctx.key_mask = &mask;
+        expect_same_mixer(*a, *b, ctx, B, N, D, 1e-5,
+                          "sea k=N qb=" + std::to_string(qb) + (causal ? " causal" : "") + (padded ? " padded" : ""));
+      }
+}
+
+// k < N: every row is exact softmax over the keys of exactly kc whole columns (intersected with
+// j <= i when causal), and, with many FAVOR+ features (an accurate estimate), those columns carry
+// nearly the largest exact softmax mass any kc columns could. Checked against a double reference
+// that enumerates every kc-subset of the visible columns.
+TEST(Sea, RowsAttendToTheTopColumnsOfTheEstimate) {
+  const int64_t H = 2, N = 16, d = 8, K = 4, w = N / K, kc = 2;  // k = 8 keys: round(8 K / N) = 2
+  auto m = build_mixer("sea", {{"columns", K}, {"k", 8}, {"num_features", 4096}}, H * d, H, N, 0, 5);
+  const Tensor q = normal_tensor({1, H, N, d}, 71, 1818, 1.5f), k = normal_tensor({1, H, N, d}, 72, 1818),
+               v = normal_tensor({1, H, N, d}, 73, 1818);
+  const double scale = 1.0 / std::sqrt(double(d));
+  for (bool causal : {false, true}) {
+    MixerContext ctx;
+    ctx.causal = causal;
+    const Tensor o = dynamic_cast<AttentionMixer&>(*m).attend(Var(q), Var(k), Var(v), ctx).value();
+    int worse = 0;
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < N; ++i) {
+        const int64_t visible = causal ? i + 1 : N, cols = (visible + w - 1) / w;
+        // exact softmax over the visible keys, and each column's mass
+        std::vector<double> p(static_cast<size_t>(visible));
+        double mx = -1e300, z = 0;
+        for (int64_t j = 0; j < visible; ++j) {
+          double s = 0;
+          for (int64_t c = 0; c < d; ++c) s += double(q[(h * N + i) * d + c]) * k[(h * N + j) * d + c];
+          mx = std::max(mx, p[j] = s * scale);
+        }
+        for (double& x : p) z += (x = std::exp(x - mx));
+        std::vector<double> mass(static_cast<size_t>(cols), 0.0);
+        for (int64_t j = 0; j < visible; ++j) mass[j / w] += p[j] / z;
+        double best = 0, matched = -1;
+        for (int64_t set = 0; set < (int64_t(1) << cols); ++set) {
+          if (__builtin_popcountll(static_cast<unsigned long long>(set)) != std::min(kc, cols)) continue;
+          double ms = 0, err = 0;
+          std::vector<double> acc(static_cast<size_t>(d), 0.0);
+          double zs = 0;
+          for (int64_t j = 0; j < visible; ++j)
+            if (set >> (j / w) & 1) {
+              zs += p[j];
+              for (int64_t c = 0; c < d; ++c) acc[c] += p[j] * v[(h * N + j) * d + c];
+            }
+          for (int64_t c = 0; c < cols; ++c) ms += (set >> c & 1) ? mass[c] : 0.0;
+          for (int64_t c = 0; c < d; ++c) err = std::max(err, std::fabs(acc[c] / zs - o[(h * N + i) * d + c]));
+          best = std::max(best, ms);
+          if (err < 1e-5) matched = ms;
+        }
+        ASSERT_GE(matched, 0.0) << "head " << h << " row " << i << (causal ? " causal" : "")
+                                << ": the output is no softmax over " << kc << " whole columns";
+        worse += matched < 0.9 * best;
+      }
+    EXPECT_LE(worse, 1) << (causal ? "causal: " : "") << worse
+                        << " rows chose columns with < 90% of the best exact mass";
   }
 }
 
