@@ -47,6 +47,9 @@
 
 namespace {
 
+// Columns narrower than this many keys are grouped into key blocks of about twice as many.
+constexpr int64_t kMinColumn = 16;
+
 struct SeaDims {
   int64_t K, k, m, qb;  // columns, keys per query, FAVOR features (0 = d ln d), query block
 };
@@ -137,11 +140,35 @@ class Sea final : public ab::AttentionMixer {
     auto pattern = std::make_shared<ab::SparsePattern>();
     pattern->length = N;
     const int64_t ngroups = (N + qb - 1) / qb;
-    pattern->segments.push_back(ab::build_segment(
-        N, {{}, {}, ab::uniform_bounds(N, qb), bounds}, B * heads_, [&](int64_t bh, int64_t g, std::vector<int32_t>& kbs) {
-          const auto& s = sel[static_cast<size_t>(bh * ngroups + g)];
-          kbs.insert(kbs.end(), s.begin(), s.end());
-        }));
+    if (N / K >= kMinColumn) {  // key blocks = the columns
+      pattern->segments.push_back(ab::build_segment(
+          N, {{}, {}, ab::uniform_bounds(N, qb), bounds}, B * heads_,
+          [&](int64_t bh, int64_t g, std::vector<int32_t>& kbs) {
+            const auto& s = sel[static_cast<size_t>(bh * ngroups + g)];
+            kbs.insert(kbs.end(), s.begin(), s.end());
+          }));
+    } else {
+      // Narrow columns (short sequences) would make tiny key blocks: `per` columns form one key
+      // block, and an element mask keeps the keys of the selected columns only (same pattern).
+      const int64_t per = (2 * kMinColumn + N / K - 1) / std::max<int64_t>(1, N / K);
+      std::vector<int64_t> kb;
+      for (int64_t c = 0; c < K; c += per) kb.push_back(bounds[static_cast<size_t>(c)]);
+      kb.push_back(N);
+      std::vector<int32_t> col_of(static_cast<size_t>(N));
+      for (int64_t c = 0; c < K; ++c)
+        for (int64_t j = bounds[c]; j < bounds[c + 1]; ++j) col_of[static_cast<size_t>(j)] = static_cast<int32_t>(c);
+      std::vector<uint8_t> chosen(static_cast<size_t>(B * heads_ * ngroups * K), 0);
+      for (size_t e = 0; e < sel.size(); ++e)
+        for (int32_t c : sel[e]) chosen[e * static_cast<size_t>(K) + static_cast<size_t>(c)] = 1;
+      pattern->segments.push_back(ab::build_segment(
+          N, {{}, {}, ab::uniform_bounds(N, qb), kb}, B * heads_,
+          [&](int64_t bh, int64_t g, std::vector<int32_t>& kbs) {
+            for (int32_t c : sel[static_cast<size_t>(bh * ngroups + g)]) kbs.push_back(static_cast<int32_t>(c / per));
+          },
+          [&](int64_t bh, int64_t i, int64_t j) {
+            return chosen[static_cast<size_t>((bh * ngroups + i / qb) * K + col_of[static_cast<size_t>(j)])] != 0;
+          }));
+    }
     return ab::block_sparse_attention(q, k, v, pattern, 1.0f / std::sqrt(static_cast<float>(head_dim_)), ctx.causal,
                                       ctx.key_mask);
   }

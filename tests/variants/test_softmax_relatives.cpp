@@ -339,18 +339,19 @@ TEST(ProbSparse, RowsAreTheirSoftmaxRowOrTheMeanOfV) {
 // k >= N: every column is selected and sea is exactly softmax attention (the estimate is skipped),
 // forward and gradients, per-row and grouped selections, causal and not, with key padding.
 TEST(Sea, EveryColumnSelectedIsSoftmax) {
-  const int64_t B = 2, N = 11, D = 16, H = 2;
-  const Tensor mask = padding_mask(B, N, {N, 7});
+  const int64_t B = 2, D = 16, H = 2;
+  for (int64_t N : {11, 37})  // columns of 2-3 keys (grouped key blocks) and of 18-19 (one block each)
   for (bool causal : {false, true})
     for (int64_t qb : {1, 3})
       for (bool padded : {false, true}) {
-        auto a = build_mixer("sea", {{"columns", 4}, {"k", N}, {"query_block", qb}}, D, H, N, 0, 5);
+        const Tensor mask = padding_mask(B, N, {N, 7});
+        auto a = build_mixer("sea", {{"columns", N < 30 ? 4 : 2}, {"k", N}, {"query_block", qb}}, D, H, N, 0, 5);
         auto b = build_mixer("softmax", Json::object(), D, H, N, 0, 5);
         MixerContext ctx;
         ctx.causal = causal;
         if (padded) ctx.key_mask = &mask;
         expect_same_mixer(*a, *b, ctx, B, N, D, 1e-5,
-                          "sea k=N qb=" + std::to_string(qb) + (causal ? " causal" : "") + (padded ? " padded" : ""));
+                          "sea N=" + std::to_string(N) + " k=N qb=" + std::to_string(qb) + (causal ? " causal" : "") + (padded ? " padded" : ""));
       }
 }
 
@@ -360,9 +361,12 @@ TEST(Sea, EveryColumnSelectedIsSoftmax) {
 // projections (drawn as the variant draws them) with phi_r(x) = exp(w_r . x^ - |x^|^2 / 2), x^ =
 // x d^-1/4 (the stabilisers are positive per-row factors: no effect on the ranking). Checked by
 // enumerating every kc-subset of the visible columns.
+// N = 16: columns of 4 keys (grouped into wider key blocks with element masks); N = 64: columns
+// of 16 keys (the columns are the key blocks).
 TEST(Sea, RowsAttendToTheTopColumnsOfTheEstimate) {
-  const int64_t H = 2, N = 16, d = 8, K = 4, w = N / K, kc = 2, m = 32;  // k = 8 keys: round(8 K / N) = 2
-  auto mixer = build_mixer("sea", {{"columns", K}, {"k", 8}, {"num_features", m}}, H * d, H, N, 0, 5);
+  for (int64_t N : {16, 64}) {
+  const int64_t H = 2, d = 8, K = 4, w = N / K, kc = 2, m = 32;  // k = N / 2 keys: round(k K / N) = 2
+  auto mixer = build_mixer("sea", {{"columns", K}, {"k", N / 2}, {"num_features", m}}, H * d, H, N, 0, 5);
   const Tensor W = ab_favor::draw_projections(m, d, true, RngStream(5, Purpose::mixer, 0, 0));
   const Tensor q = normal_tensor({1, H, N, d}, 71, 1818), k = normal_tensor({1, H, N, d}, 72, 1818),
                v = normal_tensor({1, H, N, d}, 73, 1818);
@@ -411,10 +415,11 @@ TEST(Sea, RowsAttendToTheTopColumnsOfTheEstimate) {
           best = std::max(best, score);
           if (err < 1e-5) matched = score;
         }
-        const std::string at = "head " + std::to_string(h) + " row " + std::to_string(i) + (causal ? " causal" : "");
+        const std::string at = "N " + std::to_string(N) + " head " + std::to_string(h) + " row " + std::to_string(i) + (causal ? " causal" : "");
         ASSERT_GE(matched, 0.0) << at << ": the output is no softmax over " << kc << " whole columns";
         EXPECT_GE(matched, best * (1 - 1e-5)) << at << ": the columns are not the estimate's top " << kc;
       }
+  }
   }
 }
 
