@@ -47,8 +47,10 @@
 
 namespace {
 
-// Columns narrower than this many keys are grouped into key blocks of about twice as many.
-constexpr int64_t kMinColumn = 16;
+// Columns narrower than kNarrowColumn keys are grouped into key blocks of about kGroupKeys keys
+// (1-key blocks at ListOps lengths were slow; element masks cost more than they save for columns of
+// 8 keys and more: measured at N = 1024, K = 128).
+constexpr int64_t kNarrowColumn = 4, kGroupKeys = 32;
 
 struct SeaDims {
   int64_t K, k, m, qb;  // columns, keys per query, FAVOR features (0 = d ln d), query block
@@ -140,7 +142,7 @@ class Sea final : public ab::AttentionMixer {
     auto pattern = std::make_shared<ab::SparsePattern>();
     pattern->length = N;
     const int64_t ngroups = (N + qb - 1) / qb;
-    if (N / K >= kMinColumn) {  // key blocks = the columns
+    if (N / K >= kNarrowColumn) {  // key blocks = the columns
       pattern->segments.push_back(ab::build_segment(
           N, {{}, {}, ab::uniform_bounds(N, qb), bounds}, B * heads_,
           [&](int64_t bh, int64_t g, std::vector<int32_t>& kbs) {
@@ -150,7 +152,7 @@ class Sea final : public ab::AttentionMixer {
     } else {
       // Narrow columns (short sequences) would make tiny key blocks: `per` columns form one key
       // block, and an element mask keeps the keys of the selected columns only (same pattern).
-      const int64_t per = (2 * kMinColumn + N / K - 1) / std::max<int64_t>(1, N / K);
+      const int64_t per = (kGroupKeys + N / K - 1) / std::max<int64_t>(1, N / K);
       std::vector<int64_t> kb;
       for (int64_t c = 0; c < K; c += per) kb.push_back(bounds[static_cast<size_t>(c)]);
       kb.push_back(N);

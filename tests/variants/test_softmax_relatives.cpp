@@ -361,11 +361,11 @@ TEST(Sea, EveryColumnSelectedIsSoftmax) {
 // projections (drawn as the variant draws them) with phi_r(x) = exp(w_r . x^ - |x^|^2 / 2), x^ =
 // x d^-1/4 (the stabilisers are positive per-row factors: no effect on the ranking). Checked by
 // enumerating every kc-subset of the visible columns.
-// N = 16: columns of 4 keys (grouped into wider key blocks with element masks); N = 64: columns
-// of 16 keys (the columns are the key blocks).
+// N = 16: 8 columns of 2 keys (grouped into wider key blocks with element masks); N = 64: 4
+// columns of 16 keys (the columns are the key blocks).
 TEST(Sea, RowsAttendToTheTopColumnsOfTheEstimate) {
   for (int64_t N : {16, 64}) {
-  const int64_t H = 2, d = 8, K = 4, w = N / K, kc = 2, m = 32;  // k = N / 2 keys: round(k K / N) = 2
+  const int64_t H = 2, d = 8, K = N == 16 ? 8 : 4, w = N / K, kc = K / 2, m = 32;  // k = N / 2: round(k K / N) = K / 2
   auto mixer = build_mixer("sea", {{"columns", K}, {"k", N / 2}, {"num_features", m}}, H * d, H, N, 0, 5);
   const Tensor W = ab_favor::draw_projections(m, d, true, RngStream(5, Purpose::mixer, 0, 0));
   const Tensor q = normal_tensor({1, H, N, d}, 71, 1818), k = normal_tensor({1, H, N, d}, 72, 1818),
