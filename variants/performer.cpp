@@ -31,6 +31,7 @@
 
 #include "attnbench/kernels/linear_attention.hpp"
 #include "attnbench/variant.hpp"
+#include "favor_projections.hpp"
 
 namespace {
 
@@ -41,44 +42,6 @@ Kernel parse_kernel(const std::string& s) {
   if (s == "relu") return Kernel::relu;
   if (s == "relu_random") return Kernel::relu_random;
   return Kernel::softmax;
-}
-
-// W [m, d]: rows orthogonal within blocks of d, norms ~ chi_d (or sqrt(d) when not orthogonal:
-// plain Gaussian rows then).
-ab::Tensor draw_projections(int64_t m, int64_t d, bool orthogonal, ab::RngStream rng) {
-  ab::Tensor w = ab::Tensor::empty({m, d});
-  std::vector<double> block(static_cast<size_t>(d * d));
-  for (int64_t b0 = 0; b0 < m; b0 += d) {
-    for (auto& x : block) x = rng.normal();
-    if (orthogonal) {
-      for (int64_t i = 0; i < d; ++i) {  // modified Gram-Schmidt on the rows
-        double* ri = block.data() + i * d;
-        for (int64_t j = 0; j < i; ++j) {
-          const double* rj = block.data() + j * d;
-          double dot = 0;
-          for (int64_t c = 0; c < d; ++c) dot += ri[c] * rj[c];
-          for (int64_t c = 0; c < d; ++c) ri[c] -= dot * rj[c];
-        }
-        double nrm = 0;
-        for (int64_t c = 0; c < d; ++c) nrm += ri[c] * ri[c];
-        nrm = std::sqrt(nrm);
-        for (int64_t c = 0; c < d; ++c) ri[c] /= nrm;
-      }
-    }
-    for (int64_t i = 0; i < d && b0 + i < m; ++i) {
-      double scale = 1.0;
-      if (orthogonal) {  // the norm a Gaussian row would have had
-        double s = 0;
-        for (int64_t c = 0; c < d; ++c) {
-          const double g = rng.normal();
-          s += g * g;
-        }
-        scale = std::sqrt(s);
-      }
-      for (int64_t c = 0; c < d; ++c) w[(b0 + i) * d + c] = static_cast<float>(scale * block[i * d + c]);
-    }
-  }
-  return w;
 }
 
 class Performer final : public ab::AttentionMixer {
@@ -168,7 +131,7 @@ class Performer final : public ab::AttentionMixer {
   const ab::Tensor& projections(const ab::MixerContext& ctx) {
     if (ctx.training) period_ = redraw_interval_ > 0 ? static_cast<uint64_t>(ctx.step / redraw_interval_) : 0;
     if (!w_.defined() || drawn_period_ != period_ || drawn_seed_ != ctx.seed || drawn_layer_ != ctx.layer) {
-      w_ = draw_projections(m_, head_dim_, orthogonal_,
+      w_ = ab_favor::draw_projections(m_, head_dim_, orthogonal_,
                             ab::RngStream(ctx.seed, ab::Purpose::mixer, static_cast<uint64_t>(ctx.layer), period_));
       drawn_period_ = period_;
       drawn_seed_ = ctx.seed;

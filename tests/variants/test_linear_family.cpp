@@ -1,4 +1,4 @@
-// The linear and normalised attention family: cosformer, sigmoid, based, transnormer, flowformer,
+// The linear and normalised attention family: cosformer, sigmoid, based, rebased, transnormer, flowformer,
 // aaren, and the prefix-scan ops they use (prefix_softmax_attention, causal_linear_numerator,
 // cumsum, reciprocal, clamp). Every reference is written here independently, in double, from the
 // papers' formulas (explicit N x N sums, no features, no scans); gradients are compared with the
@@ -175,14 +175,23 @@ TEST(Sigmoid, EqualsTheNaiveFormForEveryBiasModeWithGradients) {
     }
 }
 
-// ---- based ----
-// The whole mixer against a reference that never builds features: the Taylor kernel is evaluated
-// as 1 + s + s^2 / 2 with s = q.k / sqrt(f), after a directly computed depthwise convolution.
-TEST(Based, TaylorKernelAndConvolutionMatchTheClosedFormWithGradients) {
-  const int64_t B = 2, H = 2, N = 6, D = 4, f = 3, d = D / H;
+// ---- based, rebased ----
+// A Based-family mixer (based_family.hpp) against a reference that never builds features: the
+// kernel is evaluated on the projected rows q_i, k_j directly, after a directly computed depthwise
+// convolution; forward and central-difference gradients, both conv settings, causal and not.
+using PairKernel = std::function<double(const double* qi, const double* kj)>;
+void expect_based_family(const std::string& name, const Json& params, int64_t f, double eps,
+                         const std::function<PairKernel(const Mixer&)>& make_kernel,
+                         const std::function<void(Mixer&)>& prepare = {}) {
+  const int64_t B = 2, H = 2, N = 6, D = 4, d = D / H;
   for (int64_t taps : {0, 3})
     for (bool causal : {false, true}) {
-      auto mixer = build_mixer("based", Json{{"feature_dim", f}, {"conv_taps", taps}}, D, H, N);
+      Json given = params;
+      given["feature_dim"] = f;
+      given["conv_taps"] = taps;
+      auto mixer = build_mixer(name, given, D, H, N);
+      if (prepare) prepare(*mixer);
+      const PairKernel kernel = make_kernel(*mixer);
       const Var wq = mixer_param(*mixer, "wq"), wk = mixer_param(*mixer, "wk"), wv = mixer_param(*mixer, "wv"),
                 wo = mixer_param(*mixer, "wo");
       Var cw, cb;
@@ -221,9 +230,8 @@ TEST(Based, TaylorKernelAndConvolutionMatchTheClosedFormWithGradients) {
         };
         const Vec q = project(wq, f), k = project(wk, f), v = project(wv, d);
         const Vec o = pairwise(B, H, N, d, v, causal, nullptr, [&](int64_t bh, int64_t i, int64_t j) {
-          const double s = dot_rows(q, bh * N + i, k, bh * N + j, f) / std::sqrt(double(f));
-          return 1.0 + s + s * s / 2.0;
-        }, true, 1e-6);
+          return kernel(&q[(bh * N + i) * f], &k[(bh * N + j) * f]);
+        }, true, eps);
         Vec y(static_cast<size_t>(B * N * D), 0.0);
         for (int64_t b = 0; b < B; ++b)
           for (int64_t n = 0; n < N; ++n)
@@ -236,8 +244,54 @@ TEST(Based, TaylorKernelAndConvolutionMatchTheClosedFormWithGradients) {
         return y;
       };
       expect_op_matches([&](const std::vector<Var>& in) { return mixer->forward(in[0], ctx); }, ref,
-                        {gaussian({B, N, D}, 7)}, 1e-4, fmt::format("based taps={} causal={}", taps, causal));
+                        {gaussian({B, N, D}, 7)}, 1e-4, fmt::format("{} taps={} causal={}", name, taps, causal));
     }
+}
+
+// based: the Taylor kernel 1 + s + s^2 / 2 with s = q.k / sqrt(f).
+TEST(Based, TaylorKernelAndConvolutionMatchTheClosedFormWithGradients) {
+  const int64_t f = 3;
+  expect_based_family("based", Json::object(), f, 1e-6, [&](const Mixer&) -> PairKernel {
+    return [f](const double* qi, const double* kj) {
+      double s = 0;
+      for (int64_t c = 0; c < f; ++c) s += qi[c] * kj[c];
+      s /= std::sqrt(double(f));
+      return 1.0 + s + s * s / 2.0;
+    };
+  });
+}
+
+// rebased: (q' . k')^2 / f with x' = gamma LayerNorm(x) + beta (biased variance, eps 1e-5), gamma
+// and beta set away from their 1 / 0 initialisation so that both matter.
+TEST(Rebased, SquaredAffineNormalisedKernelMatchesTheQuadraticFormWithGradients) {
+  const int64_t f = 3;
+  auto prepare = [](Mixer& m) {
+    Var g = mixer_param(m, "fm.gamma"), b = mixer_param(m, "fm.beta");
+    for (int64_t i = 0; i < g.value().numel(); ++i) {
+      g.value_mut()[i] = 0.7f + 0.3f * float(i);
+      b.value_mut()[i] = 0.2f * float(i) - 0.15f;
+    }
+  };
+  expect_based_family(
+      "rebased", Json::object(), f, 1e-5,
+      [&](const Mixer& m) -> PairKernel {
+        const Tensor g = mixer_param(m, "fm.gamma").value(), be = mixer_param(m, "fm.beta").value();
+        return [f, g, be](const double* qi, const double* kj) {
+          auto norm = [&](const double* x) {
+            double mu = 0, var = 0;
+            for (int64_t c = 0; c < f; ++c) mu += x[c] / double(f);
+            for (int64_t c = 0; c < f; ++c) var += (x[c] - mu) * (x[c] - mu) / double(f);
+            Vec y(static_cast<size_t>(f));
+            for (int64_t c = 0; c < f; ++c) y[c] = g[c] * (x[c] - mu) / std::sqrt(var + 1e-5) + be[c];
+            return y;
+          };
+          const Vec a = norm(qi), b = norm(kj);
+          double s = 0;
+          for (int64_t c = 0; c < f; ++c) s += a[c] * b[c];
+          return s * s / double(f);
+        };
+      },
+      prepare);
 }
 
 // ---- aaren and its scan ----
@@ -560,6 +614,7 @@ TEST(LinearFamily, ConformanceWithOtherSettings) {
       {"transnormer", Json{{"diag_layers", 0}}},
       {"cosformer", Json{{"eps", 1e-4}}},
       {"based", Json{{"conv_taps", 0}, {"feature_dim", 4}}},
+      {"rebased", Json{{"conv_taps", 0}, {"feature_dim", 4}}},
       {"sigmoid", Json{{"bias", "none"}}},
   };
   for (const auto& [name, params] : cases) {

@@ -4,7 +4,8 @@
 // equivalences the maths gives: clip without clipping = softmax, fox with f = 1 = softmax, dconv with
 // identity taps = softmax, swin1d with one window = softmax and its shifted windows = softmax masked
 // to the windows, probsparse with every query active = softmax and otherwise each row = its softmax
-// row or mean(V). The registry-wide conformance suite covers gradients, decode, padding, memory.
+// row or mean(V), sea with every column selected = softmax and otherwise each row = softmax over its
+// estimated top columns. The registry-wide conformance suite covers gradients, decode, padding, memory.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -15,6 +16,7 @@
 #include "attnbench/check.hpp"
 #include "attnbench/kernels/flash_attention.hpp"
 #include "attnbench/variant.hpp"
+#include "../../variants/favor_projections.hpp"
 #include "support/mixer_build.hpp"
 #include "support/random_tensors.hpp"
 
@@ -330,6 +332,94 @@ TEST(ProbSparse, RowsAreTheirSoftmaxRowOrTheMeanOfV) {
       active += e_full < 1e-5 && e_mean >= 1e-5;
     }
     EXPECT_EQ(active, 4) << "head " << h;
+  }
+}
+
+// ---- sea ----
+// k >= N: every column is selected and sea is exactly softmax attention (the estimate is skipped),
+// forward and gradients, per-row and grouped selections, causal and not, with key padding.
+TEST(Sea, EveryColumnSelectedIsSoftmax) {
+  const int64_t B = 2, D = 16, H = 2;
+  for (int64_t N : {11, 37})  // columns of 2-3 keys (grouped key blocks) and of 18-19 (one block each)
+  for (bool causal : {false, true})
+    for (int64_t qb : {1, 3})
+      for (bool padded : {false, true}) {
+        const Tensor mask = padding_mask(B, N, {N, 7});
+        auto a = build_mixer("sea", {{"columns", N < 30 ? 4 : 2}, {"k", N}, {"query_block", qb}}, D, H, N, 0, 5);
+        auto b = build_mixer("softmax", Json::object(), D, H, N, 0, 5);
+        MixerContext ctx;
+        ctx.causal = causal;
+        if (padded) ctx.key_mask = &mask;
+        expect_same_mixer(*a, *b, ctx, B, N, D, 1e-5,
+                          "sea N=" + std::to_string(N) + " k=N qb=" + std::to_string(qb) + (causal ? " causal" : "") + (padded ? " padded" : ""));
+      }
+}
+
+// k < N: every row is exact softmax over the keys of exactly kc whole columns (intersected with
+// j <= i when causal), and they are the kc columns with the largest FAVOR+ estimate
+// A^[i, c] = sum_{j in c, visible} phi(q_i) . phi(k_j), recomputed here in double from the layer's
+// projections (drawn as the variant draws them) with phi_r(x) = exp(w_r . x^ - |x^|^2 / 2), x^ =
+// x d^-1/4 (the stabilisers are positive per-row factors: no effect on the ranking). Checked by
+// enumerating every kc-subset of the visible columns.
+// N = 16: 8 columns of 2 keys (grouped into wider key blocks with element masks); N = 64: 4
+// columns of 16 keys (the columns are the key blocks).
+TEST(Sea, RowsAttendToTheTopColumnsOfTheEstimate) {
+  for (int64_t N : {16, 64}) {
+  const int64_t H = 2, d = 8, K = N == 16 ? 8 : 4, w = N / K, kc = K / 2, m = 32;  // k = N / 2: round(k K / N) = K / 2
+  auto mixer = build_mixer("sea", {{"columns", K}, {"k", N / 2}, {"num_features", m}}, H * d, H, N, 0, 5);
+  const Tensor W = ab_favor::draw_projections(m, d, true, RngStream(5, Purpose::mixer, 0, 0));
+  const Tensor q = normal_tensor({1, H, N, d}, 71, 1818), k = normal_tensor({1, H, N, d}, 72, 1818),
+               v = normal_tensor({1, H, N, d}, 73, 1818);
+  const double scale = 1.0 / std::sqrt(double(d)), r = std::pow(double(d), -0.25);
+  auto phi = [&](const Tensor& x, int64_t row) {
+    std::vector<double> f(static_cast<size_t>(m));
+    double n2 = 0;
+    for (int64_t c = 0; c < d; ++c) n2 += r * x[row * d + c] * r * x[row * d + c];
+    for (int64_t e = 0; e < m; ++e) {
+      double s = 0;
+      for (int64_t c = 0; c < d; ++c) s += W[e * d + c] * r * x[row * d + c];
+      f[e] = std::exp(s - n2 / 2);
+    }
+    return f;
+  };
+  for (bool causal : {false, true}) {
+    MixerContext ctx;
+    ctx.causal = causal;
+    const Tensor o = dynamic_cast<AttentionMixer&>(*mixer).attend(Var(q), Var(k), Var(v), ctx).value();
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < N; ++i) {
+        const int64_t visible = causal ? i + 1 : N, cols = (visible + w - 1) / w;
+        std::vector<double> p(static_cast<size_t>(visible)), est(static_cast<size_t>(cols), 0.0);
+        const std::vector<double> fq = phi(q, h * N + i);
+        double mx = -1e300;
+        for (int64_t j = 0; j < visible; ++j) {
+          double s = 0;
+          for (int64_t c = 0; c < d; ++c) s += double(q[(h * N + i) * d + c]) * k[(h * N + j) * d + c];
+          mx = std::max(mx, p[j] = s * scale);
+          const std::vector<double> fk = phi(k, h * N + j);
+          for (int64_t e = 0; e < m; ++e) est[j / w] += fq[e] * fk[e];
+        }
+        for (double& x : p) x = std::exp(x - mx);
+        double best = 0, matched = -1;
+        for (int64_t set = 0; set < (int64_t(1) << cols); ++set) {
+          if (__builtin_popcountll(static_cast<unsigned long long>(set)) != std::min(kc, cols)) continue;
+          double score = 0, err = 0, zs = 0;
+          std::vector<double> acc(static_cast<size_t>(d), 0.0);
+          for (int64_t j = 0; j < visible; ++j)
+            if (set >> (j / w) & 1) {
+              zs += p[j];
+              for (int64_t c = 0; c < d; ++c) acc[c] += p[j] * v[(h * N + j) * d + c];
+            }
+          for (int64_t c = 0; c < cols; ++c) score += (set >> c & 1) ? est[c] : 0.0;
+          for (int64_t c = 0; c < d; ++c) err = std::max(err, std::fabs(acc[c] / zs - o[(h * N + i) * d + c]));
+          best = std::max(best, score);
+          if (err < 1e-5) matched = score;
+        }
+        const std::string at = "N " + std::to_string(N) + " head " + std::to_string(h) + " row " + std::to_string(i) + (causal ? " causal" : "");
+        ASSERT_GE(matched, 0.0) << at << ": the output is no softmax over " << kc << " whole columns";
+        EXPECT_GE(matched, best * (1 - 1e-5)) << at << ": the columns are not the estimate's top " << kc;
+      }
+  }
   }
 }
 
