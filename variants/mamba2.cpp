@@ -11,7 +11,9 @@
 // Bt, Ct are shared by the heads (passed once to ab::gated_linear_attention, which sums their
 // gradients over heads). Forms (`form`): chunked (default, the SSD chunked algorithm:
 // intra-chunk quadratic with decays relative to the chunk start + state passing; O(N C (ds + P) +
-// N ds P) per head), parallel (the N x N mixing matrix L o C B^T, a reference), recurrent.
+// N ds P) per head; the kernel forms each chunk's C B^T once for all heads and runs every product
+// as a batched oneDNN matmul, the heads' states side by side), parallel (the N x N mixing matrix
+// L o C B^T, a reference), recurrent.
 // Memory O(B N (Di + ds)); no per-position states.
 // Init as mamba2.py: A_log = log U(a_init_min, a_init_max), dt_bias = softplus^-1(dt) with dt
 // log-uniform in [dt_min, dt_max] (floor 1e-4), D = 1, conv U(+-1/sqrt(d_conv)); projections Xavier.
