@@ -690,20 +690,32 @@ void ssd_state_grad_scan(const Ssd& s, const SsdDecays& dec, float* W) {
 }
 
 // One batch element. q, k: [N, K]; v: [H, N, V]; g: [H, N] -> o [H, N, V].
+// What forward and backward both start from: q, k [Np, K] and v [H, Np, V] padded, the decays and
+// the shared score blocks CB [nc, C, C].
+struct SsdInputs {
+  Tensor qk, kk, vk;  // the padded copies (when N is not a multiple of C)
+  const float *Q, *Kc, *X;
+  SsdDecays dec;
+  Tensor CB;
+  SsdInputs(const Ssd& s, const float* q, const float* k, const float* v, const float* g)
+      : Q(padded(q, 1, s.N, s.Np, s.K, qk)), Kc(padded(k, 1, s.N, s.Np, s.K, kk)),
+        X(padded(v, s.H, s.N, s.Np, s.V, vk)), dec(ssd_decays(s, g)), CB(Tensor::empty({s.nc, s.C, s.C})) {
+    kernels::matmul(Q, Kc, CB.data(), s.nc, s.nc, s.C, s.C, s.K, false, true);
+  }
+};
+
 void ssd_forward(const Ssd& s, const float* q, const float* k, const float* v, const float* g, float* o) {
   const int64_t C = s.C, nc = s.nc;
-  Tensor qk, kk, vk, ok;
-  const float* Q = padded(q, 1, s.N, s.Np, s.K, qk);
-  const float* Kc = padded(k, 1, s.N, s.Np, s.K, kk);
-  const float* X = padded(v, s.H, s.N, s.Np, s.V, vk);
+  const SsdInputs in(s, q, k, v, g);
+  const float *Q = in.Q, *Kc = in.Kc, *X = in.X;
+  const SsdDecays& dec = in.dec;
+  const Tensor& CB = in.CB;
+  Tensor ok;
   float* O = o;
   if (s.Np != s.N) {
     ok = Tensor::empty({s.H, s.Np, s.V});
     O = ok.data();
   }
-  const SsdDecays dec = ssd_decays(s, g);
-  Tensor CB = Tensor::empty({nc, C, C});
-  kernels::matmul(Q, Kc, CB.data(), nc, nc, C, C, s.K, false, true);
   // Inter-chunk: states, then Y = Q_c S_c (into the buffer of Xs, no longer needed).
   Tensor Xs = Tensor::empty({s.Np, s.HV}), S = Tensor::empty({nc, s.K, s.HV});
   ssd_scaled_transpose(s, X, dec.es.data(), Xs.data());
@@ -732,19 +744,17 @@ void ssd_forward(const Ssd& s, const float* q, const float* k, const float* v, c
 void ssd_backward(const Ssd& s, const float* q, const float* k, const float* v, const float* g, const float* dout,
                   float* dq, float* dk, float* dv, float* dg) {
   const int64_t C = s.C, nc = s.nc, per = C * C;
-  Tensor qk, kk, vk, dok, dvk;
-  const float* Q = padded(q, 1, s.N, s.Np, s.K, qk);
-  const float* Kc = padded(k, 1, s.N, s.Np, s.K, kk);
-  const float* X = padded(v, s.H, s.N, s.Np, s.V, vk);
+  const SsdInputs in(s, q, k, v, g);
+  const float *Q = in.Q, *Kc = in.Kc, *X = in.X;
+  const SsdDecays& dec = in.dec;
+  const Tensor& CB = in.CB;
+  Tensor dok, dvk;
   const float* dO = padded(dout, s.H, s.N, s.Np, s.V, dok);
   float* dX = dv;
   if (s.Np != s.N) {
     dvk = Tensor::empty({s.H, s.Np, s.V});
     dX = dvk.data();
   }
-  const SsdDecays dec = ssd_decays(s, g);
-  Tensor CB = Tensor::empty({nc, C, C});
-  kernels::matmul(Q, Kc, CB.data(), nc, nc, C, C, s.K, false, true);
   // The gate sums q . dq_h and k . dk_h per (head, position) [H, Np], and dQ, dK; the inter-chunk
   // parts first, in an order that frees each [Np, H V] buffer as soon as it is used.
   Tensor qdq = Tensor::zeros({s.H, s.Np}), kdk = Tensor::zeros({s.H, s.Np});
