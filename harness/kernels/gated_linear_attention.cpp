@@ -539,9 +539,11 @@ struct Ssd {
 };
 
 // Scalar decays with q and k shared by all heads (one call per batch element) or one q and k per
-// head (RetNet; then each (batch, head) is a call with H = 1).
+// head (RetNet; then each (batch, head) is a call with H = 1). One value column per head (gsa's
+// slot pass) stays on the loops: its products are matrix-vector ones, and gsa's declared peak
+// describes the loops' buffers.
 bool ssd_applies(const Dims& d, const GatedLinearAttentionOptions& opt) {
-  return opt.form == GlaForm::chunked && !d.vec && d.Hq == d.Hk && (d.Hq == 1 || d.Hq == d.H);
+  return opt.form == GlaForm::chunked && !d.vec && d.V > 1 && d.Hq == d.Hk && (d.Hq == 1 || d.Hq == d.H);
 }
 
 Ssd ssd_dims(const Dims& d, int64_t C) {
