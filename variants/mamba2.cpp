@@ -11,7 +11,9 @@
 // Bt, Ct are shared by the heads (passed once to ab::gated_linear_attention, which sums their
 // gradients over heads). Forms (`form`): chunked (default, the SSD chunked algorithm:
 // intra-chunk quadratic with decays relative to the chunk start + state passing; O(N C (ds + P) +
-// N ds P) per head), parallel (the N x N mixing matrix L o C B^T, a reference), recurrent.
+// N ds P) per head; the kernel forms each chunk's C B^T once for all heads and runs every product
+// as a batched oneDNN matmul, the heads' states side by side), parallel (the N x N mixing matrix
+// L o C B^T, a reference), recurrent.
 // Memory O(B N (Di + ds)); no per-position states.
 // Init as mamba2.py: A_log = log U(a_init_min, a_init_max), dt_bias = softplus^-1(dt) with dt
 // log-uniform in [dt_min, dt_max] (floor 1e-4), D = 1, conv U(+-1/sqrt(d_conv)); projections Xavier.
@@ -132,11 +134,13 @@ class Mamba2 final : public ab::Mixer {
       // permuted xs) and the norm's statistics (2 B N).
       c.activation_bytes = 4 * (3 * B * N * (Di + 2 * ds) + 4 * B * N * H + 6 * B * N * Di + 2 * B * N);
       c.state_bytes = 4 * B * (H * ds * P + (K - 1) * (Di + 2 * ds));
-      // Peak in the SSD backward, per direction: a D_in-wide gradient and the gradient of the
-      // per-head broadcast B or C ([B, H, N, d_state]) on top of the saved tensors, and the
-      // projections' gradients; parallel: also the [N, N] scores and their gradient of each
-      // running (batch, head) task (two).
-      c.peak_bytes = c.activation_bytes + 4 * (dirs * (B * N * Di + B * H * N * ds) + 4 * D * D);
+      // Peak in the scan's backward, per direction: a D_in-wide gradient and, chunked, the SSD
+      // path's buffers of all heads side by side (two [N, D_in], two chunk-state sets
+      // [N / C, ds, D_in]), else the per-head gradients of the broadcast B and C ([B, H, N, ds])
+      // on top of the saved tensors, and the projections' gradients; parallel: also the [N, N]
+      // scores and their gradient of each running (batch, head) task (two).
+      const double scan = form == "chunked" ? 2 * B * N * Di + 2 * B * std::ceil(N / C) * ds * Di : B * H * N * ds;
+      c.peak_bytes = c.activation_bytes + 4 * (dirs * (B * N * Di + scan) + 4 * D * D);
       if (form == "parallel") c.peak_bytes += 4 * 2 * N * N;
       return c;
     };

@@ -1,6 +1,7 @@
 // Gated linear attention: recurrent, parallel and chunked forms with hand-written backward
-// (see gated_linear_attention.hpp for the maths). TBB over batch * head; per (batch, head) the
-// loops are sequential over positions or chunks, the inner loops run over dk or dv (vectorised).
+// (see gated_linear_attention.hpp for the maths). Scalar decays, chunked: the SSD path (batched
+// oneDNN matmuls, below). Otherwise TBB over batch * head; per (batch, head) the loops are
+// sequential over positions or chunks, the inner loops run over dk or dv (vectorised).
 #include "attnbench/kernels/gated_linear_attention.hpp"
 #include "attnbench/params.hpp"
 
@@ -509,6 +510,355 @@ void chunked_backward(const Slice& s, int64_t C, const float* dO, float* dq, flo
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Shared q and k with scalar decays (Mamba-2's SSD with one group, ngroups = 1): q and k [N, K]
+// serve every head, so each chunk's score block Q_c K_c^T is formed once for all heads, and every
+// product is a batched oneDNN matmul over the chunks (the SSD algorithm of Dao & Gu 2024, §7).
+// Per chunk c of C positions and head h (b local cumulative log decays, D_hc[l, m] = exp(b_l - b_m)
+// for m <= l, else 0; eb = exp(b), es = exp(b_last - b), ebl = exp(b_last), all <= 1):
+//   CB_c  = Q_c K_c^T                                   [C, C], shared by the heads
+//   O_hc  = (CB_c o D_hc) X_hc + diag(eb_h) (Q_c S_c)_h   S_c [K, H V]: the states of all heads before c
+//   U_c   = K_c^T Xs_c,  Xs_c[m, (h, j)] = es_h,m X_h[m, j]
+//   S_c+1 = diag_h(ebl_hc) S_c + U_c                     (the only sequential step; elementwise)
+// The heads' states side by side ([K, H V]) make Q_c S_c and K_c^T Xs_c single wide GEMMs rather
+// than H products of headdim (16) columns; only (CB o D_h) X_h stays per head (batched over heads
+// and chunks). Backward (dO_h, Z_c = dS_c, R_c = Z_c+1 the gradient of the state after chunk c,
+// E_hc = (dO_hc X_hc^T) o D_hc, G_c = sum_h E_hc):
+//   Z_c = Q_c^T dOs_c + ebl_c Z_c+1,  dOs_c[l, (h, j)] = eb_h,l dO_h[l, j]
+//   dX_hc = (CB_c o D_hc)^T dO_hc + diag(es_h) (K_c R_c)_h
+//   dQ_c = G_c K_c + dOs_c S_c^T,  dK_c = G_c^T Q_c + Xs_c R_c^T   (summed over heads, as shared)
+//   q_l . dq_hl = sum_m (E_hc o CB_c)[l, m] + eb_h,l dO_h[l] . (Q_c S_c)_h[l]
+//   k_m . dk_hm = sum_l (E_hc o CB_c)[l, m] + es_h,m X_h[m] . (K_c R_c)_h[m]
+// and dlog_alpha_h,t = sum_{u >= t} (q_u . dq_hu - k_u . dk_hu), as for the other paths.
+// A last partial chunk is zero-padded (decay 1, q = k = v = 0 there: adds nothing).
+// With one q and k per head (RetNet) the same code runs per (batch, head) with H = 1: its products
+// are then batched over the chunks only.
+// The matmuls run in fp32 whatever the process-wide matmul precision (the scans stay fp32).
+struct Ssd {
+  int64_t H, N, K, V, C, nc, Np, HV;
+};
+
+// Scalar decays with q and k shared by all heads (one call per batch element) or one q and k per
+// head (RetNet; then each (batch, head) is a call with H = 1). One value column per head (gsa's
+// slot pass) stays on the loops: its products are matrix-vector ones, and gsa's declared peak
+// describes the loops' buffers.
+bool ssd_applies(const Dims& d, const GatedLinearAttentionOptions& opt) {
+  return opt.form == GlaForm::chunked && !d.vec && d.V > 1 && d.Hq == d.Hk && (d.Hq == 1 || d.Hq == d.H);
+}
+
+Ssd ssd_dims(const Dims& d, int64_t C) {
+  const int64_t nc = (d.N + C - 1) / C, H = d.Hq == 1 ? d.H : 1;
+  return {H, d.N, d.K, d.V, C, nc, nc * C, H * d.V};
+}
+
+struct Fp32Matmuls {  // the SSD products in fp32 (restores the caller's precision)
+  kernels::MatmulPrecision saved = kernels::matmul_precision();
+  Fp32Matmuls() {
+    if (saved != kernels::MatmulPrecision::fp32) kernels::set_matmul_precision(kernels::MatmulPrecision::fp32);
+  }
+  ~Fp32Matmuls() {
+    if (saved != kernels::MatmulPrecision::fp32) kernels::set_matmul_precision(saved);
+  }
+};
+
+// src [outer, rows, w] -> [outer, rows_p, w], zero rows appended (or src itself when rows_p == rows).
+const float* padded(const float* src, int64_t outer, int64_t rows, int64_t rows_p, int64_t w, Tensor& keep) {
+  if (rows_p == rows) return src;
+  keep = Tensor::zeros({outer, rows_p, w});
+  for (int64_t o = 0; o < outer; ++o) std::copy(src + o * rows * w, src + (o + 1) * rows * w, keep.data() + o * rows_p * w);
+  return keep.data();
+}
+
+// Per head, over the padded positions: alpha = exp(g) (1 in the padding), eb, es [H, Np]; ebl [nc, H].
+struct SsdDecays {
+  Tensor alpha, eb, es, ebl;
+};
+SsdDecays ssd_decays(const Ssd& s, const float* g) {  // g: [H, N]
+  SsdDecays r{Tensor::empty({s.H, s.Np}), Tensor::empty({s.H, s.Np}), Tensor::empty({s.H, s.Np}),
+              Tensor::empty({s.nc, s.H})};
+  kernels::parallel_for(s.H, 1, [&](int64_t h0, int64_t h1) {
+    std::vector<float> b(static_cast<size_t>(s.C));
+    for (int64_t h = h0; h < h1; ++h)
+      for (int64_t c = 0; c < s.nc; ++c) {
+        const int64_t t0 = h * s.Np + c * s.C;
+        double acc = 0;
+        for (int64_t l = 0; l < s.C; ++l) {
+          const int64_t t = c * s.C + l;
+          const float gt = t < s.N ? g[h * s.N + t] : 0.f;
+          b[l] = static_cast<float>(acc += gt);
+          r.alpha[t0 + l] = std::exp(gt);
+        }
+        const float last = b[s.C - 1];
+        for (int64_t l = 0; l < s.C; ++l) {
+          r.eb[t0 + l] = std::exp(b[l]);
+          r.es[t0 + l] = std::exp(last - b[l]);
+        }
+        r.ebl[c * s.H + h] = std::exp(last);
+      }
+  });
+  return r;
+}
+
+// Row l of D_hc from row l - 1 (D[l, m] = D[l - 1, m] alpha_l, D[l, l] = 1): one exp per position
+// (in ssd_decays) instead of one per pair.
+inline void next_decay_row(float* d, int64_t l, float alpha_l) {
+#pragma omp simd
+  for (int64_t m = 0; m < l; ++m) d[m] *= alpha_l;
+  d[l] = 1.f;
+}
+
+// Heads per batched matmul of the [C, C] blocks: at most as many block elements as v has
+// (N H V) and 4 MiB, at least one head.
+int64_t ssd_head_group(const Ssd& s) {
+  const int64_t budget = std::min<int64_t>(s.Np * s.HV, int64_t{1} << 20);
+  return std::clamp<int64_t>(budget / std::max<int64_t>(1, s.nc * s.C * s.C), 1, s.H);
+}
+
+// M [hg, nc, C, C] = CB o D_h for heads [h0, h0 + hg).
+void ssd_masked_scores(const Ssd& s, const SsdDecays& dec, const float* CB, int64_t h0, int64_t hg, float* M) {
+  const int64_t C = s.C;
+  kernels::parallel_for(hg * s.nc, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> d(static_cast<size_t>(C));
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t h = h0 + i / s.nc, c = i % s.nc;
+      const float* al = dec.alpha.data() + h * s.Np + c * C;
+      const float* cb = CB + c * C * C;
+      float* mb = M + i * C * C;
+      for (int64_t l = 0; l < C; ++l) {
+        next_decay_row(d.data(), l, al[l]);
+        float* row = mb + l * C;
+#pragma omp simd
+        for (int64_t m = 0; m <= l; ++m) row[m] = cb[l * C + m] * d[m];
+        std::fill(row + l + 1, row + C, 0.f);
+      }
+    }
+  });
+}
+
+// dst[t, (h, j)] = scale_h[t] * src_h[t, j] for all heads: [H, Np, V] -> [Np, H V].
+void ssd_scaled_transpose(const Ssd& s, const float* src, const float* scale, float* dst) {
+  kernels::parallel_for(s.Np, 64, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t h = 0; h < s.H; ++h) {
+        const float a = scale[h * s.Np + t];
+        const float* x = src + (h * s.Np + t) * s.V;
+        float* y = dst + t * s.HV + h * s.V;
+        for (int64_t j = 0; j < s.V; ++j) y[j] = a * x[j];
+      }
+  });
+}
+
+// The chunk states S_c [nc, K, H V] from U (in place): S_0 = 0, S_c+1 = ebl_c S_c + U_c.
+void ssd_state_scan(const Ssd& s, const SsdDecays& dec, float* U) {
+  const int64_t per = s.K * s.HV;
+  kernels::parallel_for(s.K, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> prev(static_cast<size_t>(s.HV));
+    for (int64_t i = i0; i < i1; ++i) {
+      std::fill(prev.begin(), prev.end(), 0.f);
+      for (int64_t c = 0; c < s.nc; ++c) {
+        float* u = U + c * per + i * s.HV;
+        const float* a = dec.ebl.data() + c * s.H;
+        for (int64_t h = 0; h < s.H; ++h)
+          for (int64_t j = 0; j < s.V; ++j) {
+            const float p = prev[h * s.V + j];
+            prev[h * s.V + j] = a[h] * p + u[h * s.V + j];
+            u[h * s.V + j] = p;
+          }
+      }
+    }
+  });
+}
+
+// The state gradients after each chunk R [nc, K, H V] from W_c = Q_c^T dOs_c (in place):
+// Z_nc = 0, Z_c = W_c + ebl_c Z_c+1, R_c = Z_c+1.
+void ssd_state_grad_scan(const Ssd& s, const SsdDecays& dec, float* W) {
+  const int64_t per = s.K * s.HV;
+  kernels::parallel_for(s.K, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> next(static_cast<size_t>(s.HV));
+    for (int64_t i = i0; i < i1; ++i) {
+      std::fill(next.begin(), next.end(), 0.f);
+      for (int64_t c = s.nc - 1; c >= 0; --c) {
+        float* w = W + c * per + i * s.HV;
+        const float* a = dec.ebl.data() + c * s.H;
+        for (int64_t h = 0; h < s.H; ++h)
+          for (int64_t j = 0; j < s.V; ++j) {
+            const float z = next[h * s.V + j];
+            next[h * s.V + j] = w[h * s.V + j] + a[h] * z;
+            w[h * s.V + j] = z;
+          }
+      }
+    }
+  });
+}
+
+// One batch element. q, k: [N, K]; v: [H, N, V]; g: [H, N] -> o [H, N, V].
+// What forward and backward both start from: q, k [Np, K] and v [H, Np, V] padded, the decays and
+// the shared score blocks CB [nc, C, C].
+struct SsdInputs {
+  Tensor qk, kk, vk;  // the padded copies (when N is not a multiple of C)
+  const float *Q, *Kc, *X;
+  SsdDecays dec;
+  Tensor CB;
+  SsdInputs(const Ssd& s, const float* q, const float* k, const float* v, const float* g)
+      : Q(padded(q, 1, s.N, s.Np, s.K, qk)), Kc(padded(k, 1, s.N, s.Np, s.K, kk)),
+        X(padded(v, s.H, s.N, s.Np, s.V, vk)), dec(ssd_decays(s, g)), CB(Tensor::empty({s.nc, s.C, s.C})) {
+    kernels::matmul(Q, Kc, CB.data(), s.nc, s.nc, s.C, s.C, s.K, false, true);
+  }
+};
+
+void ssd_forward(const Ssd& s, const float* q, const float* k, const float* v, const float* g, float* o) {
+  const int64_t C = s.C, nc = s.nc;
+  const SsdInputs in(s, q, k, v, g);
+  const float *Q = in.Q, *Kc = in.Kc, *X = in.X;
+  const SsdDecays& dec = in.dec;
+  const Tensor& CB = in.CB;
+  Tensor ok;
+  float* O = o;
+  if (s.Np != s.N) {
+    ok = Tensor::empty({s.H, s.Np, s.V});
+    O = ok.data();
+  }
+  // Inter-chunk: states, then Y = Q_c S_c (into the buffer of Xs, no longer needed).
+  Tensor Xs = Tensor::empty({s.Np, s.HV}), S = Tensor::empty({nc, s.K, s.HV});
+  ssd_scaled_transpose(s, X, dec.es.data(), Xs.data());
+  kernels::matmul(Kc, Xs.data(), S.data(), nc, nc, s.K, s.HV, C, true, false);
+  ssd_state_scan(s, dec, S.data());
+  Tensor& Y = Xs;
+  kernels::matmul(Q, S.data(), Y.data(), nc, nc, C, s.HV, s.K, false, false);
+  // Intra-chunk, per group of heads: O_h = (CB o D_h) X_h.
+  const int64_t G = ssd_head_group(s);
+  Tensor M = Tensor::empty({G * nc, C, C});
+  for (int64_t h0 = 0; h0 < s.H; h0 += G) {
+    const int64_t hg = std::min(G, s.H - h0);
+    ssd_masked_scores(s, dec, CB.data(), h0, hg, M.data());
+    kernels::matmul(M.data(), X + h0 * s.Np * s.V, O + h0 * s.Np * s.V, hg * nc, hg * nc, C, s.V, C, false, false);
+  }
+  kernels::parallel_for(s.H * s.Np, 256, [&](int64_t i0, int64_t i1) {  // O_h += diag(eb_h) Y_h
+    for (int64_t ht = i0; ht < i1; ++ht)
+      axpy(O + ht * s.V, Y.data() + (ht % s.Np) * s.HV + (ht / s.Np) * s.V, dec.eb[ht], s.V);
+  });
+  if (O != o)
+    for (int64_t h = 0; h < s.H; ++h) std::copy(O + h * s.Np * s.V, O + (h * s.Np + s.N) * s.V, o + h * s.N * s.V);
+}
+
+// One batch element: the gradients of q and k summed over heads [N, K], dv [H, N, V] and, when dg
+// is not null, dlog_alpha [H, N].
+void ssd_backward(const Ssd& s, const float* q, const float* k, const float* v, const float* g, const float* dout,
+                  float* dq, float* dk, float* dv, float* dg) {
+  const int64_t C = s.C, nc = s.nc, per = C * C;
+  const SsdInputs in(s, q, k, v, g);
+  const float *Q = in.Q, *Kc = in.Kc, *X = in.X;
+  const SsdDecays& dec = in.dec;
+  const Tensor& CB = in.CB;
+  Tensor dok, dvk;
+  const float* dO = padded(dout, s.H, s.N, s.Np, s.V, dok);
+  float* dX = dv;
+  if (s.Np != s.N) {
+    dvk = Tensor::empty({s.H, s.Np, s.V});
+    dX = dvk.data();
+  }
+  // The gate sums q . dq_h and k . dk_h per (head, position) [H, Np], and dQ, dK; the inter-chunk
+  // parts first, in an order that frees each [Np, H V] buffer as soon as it is used.
+  Tensor qdq = Tensor::zeros({s.H, s.Np}), kdk = Tensor::zeros({s.H, s.Np});
+  Tensor dQ = Tensor::empty({s.Np, s.K}), dK = Tensor::empty({s.Np, s.K});
+  {
+    // The forward's states S_c; Y = Q_c S_c only for its part of q . dq.
+    Tensor Xs = Tensor::empty({s.Np, s.HV}), S = Tensor::empty({nc, s.K, s.HV});
+    ssd_scaled_transpose(s, X, dec.es.data(), Xs.data());
+    kernels::matmul(Kc, Xs.data(), S.data(), nc, nc, s.K, s.HV, C, true, false);
+    ssd_state_scan(s, dec, S.data());
+    if (dg) {
+      Tensor Y = Tensor::empty({s.Np, s.HV});
+      kernels::matmul(Q, S.data(), Y.data(), nc, nc, C, s.HV, s.K, false, false);
+      kernels::parallel_for(s.H * s.Np, 256, [&](int64_t i0, int64_t i1) {
+        for (int64_t ht = i0; ht < i1; ++ht)
+          qdq[ht] = dec.eb[ht] * dot(dO + ht * s.V, Y.data() + (ht % s.Np) * s.HV + (ht / s.Np) * s.V, s.V);
+      });
+    }
+    // The state gradients R_c, then dQ's and dK's inter-chunk parts.
+    Tensor R = Tensor::empty({nc, s.K, s.HV});
+    {
+      Tensor dOs = Tensor::empty({s.Np, s.HV});
+      ssd_scaled_transpose(s, dO, dec.eb.data(), dOs.data());
+      kernels::matmul(Q, dOs.data(), R.data(), nc, nc, s.K, s.HV, C, true, false);
+      ssd_state_grad_scan(s, dec, R.data());
+      kernels::matmul(dOs.data(), S.data(), dQ.data(), nc, nc, C, s.K, s.HV, false, true);
+    }
+    S = Tensor();
+    kernels::matmul(Xs.data(), R.data(), dK.data(), nc, nc, C, s.K, s.HV, false, true);
+    Xs = Tensor();
+    // dX_h = diag(es_h) (K R)_h (the intra-chunk part is added below) and k . dk's part.
+    Tensor KR = Tensor::empty({s.Np, s.HV});
+    kernels::matmul(Kc, R.data(), KR.data(), nc, nc, C, s.HV, s.K, false, false);
+    R = Tensor();
+    kernels::parallel_for(s.H * s.Np, 256, [&](int64_t i0, int64_t i1) {
+      for (int64_t ht = i0; ht < i1; ++ht) {
+        const float* kr = KR.data() + (ht % s.Np) * s.HV + (ht / s.Np) * s.V;
+        const float es = dec.es[ht];
+        float* dx = dX + ht * s.V;
+        for (int64_t j = 0; j < s.V; ++j) dx[j] = es * kr[j];
+        if (dg) kdk[ht] = es * dot(X + ht * s.V, kr, s.V);
+      }
+    });
+  }
+  // Intra-chunk, per group of heads: dM = dO_h X_h^T -> E = dM o D (into G, and its products with
+  // CB into the gate sums) -> the buffer then holds CB o D for dX_h += (CB o D)^T dO_h.
+  Tensor Gm = Tensor::zeros({nc, C, C});
+  const int64_t HG = ssd_head_group(s);
+  Tensor M = Tensor::empty({HG * nc, C, C});
+  for (int64_t h0 = 0; h0 < s.H; h0 += HG) {
+    const int64_t hg = std::min(HG, s.H - h0);
+    kernels::matmul(dO + h0 * s.Np * s.V, X + h0 * s.Np * s.V, M.data(), hg * nc, hg * nc, C, C, s.V, false, true);
+    kernels::parallel_for(nc, 1, [&](int64_t c0, int64_t c1) {  // by chunk: G_c sums over the group's heads
+      std::vector<float> d(static_cast<size_t>(C)), cs(static_cast<size_t>(C));
+      for (int64_t c = c0; c < c1; ++c) {
+        const float* cb = CB.data() + c * per;
+        float* gc = Gm.data() + c * per;
+        for (int64_t h = h0; h < h0 + hg; ++h) {
+          const float* al = dec.alpha.data() + h * s.Np + c * C;
+          float* mb = M.data() + ((h - h0) * nc + c) * per;
+          float* qd = qdq.data() + h * s.Np + c * C;
+          std::fill(cs.begin(), cs.end(), 0.f);
+          for (int64_t l = 0; l < C; ++l) {
+            next_decay_row(d.data(), l, al[l]);
+            float* row = mb + l * C;
+            float* grow = gc + l * C;
+            const float* cbr = cb + l * C;
+            float rs = 0.f;
+#pragma omp simd reduction(+ : rs)
+            for (int64_t m = 0; m <= l; ++m) {
+              const float e = row[m] * d[m];
+              grow[m] += e;
+              const float p = e * cbr[m];
+              rs += p;
+              cs[m] += p;
+              row[m] = cbr[m] * d[m];
+            }
+            std::fill(row + l + 1, row + C, 0.f);
+            qd[l] += rs;
+          }
+          float* kd = kdk.data() + h * s.Np + c * C;
+          for (int64_t m = 0; m < C; ++m) kd[m] += cs[m];
+        }
+      }
+    });
+    kernels::matmul(M.data(), dO + h0 * s.Np * s.V, dX + h0 * s.Np * s.V, hg * nc, hg * nc, C, s.V, C, true, false,
+                    nullptr, true);
+  }
+  kernels::matmul(Gm.data(), Kc, dQ.data(), nc, nc, C, s.K, C, false, false, nullptr, true);
+  kernels::matmul(Gm.data(), Q, dK.data(), nc, nc, C, s.K, C, true, false, nullptr, true);
+  std::copy(dQ.data(), dQ.data() + s.N * s.K, dq);
+  std::copy(dK.data(), dK.data() + s.N * s.K, dk);
+  // dlog_alpha_h,t: reverse cumulative sums of q . dq_h - k . dk_h.
+  if (dg)
+    for (int64_t h = 0; h < s.H; ++h) {
+      double acc = 0;
+      for (int64_t t = s.N - 1; t >= 0; --t) dg[h * s.N + t] = static_cast<float>(acc += double(qdq[h * s.Np + t]) - kdk[h * s.Np + t]);
+    }
+  if (dX != dv)
+    for (int64_t h = 0; h < s.H; ++h) std::copy(dX + h * s.Np * s.V, dX + (h * s.Np + s.N) * s.V, dv + h * s.N * s.V);
+}
+
 void run_forward(const Slice& s, const GatedLinearAttentionOptions& opt, float* o) {
   switch (opt.form) {
     case GlaForm::recurrent: recurrent_forward(s, o); break;
@@ -552,9 +902,17 @@ Var gated_linear_attention(const Var& q, const Var& k, const Var& v, const Var& 
                  gf = opt.reverse ? flip_seq(log_alpha.value()) : log_alpha.value();
     const float *qp = qf.data(), *kp = kf.data(), *vp = vf.data(), *gp = gf.data();
     float* op = out.data();
-    kernels::parallel_for(BH, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t bh = b0; bh < b1; ++bh) run_forward(slice_of(d, qp, kp, vp, gp, bh), opt, op + bh * d.N * d.V);
-    });
+    if (ssd_applies(d, opt)) {
+      const Ssd s = ssd_dims(d, opt.chunk);  // calls over [B] (shared q, k) or [B * H]
+      const Fp32Matmuls fp32;
+      for (int64_t b = 0; b < d.B * d.H / s.H; ++b)
+        ssd_forward(s, qp + b * d.N * d.K, kp + b * d.N * d.K, vp + b * s.H * d.N * d.V, gp + b * s.H * d.N,
+                    op + b * s.H * d.N * d.V);
+    } else {
+      kernels::parallel_for(BH, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t bh = b0; bh < b1; ++bh) run_forward(slice_of(d, qp, kp, vp, gp, bh), opt, op + bh * d.N * d.V);
+      });
+    }
     if (opt.reverse) out = flip_seq(out);
   }
   const GradSink gq = q.sink(), gk = k.sink(), gv = v.sink(), gg = log_alpha.sink();
@@ -564,6 +922,25 @@ Var gated_linear_attention(const Var& q, const Var& k, const Var& v, const Var& 
     const Tensor qf = opt.reverse ? flip_seq(qv) : qv, kf = opt.reverse ? flip_seq(kv) : kv,
                  vf = opt.reverse ? flip_seq(vv) : vv, gf = opt.reverse ? flip_seq(lv) : lv,
                  dof = opt.reverse ? flip_seq(grad) : grad;
+    auto back = [&](const Tensor& t) { return opt.reverse ? flip_seq(t) : t; };
+    if (ssd_applies(d, opt)) {  // shared q, k: their gradients come summed over the heads
+      const Ssd s = ssd_dims(d, opt.chunk);
+      Tensor dq = Tensor::empty(qv.shape()), dk = Tensor::empty(kv.shape()), dv = Tensor::empty(vv.shape());
+      Tensor dg = gg.wanted() ? Tensor::empty(lv.shape()) : Tensor();
+      {
+        const Fp32Matmuls fp32;
+        for (int64_t b = 0; b < d.B * d.H / s.H; ++b) {
+          const int64_t qo = b * d.N * d.K, vo = b * s.H * d.N * d.V, go = b * s.H * d.N;
+          ssd_backward(s, qf.data() + qo, kf.data() + qo, vf.data() + vo, gf.data() + go, dof.data() + vo,
+                       dq.data() + qo, dk.data() + qo, dv.data() + vo, dg.defined() ? dg.data() + go : nullptr);
+        }
+      }
+      if (gq.wanted()) gq.accumulate(back(dq));
+      if (gk.wanted()) gk.accumulate(back(dk));
+      if (gv.wanted()) gv.accumulate(back(dv));
+      if (gg.wanted()) gg.accumulate(back(dg));
+      return;
+    }
     // Per-head gradients of q and k (summed over heads afterwards when shared).
     Tensor dq = Tensor::empty({d.B, d.H, d.N, d.K}), dk = Tensor::empty({d.B, d.H, d.N, d.K});
     Tensor dv = Tensor::empty({d.B, d.H, d.N, d.V});
@@ -597,7 +974,6 @@ Var gated_linear_attention(const Var& q, const Var& k, const Var& v, const Var& 
         }
       }
     });
-    auto back = [&](const Tensor& t) { return opt.reverse ? flip_seq(t) : t; };
     if (gq.wanted()) gq.accumulate(back(d.Hq == 1 && d.H > 1 ? sum_heads(dq) : dq.reshape(qv.shape())));
     if (gk.wanted()) gk.accumulate(back(d.Hk == 1 && d.H > 1 ? sum_heads(dk) : dk.reshape(kv.shape())));
     if (gv.wanted()) gv.accumulate(back(dv));

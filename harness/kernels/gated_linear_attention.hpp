@@ -25,7 +25,12 @@
 // inputs is saved (no per-chunk states). The gate gradient follows from dq and dk alone:
 //   dG_t = q_t * dq_t - k_t * dk_t,  dlog_alpha_t = sum_{u >= t} dG_u   (summed over dk for scalar
 // decays), a reverse cumulative sum in double (as flash-linear-attention computes dg).
-// Hand-written loops, TBB over batch * head; no oneDNN calls.
+// Scalar decays in the chunked form with q, k shared by every head (Mamba-2) or one per head
+// (RetNet) run as the SSD algorithm of Mamba-2: every product (the chunks' q k^T blocks, their
+// masked products with v, the chunk states and their readout, and the backward's counterparts)
+// is a batched oneDNN matmul over chunks (and heads), in fp32 whatever the matmul precision; the
+// states of all heads side by side when q, k are shared, so one q k^T block serves every head.
+// Per-key-dimension decays and the other forms: hand-written loops, TBB over batch * head.
 #include <cstdint>
 #include <string>
 

@@ -115,7 +115,14 @@ INSTANTIATE_TEST_SUITE_P(Decays, GatedForms,
                                            // per-key-dimension decays, the last chunk partial
                                            std::make_tuple(true, 70, 48, false, false),
                                            std::make_tuple(true, 45, 40, true, true),
-                                           std::make_tuple(false, 70, 48, false, false)));
+                                           std::make_tuple(false, 70, 48, false, false),
+                                           // shared q, k with scalar decays: the batched SSD path
+                                           // (padded last chunk, exact multiple, one chunk, long chunks)
+                                           std::make_tuple(false, 37, 8, false, true),
+                                           std::make_tuple(false, 32, 8, false, true),
+                                           std::make_tuple(false, 20, 64, false, true),
+                                           std::make_tuple(false, 70, 48, false, true),
+                                           std::make_tuple(false, 45, 16, true, true)));
 
 // Analytic gradients of every input (including the decays) against central differences, for the
 // chunked form (N = 11, chunk 4 leaves a partial chunk) and the recurrent form.
@@ -130,6 +137,37 @@ TEST(GatedLinearAttention, GradientsMatchFiniteDifferences) {
           [&] { return gated_linear_attention(in.q, in.k, in.v, in.g, opt); }, {in.q, in.k, in.v, in.g}, gopt);
       EXPECT_TRUE(rep.passed) << "vec " << vec << " form " << int(f) << ": " << rep.detail;
     }
+}
+
+// The shared-q/k scalar-decay (SSD) path: 3 heads on one q and k, N = 11 with chunk 4 (padded).
+TEST(GatedLinearAttention, SharedKeyGradientsMatchFiniteDifferences) {
+  for (bool reverse : {false, true}) {
+    Inputs in = make_inputs(2, 3, 11, 3, 2, false, 1);
+    GradCheckOptions gopt;
+    gopt.max_elements = 40;
+    const GradCheckReport rep = grad_check(
+        [&] { return gated_linear_attention(in.q, in.k, in.v, in.g, form_opt(GlaForm::chunked, 4, reverse)); },
+        {in.q, in.k, in.v, in.g}, gopt);
+    EXPECT_TRUE(rep.passed) << "reverse " << reverse << ": " << rep.detail;
+  }
+}
+
+// Mamba-2's shapes on the SSD path (64 heads of 16 channels on one q, k of 32, chunk 64, strong
+// and weak decays, a partial last chunk) against the recurrent form, forward and gradients.
+TEST(GatedLinearAttention, SharedKeyPathMatchesRecurrenceAtMamba2Shapes) {
+  const int64_t B = 1, H = 64, N = 150, K = 32, V = 16;
+  Inputs in = make_inputs(B, H, N, K, V, false, 1, 1.5f);
+  const Tensor w = rand_t({B, H, N, V}, 19);
+  std::vector<std::vector<Tensor>> grads;
+  for (GlaForm f : {GlaForm::recurrent, GlaForm::chunked}) {
+    for (Var* x : {&in.q, &in.k, &in.v, &in.g}) x->zero_grad();
+    Var o = gated_linear_attention(in.q, in.k, in.v, in.g, form_opt(f, 64));
+    o.backward(w);
+    grads.push_back({o.value().clone(), in.q.grad().clone(), in.k.grad().clone(), in.v.grad().clone(),
+                     in.g.grad().clone()});
+  }
+  const char* names[] = {"o", "dq", "dk", "dv", "dlog_alpha"};
+  for (size_t i = 0; i < 5; ++i) EXPECT_LT(max_rel_diff(grads[1][i], grads[0][i]), 1e-4) << names[i];
 }
 
 // The same with chunks of 32 over N = 40 (two sub-blocks in the first chunk, a partial second chunk).
