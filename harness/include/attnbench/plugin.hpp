@@ -47,7 +47,7 @@ namespace ab {
 //    flash_attention_has_bf16().
 // 7: MixerConfig gained rotary_base and AttentionMixer its rotary tables (model.positions=rotary:
 //    q and k rotated by position before attend()).
-// 7: gated_linear_attention.hpp documents its SSD path (scalar decays, chunked: batched oneDNN
+//    gated_linear_attention.hpp documents its SSD path (scalar decays, chunked: batched oneDNN
 //    matmuls); the API is unchanged.
 #define ATTNBENCH_PLUGIN_ABI_VERSION 7
 inline constexpr int kPluginAbiVersion = ATTNBENCH_PLUGIN_ABI_VERSION;
