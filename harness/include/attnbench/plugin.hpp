@@ -45,7 +45,9 @@ namespace ab {
 //    kernels) for the Forgetting Transformer.
 //    FlashAttentionOptions gained bf16 (tile products with bf16 inputs, AVX512_BF16) and
 //    flash_attention_has_bf16().
-#define ATTNBENCH_PLUGIN_ABI_VERSION 6
+// 7: attnbench/kernels/dplr_delta_rule.hpp (the generalised delta rule with a diagonal-plus-low-
+//    rank transition, RWKV-7's kernel, and its decode state).
+#define ATTNBENCH_PLUGIN_ABI_VERSION 7
 inline constexpr int kPluginAbiVersion = ATTNBENCH_PLUGIN_ABI_VERSION;
 
 struct PluginInfo {
