@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <vector>
 
@@ -47,28 +48,51 @@ Dims check_shapes(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
 }
 
 // C += op(A) B with A [M, Kd] (lda = Kd, a(m, i) = A[m Kd + i]) or transposed A [Kd, M]
-// (a(m, i) = A[i M + m]); B [Kd, Nd], C [M, Nd] row-major. Blocks of 4 rows x 16 columns of C are
+// (a(m, i) = A[i M + m]); B [Kd, Nd], C [M, Nd] row-major. Blocks of 4 rows x 32 (16) columns of C are
 // accumulated in registers over the whole of Kd (one load and store of C per block); the edges
 // fall back to row axpys.
+// 16 floats: one AVX-512 register (two AVX2 ones); loads and stores through memcpy (unaligned).
+typedef float v16 __attribute__((vector_size(64)));
+inline v16 load16(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+
 template <bool kTransA>
 void mm_acc(const float* A, const float* B, float* C, int64_t M, int64_t Kd, int64_t Nd) {
   auto a = [&](int64_t m, int64_t i) { return kTransA ? A[i * M + m] : A[m * Kd + i]; };
   int64_t m = 0;
   for (; m + 4 <= M; m += 4) {
     int64_t n = 0;
-    for (; n + 16 <= Nd; n += 16) {
-      float acc[4][16];
-      for (int r = 0; r < 4; ++r)
-        for (int l = 0; l < 16; ++l) acc[r][l] = C[(m + r) * Nd + n + l];
+    for (; n + 32 <= Nd; n += 32) {
+      v16 acc[4][2];
+      for (int r = 0; r < 4; ++r) {
+        acc[r][0] = load16(C + (m + r) * Nd + n);
+        acc[r][1] = load16(C + (m + r) * Nd + n + 16);
+      }
       for (int64_t i = 0; i < Kd; ++i) {
-        const float* b = B + i * Nd + n;
+        const v16 b0 = load16(B + i * Nd + n), b1 = load16(B + i * Nd + n + 16);
         for (int r = 0; r < 4; ++r) {
           const float av = a(m + r, i);
-          for (int l = 0; l < 16; ++l) acc[r][l] += av * b[l];
+          acc[r][0] += av * b0;
+          acc[r][1] += av * b1;
         }
       }
-      for (int r = 0; r < 4; ++r)
-        for (int l = 0; l < 16; ++l) C[(m + r) * Nd + n + l] = acc[r][l];
+      for (int r = 0; r < 4; ++r) {
+        store16(C + (m + r) * Nd + n, acc[r][0]);
+        store16(C + (m + r) * Nd + n + 16, acc[r][1]);
+      }
+    }
+    for (; n + 16 <= Nd; n += 16) {
+      v16 acc[4];
+      for (int r = 0; r < 4; ++r) acc[r] = load16(C + (m + r) * Nd + n);
+      for (int64_t i = 0; i < Kd; ++i) {
+        const v16 b0 = load16(B + i * Nd + n);
+        for (int r = 0; r < 4; ++r) acc[r] += a(m + r, i) * b0;
+      }
+      for (int r = 0; r < 4; ++r) store16(C + (m + r) * Nd + n, acc[r]);
     }
     if (n < Nd)
       for (int r = 0; r < 4; ++r)
@@ -125,14 +149,14 @@ struct Chunk {
     L = len;
     q = x.q + t0 * K, k = x.k + t0 * K, v = x.v + t0 * V, a = x.a + t0 * K, b = x.b + t0 * K;
     const float* g = x.g + t0 * K;
-    std::vector<float> G(static_cast<size_t>(K), 0.f);
+    // exp(G_t) as the running product of w (one exp per element)
     for (int64_t t = 0; t < L; ++t) {
-      float* at_r = at.data() + t * K;
-      for (int64_t j = 0; j < K; ++j) at_r[j] = a[t * K + j] * std::exp(G[j]);  // exp(G_{t-1})
+      const float* prev = t > 0 ? eG.data() + (t - 1) * K : nullptr;  // exp(G_{t-1}); 1 at t = 0
       for (int64_t j = 0; j < K; ++j) {
-        G[j] += g[t * K + j];
+        const float ep = prev ? prev[j] : 1.f;
+        at[t * K + j] = a[t * K + j] * ep;
         w[t * K + j] = std::exp(g[t * K + j]);
-        eG[t * K + j] = std::exp(G[j]);
+        eG[t * K + j] = ep * w[t * K + j];
         qt[t * K + j] = q[t * K + j] * eG[t * K + j];
       }
     }
