@@ -1,5 +1,5 @@
-// rwkv7 (RWKV-7 time mixing on ab::dplr_delta_rule): the conformance suite at its check size and
-// with other chunk / LoRA widths; gradients and decoding with every parameter moved off its
+// rwkv7 (RWKV-7 time mixing on ab::dplr_delta_rule): the conformance suite with other chunk / LoRA
+// widths; gradients and decoding with every parameter moved off its
 // initialisation (the reference zero-initialises the LoRA down-projections, which leaves the decay
 // and learning-rate LoRAs without a gradient path at init).
 #include <gtest/gtest.h>
@@ -14,8 +14,8 @@ using namespace ab;
 namespace {
 
 TEST(Rwkv7, ConformanceSuitePasses) {
+  // (the defaults run in the registry-wide suite, tests/mixer/test_variants.cpp)
   test::expect_checks_pass({
-      {"rwkv7", Json::object()},
       {"rwkv7", Json{{"chunk", 5}, {"decay_lora", 8}, {"iclr_lora", 4}, {"gate_lora", 6}, {"init_layers", 4}}},
   });
 }
@@ -37,10 +37,10 @@ TEST(Rwkv7, GradientsAndDecodeAwayFromInit) {
   std::vector<Var> leaves{Var(x.clone(), true)};
   for (auto& [n, v] : m->parameters()) leaves.push_back(v);
   GradCheckOptions go;
-  go.max_elements = 40;
+  go.max_elements = 12;
   const GradCheckReport rep = grad_check([&] { return m->forward(leaves[0], ctx); }, leaves, go);
   EXPECT_TRUE(rep.passed) << rep.detail;
-  EXPECT_GT(rep.checked, 300);
+  EXPECT_GT(rep.checked, 150);
 
   NoGrad ng;
   const Tensor full = m->forward(Var(x), ctx).value();
