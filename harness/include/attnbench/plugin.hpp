@@ -48,7 +48,8 @@ namespace ab {
 // 7: MixerConfig gained rotary_base and AttentionMixer its rotary tables (model.positions=rotary:
 //    q and k rotated by position before attend()).
 //    gated_linear_attention.hpp documents its SSD path (scalar decays, chunked: batched oneDNN
-//    matmuls); the API is unchanged.
+//    matmuls); the API is unchanged. attnbench/kernels/dplr_delta_rule.hpp (the generalised delta rule with a diagonal-plus-low-
+//    rank transition, RWKV-7's kernel, and its decode state).
 #define ATTNBENCH_PLUGIN_ABI_VERSION 7
 inline constexpr int kPluginAbiVersion = ATTNBENCH_PLUGIN_ABI_VERSION;
 
