@@ -44,52 +44,45 @@ namespace {
 using ab::Json;
 
 constexpr uint64_t kRecallStream = 0x4173736F63524Cull;  // "AssocRL"
+constexpr ab::preset_sizes::Sizes kSizes = {{5000, 500, 500}, {2000, 500, 500}};
 
-class AssociativeRecall : public ab::SplitTask {
+class AssociativeRecall : public ab::safari::Task {
  public:
   static ab::TaskSpec spec() {
     using ab::null_int_param;
-    ab::TaskSpec s = ab::task_spec(
+    return ab::safari::spec(
         "associative_recall",
         "H3/Hyena associative recall: key-value pairs, then \"=>\" and a key; emit its value (last position)",
         "Fu et al. 2023, Hungry Hungry Hippos; Poli et al. 2023, Hyena Hierarchy (safari synthetics)",
-        {
-            ab::enum_param(
-                "preset", "small", {"small", "hyena"},
-                "defaults of the null parameters: small = safari's dataset default as used by H3 (vocab 20, "
-                "L 40, 5,000 / 500 / 500), already CPU-sized; hyena = the long-sequence experiment (vocab 30, "
-                "L 131,072, 2,000 training samples per the paper's Table A.1, 500 / 500 held out)"),
-            null_int_param("vocab_size",
-                           "safari's vocab_size, counting \"=>\" and \".\"; null = 20 (small) / 30 (hyena)", 6,
-                           1 << 20),
-            null_int_param("seq_len", "L: tokens of key-value pairs before \"=>\"; null = 40 (small) / 131072 (hyena)",
-                           2, 1 << 26),
-            null_int_param("test_seq_len", "L of the validation and test splits; null = seq_len", 2, 1 << 26),
-            ab::int_param("num_keys", 1, "keys per tuple (safari default 1)", 1, 16),
-            ab::bool_param("allow_dot", false, "an absent query key is answered by \".\" (safari default false)"),
-            ab::enum_param("train_targets", "all", {"all", "answer"},
-                           "training split targets: all = next token at every position (safari), answer = only the "
-                           "value after the query, as in the test split"),
-            ab::bool_param("dedupe", true,
-                           "drop repeated sequences within a split (safari does); builds the index up front"),
-            null_int_param("train_size", "training examples; null = 5,000 (small) / 2,000 (hyena)", 1, 1e12),
-            null_int_param("valid_size", "validation examples; null = 500", 1, 1e10),
-            null_int_param("test_size", "test examples; null = 500", 1, 1e10),
-        });
-    // The training targets are the next tokens (input = seq[:-1], target = seq[1:]): causal models,
-    // as in safari, and no dropout.
-    s.defaults = {{"model", {{"dropout", 0.0}, {"causal", true}}}};
-    return s;
+        ab::preset_sizes::after(
+            {
+                ab::enum_param(
+                    "preset", "small", {"small", "hyena"},
+                    "defaults of the null parameters: small = safari's dataset default as used by H3 (vocab 20, "
+                    "L 40, 5,000 / 500 / 500), already CPU-sized; hyena = the long-sequence experiment (vocab 30, "
+                    "L 131,072, 2,000 training samples per the paper's Table A.1, 500 / 500 held out)"),
+                null_int_param("vocab_size",
+                               "safari's vocab_size, counting \"=>\" and \".\"; null = 20 (small) / 30 (hyena)", 6,
+                               1 << 20),
+                null_int_param("seq_len",
+                               "L: tokens of key-value pairs before \"=>\"; null = 40 (small) / 131072 (hyena)", 2,
+                               1 << 26),
+                null_int_param("test_seq_len", "L of the validation and test splits; null = seq_len", 2, 1 << 26),
+                ab::int_param("num_keys", 1, "keys per tuple (safari default 1)", 1, 16),
+                ab::bool_param("allow_dot", false, "an absent query key is answered by \".\" (safari default false)"),
+                ab::enum_param("train_targets", "all", {"all", "answer"},
+                               "training split targets: all = next token at every position (safari), answer = only the "
+                               "value after the query, as in the test split"),
+                ab::bool_param("dedupe", true,
+                               "drop repeated sequences within a split (safari does); builds the index up front"),
+            },
+            "examples", kSizes, "hyena", {}, 1e12));
   }
 
-  AssociativeRecall(const Json& p, uint64_t seed) : SplitTask("associative_recall", p, seed, "hyena") {
+  AssociativeRecall(const Json& p, uint64_t seed) : Task("associative_recall", p, seed, "hyena") {
     vocab_ = preset_default("vocab_size", 20, 30).get<int64_t>();
-    L_train_ = preset_default("seq_len", 40, 131072).get<int64_t>();
-    if (params_.at("test_seq_len").is_null()) params_["test_seq_len"] = L_train_;
-    L_test_ = params_.at("test_seq_len").get<int64_t>();
-    sizes_ = {preset_default("train_size", 5000, 2000).get<int64_t>(),
-              preset_default("valid_size", 500, 500).get<int64_t>(),
-              preset_default("test_size", 500, 500).get<int64_t>()};
+    resolve_lengths(40, 131072);
+    resolve_sizes(kSizes);
     num_keys_ = p.at("num_keys").get<int64_t>();
     allow_dot_ = p.at("allow_dot").get<bool>();
     answer_only_train_ = p.at("train_targets") == "answer";
@@ -111,35 +104,27 @@ class AssociativeRecall : public ab::SplitTask {
             "task 'associative_recall': seq_len (and test_seq_len) = {} holds no key-value pair; it must be >= "
             "num_keys + 1 = {}",
             L, num_keys_ + 1));
-    if (dedupe_) dedupe_splits([this](int k, uint64_t stream) { return generate(k, stream).input; }, kept_, draws_);
+    dedupe_if_asked();
   }
 
-  ab::TaskKind kind() const override { return ab::TaskKind::per_position; }
   // train_targets=answer scores only the last position, whose target is not in the input.
   bool targets_in_input() const override { return !answer_only_train_; }
-  int64_t vocab_size() const override { return vocab_ + 1; }
-  int64_t num_classes() const override { return vocab_ + 1; }
   int64_t seq_len() const override { return length_of(std::max(L_train_, L_test_)) - 1; }
   Json stats() const override {
-    Json j = {{"copy_prefix_id", N_ + 1}, {"noop_id", N_ + 2}, {"key_ids", {1, n_keys_}},
-              {"value_ids", {n_keys_ + 1, N_}}, {"chance_accuracy", 1.0 / static_cast<double>(n_values_)}};
-    if (dedupe_) j["dedupe_draws"] = {draws_[0], draws_[1], draws_[2]};
-    return j;
-  }
-
-  ab::Example example(ab::Split s, int64_t index) const override {
-    const int k = checked_split(s, index);
-    const uint64_t stream = dedupe_ ? kept_[k][static_cast<size_t>(index)] : static_cast<uint64_t>(index);
-    return generate(k, stream);
+    return with_dedupe_stats({{"copy_prefix_id", N_ + 1},
+                              {"noop_id", N_ + 2},
+                              {"key_ids", {1, n_keys_}},
+                              {"value_ids", {n_keys_ + 1, N_}},
+                              {"chance_accuracy", 1.0 / static_cast<double>(n_values_)}});
   }
 
  private:
   // Tokens of the full sequence (pairs, "=>", query, answer); the input is one shorter.
   int64_t length_of(int64_t L) const { return L / (num_keys_ + 1) * (num_keys_ + 1) + 2 + num_keys_; }
 
-  ab::Example generate(int split, uint64_t stream) const {
+  ab::Example generate(int split, uint64_t stream) const override {
     ab::RngStream rng = split_stream(kRecallStream, split).child(stream);
-    const int64_t L = split == 0 ? L_train_ : L_test_;
+    const int64_t L = length_of_split(split);
     const int64_t pairs = L / (num_keys_ + 1);
     std::unordered_map<uint64_t, int32_t> value_of;  // tuple -> value, drawn at first use
     std::vector<uint64_t> present;                   // tuples in order of first appearance
@@ -169,19 +154,12 @@ class AssociativeRecall : public ab::SplitTask {
     append_tuple(seq, q);
     const auto it = value_of.find(q);
     seq.push_back(it != value_of.end() ? it->second : static_cast<int32_t>(N_ + 2));  // value or "."
-    ab::Example ex;
-    ex.text = ab::safari::readable(seq, N_);
-    ex.input.assign(seq.begin(), seq.end() - 1);
-    ex.target.assign(seq.begin() + 1, seq.end());
-    if (split != 0 || answer_only_train_) std::fill(ex.target.begin(), ex.target.end() - 1, ab::kIgnoreLabel);
-    return ex;
+    return next_token_example(seq, split, 1);
   }
 
-  int64_t vocab_ = 0, N_ = 0, n_keys_ = 0, n_values_ = 0, L_train_ = 0, L_test_ = 0, num_keys_ = 1;
+  int64_t N_ = 0, n_keys_ = 0, n_values_ = 0, num_keys_ = 1;
   uint64_t n_tuples_ = 0;
-  bool allow_dot_ = false, answer_only_train_ = false, dedupe_ = true;
-  std::array<std::vector<uint64_t>, 3> kept_;
-  std::array<int64_t, 3> draws_{};
+  bool allow_dot_ = false;
 };
 
 }  // namespace

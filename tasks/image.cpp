@@ -25,12 +25,15 @@
 #include "io/png.hpp"
 #include "attnbench/rng.hpp"
 #include "attnbench/task_helpers.hpp"
+#include "gray_tokens.hpp"
+#include "preset_sizes.hpp"
 
 namespace {
 
 using ab::Json;
 
 constexpr uint64_t kImageStream = 0x496D6167655368ull;  // "ImageSh"
+constexpr ab::preset_sizes::Sizes kSizes = {{10000, 1000, 1000}, {45000, 5000, 10000}};
 constexpr int kSide = 32, kSuper = 4;
 constexpr double kPi = 3.14159265358979323846;
 constexpr std::array<const char*, 10> kClassNames = {"disc",    "square",  "triangle", "cross", "ring",
@@ -76,51 +79,41 @@ struct Shape {
   }
 };
 
-class Image : public ab::SplitTask, public ab::ImageTask {
+class Image : public ab::preset_sizes::Task, public ab::ImageTask {
  public:
   static ab::TaskSpec spec() {
     using ab::null_int_param;
     return ab::task_spec(
         "image", "Synthetic 32x32 grayscale shapes, 10 classes, as 1,024 pixel tokens (sequential CIFAR-10 stand-in)",
         "Tay et al. 2021, Long Range Arena (sequential image classification); synthetic stand-in",
-        {
-            ab::enum_param(
-                "preset", "small", {"small", "lra"},
-                "defaults of the null split sizes: small = 10,000 / 1,000 / 1,000; lra = CIFAR-10's 45,000 / "
-                "5,000 / 10,000"),
-            ab::num_param("noise", 12.0, "largest standard deviation of the pixel noise (each image draws 0..noise)",
-                          0.0, 128.0),
-            ab::int_param("clutter", 3, "largest number of small random specks per image", 0, 64),
-            ab::bool_param("black_is_padding", false,
-                           "LRA's token convention: token = gray level, so black pixels are padding (vocabulary 256); "
-                           "false = gray level + 1 (vocabulary 257)"),
-            null_int_param("train_size", "training images; null = 10,000 (small) / 45,000 (lra)", 1, 1e10),
-            null_int_param("valid_size", "validation images; null = 1,000 (small) / 5,000 (lra)", 1, 1e10),
-            null_int_param("test_size", "test images; null = 1,000 (small) / 10,000 (lra)", 1, 1e10),
-        });
+        ab::preset_sizes::after(
+            {
+                ab::enum_param(
+                    "preset", "small", {"small", "lra"},
+                    "defaults of the null split sizes: small = 10,000 / 1,000 / 1,000; lra = CIFAR-10's 45,000 / "
+                    "5,000 / 10,000"),
+                ab::num_param("noise", 12.0,
+                              "largest standard deviation of the pixel noise (each image draws 0..noise)", 0.0, 128.0),
+                ab::int_param("clutter", 3, "largest number of small random specks per image", 0, 64),
+                ab::gray::black_is_padding_param(),
+            },
+            "images", kSizes, "lra"));
   }
 
-  Image(const Json& p, uint64_t seed) : SplitTask("image", p, seed, "lra") {
-    sizes_ = {preset_default("train_size", 10000, 45000).get<int64_t>(),
-              preset_default("valid_size", 1000, 5000).get<int64_t>(),
-              preset_default("test_size", 1000, 10000).get<int64_t>()};
+  Image(const Json& p, uint64_t seed) : Task("image", p, seed, "lra"), tokens_(p) {
+    resolve_sizes(kSizes);
     noise_ = p.at("noise").get<double>();
     clutter_ = static_cast<int>(p.at("clutter").get<int64_t>());
-    offset_ = p.at("black_is_padding").get<bool>() ? 0 : 1;
   }
 
   ab::TaskKind kind() const override { return ab::TaskKind::classify; }
-  int64_t vocab_size() const override { return 256 + offset_; }
+  int64_t vocab_size() const override { return tokens_.vocab_size(); }
   int64_t num_classes() const override { return 10; }
   int64_t seq_len() const override { return kSide * kSide; }
   Json stats() const override { return {{"classes", kClassNames}}; }
   int64_t image_height() const override { return kSide; }
   int64_t image_width() const override { return kSide; }
-  std::vector<uint8_t> image_pixels(const ab::Example& ex) const override {
-    std::vector<uint8_t> px(ex.input.size());
-    for (size_t i = 0; i < px.size(); ++i) px[i] = static_cast<uint8_t>(std::clamp(ex.input[i] - offset_, 0, 255));
-    return px;
-  }
+  std::vector<uint8_t> image_pixels(const ab::Example& ex) const override { return tokens_.pixels(ex.input); }
 
   ab::Example example(ab::Split s, int64_t index) const override {
     const ab::RngStream base = split_stream(kImageStream, checked_split(s, index));
@@ -131,10 +124,8 @@ class Image : public ab::SplitTask, public ab::ImageTask {
     for (int c = 9; c > 0; --c) std::swap(perm[c], perm[order.below(static_cast<uint64_t>(c + 1))]);
     const int cls = perm[index % 10];
     ab::RngStream rng = base.child(static_cast<uint64_t>(index));
-    const std::vector<uint8_t> px = render(cls, rng);
     ab::Example ex;
-    ex.input.resize(px.size());
-    for (size_t i = 0; i < px.size(); ++i) ex.input[i] = px[i] + offset_;
+    ex.input = tokens_.of(render(cls, rng));
     ex.target = {cls};
     ex.text = kClassNames[static_cast<size_t>(cls)];
     return ex;
@@ -206,7 +197,8 @@ class Image : public ab::SplitTask, public ab::ImageTask {
   }
 
   double noise_ = 12;
-  int clutter_ = 3, offset_ = 1;
+  int clutter_ = 3;
+  ab::gray::Tokens tokens_;
 };
 
 }  // namespace

@@ -43,57 +43,50 @@ namespace {
 using ab::Json;
 
 constexpr uint64_t kInductionStream = 0x496E6448656164ull;  // "IndHead"
+constexpr ab::preset_sizes::Sizes kSizes = {{5000, 500, 500}, {1638400, 1000, 1000}};
 
-class InductionHeads : public ab::SplitTask {
+class InductionHeads : public ab::safari::Task {
  public:
   static ab::TaskSpec spec() {
     using ab::null_int_param;
-    ab::TaskSpec s = ab::task_spec(
+    return ab::safari::spec(
         "induction_heads",
         "H3/Mamba induction head: after the final \"=>\" emit the token that followed the earlier trigger",
         "Fu et al. 2023, Hungry Hungry Hippos (safari synthetics); Gu & Dao 2023, Mamba §4.1.2",
-        {
-            ab::enum_param(
-                "preset", "small", {"small", "mamba"},
-                "defaults of the null parameters: small = the H3 setting (vocab 20, L 30, 5,000 / 500 / 500, "
-                "deduplicated), already CPU-sized; mamba = Mamba's (vocab 16, L 256, 204,800 steps x batch 8 "
-                "of fresh examples = 1,638,400, 1,000 / 1,000 held out, no dedupe)"),
-            null_int_param("vocab_size",
-                           "safari's vocab_size, counting \"=>\" and \".\"; null = 20 (small) / 16 (mamba)", 4,
-                           1 << 20),
-            null_int_param("seq_len", "L: random tokens before the final \"=>\"; null = 30 (small) / 256 (mamba)", 3,
-                           1 << 24),
-            null_int_param("test_seq_len", "L of the validation and test splits (length extrapolation); null = seq_len",
-                           3, 1 << 24),
-            ab::int_param("induction_len", 1, "tokens copied after each trigger (safari default 1)", 1, 1 << 16),
-            ab::int_param("num_triggers", 1, "triggers drawn when not forced to 1 (probability 0.5; safari default 1)",
-                          1, 1 << 16),
-            ab::enum_param("train_targets", "all", {"all", "answer"},
-                           "training split targets: all = next token at every position (safari), answer = only the "
-                           "copied token(s) as in the test split"),
-            ab::null_bool_param(
-                "dedupe",
-                "drop repeated sequences within a split (safari does); builds the index up front; null = "
-                "true (small) / false (mamba)"),
-            null_int_param("train_size", "training examples; null = 5,000 (small) / 1,638,400 (mamba)", 1, 1e12),
-            null_int_param("valid_size", "validation examples; null = 500 (small) / 1,000 (mamba)", 1, 1e10),
-            null_int_param("test_size", "test examples; null = 500 (small) / 1,000 (mamba)", 1, 1e10),
-        });
-    // The training targets are the next tokens (input = seq[:-1], target = seq[1:]): causal models,
-    // as in safari, and no dropout.
-    s.defaults = {{"model", {{"dropout", 0.0}, {"causal", true}}}};
-    return s;
+        ab::preset_sizes::after(
+            {
+                ab::enum_param(
+                    "preset", "small", {"small", "mamba"},
+                    "defaults of the null parameters: small = the H3 setting (vocab 20, L 30, 5,000 / 500 / 500, "
+                    "deduplicated), already CPU-sized; mamba = Mamba's (vocab 16, L 256, 204,800 steps x batch 8 "
+                    "of fresh examples = 1,638,400, 1,000 / 1,000 held out, no dedupe)"),
+                null_int_param("vocab_size",
+                               "safari's vocab_size, counting \"=>\" and \".\"; null = 20 (small) / 16 (mamba)", 4,
+                               1 << 20),
+                null_int_param("seq_len", "L: random tokens before the final \"=>\"; null = 30 (small) / 256 (mamba)",
+                               3, 1 << 24),
+                null_int_param("test_seq_len",
+                               "L of the validation and test splits (length extrapolation); null = seq_len", 3,
+                               1 << 24),
+                ab::int_param("induction_len", 1, "tokens copied after each trigger (safari default 1)", 1, 1 << 16),
+                ab::int_param("num_triggers", 1,
+                              "triggers drawn when not forced to 1 (probability 0.5; safari default 1)", 1, 1 << 16),
+                ab::enum_param("train_targets", "all", {"all", "answer"},
+                               "training split targets: all = next token at every position (safari), answer = only the "
+                               "copied token(s) as in the test split"),
+                ab::null_bool_param(
+                    "dedupe",
+                    "drop repeated sequences within a split (safari does); builds the index up front; null = "
+                    "true (small) / false (mamba)"),
+            },
+            "examples", kSizes, "mamba", {}, 1e12));
   }
 
-  InductionHeads(const Json& p, uint64_t seed) : SplitTask("induction_heads", p, seed, "mamba") {
+  InductionHeads(const Json& p, uint64_t seed) : Task("induction_heads", p, seed, "mamba") {
     vocab_ = preset_default("vocab_size", 20, 16).get<int64_t>();
-    L_train_ = preset_default("seq_len", 30, 256).get<int64_t>();
-    if (params_.at("test_seq_len").is_null()) params_["test_seq_len"] = L_train_;
-    L_test_ = params_.at("test_seq_len").get<int64_t>();
+    resolve_lengths(30, 256);
     dedupe_ = preset_default("dedupe", true, false).get<bool>();
-    sizes_ = {preset_default("train_size", 5000, 1638400).get<int64_t>(),
-              preset_default("valid_size", 500, 1000).get<int64_t>(),
-              preset_default("test_size", 500, 1000).get<int64_t>()};
+    resolve_sizes(kSizes);
     ilen_ = p.at("induction_len").get<int64_t>();
     triggers_ = p.at("num_triggers").get<int64_t>();
     answer_only_train_ = p.at("train_targets") == "answer";
@@ -104,32 +97,23 @@ class InductionHeads : public ab::SplitTask {
             "task 'induction_heads': a sequence of {} tokens leaves no room for a trigger followed by induction_len = "
             "{} tokens; seq_len (and test_seq_len) must be >= induction_len + 2 = {}",
             L, ilen_, ilen_ + 2));
-    if (dedupe_) dedupe_splits([this](int k, uint64_t stream) { return generate(k, stream).input; }, kept_, draws_);
+    dedupe_if_asked();
   }
 
-  ab::TaskKind kind() const override { return ab::TaskKind::per_position; }
   // Every copied token but the last is also the next input token.
   bool targets_in_input() const override { return !answer_only_train_ || ilen_ > 1; }
-  int64_t vocab_size() const override { return vocab_ + 1; }
-  int64_t num_classes() const override { return vocab_ + 1; }
   int64_t seq_len() const override { return std::max(L_train_, L_test_) + ilen_; }
   Json stats() const override {
-    Json j = {{"copy_prefix_id", N_ + 1}, {"ordinary_ids", {1, N_}}, {"scored_per_test_example", ilen_},
-              {"chance_accuracy", 1.0 / static_cast<double>(N_)}};
-    if (dedupe_) j["dedupe_draws"] = {draws_[0], draws_[1], draws_[2]};
-    return j;
-  }
-
-  ab::Example example(ab::Split s, int64_t index) const override {
-    const int k = checked_split(s, index);
-    const uint64_t stream = dedupe_ ? kept_[k][static_cast<size_t>(index)] : static_cast<uint64_t>(index);
-    return generate(k, stream);
+    return with_dedupe_stats({{"copy_prefix_id", N_ + 1},
+                              {"ordinary_ids", {1, N_}},
+                              {"scored_per_test_example", ilen_},
+                              {"chance_accuracy", 1.0 / static_cast<double>(N_)}});
   }
 
  private:
-  ab::Example generate(int split, uint64_t stream) const {
+  ab::Example generate(int split, uint64_t stream) const override {
     ab::RngStream rng = split_stream(kInductionStream, split).child(stream);
-    const int64_t L = split == 0 ? L_train_ : L_test_;
+    const int64_t L = length_of_split(split);
     const int32_t prefix = static_cast<int32_t>(N_ + 1);
     std::vector<int32_t> seq(static_cast<size_t>(L));
     for (auto& t : seq) t = static_cast<int32_t>(1 + rng.below(static_cast<uint64_t>(N_)));
@@ -147,19 +131,10 @@ class InductionHeads : public ab::SplitTask {
       for (int64_t i = 0; i < ilen_; ++i) seq[q + 1 + i] = to_copy[i];
     }
     seq.insert(seq.end(), to_copy.begin(), to_copy.end());
-    ab::Example ex;
-    ex.text = ab::safari::readable(seq, N_);
-    ex.input.assign(seq.begin(), seq.end() - 1);
-    ex.target.assign(seq.begin() + 1, seq.end());
-    if (split != 0 || answer_only_train_)
-      std::fill(ex.target.begin(), ex.target.end() - ilen_, ab::kIgnoreLabel);
-    return ex;
+    return next_token_example(seq, split, ilen_);
   }
 
-  int64_t vocab_ = 0, N_ = 0, L_train_ = 0, L_test_ = 0, ilen_ = 1, triggers_ = 1;
-  bool dedupe_ = true, answer_only_train_ = false;
-  std::array<std::vector<uint64_t>, 3> kept_;
-  std::array<int64_t, 3> draws_{};
+  int64_t N_ = 0, ilen_ = 1, triggers_ = 1;
 };
 
 }  // namespace

@@ -34,54 +34,55 @@
 #include "attnbench/ops.hpp"
 #include "attnbench/rng.hpp"
 #include "attnbench/task_helpers.hpp"
+#include "preset_sizes.hpp"
 
 namespace {
 
 using ab::Json;
 
 constexpr uint64_t kMqarStream = 0x4D514152ull;  // "MQAR"
+constexpr ab::preset_sizes::Sizes kSizes = {{100000, 1000, 1000}, {100000, 3000, 3000}};
 
-class Mqar : public ab::SplitTask {
+class Mqar : public ab::preset_sizes::Task {
  public:
   static ab::TaskSpec spec() {
     using ab::null_int_param;
     ab::TaskSpec s = ab::task_spec(
         "mqar", "Zoology MQAR: K key-value pairs, then each key queried once; emit the value (per position)",
         "Arora, Eyuboglu et al. 2023, Zoology: Measuring and Improving Recall in Efficient Language Models",
-        {
-            ab::enum_param(
-                "preset", "small", {"small", "paper"},
-                "defaults of the null parameters: small = Zoology's basic example (V 256, L 64, K 4, "
-                "random fillers, 100,000 / 1,000 / 1,000 examples); paper = the Figure-2 cell (V 8192, L 64, "
-                "K 4, zero fillers, 100,000 / 3,000 / 3,000)"),
-            null_int_param("seq_len", "input length L, even, < vocab_size; null = 64", 4, 1 << 20),
-            null_int_param("num_kv_pairs", "key-value pairs K; 2*K*num_passes + 2*K <= seq_len; null = 4", 1, 1 << 19),
-            null_int_param("vocab_size",
-                           "V: keys from [1, V/2), values from [V/2, V); null = 256 (small) / 8192 (paper)", 4,
-                           1 << 24),
-            ab::num_param("power_a", 0.01, "power-law exponent a of the query gaps (1 = uniform; Zoology: 0.01)", 1e-6,
-                          1.0),
-            ab::int_param("num_passes", 1, "repetitions of the key-value context (JRT; Zoology: 1)", 1, 64),
-            ab::null_bool_param("random_non_queries",
-                                "replace the 0 fillers of the input by uniform ids in [0, V) (Zoology default true; "
-                                "Figure-2 config false); null = true (small) / false (paper)"),
-            null_int_param("train_size", "training examples; null = 100,000", 1, 1e10),
-            null_int_param("valid_size", "validation examples; null = 1,000 (small) / 3,000 (paper)", 1, 1e10),
-            null_int_param("test_size", "test examples; null = 1,000 (small) / 3,000 (paper)", 1, 1e10),
-        });
+        ab::preset_sizes::after(
+            {
+                ab::enum_param(
+                    "preset", "small", {"small", "paper"},
+                    "defaults of the null parameters: small = Zoology's basic example (V 256, L 64, K 4, "
+                    "random fillers, 100,000 / 1,000 / 1,000 examples); paper = the Figure-2 cell (V 8192, L 64, "
+                    "K 4, zero fillers, 100,000 / 3,000 / 3,000)"),
+                null_int_param("seq_len", "input length L, even, < vocab_size; null = 64", 4, 1 << 20),
+                null_int_param("num_kv_pairs", "key-value pairs K; 2*K*num_passes + 2*K <= seq_len; null = 4", 1,
+                               1 << 19),
+                null_int_param("vocab_size",
+                               "V: keys from [1, V/2), values from [V/2, V); null = 256 (small) / 8192 (paper)", 4,
+                               1 << 24),
+                ab::num_param("power_a", 0.01, "power-law exponent a of the query gaps (1 = uniform; Zoology: 0.01)",
+                              1e-6, 1.0),
+                ab::int_param("num_passes", 1, "repetitions of the key-value context (JRT; Zoology: 1)", 1, 64),
+                ab::null_bool_param(
+                    "random_non_queries",
+                    "replace the 0 fillers of the input by uniform ids in [0, V) (Zoology default true; "
+                    "Figure-2 config false); null = true (small) / false (paper)"),
+            },
+            "examples", kSizes, "paper"));
     // The field trains these probes without dropout (Zoology, safari), not with LRA's 0.1.
     s.defaults = {{"model", {{"dropout", 0.0}}}};
     return s;
   }
 
-  Mqar(const Json& p, uint64_t seed) : SplitTask("mqar", p, seed, "paper") {
+  Mqar(const Json& p, uint64_t seed) : Task("mqar", p, seed, "paper") {
     L_ = preset_default("seq_len", 64, 64).get<int64_t>();
     K_ = preset_default("num_kv_pairs", 4, 4).get<int64_t>();
     V_ = preset_default("vocab_size", 256, 8192).get<int64_t>();
     random_non_queries_ = preset_default("random_non_queries", true, false).get<bool>();
-    sizes_ = {preset_default("train_size", 100000, 100000).get<int64_t>(),
-              preset_default("valid_size", 1000, 3000).get<int64_t>(),
-              preset_default("test_size", 1000, 3000).get<int64_t>()};
+    resolve_sizes(kSizes);
     a_ = p.at("power_a").get<double>();
     P_ = p.at("num_passes").get<int64_t>();
     if (L_ % 2 != 0)

@@ -61,12 +61,15 @@
 #include "io/png.hpp"
 #include "attnbench/rng.hpp"
 #include "attnbench/task_helpers.hpp"
+#include "gray_tokens.hpp"
+#include "preset_sizes.hpp"
 
 namespace {
 
 using ab::Json;
 
 constexpr uint64_t kPathfinderStream = 0x5061746846696Eull;  // "PathFin"
+constexpr ab::preset_sizes::Sizes kSizes = {{20000, 2000, 2000}, {160000, 20000, 20000}};
 constexpr int kPaddleTrials = 3;        // max_paddle_retrial (2) + 1
 constexpr int kDistractorAttempts = 5;  // max_distractor_contour_retrial (4) + 1
 constexpr int kMaxRestarts = 100000;    // per image, then the settings are declared impossible
@@ -645,6 +648,26 @@ class Canvas {
     return false;
   }
 
+  // Up to kPaddleTrials attempts (the original's paddle trials): an orientation uniform in
+  // [-180, 180), its seed sprite, a tail from pick(sprite, tail) (false = give up), until the seed
+  // paddle fits there; then `snake` is seeded. false = no attempt fitted or pick gave up.
+  template <class Pick>
+  bool seed_paddle(Pick pick, P2& tail, Snake& snake) {
+    P2 pivot{};
+    int deg = 0;
+    const Sprite* sp = nullptr;
+    bool ok = false;
+    for (int trial = 0; trial < kPaddleTrials && !ok; ++trial) {
+      deg = random_degree(-180, 180);
+      sp = sprites_.degree(res_, m_, deg);
+      if (!pick(*sp, tail)) return false;
+      ok = seed_fits(tail, deg, pivot);
+    }
+    if (!ok) return false;
+    snake = seed_snake(pivot, deg, sp, tail);
+    return true;
+  }
+
   // snakes2.two_snakes; false = restart the image.
   // Most restarts end at the first seed (few orientations have a seed element that reaches every
   // pixel), so the seeds are drawn before the mask is rolled back; nothing is painted before both
@@ -652,33 +675,21 @@ class Canvas {
   bool targets() {
     std::array<Snake, 2> snakes;
     const int sd = res_.seed_distance;
-    P2 tail1{}, pivot{};
-    int deg = 0;
-    const Sprite* seed_sp = nullptr;
-    bool ok = false;
-    for (int trial = 0; trial < kPaddleTrials && !ok; ++trial) {
-      deg = random_degree(-180, 180);
-      seed_sp = sprites_.degree(res_, m_, deg);
-      const auto& seeds = seed_sp->first_seeds;
-      if (seeds.empty()) return false;
-      const int i = seeds[rng_.below(seeds.size())];
-      tail1 = {i / R_, i % R_};
-      ok = seed_fits(tail1, deg, pivot);
-    }
-    if (!ok) return false;
-    snakes[0] = seed_snake(pivot, deg, seed_sp, tail1);
-    ok = false;
-    P2 tail2{};
-    for (int trial = 0; trial < kPaddleTrials && !ok; ++trial) {
-      deg = random_degree(-180, 180);
-      seed_sp = sprites_.degree(res_, m_, deg);
+    P2 tail1{}, tail2{};
+    auto first_seed = [&](const Sprite& sp, P2& tail) {
+      if (sp.first_seeds.empty()) return false;
+      const int i = sp.first_seeds[rng_.below(sp.first_seeds.size())];
+      tail = {i / R_, i % R_};
+      return true;
+    };
+    if (!seed_paddle(first_seed, tail1, snakes[0])) return false;
+    auto at_seed_distance = [&](const Sprite&, P2& tail) {  // from tail1, in a uniform direction
       const size_t a = trig_at(random_degree(0, 360));
-      tail2 = {static_cast<int>(std::nearbyint(tail1[0] + sd * trig_.sin[a])),  // numpy.round: half to even
-               static_cast<int>(std::nearbyint(tail1[1] + sd * trig_.cos[a]))};
-      ok = seed_fits(tail2, deg, pivot);
-    }
-    if (!ok) return false;
-    snakes[1] = seed_snake(pivot, deg, seed_sp, tail2);
+      tail = {static_cast<int>(std::nearbyint(tail1[0] + sd * trig_.sin[a])),  // numpy.round: half to even
+              static_cast<int>(std::nearbyint(tail1[1] + sd * trig_.cos[a]))};
+      return true;
+    };
+    if (!seed_paddle(at_seed_distance, tail2, snakes[1])) return false;
     rollback(0);
     strokes_.clear();
     for (int k = 0; k < 2; ++k) strokes_.push_back(snakes[k].last);
@@ -702,20 +713,15 @@ class Canvas {
     for (int y = 0; y < R_; ++y)
       raw += std::count_if(&mask_[mi(y, 0)], &mask_[mi(y, R_)], [](float v) { return v <= 0.3f; });
     if (static_cast<double>(raw) / static_cast<double>(image_.size()) < 0.01) return false;  // stop_with_availability
-    P2 tail{}, pivot{};
-    int deg = 0;
-    const Sprite* seed_sp = nullptr;
-    bool ok = false;
-    for (int trial = 0; trial < kPaddleTrials && !ok; ++trial) {
-      deg = random_degree(-180, 180);
-      seed_sp = sprites_.degree(res_, m_, deg);
-      const int n = available(*seed_sp, 1);
+    auto available_tail = [&](const Sprite& sp, P2& tail) {
+      const int n = available(sp, 1);
       if (n == 0) return false;
       tail = pick_available(n);
-      ok = seed_fits(tail, deg, pivot);
-    }
-    if (!ok) return false;
-    Snake s = seed_snake(pivot, deg, seed_sp, tail);
+      return true;
+    };
+    P2 tail{};
+    Snake s;
+    if (!seed_paddle(available_tail, tail, s)) return false;
     strokes_.clear();
     strokes_.push_back(s.last);
     for (int i = 1; i < dl_; ++i)
@@ -774,63 +780,58 @@ class Canvas {
   std::unique_ptr<Axis> marker_axis_;
 };
 
-class Pathfinder : public ab::SplitTask, public ab::ImageTask {
+class Pathfinder : public ab::preset_sizes::Task, public ab::ImageTask {
  public:
   static ab::TaskSpec spec() {
     using ab::null_int_param;
     return ab::task_spec(
         "pathfinder", "LRA Pathfinder / Path-X: are the two markers joined by one dashed curve? (pixels as tokens)",
         "Tay et al. 2021, Long Range Arena; Linsley et al. 2018 and Kim et al. 2020 (snakes generator)",
-        {
-            ab::enum_param(
-                "preset", "small", {"small", "lra"},
-                "defaults of the null split sizes: small = 20,000 / 2,000 / 2,000 images; lra = LRA's 160,000 / "
-                "20,000 / 20,000 (80/10/10 of 200,000)"),
-            null_int_param(
-                "resolution",
-                "image side: 32 (LRA Pathfinder), 64, 128 (Path-X) or 256, each with LRA's generator settings; "
-                "seq_len = resolution^2; null = 32 (generated) / the images' size (lra_files)",
-                kMinResolution, kMaxResolution),
-            ab::int_param("contour_length", 14,
-                          "paddles per target snake: 6 = LRA's easy split (curv_baseline), 9 = intermediate, 14 = hard "
-                          "(LRA's Pathfinder and Path-X)",
-                          2, 40),
-            null_int_param("distractor_length", "paddles per distractor snake; null = contour_length // 3 (LRA)", 1,
-                           40),
-            null_int_param(
-                "num_distractor_snakes",
-                "distractor snakes; null = LRA's budget // distractor_length (budget 20 / 22 / 35 / 30 at 32 / "
-                "64 / 128 / 256); at most 62 (the generator tracks snakes in 64-bit masks)",
-                0, 62),
-            ab::bool_param("black_is_padding", false,
-                           "LRA's token convention: token = gray level, so black pixels are padding (vocabulary 256); "
-                           "false = gray level + 1, nothing is padding (vocabulary 257)"),
-            ab::enum_param("source", "generated", {"generated", "lra_files"},
-                           "generated = the generator above; lra_files = read the LRA release's PNGs and metadata"),
-            ab::ParamSpec{"path",
-                          ab::ParamType::string,
-                          Json(""),
-                          "with source=lra_files: the contour directory, e.g. lra_release/pathfinder32/"
-                          "curv_contour_length_14 (metadata/*.npy text lines and the PNGs they name)",
-                          -1e300,
-                          1e300,
-                          {}},
-            ab::int_param(
-                "cache_mb", 1024,
-                "keep generated images in memory up to this many MiB, so later epochs do not redraw them (the "
-                "generator restarts an image thousands of times at 64 and 128, as the original does: ~0.2 ms "
-                "per image at 32, ~5 at 64, ~16 at 128 on one core); 0 = off",
-                0, 1 << 20),
-            null_int_param("train_size", "training images; null = 20,000 (small) / 160,000 (lra) / 80% of the files", 1,
-                           1e10),
-            null_int_param("valid_size", "validation images; null = 2,000 (small) / 20,000 (lra) / 10% of the files", 1,
-                           1e10),
-            null_int_param("test_size", "test images; null = 2,000 (small) / 20,000 (lra) / 10% of the files", 1, 1e10),
-        });
+        ab::preset_sizes::after(
+            {
+                ab::enum_param(
+                    "preset", "small", {"small", "lra"},
+                    "defaults of the null split sizes: small = 20,000 / 2,000 / 2,000 images; lra = LRA's 160,000 / "
+                    "20,000 / 20,000 (80/10/10 of 200,000)"),
+                null_int_param(
+                    "resolution",
+                    "image side: 32 (LRA Pathfinder), 64, 128 (Path-X) or 256, each with LRA's generator settings; "
+                    "seq_len = resolution^2; null = 32 (generated) / the images' size (lra_files)",
+                    kMinResolution, kMaxResolution),
+                ab::int_param(
+                    "contour_length", 14,
+                    "paddles per target snake: 6 = LRA's easy split (curv_baseline), 9 = intermediate, 14 = hard "
+                    "(LRA's Pathfinder and Path-X)",
+                    2, 40),
+                null_int_param("distractor_length", "paddles per distractor snake; null = contour_length // 3 (LRA)", 1,
+                               40),
+                null_int_param(
+                    "num_distractor_snakes",
+                    "distractor snakes; null = LRA's budget // distractor_length (budget 20 / 22 / 35 / 30 at 32 / "
+                    "64 / 128 / 256); at most 62 (the generator tracks snakes in 64-bit masks)",
+                    0, 62),
+                ab::gray::black_is_padding_param(),
+                ab::enum_param("source", "generated", {"generated", "lra_files"},
+                               "generated = the generator above; lra_files = read the LRA release's PNGs and metadata"),
+                ab::ParamSpec{"path",
+                              ab::ParamType::string,
+                              Json(""),
+                              "with source=lra_files: the contour directory, e.g. lra_release/pathfinder32/"
+                              "curv_contour_length_14 (metadata/*.npy text lines and the PNGs they name)",
+                              -1e300,
+                              1e300,
+                              {}},
+                ab::int_param(
+                    "cache_mb", 1024,
+                    "keep generated images in memory up to this many MiB, so later epochs do not redraw them (the "
+                    "generator restarts an image thousands of times at 64 and 128, as the original does: ~0.2 ms "
+                    "per image at 32, ~5 at 64, ~16 at 128 on one core); 0 = off",
+                    0, 1 << 20),
+            },
+            "images", kSizes, "lra", {"80% of the files", "10% of the files", "10% of the files"}));
   }
 
-  Pathfinder(const Json& p, uint64_t seed) : SplitTask("pathfinder", p, seed, "lra") {
-    offset_ = p.at("black_is_padding").get<bool>() ? 0 : 1;
+  Pathfinder(const Json& p, uint64_t seed) : Task("pathfinder", p, seed, "lra"), tokens_(p) {
     files_ = p.at("source") == "lra_files";
     if (files_) {
       open_files();
@@ -846,9 +847,7 @@ class Pathfinder : public ab::SplitTask, public ab::ImageTask {
       dl_ = static_cast<int>(params_.at("distractor_length").get<int64_t>());
       if (params_.at("num_distractor_snakes").is_null()) params_["num_distractor_snakes"] = res_->distractor_budget / dl_;
       nd_ = static_cast<int>(params_.at("num_distractor_snakes").get<int64_t>());
-      sizes_ = {preset_default("train_size", 20000, 160000).get<int64_t>(),
-                preset_default("valid_size", 2000, 20000).get<int64_t>(),
-                preset_default("test_size", 2000, 20000).get<int64_t>()};
+      resolve_sizes(kSizes);
       cache_budget_ = p.at("cache_mb").get<int64_t>() << 20;
       for (int k = 0; k < 3; ++k) cache_[k].resize(static_cast<size_t>(sizes_[k]));
       try {  // fail at construction, not in the middle of training, when the snakes cannot fit
@@ -860,16 +859,12 @@ class Pathfinder : public ab::SplitTask, public ab::ImageTask {
   }
 
   ab::TaskKind kind() const override { return ab::TaskKind::classify; }
-  int64_t vocab_size() const override { return 256 + offset_; }
+  int64_t vocab_size() const override { return tokens_.vocab_size(); }
   int64_t num_classes() const override { return 2; }
   int64_t seq_len() const override { return static_cast<int64_t>(size_) * size_; }
   int64_t image_height() const override { return size_; }
   int64_t image_width() const override { return size_; }
-  std::vector<uint8_t> image_pixels(const ab::Example& ex) const override {
-    std::vector<uint8_t> px(ex.input.size());
-    for (size_t i = 0; i < px.size(); ++i) px[i] = static_cast<uint8_t>(std::clamp(ex.input[i] - offset_, 0, 255));
-    return px;
-  }
+  std::vector<uint8_t> image_pixels(const ab::Example& ex) const override { return tokens_.pixels(ex.input); }
 
   Json stats() const override {
     if (files_) return {{"source", "lra_files"}, {"images", static_cast<int64_t>(items_.size())}};
@@ -903,16 +898,14 @@ class Pathfinder : public ab::SplitTask, public ab::ImageTask {
       if (img.width != size_ || img.height != size_)
         throw std::runtime_error(fmt::format("task 'pathfinder': '{}' is {} x {}, the dataset's images are {} x {}",
                                              it.image, img.width, img.height, size_, size_));
-      ex.input.resize(img.pixels.size());
-      for (size_t i = 0; i < img.pixels.size(); ++i) ex.input[i] = img.pixels[i] + offset_;
+      ex.input = tokens_.of(img.pixels);
       ex.target = {it.label};
       ex.text = Json{{"file", it.image}}.dump();
       return ex;
     }
     const std::shared_ptr<const Drawn> dp = cached_draw(k, index);
     const Drawn& d = *dp;
-    ex.input.resize(d.gray.size());
-    for (size_t i = 0; i < d.gray.size(); ++i) ex.input[i] = d.gray[i] + offset_;
+    ex.input = tokens_.of(d.gray);
     ex.target = {d.label};
     ex.text = Json{{"markers", {{d.markers[0][0], d.markers[0][1]}, {d.markers[1][0], d.markers[1][1]}}},
                    {"paths", d.paths},
@@ -986,7 +979,7 @@ class Pathfinder : public ab::SplitTask, public ab::ImageTask {
     params_["resolution"] = size_;
     const int64_t n = static_cast<int64_t>(items_.size());
     const int64_t avail[3] = {n * 8 / 10, n * 9 / 10 - n * 8 / 10, n - n * 9 / 10};
-    const char* keys[3] = {"train_size", "valid_size", "test_size"};
+    const auto& keys = ab::preset_sizes::kKeys;
     for (int k = 0; k < 3; ++k) {
       if (avail[k] < 1)
         throw ab::UsageError(fmt::format("task 'pathfinder': '{}' lists {} images, too few for an 80/10/10 split", path, n));
@@ -1005,7 +998,7 @@ class Pathfinder : public ab::SplitTask, public ab::ImageTask {
     items_ = std::move(ordered);
   }
 
-  int offset_ = 1;
+  ab::gray::Tokens tokens_;
   bool files_ = false;
   const Resolution* res_ = nullptr;
   int size_ = 32, cl_ = 14, dl_ = 4, nd_ = 5;

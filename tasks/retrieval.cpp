@@ -36,51 +36,51 @@
 #include "attnbench/rng.hpp"
 #include "attnbench/task_helpers.hpp"
 #include "lexicon.hpp"
+#include "preset_sizes.hpp"
 
 namespace {
 
 using ab::Json;
 
 constexpr uint64_t kRetrievalStream = 0x52657472696576ull;  // "Retriev"
+constexpr ab::preset_sizes::Sizes kSizes = {{20000, 2000, 2000}, {147086, 18090, 17437}};
 constexpr uint64_t kTopicKey = 0x546F70696373ull;           // "Topics"
 constexpr int kTopicWords = 6, kFingerprint = 4, kDistractorTopics = 2;
 
-class Retrieval : public ab::SplitTask {
+class Retrieval : public ab::preset_sizes::Task {
  public:
   static ab::TaskSpec spec() {
     using ab::null_int_param;
     return ab::task_spec(
         "retrieval", "Byte-level document pairs (AAN stand-in): do the two documents share a topic? (dual encoder)",
         "Tay et al. 2021, Long Range Arena (byte-level document retrieval); synthetic stand-in",
-        {
-            ab::enum_param("preset", "small", {"small", "lra"},
-                           "defaults of the null parameters: small = documents of 512-1,024 bytes, 20,000 / 2,000 / "
-                           "2,000 pairs; lra = 1,024-4,000 bytes (LRA's 4,000 per document) and AAN's split sizes "
-                           "147,086 / 18,090 / 17,437"),
-            null_int_param("min_length", "shortest generated document in bytes; null = 512 (small) / 1024 (lra)", 64,
-                           1 << 24),
-            null_int_param("max_length", "bytes per document = seq_len; null = 1024 (small) / 4000 (lra)", 256,
-                           1 << 24),
-            ab::int_param("num_topics", 256, "topics (each a fingerprint of 6 rare words)", 4, 100000),
-            ab::enum_param("source", "generated", {"generated", "lra_files"},
-                           "generated = the generator above; lra_files = LRA's AAN pairs from `path`"),
-            ab::ParamSpec{"path",
-                          ab::ParamType::string,
-                          Json(""),
-                          "with source=lra_files: the directory holding new_aan_pairs.{train,eval,test}.tsv "
-                          "(lra_release/tsv_data)",
-                          -1e300,
-                          1e300,
-                          {}},
-            null_int_param("train_size", "training pairs; null = 20,000 (small) / 147,086 (lra) / all in the file", 1,
-                           1e10),
-            null_int_param("valid_size", "validation pairs; null = 2,000 (small) / 18,090 (lra) / all in the file", 1,
-                           1e10),
-            null_int_param("test_size", "test pairs; null = 2,000 (small) / 17,437 (lra) / all in the file", 1, 1e10),
-        });
+        ab::preset_sizes::after(
+            {
+                ab::enum_param(
+                    "preset", "small", {"small", "lra"},
+                    "defaults of the null parameters: small = documents of 512-1,024 bytes, 20,000 / 2,000 / "
+                    "2,000 pairs; lra = 1,024-4,000 bytes (LRA's 4,000 per document) and AAN's split sizes "
+                    "147,086 / 18,090 / 17,437"),
+                null_int_param("min_length", "shortest generated document in bytes; null = 512 (small) / 1024 (lra)",
+                               64, 1 << 24),
+                null_int_param("max_length", "bytes per document = seq_len; null = 1024 (small) / 4000 (lra)", 256,
+                               1 << 24),
+                ab::int_param("num_topics", 256, "topics (each a fingerprint of 6 rare words)", 4, 100000),
+                ab::enum_param("source", "generated", {"generated", "lra_files"},
+                               "generated = the generator above; lra_files = LRA's AAN pairs from `path`"),
+                ab::ParamSpec{"path",
+                              ab::ParamType::string,
+                              Json(""),
+                              "with source=lra_files: the directory holding new_aan_pairs.{train,eval,test}.tsv "
+                              "(lra_release/tsv_data)",
+                              -1e300,
+                              1e300,
+                              {}},
+            },
+            "pairs", kSizes, "lra", {"all in the file", "all in the file", "all in the file"}));
   }
 
-  Retrieval(const Json& p, uint64_t seed) : SplitTask("retrieval", p, seed, "lra") {
+  Retrieval(const Json& p, uint64_t seed) : Task("retrieval", p, seed, "lra") {
     max_len_ = preset_default("max_length", 1024, 4000).get<int64_t>();
     files_ = p.at("source") == "lra_files";
     if (files_) {
@@ -91,9 +91,7 @@ class Retrieval : public ab::SplitTask {
       throw ab::UsageError("task 'retrieval': path is only used with source=lra_files; set source=lra_files or drop "
                            "path");
     min_len_ = preset_default("min_length", 512, 1024).get<int64_t>();
-    sizes_ = {preset_default("train_size", 20000, 147086).get<int64_t>(),
-              preset_default("valid_size", 2000, 18090).get<int64_t>(),
-              preset_default("test_size", 2000, 17437).get<int64_t>()};
+    resolve_sizes(kSizes);
     topics_ = p.at("num_topics").get<int64_t>();
     if (min_len_ > max_len_)
       throw ab::UsageError(
@@ -229,7 +227,7 @@ class Retrieval : public ab::SplitTask {
       throw ab::UsageError("task 'retrieval': source=lra_files needs path=<directory with new_aan_pairs.*.tsv>, e.g. "
                            "path=lra_release/tsv_data");
     const char* names[3] = {"train", "eval", "test"};
-    const char* keys[3] = {"train_size", "valid_size", "test_size"};
+    const auto& keys = ab::preset_sizes::kKeys;
     for (int k = 0; k < 3; ++k) {
       aan_[k] = std::make_shared<ab::lra::AanFile>(dir + "/new_aan_pairs." + names[k] + ".tsv");
       const int64_t avail = aan_[k]->size();

@@ -35,12 +35,14 @@
 #include "attnbench/rng.hpp"
 #include "attnbench/task_helpers.hpp"
 #include "lexicon.hpp"
+#include "preset_sizes.hpp"
 
 namespace {
 
 using ab::Json;
 
 constexpr uint64_t kTextStream = 0x5465787453656Eull;  // "TextSen"
+constexpr ab::preset_sizes::Sizes kSizes = {{20000, 2000, 2000}, {25000, 2000, 25000}};
 constexpr std::array<const char*, 10> kPositive = {"good",    "nice",     "great",    "superb",    "lovely",
                                                    "amazing", "terrific", "charming", "wonderful", "brilliant"};
 constexpr std::array<const char*, 10> kNegative = {"poor",    "dull",     "awful",    "boring",    "clumsy",
@@ -53,36 +55,36 @@ struct Word {
   int32_t id;  // lexicon index, cue index or negation index
 };
 
-class Text : public ab::SplitTask {
+class Text : public ab::preset_sizes::Task {
  public:
   static ab::TaskSpec spec() {
     using ab::null_int_param;
     return ab::task_spec(
         "text", "Byte-level sentiment documents (IMDb stand-in): the sign of cue words summed over the document",
         "Tay et al. 2021, Long Range Arena (byte-level text classification); synthetic stand-in",
-        {
-            ab::enum_param("preset", "small", {"small", "lra"},
-                           "defaults of the null parameters: small = documents of 512-1,024 bytes, 20,000 / 2,000 / "
-                           "2,000; lra = 1,024-4,096 bytes (LRA's 4K setting), 25,000 / 2,000 / 25,000"),
-            null_int_param("min_length", "shortest document in bytes; null = 512 (small) / 1024 (lra)", 16, 1 << 24),
-            null_int_param("max_length", "longest document in bytes = seq_len; null = 1024 (small) / 4096 (lra)", 16,
-                           1 << 24),
-            ab::num_param("cues_per_kb", 6.0, "average cue words per 1,000 bytes (each document draws 0.5x-1.5x this)",
-                          0.1, 200.0),
-            ab::num_param("negated_fraction", 0.3, "probability that a cue is preceded by a negation", 0.0, 1.0),
-            ab::int_param("negation_window", 3, "a negation flips the first cue among the next this many words", 1, 16),
-            null_int_param("train_size", "training documents; null = 20,000 (small) / 25,000 (lra)", 1, 1e10),
-            null_int_param("valid_size", "validation documents; null = 2,000", 1, 1e10),
-            null_int_param("test_size", "test documents; null = 2,000 (small) / 25,000 (lra)", 1, 1e10),
-        });
+        ab::preset_sizes::after(
+            {
+                ab::enum_param(
+                    "preset", "small", {"small", "lra"},
+                    "defaults of the null parameters: small = documents of 512-1,024 bytes, 20,000 / 2,000 / "
+                    "2,000; lra = 1,024-4,096 bytes (LRA's 4K setting), 25,000 / 2,000 / 25,000"),
+                null_int_param("min_length", "shortest document in bytes; null = 512 (small) / 1024 (lra)", 16,
+                               1 << 24),
+                null_int_param("max_length", "longest document in bytes = seq_len; null = 1024 (small) / 4096 (lra)",
+                               16, 1 << 24),
+                ab::num_param("cues_per_kb", 6.0,
+                              "average cue words per 1,000 bytes (each document draws 0.5x-1.5x this)", 0.1, 200.0),
+                ab::num_param("negated_fraction", 0.3, "probability that a cue is preceded by a negation", 0.0, 1.0),
+                ab::int_param("negation_window", 3, "a negation flips the first cue among the next this many words", 1,
+                              16),
+            },
+            "documents", kSizes, "lra"));
   }
 
-  Text(const Json& p, uint64_t seed) : SplitTask("text", p, seed, "lra") {
+  Text(const Json& p, uint64_t seed) : Task("text", p, seed, "lra") {
     min_len_ = preset_default("min_length", 512, 1024).get<int64_t>();
     max_len_ = preset_default("max_length", 1024, 4096).get<int64_t>();
-    sizes_ = {preset_default("train_size", 20000, 25000).get<int64_t>(),
-              preset_default("valid_size", 2000, 2000).get<int64_t>(),
-              preset_default("test_size", 2000, 25000).get<int64_t>()};
+    resolve_sizes(kSizes);
     cues_per_kb_ = p.at("cues_per_kb").get<double>();
     negated_ = p.at("negated_fraction").get<double>();
     window_ = static_cast<int>(p.at("negation_window").get<int64_t>());

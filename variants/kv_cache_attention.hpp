@@ -2,6 +2,8 @@
 // Attention mixers that decode over a KV cache of every token so far (softmax, sigmoid,
 // softmax_clip, softmax_gate): attend_step appends the step's keys and values to the cache and
 // hands the query and the cache to the variant's attend_cache. O(t d) per token after t tokens.
+// Their full-sequence forms share the scaled N x N scores.
+#include <cmath>
 #include <memory>
 
 #include "attnbench/kernels/decode.hpp"
@@ -27,6 +29,20 @@ class KvCacheAttention : public ab::AttentionMixer {
  protected:
   // q [B, H, 1, d] against the keys and values of every token so far, this one's included -> [B, H, 1, d]
   virtual ab::Tensor attend_cache(const ab::Tensor& q, const ab::KvCache& cache) = 0;
+
+  // 1 / sqrt(d), the score scale of the whole family (decode included).
+  float score_scale() const { return 1.0f / std::sqrt(static_cast<float>(head_dim_)); }
+  // q, k [B, H, N, d] -> q k^T / sqrt(d) [B, H, N, N]; scaling q (N d) is cheaper than scaling the
+  // scores (N^2).
+  ab::Var scaled_scores(const ab::Var& q, const ab::Var& k) const {
+    return ab::matmul(ab::scale(q, score_scale()), k, false, true);
+  }
+  // -> softmax over the keys of the scaled scores under the context's causal / padding mask
+  // [B, H, N, N], materialised.
+  ab::Var softmax_probabilities(const ab::Var& q, const ab::Var& k, const ab::MixerContext& ctx) const {
+    const ab::Tensor mask = ab::additive_mask(ctx, q.dim(2));  // [B, 1, N, N], [N, N] or [B, 1, 1, N]
+    return ab::softmax(scaled_scores(q, k), mask.defined() ? &mask : nullptr);
+  }
 };
 
 }  // namespace ab_kv_cache

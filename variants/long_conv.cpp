@@ -24,6 +24,7 @@
 #include "attnbench/kernels/fft_conv.hpp"
 #include "attnbench/kernels/short_conv.hpp"
 #include "attnbench/variant.hpp"
+#include "conv_glu_block.hpp"
 
 namespace {
 
@@ -35,10 +36,10 @@ struct LongConvState final : ab::DecodeState {
   int64_t bytes() const override { return u.dim(0) * length * u.dim(2) * 4; }
 };
 
-class LongConv final : public ab::Mixer {
+class LongConv final : public ab_conv_glu::ConvGluMixer {
  public:
   explicit LongConv(const ab::MixerConfig& cfg)
-      : d_(cfg.d_model),
+      : ConvGluMixer(cfg.d_model),
         max_length_(cfg.max_length),
         window_(cfg.params.at("ma_window").get<int64_t>()),
         lam_(static_cast<float>(cfg.params.at("lam").get<double>())),
@@ -48,9 +49,7 @@ class LongConv final : public ab::Mixer {
     auto stream = [&](uint64_t which) { return ab::RngStream(cfg.seed, ab::Purpose::init, 1000 + cfg.layer, which); };
     k_fwd_ = add_param("kernel_fwd", ab::init_normal({d_, max_length_}, 0.002f, stream(0)), Decay::none);
     k_bwd_ = add_param("kernel_bwd", ab::init_normal({d_, max_length_}, 0.002f, stream(1)), Decay::none);
-    skip_ = add_param("skip", ab::init_normal({d_}, 1.0f, stream(2)));
-    w_out_ = add_param("w_out", ab::init_xavier_uniform(d_, 2 * d_, stream(3)));
-    b_out_ = add_param("b_out", ab::Tensor::zeros({2 * d_}));
+    add_output_params(stream(2), stream(3));
   }
 
   static ab::VariantSpec spec() {
@@ -98,8 +97,7 @@ class LongConv final : public ab::Mixer {
       const ab::Var k1 = kernel(k_bwd_, N - 1, ctx, 1);
       kb = ab::concat({ab::Var(ab::Tensor::zeros({d_, 1})), k1}, 1);  // [D, N]
     }
-    const ab::Var y = ab::add(ab::fft_conv(u, kf, kb), ab::mul(u, skip_));  // [B, N, D]
-    return glu_out(ab::gelu(y));
+    return output(ab::fft_conv(u, kf, kb), u);  // [B, N, D]
   }
 
   std::unique_ptr<ab::DecodeState> begin_decode(int64_t batch, const ab::MixerContext&) override {
@@ -148,15 +146,9 @@ class LongConv final : public ab::Mixer {
     return k;
   }
 
-  // [B, N, D] -> GLU(h W_out + b_out) [B, N, D]
-  ab::Var glu_out(const ab::Var& h) const {
-    const ab::Var z = ab::linear(h, w_out_, b_out_);  // [B, N, 2D]
-    return ab::mul(ab::slice(z, 2, 0, d_), ab::sigmoid(ab::slice(z, 2, d_, d_)));
-  }
-
-  int64_t d_, max_length_, window_;
+  int64_t max_length_, window_;
   float lam_, dropout_;
-  ab::Var k_fwd_, k_bwd_, skip_, w_out_, b_out_;
+  ab::Var k_fwd_, k_bwd_;
   ab::Tensor taps_;  // decode: the causal kernel [D, max_length]
 };
 

@@ -20,12 +20,13 @@
 
 #include "attnbench/kernels/fft_conv.hpp"
 #include "attnbench/variant.hpp"
+#include "conv_glu_block.hpp"
 
 namespace {
 
-class S4d final : public ab::Mixer {
+class S4d final : public ab_conv_glu::ConvGluMixer {
  public:
-  explicit S4d(const ab::MixerConfig& cfg) : d_(cfg.d_model), n_(cfg.params.at("d_state").get<int64_t>() / 2) {
+  explicit S4d(const ab::MixerConfig& cfg) : ConvGluMixer(cfg.d_model), n_(cfg.params.at("d_state").get<int64_t>() / 2) {
     const double dt_min = cfg.params.at("dt_min").get<double>(), dt_max = cfg.params.at("dt_max").get<double>();
     if (dt_max < dt_min) throw ab::UsageError("s4d: dt_max must be >= dt_min");
     if (cfg.params.at("d_state").get<int64_t>() % 2 != 0) throw ab::UsageError("s4d: d_state must be even");
@@ -49,9 +50,7 @@ class S4d final : public ab::Mixer {
     // Complex normal with variance 1: real and imaginary parts N(0, 1/2).
     c_fwd_ = add_param("c_fwd", ab::init_normal({d_, n_, 2}, static_cast<float>(std::sqrt(0.5)), stream(1)));
     c_bwd_ = add_param("c_bwd", ab::init_normal({d_, n_, 2}, static_cast<float>(std::sqrt(0.5)), stream(2)));
-    skip_ = add_param("skip", ab::init_normal({d_}, 1.0f, stream(3)));
-    w_out_ = add_param("w_out", ab::init_xavier_uniform(d_, 2 * d_, stream(4)));
-    b_out_ = add_param("b_out", ab::Tensor::zeros({2 * d_}));
+    add_output_params(stream(3), stream(4));
   }
 
   static ab::VariantSpec spec() {
@@ -99,8 +98,7 @@ class S4d final : public ab::Mixer {
     const ab::Var lar = ab::reshape(log_a_re_, {d_, n_}), aim = ab::reshape(a_im_, {d_, n_});
     const ab::Var kf = ab::ssm_diag_kernel(log_dt_, lar, aim, c_fwd_, N);                               // [D, N]
     const ab::Var kb = ctx.causal ? ab::Var() : ab::ssm_diag_kernel(log_dt_, lar, aim, c_bwd_, N);  // [D, N]
-    ab::Var y = ab::add(ab::fft_conv(x, kf, kb), ab::mul(x, skip_));  // [B, N, D]
-    return glu_out(ab::gelu(y));
+    return output(ab::fft_conv(x, kf, kb), x);  // [B, N, D]
   }
 
   // The recurrent form, one token at a time.
@@ -118,14 +116,8 @@ class S4d final : public ab::Mixer {
   }
 
  private:
-  // [B, N, D] -> GLU(h W_out + b_out) [B, N, D]
-  ab::Var glu_out(const ab::Var& h) {
-    const ab::Var z = ab::linear(h, w_out_, b_out_);  // [B, N, 2D]
-    return ab::mul(ab::slice(z, 2, 0, d_), ab::sigmoid(ab::slice(z, 2, d_, d_)));
-  }
-
-  int64_t d_, n_;
-  ab::Var log_dt_, log_a_re_, a_im_, c_fwd_, c_bwd_, skip_, w_out_, b_out_;
+  int64_t n_;
+  ab::Var log_dt_, log_a_re_, a_im_, c_fwd_, c_bwd_;
   ab::DiagSsmModes modes_;
 };
 

@@ -55,8 +55,7 @@ class Sigmoid final : public ab_kv_cache::KvCacheAttention {
   // q, k, v: [B, H, N, d] -> [B, H, N, d]
   ab::Var attend(const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::MixerContext& ctx) override {
     const int64_t N = q.dim(2);
-    const ab::Var qs = ab::scale(q, 1.0f / std::sqrt(static_cast<float>(head_dim_)));
-    ab::Var scores = ab::matmul(qs, k, false, true);  // [B, H, N, N]
+    ab::Var scores = scaled_scores(q, k);  // [B, H, N, N]
     const ab::Tensor mask = ab::additive_mask(ctx, N);  // [B, 1, N, N], [N, N] or [B, 1, 1, N]
     if (mask.defined()) scores = ab::add(scores, ab::Var(mask));
     const float b = bias_for(N);
@@ -67,8 +66,7 @@ class Sigmoid final : public ab_kv_cache::KvCacheAttention {
   // q: [B, H, 1, d] -> [B, H, 1, d]: o = sum_j sigmoid(q . k_j / sqrt(d) + b) v_j over the cache.
   ab::Tensor attend_cache(const ab::Tensor& q, const ab::KvCache& cache) override {
     const float b = mode_ == "none" ? 0.f : -static_cast<float>(std::log(static_cast<double>(max_length_)));
-    const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
-    return ab::attend_cached(q, cache, scale, [b](int64_t, float* w, int64_t L) {
+    return ab::attend_cached(q, cache, score_scale(), [b](int64_t, float* w, int64_t L) {
       for (int64_t j = 0; j < L; ++j) w[j] = 1.f / (1.f + std::exp(-(w[j] + b)));
     });
   }

@@ -1,8 +1,6 @@
 // softmax — exact multi-head softmax attention with the N x N score matrix materialised.
 // Vaswani et al. 2017, "Attention Is All You Need". The reference every other variant is compared to.
 // Time O(B H N^2 d); memory O(B H N^2) for the saved probabilities.
-#include <cmath>
-
 #include "attnbench/kernels/decode.hpp"
 #include "attnbench/variant.hpp"
 #include "kv_cache_attention.hpp"
@@ -40,19 +38,14 @@ class Softmax final : public ab_kv_cache::KvCacheAttention {
 
   // q, k, v: [B, H, N, d] -> [B, H, N, d]
   ab::Var attend(const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::MixerContext& ctx) override {
-    const int64_t N = q.dim(2);
-    // Scaling q (N d) is cheaper than scaling the scores (N^2).
-    const ab::Var qs = ab::scale(q, 1.0f / std::sqrt(static_cast<float>(head_dim_)));
-    ab::Var scores = ab::matmul(qs, k, false, true);  // [B, H, N, N]
-    const ab::Tensor mask = ab::additive_mask(ctx, N);
-    ab::Var p = ab::softmax(scores, mask.defined() ? &mask : nullptr);
+    ab::Var p = softmax_probabilities(q, k, ctx);  // [B, H, N, N]
     p = ab::dropout(p, dropout_, ab::RngStream(ctx.seed, ab::Purpose::dropout, ctx.step, ctx.layer, 1), ctx.training);
     return ab::matmul(p, v);
   }
 
   // Decoding with a KV cache: O(t d) per token after t tokens.
   ab::Tensor attend_cache(const ab::Tensor& q, const ab::KvCache& cache) override {
-    return ab::softmax_attend_cached(q, cache, 1.0f / std::sqrt(static_cast<float>(head_dim_)));
+    return ab::softmax_attend_cached(q, cache, score_scale());
   }
 
  private:

@@ -52,19 +52,14 @@ class SoftmaxClip final : public ab_kv_cache::KvCacheAttention {
 
   // q, k, v: [B, H, N, d] -> [B, H, N, d]
   ab::Var attend(const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::MixerContext& ctx) override {
-    const int64_t N = q.dim(2);
-    const ab::Var qs = ab::scale(q, 1.0f / std::sqrt(static_cast<float>(head_dim_)));
-    const ab::Var scores = ab::matmul(qs, k, false, true);  // [B, H, N, N]
-    const ab::Tensor mask = ab::additive_mask(ctx, N);  // [B, 1, N, N], [N, N] or [B, 1, 1, N]
-    ab::Var p = ab::softmax(scores, mask.defined() ? &mask : nullptr);
+    ab::Var p = softmax_probabilities(q, k, ctx);  // [B, H, N, N]
     if (gamma_ != 0.f || zeta_ != 1.f) p = ab::clamp(ab::add_scalar(ab::scale(p, zeta_ - gamma_), gamma_), 0.f, 1.f);
     return ab::matmul(p, v);
   }
 
   // q: [B, H, 1, d] -> [B, H, 1, d]: the clipped softmax of q against the whole cache.
   ab::Tensor attend_cache(const ab::Tensor& q, const ab::KvCache& cache) override {
-    const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
-    return ab::attend_cached(q, cache, scale, [&](int64_t, float* w, int64_t L) {
+    return ab::attend_cached(q, cache, score_scale(), [&](int64_t, float* w, int64_t L) {
       ab::softmax_in_place(w, L);
       for (int64_t j = 0; j < L; ++j)
         w[j] = std::clamp((zeta_ - gamma_) * w[j] + gamma_, 0.f, 1.f);

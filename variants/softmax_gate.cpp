@@ -62,12 +62,11 @@ class SoftmaxGate final : public ab_kv_cache::KvCacheAttention {
     if (!input().defined())  // attend(q, k, v) called alone (bench --attend-only, --fidelity)
       throw ab::UsageError("softmax_gate: its gate reads the mixer input x, which attend(q, k, v) alone does not have; "
                            "measure it without --attend-only / --fidelity");
-    const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
-    return ab::mul(ab::flash_attention(q, k, v, scale, ctx.causal, ctx.key_mask), gate(input()));
+    return ab::mul(ab::flash_attention(q, k, v, score_scale(), ctx.causal, ctx.key_mask), gate(input()));
   }
 
   ab::Tensor attend_cache(const ab::Tensor& q, const ab::KvCache& cache) override {
-    const ab::Tensor o = ab::softmax_attend_cached(q, cache, 1.0f / std::sqrt(static_cast<float>(head_dim_)));
+    const ab::Tensor o = ab::softmax_attend_cached(q, cache, score_scale());
     return ab::mul(ab::Var(o), gate(input())).value();  // [B, H, 1, d] * [B, H, 1, 1]
   }
 

@@ -661,6 +661,15 @@ Var layer_norm(const Var& x, const Var& gamma, const Var& beta, float eps) {
   });
 }
 
+namespace {
+// acc[i] = sum_k a[o, k, i] b[o, k, i] in double, for a and b viewed as [outer, n, inner].
+void dot_over_middle(const float* a, const float* b, int64_t o, int64_t n, int64_t inner, std::vector<double>& acc) {
+  std::fill(acc.begin(), acc.end(), 0.0);
+  for (int64_t k = 0; k < n; ++k)
+    for (int64_t i = 0; i < inner; ++i) acc[i] += double(a[(o * n + k) * inner + i]) * b[(o * n + k) * inner + i];
+}
+}  // namespace
+
 Var l2_normalize(const Var& x, int dim, float eps) {
   dim = norm_dim(dim, x.rank(), "l2_normalize");
   const auto oi = outer_inner(x.shape(), dim);
@@ -674,9 +683,7 @@ Var l2_normalize(const Var& x, int dim, float eps) {
   parallel_for(outer, 1, [&](int64_t ob, int64_t oe) {
     std::vector<double> ss(static_cast<size_t>(inner));
     for (int64_t o = ob; o < oe; ++o) {
-      std::fill(ss.begin(), ss.end(), 0.0);
-      for (int64_t k = 0; k < n; ++k)
-        for (int64_t i = 0; i < inner; ++i) ss[i] += double(xp[(o * n + k) * inner + i]) * xp[(o * n + k) * inner + i];
+      dot_over_middle(xp, xp, o, n, inner, ss);
       for (int64_t i = 0; i < inner; ++i) np_[o * inner + i] = std::max(static_cast<float>(std::sqrt(ss[i])), eps);
       for (int64_t k = 0; k < n; ++k)
         for (int64_t i = 0; i < inner; ++i) yp[(o * n + k) * inner + i] = xp[(o * n + k) * inner + i] / np_[o * inner + i];
@@ -693,9 +700,7 @@ Var l2_normalize(const Var& x, int dim, float eps) {
     parallel_for(outer, 1, [&](int64_t ob, int64_t oe) {
       std::vector<double> dot(static_cast<size_t>(inner));
       for (int64_t o = ob; o < oe; ++o) {
-        std::fill(dot.begin(), dot.end(), 0.0);
-        for (int64_t k = 0; k < n; ++k)
-          for (int64_t i = 0; i < inner; ++i) dot[i] += double(gp[(o * n + k) * inner + i]) * yp[(o * n + k) * inner + i];
+        dot_over_middle(gp, yp, o, n, inner, dot);
         for (int64_t k = 0; k < n; ++k)
           for (int64_t i = 0; i < inner; ++i) {
             const int64_t at = (o * n + k) * inner + i;

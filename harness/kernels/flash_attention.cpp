@@ -205,11 +205,11 @@ struct Avx512 {
     return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1u);
   }
 
-  // The micro-kernel: C[MR, 16 NV] (+)= A[MR, K] B[K, 16 NV], the last 16 columns masked by `tail`.
+  // The accumulator tile of both micro-kernels (fp32 and bf16 inputs): C[MR, 16 NV], the last 16
+  // columns masked by `tail`; loaded when accumulating, else zero.
   template <int MR, int NV>
-  static void micro(int64_t K, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb, float* c,
-                    int64_t ldc, __mmask16 tail, bool acc) {
-    __m512 cr[MR][NV];
+  static inline __attribute__((always_inline)) void load_tile(__m512 (&cr)[MR][NV], const float* c, int64_t ldc,
+                                                              __mmask16 tail, bool acc) {
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
@@ -217,6 +217,29 @@ struct Avx512 {
         const float* cp = c + i * ldc + 16 * v;
         cr[i][v] = !acc ? _mm512_setzero_ps() : v == NV - 1 ? _mm512_maskz_loadu_ps(tail, cp) : _mm512_loadu_ps(cp);
       }
+  }
+
+  template <int MR, int NV>
+  static inline __attribute__((always_inline)) void store_tile(__m512 (&cr)[MR][NV], float* c, int64_t ldc,
+                                                               __mmask16 tail) {
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        float* cp = c + i * ldc + 16 * v;
+        if (v == NV - 1)
+          _mm512_mask_storeu_ps(cp, tail, cr[i][v]);
+        else
+          _mm512_storeu_ps(cp, cr[i][v]);
+      }
+  }
+
+  // The micro-kernel: C[MR, 16 NV] (+)= A[MR, K] B[K, 16 NV], the last 16 columns masked by `tail`.
+  template <int MR, int NV>
+  static void micro(int64_t K, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb, float* c,
+                    int64_t ldc, __mmask16 tail, bool acc) {
+    __m512 cr[MR][NV];
+    Avx512::load_tile<MR, NV>(cr, c, ldc, tail, acc);
     const float* ar[MR];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) ar[i] = a + i * a_rs;
@@ -234,16 +257,7 @@ struct Avx512 {
         for (int v = 0; v < NV; ++v) cr[i][v] = _mm512_fmadd_ps(av, bv[v], cr[i][v]);
       }
     }
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) {
-        float* cp = c + i * ldc + 16 * v;
-        if (v == NV - 1)
-          _mm512_mask_storeu_ps(cp, tail, cr[i][v]);
-        else
-          _mm512_storeu_ps(cp, cr[i][v]);
-      }
+    Avx512::store_tile<MR, NV>(cr, c, ldc, tail);
   }
 
   // Rows per micro-kernel call for NV vectors of columns: at most 24 accumulators.
@@ -404,13 +418,7 @@ struct Bf16 {
   AB_BF16_FN static void micro(int64_t K2, const bf16_t* a, int64_t lda, const bf16_t* b, int64_t ldb, float* c,
                                int64_t ldc, __mmask16 tail, bool acc) {
     __m512 cr[MR][NV];
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) {
-        const float* cp = c + i * ldc + 16 * v;
-        cr[i][v] = !acc ? _mm512_setzero_ps() : v == NV - 1 ? _mm512_maskz_loadu_ps(tail, cp) : _mm512_loadu_ps(cp);
-      }
+    Avx512::load_tile<MR, NV>(cr, c, ldc, tail, acc);
     for (int64_t kk = 0; kk < K2; ++kk) {
       const bf16_t* bk = b + kk * ldb * 2;
       __m512bh bv[NV];
@@ -426,16 +434,7 @@ struct Bf16 {
         for (int v = 0; v < NV; ++v) cr[i][v] = _mm512_dpbf16_ps(cr[i][v], av, bv[v]);
       }
     }
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) {
-        float* cp = c + i * ldc + 16 * v;
-        if (v == NV - 1)
-          _mm512_mask_storeu_ps(cp, tail, cr[i][v]);
-        else
-          _mm512_storeu_ps(cp, cr[i][v]);
-      }
+    Avx512::store_tile<MR, NV>(cr, c, ldc, tail);
   }
 
   template <int NV, int R>

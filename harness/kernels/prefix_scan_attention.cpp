@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "core/backend/onednn.hpp"
+#include "kernels/detail/vec.hpp"
 
 namespace ab {
 
@@ -24,6 +25,10 @@ void require(bool ok, const char* op, const std::string& what) {
   if (!ok) throw std::invalid_argument(fmt::format("{}: {}", op, what));
 }
 
+// Whether key position i of batch row b is visible (keep: the key_keep_flags of [B, N], empty = all).
+inline bool kept(const std::vector<float>& keep, int64_t b, int64_t N, int64_t i) {
+  return keep.empty() || keep[b * N + i] != 0.f;
+}
 
 // ---- prefix softmax attention ----
 constexpr int64_t kChunk = 256;  // positions per scan chunk
@@ -66,7 +71,7 @@ void prefix_softmax_forward(const ScanDims& d, const float* s, const float* v, c
   const int64_t dv = d.dv, N = d.N, H = d.H, nc = d.chunks, stride = 2 + dv;
   std::vector<float> agg(static_cast<size_t>(d.BH * nc * stride));  // per chunk: m, u, w[dv]
   auto score = [&](int64_t bh, int64_t t) {
-    return keep.empty() || keep[(bh / H) * N + t] != 0.f ? s[bh * N + t] : kNegInf;
+    return kept(keep, bh / H, N, t) ? s[bh * N + t] : kNegInf;
   };
   parallel_for(d.BH * nc, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t task = b0; task < b1; ++task) {
@@ -147,10 +152,13 @@ Var prefix_softmax_attention(const Var& s, const Var& v, const Tensor* key_mask)
     auto factor = [&](int64_t r) {  // f for row r (position t < N - 1)
       return Lp[r] == kNegInf ? 0.f : std::exp(Lp[r] - Lp[r + 1]);
     };
-    auto delta = [&](int64_t r) {
-      float acc = 0.f;
-      for (int64_t c = 0; c < dv; ++c) acc += gp[r * dv + c] * op_[r * dv + c];
-      return acc;
+    auto step = [&](float* a, int64_t r, float f) {  // (G, D) <- (g_r, g_r . o_r) + f (G, D)
+      float delta = 0.f;
+      for (int64_t k = 0; k < dv; ++k) {
+        delta += gp[r * dv + k] * op_[r * dv + k];
+        a[k] = gp[r * dv + k] + f * a[k];
+      }
+      a[dv] = delta + f * a[dv];
     };
     std::vector<float> carry(static_cast<size_t>(d.BH * nc * stride));  // per chunk: G[dv], D
     parallel_for(d.BH * nc, 1, [&](int64_t b0, int64_t b1) {
@@ -161,9 +169,7 @@ Var prefix_softmax_attention(const Var& s, const Var& v, const Tensor* key_mask)
         const int64_t lo = c * kChunk, hi = std::min(N, (c + 1) * kChunk);
         for (int64_t t = hi - 1; t >= lo; --t) {
           const int64_t r = bh * N + t;
-          const float f = t + 1 < hi ? factor(r) : 0.f;
-          for (int64_t k = 0; k < dv; ++k) a[k] = gp[r * dv + k] + f * a[k];
-          a[dv] = delta(r) + f * a[dv];
+          step(a, r, t + 1 < hi ? factor(r) : 0.f);
         }
       }
     });
@@ -196,11 +202,8 @@ Var prefix_softmax_attention(const Var& s, const Var& v, const Tensor* key_mask)
         const int64_t lo = c * kChunk, hi = std::min(N, (c + 1) * kChunk);
         for (int64_t t = hi - 1; t >= lo; --t) {
           const int64_t r = bh * N + t;
-          const float f = t + 1 < N ? factor(r) : 0.f;
-          for (int64_t k = 0; k < dv; ++k) a[k] = gp[r * dv + k] + f * a[k];
-          a[dv] = delta(r) + f * a[dv];
-          const bool kept = keep.empty() || keep[(bh / H) * N + t] != 0.f;
-          const float p = kept && Lp[r] != kNegInf ? std::exp(sp[r] - Lp[r]) : 0.f;  // weight of key t in o_t
+          step(a.data(), r, t + 1 < N ? factor(r) : 0.f);
+          const float p = kept(keep, bh / H, N, t) && Lp[r] != kNegInf ? std::exp(sp[r] - Lp[r]) : 0.f;  // weight of key t in o_t
           float dot = 0.f;
           for (int64_t k = 0; k < dv; ++k) {
             dvp[r * dv + k] = p * a[k];
@@ -216,6 +219,28 @@ Var prefix_softmax_attention(const Var& s, const Var& v, const Tensor* key_mask)
 }
 
 // ---- causal linear attention without the normaliser ----
+namespace {
+
+// S[m, dv] += x[m] y[dv]^T: the running state of the forward scan and of both backward scans.
+inline void add_outer(float* S, const float* x, const float* y, int64_t m, int64_t dv) {
+  for (int64_t a = 0; a < m; ++a) vec::axpy(S + a * dv, y, x[a], dv);
+}
+
+// The causal scan of the forward and of the first backward pass: for i = 0..N-1 of row bh of
+// [B H, N, *], S = S_i = sum_{j<=i, kept} k_j v_j^T [m, dv], then at(r = bh N + i, S_i).
+template <class At>
+void scan_kv_state(std::vector<float>& S, const float* kp, const float* vp, const std::vector<float>& keep, int64_t bh,
+                   int64_t H, int64_t N, int64_t m, int64_t dv, At at) {
+  std::fill(S.begin(), S.end(), 0.f);
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t r = bh * N + i;
+    if (kept(keep, bh / H, N, i)) add_outer(S.data(), kp + r * m, vp + r * dv, m, dv);
+    at(r, static_cast<const float*>(S.data()));
+  }
+}
+
+}  // namespace
+
 Var causal_linear_numerator(const Var& q, const Var& k, const Var& v, const Tensor* key_mask) {
   const char* op = "causal_linear_numerator";
   require(q.rank() == 4 && k.shape() == q.shape() && v.rank() == 4 && v.dim(0) == q.dim(0) && v.dim(1) == q.dim(1) &&
@@ -232,29 +257,14 @@ Var causal_linear_numerator(const Var& q, const Var& k, const Var& v, const Tens
     float* op_ = out.data();
     parallel_for(BH, 1, [&](int64_t b0, int64_t b1) {
       std::vector<float> S(static_cast<size_t>(m * dv));  // S_i = sum_{j<=i} k_j v_j^T [m, dv]
-      for (int64_t bh = b0; bh < b1; ++bh) {
-        std::fill(S.begin(), S.end(), 0.f);
-        for (int64_t i = 0; i < N; ++i) {
-          const int64_t r = bh * N + i;
-          if (keep.empty() || keep[(bh / H) * N + i] != 0.f) {
-            const float* ki = kp + r * m;
-            const float* vi = vp + r * dv;
-            for (int64_t a = 0; a < m; ++a) {
-              float* s = S.data() + a * dv;
-              const float w = ki[a];
-              for (int64_t c = 0; c < dv; ++c) s[c] += w * vi[c];
-            }
-          }
+      for (int64_t bh = b0; bh < b1; ++bh)
+        scan_kv_state(S, kp, vp, keep, bh, H, N, m, dv, [&](int64_t r, const float* Si) {
+          // o_i = S_i^T q_i
           const float* qi = qp + r * m;
           float* o = op_ + r * dv;
           std::fill(o, o + dv, 0.f);
-          for (int64_t a = 0; a < m; ++a) {
-            const float w = qi[a];
-            const float* s = S.data() + a * dv;
-            for (int64_t c = 0; c < dv; ++c) o[c] += w * s[c];
-          }
-        }
-      }
+          for (int64_t a = 0; a < m; ++a) vec::axpy(o, Si + a * dv, qi[a], dv);
+        });
     });
   }
   const GradSink gq = q.sink(), gk = k.sink(), gv = v.sink();
@@ -272,40 +282,25 @@ Var causal_linear_numerator(const Var& q, const Var& k, const Var& v, const Tens
       std::vector<float> S(static_cast<size_t>(m * dv));
       for (int64_t bh = b0; bh < b1; ++bh) {
         // Forward in i: dq_i = S_i g_i.
-        std::fill(S.begin(), S.end(), 0.f);
-        for (int64_t i = 0; i < N; ++i) {
-          const int64_t r = bh * N + i;
-          if (keep.empty() || keep[(bh / H) * N + i] != 0.f) {
-            const float* ki = kp + r * m;
-            const float* vi = vp + r * dv;
-            for (int64_t a = 0; a < m; ++a) {
-              float* s = S.data() + a * dv;
-              for (int64_t c = 0; c < dv; ++c) s[c] += ki[a] * vi[c];
-            }
-          }
+        scan_kv_state(S, kp, vp, keep, bh, H, N, m, dv, [&](int64_t r, const float* Si) {
           const float* gi = gp + r * dv;
           float* dqi = dqp + r * m;
           for (int64_t a = 0; a < m; ++a) {
-            const float* s = S.data() + a * dv;
+            const float* s = Si + a * dv;
             float t = 0.f;
             for (int64_t c = 0; c < dv; ++c) t += s[c] * gi[c];
             dqi[a] = t;
           }
-        }
+        });
         // Backward in j: R_j = sum_{i>=j} q_i g_i^T; dk_j = R_j v_j, dv_j = R_j^T k_j.
         std::fill(S.begin(), S.end(), 0.f);
         for (int64_t j = N - 1; j >= 0; --j) {
           const int64_t r = bh * N + j;
-          const float* qj = qp + r * m;
-          const float* gj = gp + r * dv;
-          for (int64_t a = 0; a < m; ++a) {
-            float* s = S.data() + a * dv;
-            for (int64_t c = 0; c < dv; ++c) s[c] += qj[a] * gj[c];
-          }
+          add_outer(S.data(), qp + r * m, gp + r * dv, m, dv);
           float* dkj = dkp + r * m;
           float* dvj = dvp + r * dv;
           std::fill(dvj, dvj + dv, 0.f);
-          if (!keep.empty() && keep[(bh / H) * N + j] == 0.f) {
+          if (!kept(keep, bh / H, N, j)) {
             std::fill(dkj, dkj + m, 0.f);
             continue;
           }

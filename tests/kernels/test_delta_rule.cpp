@@ -12,6 +12,7 @@
 
 #include "attnbench/check.hpp"
 #include "attnbench/kernels/delta_rule.hpp"
+#include "support/mixer_runs.hpp"
 #include "support/random_tensors.hpp"
 #include "support/variant_checks.hpp"
 
@@ -82,6 +83,9 @@ Tensor to_tensor(const std::vector<double>& x, const Shape& s) {
   for (int64_t i = 0; i < t.numel(); ++i) t[i] = static_cast<float>(x[i]);
   return t;
 }
+
+// max |x - y| of two runs' tensors of one shape
+double diff(const Tensor& x, const Tensor& y) { return test::deviation(x, y).worst; }
 
 double max_abs(const std::vector<double>& x) {
   double m = 1e-12;
@@ -189,11 +193,6 @@ TEST(DeltaRule, GatedWithUnitDecayIsDeltaNet) {
   gated.g.assign(static_cast<size_t>(B * H * N), 0.0);
   const Tensor R = test::uniform_tensor({B, H, N, V}, 3, 9, -1.f, 1.f);
   const KernelRun a = run_kernel(plain, R, 8, false), b = run_kernel(gated, R, 8, false);
-  auto diff = [](const Tensor& x, const Tensor& y) {
-    double m = 0;
-    for (int64_t i = 0; i < x.numel(); ++i) m = std::max(m, double(std::fabs(x[i] - y[i])));
-    return m;
-  };
   EXPECT_LT(diff(a.o, b.o), 1e-6);
   for (size_t i = 0; i < a.grads.size(); ++i) EXPECT_LT(diff(a.grads[i], b.grads[i]), 1e-5) << i;
 }
@@ -208,11 +207,6 @@ TEST(DeltaRule, ChannelDecayEqualAcrossDimensionsIsGatedDeltaNet) {
   for (double g : gated.g) kda.g.insert(kda.g.end(), static_cast<size_t>(K), g);
   const Tensor R = test::uniform_tensor({B, H, N, V}, 3, 9, -1.f, 1.f);
   const KernelRun a = run_kernel(gated, R, 8, false), b = run_kernel(kda, R, 8, false);
-  auto diff = [](const Tensor& x, const Tensor& y) {
-    double m = 0;
-    for (int64_t i = 0; i < x.numel(); ++i) m = std::max(m, double(std::fabs(x[i] - y[i])));
-    return m;
-  };
   EXPECT_LT(diff(a.o, b.o), 1e-5);
   for (size_t i = 0; i < 4; ++i) EXPECT_LT(diff(a.grads[i], b.grads[i]), 1e-4) << i;
   Tensor dg_sum = Tensor::zeros({B, H, N});

@@ -44,16 +44,12 @@ Mat dense_monarch(const Tensor& L, const Tensor& R) {
 
 // y[b, :, c] = M x[b, :, c]
 Tensor apply_dense(const Mat& M, const Tensor& x) {
-  const int64_t B = x.dim(0), N = x.dim(1), C = x.dim(2);
-  Tensor y = Tensor::zeros(x.shape());
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t i = 0; i < N; ++i)
-      for (int64_t c = 0; c < C; ++c) {
-        double s = 0;
-        for (int64_t j = 0; j < N; ++j) s += M[i][j] * x[(b * N + j) * C + c];
-        y[(b * N + i) * C + c] = static_cast<float>(s);
-      }
-  return y;
+  const int64_t N = x.dim(1), C = x.dim(2);
+  return test::per_position(x.shape(), [&](int64_t b, int64_t i, int64_t c) {
+    double s = 0;
+    for (int64_t j = 0; j < N; ++j) s += M[i][j] * x[(b * N + j) * C + c];
+    return s;
+  });
 }
 
 class MonarchProduct : public ::testing::TestWithParam<std::pair<int, int>> {};
@@ -103,18 +99,14 @@ TEST(MonarchFactors, CoverTheLengthWithNearSquareFactors) {
 
 // y[b, t, c] = sum_{s <= t} k[t - s, c] v[b, s, c] + sum_{s >= t} k_rev[s - t, c] v[b, s, c], directly.
 Tensor naive_long_conv(const Tensor& v, const Tensor& k, const Tensor* k_rev) {
-  const int64_t B = v.dim(0), N = v.dim(1), C = v.dim(2);
-  Tensor y = Tensor::zeros(v.shape());
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < N; ++t)
-      for (int64_t c = 0; c < C; ++c) {
-        double s = 0;
-        for (int64_t src = 0; src <= t; ++src) s += double(k[(t - src) * C + c]) * v[(b * N + src) * C + c];
-        if (k_rev)
-          for (int64_t src = t; src < N; ++src) s += double((*k_rev)[(src - t) * C + c]) * v[(b * N + src) * C + c];
-        y[(b * N + t) * C + c] = static_cast<float>(s);
-      }
-  return y;
+  const int64_t N = v.dim(1), C = v.dim(2);
+  return test::per_position(v.shape(), [&](int64_t b, int64_t t, int64_t c) {
+    double s = 0;
+    for (int64_t src = 0; src <= t; ++src) s += double(k[(t - src) * C + c]) * v[(b * N + src) * C + c];
+    if (k_rev)
+      for (int64_t src = t; src < N; ++src) s += double((*k_rev)[(src - t) * C + c]) * v[(b * N + src) * C + c];
+    return s;
+  });
 }
 
 class LongConv : public ::testing::TestWithParam<std::tuple<int, bool>> {};

@@ -349,19 +349,15 @@ TEST(Mamba, ConformanceSuitePasses) {
 
 // ---- poolformer against a naive average ----
 Tensor naive_pool(const Tensor& x, int64_t k, bool causal, const std::vector<int>& real) {
-  const int64_t B = x.dim(0), N = x.dim(1), D = x.dim(2);
-  Tensor y = Tensor::empty(x.shape());
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < N; ++t)
-      for (int64_t d = 0; d < D; ++d) {
-        double sum = 0;
-        int count = 0;
-        const int64_t lo = causal ? t - k + 1 : t - k / 2, hi = causal ? t : t + k / 2;
-        for (int64_t s = lo; s <= hi; ++s)
-          if (s >= 0 && s < N && (real.empty() || real[b * N + s])) sum += x[(b * N + s) * D + d], ++count;
-        y[(b * N + t) * D + d] = static_cast<float>((count ? sum / count : 0.0) - x[(b * N + t) * D + d]);
-      }
-  return y;
+  const int64_t N = x.dim(1), D = x.dim(2);
+  return test::per_position(x.shape(), [&](int64_t b, int64_t t, int64_t d) {
+    double sum = 0;
+    int count = 0;
+    const int64_t lo = causal ? t - k + 1 : t - k / 2, hi = causal ? t : t + k / 2;
+    for (int64_t s = lo; s <= hi; ++s)
+      if (s >= 0 && s < N && (real.empty() || real[b * N + s])) sum += x[(b * N + s) * D + d], ++count;
+    return (count ? sum / count : 0.0) - x[(b * N + t) * D + d];
+  });
 }
 
 TEST(PoolFormer, EqualsNaiveAverageWithGradients) {

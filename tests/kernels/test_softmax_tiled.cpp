@@ -9,6 +9,7 @@
 
 #include "attnbench/check.hpp"
 #include "attnbench/kernels/flash_attention.hpp"
+#include "support/flash_tiles.hpp"
 #include "support/random_tensors.hpp"
 
 using namespace ab;
@@ -169,19 +170,12 @@ TEST(FlashAttention, MatchesNaiveReferenceWithDefaultTiles) {
 }
 
 TEST(FlashAttention, MatchesNaiveReferenceWithSmallRaggedTiles) {
-  FlashAttentionOptions opt;
-  opt.block_q = 23;
-  opt.block_k = 37;
-  opt.bwd_block_q = 19;
-  opt.bwd_block_k = 70;
+  const FlashAttentionOptions opt{.block_q = 23, .block_k = 37, .bwd_block_q = 19, .bwd_block_k = 70};
   for (const Case& c : cases()) check_against_reference(c, opt, "small tiles");
 }
 
 TEST(FlashAttention, PortableKernelsMatchNaiveReference) {
-  FlashAttentionOptions opt;
-  opt.portable = true;
-  opt.block_q = 50;
-  opt.block_k = 96;
+  const FlashAttentionOptions opt{.block_q = 50, .block_k = 96, .portable = true};
   for (const Case& c : cases()) check_against_reference(c, opt, "portable");
 }
 
@@ -292,11 +286,7 @@ TEST(FlashAttention, FullyMaskedRowsGiveZerosNotNaN) {
 TEST(FlashAttention, FiniteDifferenceGradients) {
   const Shape s{1, 2, 9, 5};
   const Tensor mask = key_padding_mask({1, 1, 0, 1, 1, 1, 1, 0, 1}, 1, 9);
-  FlashAttentionOptions opt;
-  opt.block_q = 4;
-  opt.block_k = 3;
-  opt.bwd_block_q = 2;
-  opt.bwd_block_k = 4;
+  const FlashAttentionOptions opt = test::ragged_small_tiles();
   for (bool causal : {false, true}) {
     std::vector<Var> leaves{Var(random_tensor(s, 11), true), Var(random_tensor(s, 12), true),
                             Var(random_tensor(s, 13), true)};
@@ -310,9 +300,7 @@ TEST(FlashAttention, FiniteDifferenceGradients) {
 TEST(FlashAttention, DeterministicAndForwardIndependentOfThreads) {
   const Shape s{1, 3, 200, 32};
   const Tensor q = random_tensor(s, 21), k = random_tensor(s, 22), v = random_tensor(s, 23), g = random_tensor(s, 24);
-  FlashAttentionOptions opt;
-  opt.block_q = 32;
-  opt.block_k = 64;
+  const FlashAttentionOptions opt{.block_q = 32, .block_k = 64};
   auto run = [&] {
     Var qv(q.clone(), true), kv(k.clone(), true), vv(v.clone(), true);
     Var o = flash_attention(qv, kv, vv, 0.2f, true, nullptr, opt);

@@ -102,6 +102,22 @@ int64_t parameter_count(const std::string& variant, const std::vector<std::strin
   return n;
 }
 
+// The logits [N, C] of training example 0 under a softmax model of `c`, and of the same example
+// with its last token changed: what a causality probe compares.
+struct LastTokenProbe {
+  Tensor before, after;
+  int64_t length;
+};
+
+LastTokenProbe change_last_token(const RunConfig& c) {
+  auto task = TaskRegistry::instance().get(c.task).make(c.task_params, 1);
+  Model model(c.model_params, VariantRegistry::instance().get("softmax"), c.variant_params, *task, 1);
+  Batch a = make_batch(*task, Split::train, {0});
+  Batch b = a;
+  b.tokens.back() = b.tokens.back() == 1 ? 2 : 1;
+  return {model.forward(a, false, 0).value(), model.forward(b, false, 0).value(), a.length};
+}
+
 }  // namespace
 
 TEST(GroupedQueryAttention, KvHeadsEqualToHeadsIsStandardMha) {
@@ -249,13 +265,9 @@ TEST(ModelBlock, HybridWithShortConvNoMlpAndMqaGradientsMatchFiniteDifferences) 
 TEST(ModelBlock, ShortConvNeverReadsLaterTokens) {
   // A causal model with the convolution: changing the last token changes no earlier position's logits.
   const RunConfig c = config("softmax", {"model.short_conv=4", "model.dropout=0", "model.d_model=16", "model.heads=2"});
-  auto task = TaskRegistry::instance().get(c.task).make(c.task_params, 1);
-  Model model(c.model_params, VariantRegistry::instance().get("softmax"), c.variant_params, *task, 1);
-  Batch a = make_batch(*task, Split::train, {0});
-  Batch b = a;
-  b.tokens.back() = b.tokens.back() == 1 ? 2 : 1;
-  const Tensor la = model.forward(a, false, 0).value(), lb = model.forward(b, false, 0).value();
-  const int64_t C = la.dim(1), N = a.length;
+  const LastTokenProbe p = change_last_token(c);
+  const Tensor &la = p.before, &lb = p.after;
+  const int64_t C = la.dim(1), N = p.length;
   for (int64_t i = 0; i < (N - 1) * C; ++i) ASSERT_EQ(la[i], lb[i]) << "position " << i / C;
   bool last_changed = false;
   for (int64_t i = (N - 1) * C; i < N * C; ++i) last_changed |= la[i] != lb[i];
@@ -342,12 +354,8 @@ TEST(MadAutoencoder, EveryPositionReadsTheLastStateAndOnlyIt) {
   // without it (pooling=mean) the first position never sees the last token.
   for (const char* pooling : {"model.pooling=last", "model.pooling=mean"}) {
     const RunConfig c = compression_config({"model.layers=1", pooling});
-    auto task = TaskRegistry::instance().get(c.task).make(c.task_params, 1);
-    Model model(c.model_params, VariantRegistry::instance().get("softmax"), c.variant_params, *task, 1);
-    Batch a = make_batch(*task, Split::train, {0});
-    Batch b = a;
-    b.tokens.back() = b.tokens.back() == 1 ? 2 : 1;
-    const Tensor la = model.forward(a, false, 0).value(), lb = model.forward(b, false, 0).value();
+    const LastTokenProbe p = change_last_token(c);
+    const Tensor &la = p.before, &lb = p.after;
     const int64_t C = la.dim(1);
     bool first_changed = false;
     for (int64_t k = 0; k < C; ++k) first_changed |= la[k] != lb[k];

@@ -157,70 +157,33 @@ class SchemaTest(unittest.TestCase):
 
     # ---- invalid documents ----
 
-    def test_missing_schema(self):
-        run = train_run()
-        del run["schema"]
-        self.assertInvalid(run, 'schema')
+    def test_invalid_documents(self):
+        for what, make, breaks, mentioning in INVALID:
+            with self.subTest(what):
+                doc = make()
+                breaks(doc)
+                self.assertInvalid(doc, mentioning)
 
-    def test_wrong_schema_string(self):
-        run = train_run()
-        run["schema"] = "attnbench.run/2"
-        self.assertInvalid(run, '$.schema')
 
-    def test_ok_train_run_without_test_accuracy(self):
-        run = train_run()
-        del run["metrics"]["test_accuracy"]
-        self.assertInvalid(run, 'test_accuracy')
-
-    def test_failed_run_carrying_test_accuracy(self):
-        run = failed_run("error")
-        run["metrics"]["test_accuracy"] = 0.0
-        self.assertInvalid(run, 'test_accuracy')
-
-    def test_failed_run_without_error_message(self):
-        run = failed_run("timeout")
-        del run["error"]
-        self.assertInvalid(run, "'error' is a required property")
-
-    def test_accuracy_above_one(self):
-        run = train_run()
-        run["metrics"]["test_accuracy"] = 31.0  # a percentage, not a fraction
-        self.assertInvalid(run, '$.metrics.test_accuracy')
-
-    def test_unknown_status(self):
-        run = train_run()
-        run["status"] = "exploded"
-        self.assertInvalid(run, '$.status')
-
-    def test_bench_entry_missing_median_ms(self):
-        run = bench_run()
-        del run["metrics"]["entries"][0]["median_ms"]
-        self.assertInvalid(run, 'median_ms')
-
-    def test_bench_run_without_benchmarks(self):
-        doc = bench_run()
-        del doc["benchmarks"]
-        self.assertInvalid(doc, "benchmarks")
-
-    def test_bench_run_without_variants(self):
-        doc = bench_run()
-        del doc["variants"]
-        self.assertInvalid(doc, "variants")
-
-    def test_train_run_without_variant(self):
-        doc = train_run()
-        del doc["variant"]
-        self.assertInvalid(doc, "variant")
-
-    def test_train_run_without_task(self):
-        run = train_run()
-        run["task"] = None
-        self.assertInvalid(run, '$.task')
-
-    def test_context_missing_git_revision(self):
-        run = train_run()
-        del run["context"]["git_revision"]
-        self.assertInvalid(run, 'git_revision')
+# (what, a valid document, the edit that breaks it, what some error must name)
+INVALID = [
+    ("missing schema", train_run, lambda d: d.pop("schema"), 'schema'),
+    ("wrong schema string", train_run, lambda d: d.update(schema="attnbench.run/2"), '$.schema'),
+    ("ok train run without test accuracy", train_run, lambda d: d["metrics"].pop("test_accuracy"), 'test_accuracy'),
+    ("failed run carrying test accuracy", lambda: failed_run("error"),
+     lambda d: d["metrics"].update(test_accuracy=0.0), 'test_accuracy'),
+    ("failed run without error message", lambda: failed_run("timeout"), lambda d: d.pop("error"),
+     "'error' is a required property"),
+    ("accuracy above one (a percentage, not a fraction)", train_run,
+     lambda d: d["metrics"].update(test_accuracy=31.0), '$.metrics.test_accuracy'),
+    ("unknown status", train_run, lambda d: d.update(status="exploded"), '$.status'),
+    ("bench entry missing median_ms", bench_run, lambda d: d["metrics"]["entries"][0].pop("median_ms"), 'median_ms'),
+    ("bench run without benchmarks", bench_run, lambda d: d.pop("benchmarks"), "benchmarks"),
+    ("bench run without variants", bench_run, lambda d: d.pop("variants"), "variants"),
+    ("train run without variant", train_run, lambda d: d.pop("variant"), "variant"),
+    ("train run without task", train_run, lambda d: d.update(task=None), '$.task'),
+    ("context missing git_revision", train_run, lambda d: d["context"].pop("git_revision"), 'git_revision'),
+]
 
 
 class ValidateScriptTest(unittest.TestCase):
@@ -293,13 +256,18 @@ class InstalledLayoutTest(unittest.TestCase):
             shutil.copytree(SCHEMA_PATH.parent, share / "schema")
         return share
 
+    def validate_installed(self, root, share):
+        """validate_run.py of the install tree on one good run file."""
+        run = Path(root) / "run.json"
+        run.write_text(json.dumps(train_run()), encoding="utf-8")
+        result = subprocess.run([PYTHON, str(share / "scripts" / "validate_run.py"), str(run)],
+                                capture_output=True, text=True, timeout=60)
+        return run, result
+
     def test_validate_run_from_the_install_tree(self):
         with tempfile.TemporaryDirectory() as d:
             share = self.install_tree(d)
-            run = Path(d) / "run.json"
-            run.write_text(json.dumps(train_run()), encoding="utf-8")
-            result = subprocess.run([PYTHON, str(share / "scripts" / "validate_run.py"), str(run)],
-                                    capture_output=True, text=True, timeout=60)
+            run, result = self.validate_installed(d, share)
             self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
             self.assertIn("ok", result.stdout)
             # report.py checks every run file against the schema too
@@ -311,10 +279,7 @@ class InstalledLayoutTest(unittest.TestCase):
     def test_missing_schema_names_both_places(self):
         with tempfile.TemporaryDirectory() as d:
             share = self.install_tree(d, with_schema=False)
-            run = Path(d) / "run.json"
-            run.write_text(json.dumps(train_run()), encoding="utf-8")
-            result = subprocess.run([PYTHON, str(share / "scripts" / "validate_run.py"), str(run)],
-                                    capture_output=True, text=True, timeout=60)
+            _, result = self.validate_installed(d, share)
             self.assertEqual(result.returncode, 2, result.stdout + result.stderr)
             self.assertNotIn("Traceback", result.stderr)
             self.assertIn(str(share / "schema" / "run.schema.json"), result.stderr)

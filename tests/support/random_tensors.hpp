@@ -1,6 +1,7 @@
 #pragma once
 // Test inputs drawn from the check stream: the same tensor for the same (seed, key) on every
-// platform, like every draw of the harness; and slices of them.
+// platform, like every draw of the harness; slices of them; and the tabulated [B, N, C] tensors
+// of the naive references.
 #include "attnbench/rng.hpp"
 #include "attnbench/tensor.hpp"
 
@@ -38,6 +39,18 @@ inline Tensor position(const Tensor& x, int64_t t) {
   Tensor y = Tensor::empty(s);
   for (int64_t o = 0; o < outer; ++o)
     for (int64_t i = 0; i < inner; ++i) y[o * inner + i] = x[(o * n + t) * inner + i];
+  return y;
+}
+
+// y [B, N, C] with y[b, t, c] = f(b, t, c), summed in double by f and rounded once: the loop nest
+// of the naive sequence-mixing references.
+template <class F>
+Tensor per_position(const Shape& s, F f) {
+  const int64_t B = s.at(0), N = s.at(1), C = s.at(2);
+  Tensor y = Tensor::empty(s);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < N; ++t)
+      for (int64_t c = 0; c < C; ++c) y[(b * N + t) * C + c] = static_cast<float>(f(b, t, c));
   return y;
 }
 

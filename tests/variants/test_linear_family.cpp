@@ -124,6 +124,21 @@ double dot_rows(const Vec& a, int64_t ra, const Vec& b, int64_t rb, int64_t d,
   return s;
 }
 
+// The output projection of the references: o [B, H, N, d] with its heads side by side times
+// wo [H d, D] -> y [B, N, D].
+Vec merge_heads(const Vec& o, const Tensor& wo, int64_t B, int64_t H, int64_t N, int64_t d, int64_t D) {
+  Vec y(static_cast<size_t>(B * N * D), 0.0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < D; ++c) {
+        double s = 0;
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t e = 0; e < d; ++e) s += o[((b * H + h) * N + n) * d + e] * wo[(h * d + e) * D + c];
+        y[(b * N + n) * D + c] = s;
+      }
+  return y;
+}
+
 }  // namespace
 
 // ---- cosformer ----
@@ -232,16 +247,7 @@ void expect_based_family(const std::string& name, const Json& params, int64_t f,
         const Vec o = pairwise(B, H, N, d, v, causal, nullptr, [&](int64_t bh, int64_t i, int64_t j) {
           return kernel(&q[(bh * N + i) * f], &k[(bh * N + j) * f]);
         }, true, eps);
-        Vec y(static_cast<size_t>(B * N * D), 0.0);
-        for (int64_t b = 0; b < B; ++b)
-          for (int64_t n = 0; n < N; ++n)
-            for (int64_t c = 0; c < D; ++c) {
-              double s = 0;
-              for (int64_t h = 0; h < H; ++h)
-                for (int64_t e = 0; e < d; ++e) s += o[((b * H + h) * N + n) * d + e] * wo.value()[(h * d + e) * D + c];
-              y[(b * N + n) * D + c] = s;
-            }
-        return y;
+        return merge_heads(o, wo.value(), B, H, N, d, D);
       };
       expect_op_matches([&](const std::vector<Var>& in) { return mixer->forward(in[0], ctx); }, ref,
                         {gaussian({B, N, D}, 7)}, 1e-4, fmt::format("{} taps={} causal={}", name, taps, causal));
@@ -365,16 +371,7 @@ TEST(Aaren, IsCausalSoftmaxAttentionWithAFixedLearnedQuery) {
           s[(b * H + h) * N + n] = sc / std::sqrt(double(d));
         }
     const Vec o = prefix_softmax_reference(B * H, N, d, s, v, &mask, H);
-    Vec y(static_cast<size_t>(B * N * D), 0.0);
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t n = 0; n < N; ++n)
-        for (int64_t c = 0; c < D; ++c) {
-          double acc = 0;
-          for (int64_t h = 0; h < H; ++h)
-            for (int64_t e = 0; e < d; ++e) acc += o[((b * H + h) * N + n) * d + e] * wo.value()[(h * d + e) * D + c];
-          y[(b * N + n) * D + c] = acc;
-        }
-    return y;
+    return merge_heads(o, wo.value(), B, H, N, d, D);
   };
   expect_op_matches([&](const std::vector<Var>& in) { return mixer->forward(in[0], ctx); }, ref,
                     {gaussian({B, N, D}, 10)}, 1e-4, "aaren");

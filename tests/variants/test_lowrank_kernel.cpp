@@ -173,38 +173,34 @@ Tensor mask_with_padding(int64_t B, int64_t N, std::vector<int64_t> real_lengths
   return key_padding_mask(tokens, B, N, 0);
 }
 
+// linear_elu's attend against its explicit quadratic form, values and gradients, without and with
+// a padding mask (`real`: the real length of each batch row); q, k, v from streams seed, seed+1, seed+2.
+void expect_linear_elu_is_quadratic_form(bool causal, int64_t B, int64_t H, int64_t N, int64_t d,
+                                         std::vector<int64_t> real, uint64_t seed) {
+  const Tensor mask = mask_with_padding(B, N, std::move(real));
+  const std::string direction = causal ? "causal" : "bidirectional";
+  for (bool with_mask : {false, true}) {
+    auto mixer = make("linear_elu", Json::object(), H * d, H, N);
+    AttentionMixer* attn = as_attention(mixer);
+    MixerContext ctx;
+    ctx.causal = causal;
+    ctx.key_mask = with_mask ? &mask : nullptr;
+    QuadraticForm qf{B, H, N, d, d, elu1, causal, keep_of(ctx.key_mask, B, N), 1e-6};
+    expect_matches_reference([&](const Var& q, const Var& k, const Var& v) { return attn->attend(q, k, v, ctx); },
+                             qf, randn({B, H, N, d}, seed), randn({B, H, N, d}, seed + 1),
+                             randn({B, H, N, d}, seed + 2), 2e-5, with_mask ? direction + ", masked" : direction);
+  }
+}
+
 }  // namespace
 
 // ---- linear_elu against its explicit quadratic form ----
 TEST(LinearElu, CausalPrefixSumsEqualTheMaskedQuadraticFormWithGradients) {
-  const int64_t B = 2, H = 2, N = 9, d = 4;
-  const Tensor mask = mask_with_padding(B, N, {9, 6});
-  for (bool with_mask : {false, true}) {
-    auto mixer = make("linear_elu", Json::object(), H * d, H, N);
-    AttentionMixer* attn = as_attention(mixer);
-    MixerContext ctx;
-    ctx.causal = true;
-    ctx.key_mask = with_mask ? &mask : nullptr;
-    QuadraticForm qf{B, H, N, d, d, elu1, true, keep_of(ctx.key_mask, B, N), 1e-6};
-    expect_matches_reference([&](const Var& q, const Var& k, const Var& v) { return attn->attend(q, k, v, ctx); },
-                             qf, randn({B, H, N, d}, 1), randn({B, H, N, d}, 2), randn({B, H, N, d}, 3), 2e-5,
-                             with_mask ? "causal, masked" : "causal");
-  }
+  expect_linear_elu_is_quadratic_form(true, 2, 2, 9, 4, {9, 6}, 1);
 }
 
 TEST(LinearElu, BidirectionalEqualsTheQuadraticFormWithGradients) {
-  const int64_t B = 2, H = 2, N = 7, d = 3;
-  const Tensor mask = mask_with_padding(B, N, {5, 7});
-  for (bool with_mask : {false, true}) {
-    auto mixer = make("linear_elu", Json::object(), H * d, H, N);
-    AttentionMixer* attn = as_attention(mixer);
-    MixerContext ctx;
-    ctx.key_mask = with_mask ? &mask : nullptr;
-    QuadraticForm qf{B, H, N, d, d, elu1, false, keep_of(ctx.key_mask, B, N), 1e-6};
-    expect_matches_reference([&](const Var& q, const Var& k, const Var& v) { return attn->attend(q, k, v, ctx); },
-                             qf, randn({B, H, N, d}, 4), randn({B, H, N, d}, 5), randn({B, H, N, d}, 6), 2e-5,
-                             with_mask ? "bidirectional, masked" : "bidirectional");
-  }
+  expect_linear_elu_is_quadratic_form(false, 2, 2, 7, 3, {5, 7}, 4);
 }
 
 TEST(LinearAttentionOp, EveryFeatureMapAndDirectionMatchesTheQuadraticForm) {

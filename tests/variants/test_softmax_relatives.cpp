@@ -17,6 +17,7 @@
 #include "attnbench/kernels/flash_attention.hpp"
 #include "attnbench/variant.hpp"
 #include "../../variants/favor_projections.hpp"
+#include "support/flash_tiles.hpp"
 #include "support/mixer_build.hpp"
 #include "support/random_tensors.hpp"
 
@@ -135,12 +136,8 @@ TEST(FlashKeyBias, MatchesNaiveReference) {
           std::vector<int32_t> tokens(B * N, 1);
           for (int64_t j = N - N / 3; j < N; ++j) tokens[j] = 0;
           const Tensor mask = key_padding_mask(tokens, B, N);
-          FlashAttentionOptions opt;
-          opt.portable = portable;
-          opt.block_q = 16;
-          opt.block_k = 32;
-          opt.bwd_block_q = 16;
-          opt.bwd_block_k = 16;
+          const FlashAttentionOptions opt{
+              .block_q = 16, .block_k = 32, .bwd_block_q = 16, .bwd_block_k = 16, .portable = portable};
           const float scale = 0.25f;
           Var o = flash_attention_key_bias(q, k, v, kb, scale, causal, masked ? &mask : nullptr, opt);
           o.backward(g);
@@ -157,11 +154,7 @@ TEST(FlashKeyBias, MatchesNaiveReference) {
 
 TEST(FlashKeyBias, FiniteDifferenceGradients) {
   const Shape s{1, 2, 9, 5};
-  FlashAttentionOptions opt;
-  opt.block_q = 4;
-  opt.block_k = 3;
-  opt.bwd_block_q = 2;
-  opt.bwd_block_k = 4;
+  const FlashAttentionOptions opt = ragged_small_tiles();
   for (bool causal : {false, true}) {
     std::vector<Var> leaves{Var(normal_tensor(s, 11, 1818), true), Var(normal_tensor(s, 12, 1818), true),
                             Var(normal_tensor(s, 13, 1818), true), Var(normal_tensor({1, 2, 9}, 14, 1818), true)};

@@ -247,19 +247,25 @@ dnnl::layer_normalization_forward::primitive_desc ln_fwd_pd(int64_t rows, int64_
                                             kLnFlags);
   return dnnl::layer_normalization_forward::primitive_desc(d, user_scratchpad(), engine());
 }
+// The arguments forward and backward share: x [rows, cols], the row mean and variance [rows],
+// gamma and beta [cols].
+std::unordered_map<int, memory> ln_args(int64_t rows, int64_t cols, const float* x, const float* mean,
+                                        const float* variance, const float* gamma, const float* beta) {
+  return {{DNNL_ARG_SRC, mem(md2(rows, cols), x)},
+          {DNNL_ARG_MEAN, mem(stat_md(rows), mean)},
+          {DNNL_ARG_VARIANCE, mem(stat_md(rows), variance)},
+          {DNNL_ARG_SCALE, mem(vec_md(cols), gamma)},
+          {DNNL_ARG_SHIFT, mem(vec_md(cols), beta)}};
+}
 }  // namespace
 
 void layer_norm_forward(const float* x, const float* gamma, const float* beta, float* y, float* mean,
                         float* variance, int64_t rows, int64_t cols, float eps) {
   const Cached& p = cached(fmt::format("lnf {} {} {}", rows, cols, eps),
                            [&] { return make_cached<dnnl::layer_normalization_forward>(ln_fwd_pd(rows, cols, eps)); });
-  const auto md = md2(rows, cols);
-  run(p, {{DNNL_ARG_SRC, mem(md, x)},
-          {DNNL_ARG_DST, mem(md, y)},
-          {DNNL_ARG_MEAN, mem(stat_md(rows), mean)},
-          {DNNL_ARG_VARIANCE, mem(stat_md(rows), variance)},
-          {DNNL_ARG_SCALE, mem(vec_md(cols), gamma)},
-          {DNNL_ARG_SHIFT, mem(vec_md(cols), beta)}});
+  auto args = ln_args(rows, cols, x, mean, variance, gamma, beta);
+  args.emplace(DNNL_ARG_DST, mem(md2(rows, cols), y));
+  run(p, std::move(args));
 }
 
 void layer_norm_backward(const float* x, const float* dy, const float* gamma, const float* beta, const float* mean,
@@ -271,16 +277,12 @@ void layer_norm_backward(const float* x, const float* dy, const float* gamma, co
     return make_cached<dnnl::layer_normalization_backward>(dnnl::layer_normalization_backward::primitive_desc(d, user_scratchpad(), engine(),
                                                                           ln_fwd_pd(rows, cols, eps)));
   });
-  const auto md = md2(rows, cols);
-  run(p, {{DNNL_ARG_SRC, mem(md, x)},
-          {DNNL_ARG_DIFF_DST, mem(md, dy)},
-          {DNNL_ARG_MEAN, mem(stat_md(rows), mean)},
-          {DNNL_ARG_VARIANCE, mem(stat_md(rows), variance)},
-          {DNNL_ARG_SCALE, mem(vec_md(cols), gamma)},
-          {DNNL_ARG_SHIFT, mem(vec_md(cols), beta)},
-          {DNNL_ARG_DIFF_SRC, mem(md, dx)},
-          {DNNL_ARG_DIFF_SCALE, mem(vec_md(cols), dgamma)},
-          {DNNL_ARG_DIFF_SHIFT, mem(vec_md(cols), dbeta)}});
+  auto args = ln_args(rows, cols, x, mean, variance, gamma, beta);
+  args.emplace(DNNL_ARG_DIFF_DST, mem(md2(rows, cols), dy));
+  args.emplace(DNNL_ARG_DIFF_SRC, mem(md2(rows, cols), dx));
+  args.emplace(DNNL_ARG_DIFF_SCALE, mem(vec_md(cols), dgamma));
+  args.emplace(DNNL_ARG_DIFF_SHIFT, mem(vec_md(cols), dbeta));
+  run(p, std::move(args));
 }
 
 namespace {
