@@ -45,7 +45,10 @@ namespace ab {
 //    kernels) for the Forgetting Transformer.
 //    FlashAttentionOptions gained bf16 (tile products with bf16 inputs, AVX512_BF16) and
 //    flash_attention_has_bf16().
-#define ATTNBENCH_PLUGIN_ABI_VERSION 6
+// 7: attnbench/kernels/gated_slot_memory.hpp (GSA's key memory: gated linear attention decayed on
+//    the value side, with its decode state); fft_conv.hpp gained fft_toeplitz_attention (the
+//    fused Toeplitz-weighted kernel attention of kernel_rpe_fft).
+#define ATTNBENCH_PLUGIN_ABI_VERSION 7
 inline constexpr int kPluginAbiVersion = ATTNBENCH_PLUGIN_ABI_VERSION;
 
 struct PluginInfo {
