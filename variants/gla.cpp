@@ -24,48 +24,33 @@
 
 namespace {
 
-class Gla final : public ab::Mixer {
+class Gla final : public ab_gla_family::Layer {
  public:
-  explicit Gla(const ab::MixerConfig& cfg) : d_model_(cfg.d_model), heads_(cfg.heads) {
+  explicit Gla(const ab::MixerConfig& cfg) : Layer(cfg, widths(cfg).dk, widths(cfg).dv) {
     const auto& p = cfg.params;
-    const int64_t D = d_model_;
-    const ab_head_widths::HeadWidths w = ab_head_widths::head_widths(cfg, "gla");
-    dk_ = w.dk;
-    dv_ = w.dv;
-    const int64_t Dk = heads_ * dk_, Dv = heads_ * dv_;
+    const int64_t D = d_model_, Dk = heads_ * dk_, Dv = heads_ * dv_;
     rank_ = p.at("gate_low_rank").get<int64_t>();
-    inv_tau_ = static_cast<float>(1.0 / p.at("gate_normalizer").get<double>());
-    opt_ = ab_gla_family::options(p);
-    auto stream = [&](uint64_t which) { return ab::RngStream(cfg.seed, ab::Purpose::init, 1000 + cfg.layer, which); };
-    wq_ = add_param("wq", ab::init_xavier_uniform(D, Dk, stream(0)));
-    wk_ = add_param("wk", ab::init_xavier_uniform(D, Dk, stream(1)));
-    wv_ = add_param("wv", ab::init_xavier_uniform(D, Dv, stream(2)));
-    wg_ = add_param("wg", ab::init_xavier_uniform(D, Dv, stream(3)));
-    wo_ = add_param("wo", ab::init_xavier_uniform(Dv, D, stream(4)));
-    w1_ = add_param("gate_w1", ab::init_xavier_uniform(D, rank_, stream(5)));
-    w2_ = add_param("gate_w2", ab::init_xavier_uniform(rank_, Dk, stream(6)));
+    inv_tau_ = ab_gla_family::inverse_gate_normalizer(p);
+    add_qkv();
+    wg_ = add_weight("wg", D, Dv, 3);
+    wo_ = add_weight("wo", Dv, D, 4);
+    w1_ = add_weight("gate_w1", D, rank_, 5);
+    w2_ = add_weight("gate_w2", rank_, Dk, 6);
     b_ = add_param("gate_bias", ab::Tensor::zeros({Dk}));
-    norm_w_ = add_param("norm_weight", ab::Tensor::full({dv_}, 1.f));
-    norm_b_ = add_param("norm_bias", ab::Tensor::zeros({dv_}));
+    add_head_norm();
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s = ab::variant_spec(
-        "gla", "recurrent", "gated linear attention: data-dependent decay per key dimension, chunked scan",
+    ab::VariantSpec s = ab_gla_family::family_spec(
+        "gla", "gated linear attention: data-dependent decay per key dimension, chunked scan",
         "Yang et al. 2024, Gated Linear Attention Transformers with Hardware-Efficient Training",
-        ab_gla_family::with_form_params(
-            "the recurrence",
+        "the recurrence",
+        ab_gla_family::with_widths(
+            {}, 0.5, 1.0,
             {
-                ab::num_param("expand_k", 0.5,
-                              "key width as a fraction of d_model (fla: 0.5); expand_k D / heads must be whole", 0.0625,
-                              4),
-                ab::num_param("expand_v", 1.0,
-                              "value width as a fraction of d_model (fla: 1); expand_v D / heads must be whole", 0.0625,
-                              4),
                 ab::int_param("gate_low_rank", 16, "rank of the gate projection W1 W2 (fla: 16)", 1, 1024),
                 ab::num_param("gate_normalizer", 16.0, "tau: log alpha = logsigmoid(.) / tau (fla: 16)", 1.0, 1024.0),
-            }),
-        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
+            }));
     s.check_params = ab::Json{{"chunk", 3}};  // several chunks, the last one partial, at N = 8
     s.cost = [](const ab::CostArgs& a) {
       const auto& p = *a.params;
@@ -121,9 +106,6 @@ class Gla final : public ab::Mixer {
 
   Proj project(const ab::Var& x, const ab::Tensor* key_mask) {
     const int64_t B = x.dim(0), N = x.dim(1);
-    auto heads = [&](const ab::Var& t, int64_t d) {
-      return ab::permute(ab::reshape(t, {B, N, heads_, d}), {0, 2, 1, 3});
-    };
     Proj p;
     p.q = ab::scale(heads(ab::linear(x, wq_), dk_), 1.0f / std::sqrt(static_cast<float>(dk_)));
     p.k = heads(ab::linear(x, wk_), dk_);
@@ -140,15 +122,14 @@ class Gla final : public ab::Mixer {
 
   // o: [B, H, N, dv], gate [B, N, H dv] -> [B, N, D]
   ab::Var output(const ab::Var& o, const ab::Var& gate) {
-    const int64_t B = o.dim(0), N = o.dim(2);
-    const ab::Var on = ab::layer_norm(ab::permute(o, {0, 2, 1, 3}), norm_w_, norm_b_);  // [B, N, H, dv]
-    return ab::linear(ab::mul(ab::reshape(on, {B, N, heads_ * dv_}), gate), wo_);
+    return ab::linear(ab::mul(merged_norm(o), gate), wo_);
   }
 
-  int64_t d_model_, heads_, dk_ = 0, dv_ = 0, rank_ = 0;
+  static ab_head_widths::HeadWidths widths(const ab::MixerConfig& cfg) { return ab_head_widths::head_widths(cfg, "gla"); }
+
+  int64_t rank_ = 0;
   float inv_tau_ = 1.f / 16;
-  ab::GatedLinearAttentionOptions opt_;
-  ab::Var wq_, wk_, wv_, wg_, wo_, w1_, w2_, b_, norm_w_, norm_b_;
+  ab::Var wg_, wo_, w1_, w2_, b_;
 };
 
 }  // namespace

@@ -24,44 +24,32 @@
 
 namespace {
 
-class Hgrn2 final : public ab::Mixer {
+class Hgrn2 final : public ab_gla_family::Layer {
  public:
-  explicit Hgrn2(const ab::MixerConfig& cfg) : d_model_(cfg.d_model), heads_(cfg.heads) {
-    const auto& p = cfg.params;
-    const int64_t D = d_model_;
-    if (heads_ <= 0 || D % heads_ != 0) {
-      throw ab::UsageError("hgrn2: d_model = " + std::to_string(D) + " must be a multiple of model.heads = " +
-                           std::to_string(heads_) + " (the input width per head is d_model / heads)");
-    }
-    dk_ = p.at("expand_ratio").get<int64_t>();
-    dv_ = D / heads_;
-    lower_bound_ = static_cast<float>(p.at("lower_bound").get<double>());
-    opt_ = ab_gla_family::options(p);
-    auto stream = [&](uint64_t which) { return ab::RngStream(cfg.seed, ab::Purpose::init, 1000 + cfg.layer, which); };
-    const int64_t Dk = heads_ * dk_;
-    wq_ = add_param("wq", ab::init_xavier_uniform(D, Dk, stream(0)));
-    wf_ = add_param("wf", ab::init_xavier_uniform(D, Dk, stream(1)));
-    wi_ = add_param("wi", ab::init_xavier_uniform(D, D, stream(2)));
-    wo_ = add_param("wo", ab::init_xavier_uniform(D, D, stream(3)));
-    norm_w_ = add_param("norm_weight", ab::Tensor::full({dv_}, 1.f));
-    norm_b_ = add_param("norm_bias", ab::Tensor::zeros({dv_}));
+  explicit Hgrn2(const ab::MixerConfig& cfg)
+      : Layer(cfg, cfg.params.at("expand_ratio").get<int64_t>(), input_width(cfg.d_model, cfg.heads)) {
+    const int64_t D = d_model_, Dk = heads_ * dk_;
+    lower_bound_ = static_cast<float>(cfg.params.at("lower_bound").get<double>());
+    wq_ = add_weight("wq", D, Dk, 0);
+    wf_ = add_weight("wf", D, Dk, 1);
+    wi_ = add_weight("wi", D, D, 2);
+    wo_ = add_weight("wo", D, D, 3);
+    add_head_norm();
   }
 
   static ab::VariantSpec spec() {
-    ab::VariantSpec s = ab::variant_spec(
-        "hgrn2", "recurrent",
+    ab::VariantSpec s = ab_gla_family::family_spec(
+        "hgrn2",
         "HGRN2: gated linear RNN with outer-product state expansion (forget gate as decay, 1 - f as key)",
         "Qin et al. 2024, HGRN2: Gated Linear RNNs with State Expansion",
-        ab_gla_family::with_form_params(
-            "the recurrence",
-            {
-                ab::int_param("expand_ratio", 128,
-                              "forget (key) width per head: the state is expand_ratio x d_model/heads (fla: 128)", 1,
-                              1024),
-                ab::num_param("lower_bound", 0.0,
-                              "lower bound of the forget gate (fla learns one per layer; 0 in the first)", 0.0, 0.99),
-            }),
-        {.causal = true, .bidirectional = true, .padding_mask = true, .decode = true});
+        "the recurrence",
+        {
+            ab::int_param("expand_ratio", 128,
+                          "forget (key) width per head: the state is expand_ratio x d_model/heads (fla: 128)", 1,
+                          1024),
+            ab::num_param("lower_bound", 0.0,
+                          "lower bound of the forget gate (fla learns one per layer; 0 in the first)", 0.0, 0.99),
+        });
     s.check_params = ab::Json{{"chunk", 3}, {"expand_ratio", 4}, {"lower_bound", 0.3}};
     s.cost = [](const ab::CostArgs& a) {
       const auto& p = *a.params;
@@ -111,9 +99,6 @@ class Hgrn2 final : public ab::Mixer {
 
   Proj project(const ab::Var& x, const ab::Tensor* key_mask) {
     const int64_t B = x.dim(0), N = x.dim(1);
-    auto heads = [&](const ab::Var& t, int64_t d) {  // [B, N, H d] -> [B, H, N, d]
-      return ab::permute(ab::reshape(t, {B, N, heads_, d}), {0, 2, 1, 3});
-    };
     const ab::Var z = ab::linear(x, wf_);
     ab::Var log_f = ab::log_sigmoid(z);
     if (lower_bound_ > 0.f)  // log(lb + (1 - lb) sigmoid(z)) = logsigmoid(z) + softplus(log lb - z)
@@ -132,16 +117,19 @@ class Hgrn2 final : public ab::Mixer {
   }
 
   // o: [B, H, N, dv] -> [B, N, D]
-  ab::Var output(const ab::Var& o) {
-    const int64_t B = o.dim(0), N = o.dim(2);
-    const ab::Var on = ab::layer_norm(ab::permute(o, {0, 2, 1, 3}), norm_w_, norm_b_);  // [B, N, H, dv]
-    return ab::linear(ab::reshape(on, {B, N, heads_ * dv_}), wo_);
+  ab::Var output(const ab::Var& o) { return ab::linear(merged_norm(o), wo_); }
+
+  // The input (value) width per head, d_model / heads.
+  static int64_t input_width(int64_t D, int64_t H) {
+    if (H <= 0 || D % H != 0) {
+      throw ab::UsageError("hgrn2: d_model = " + std::to_string(D) + " must be a multiple of model.heads = " +
+                           std::to_string(H) + " (the input width per head is d_model / heads)");
+    }
+    return D / H;
   }
 
-  int64_t d_model_, heads_, dk_ = 0, dv_ = 0;
   float lower_bound_ = 0.f;
-  ab::GatedLinearAttentionOptions opt_;
-  ab::Var wq_, wf_, wi_, wo_, norm_w_, norm_b_;
+  ab::Var wf_, wi_, wo_;
 };
 
 }  // namespace

@@ -5,14 +5,15 @@
 // with positive random features phi (Performer's PRF: phi(x) = m^-1/2 exp(W x^ - |x^|^2 / 2 - c),
 // x^ = x d^-1/4, ab::favor_features). Since C is Toeplitz, sum_j C_ij phi(k_j) [v_j, 1]^T is a 1-D
 // convolution along the sequence of the m x (d + 1) matrices phi(k_j) [v_j, 1]^T with the kernel
-// exp(b): ab::fft_conv over B sequences of H m (d + 1) channels, one kernel per head.
+// exp(b), read out by phi(q_i): ab::fft_toeplitz_attention, which builds, convolves and reads out
+// the H m (d + 1) channels a block at a time (never materialising them), one kernel per head.
 // b: a learned bias per head and lag, zero-initialised (C = 1: plain Performer at init), lags
 // -(max_length - 1) .. max_length - 1; causal = the lags >= 0 only (b_{<0} = -inf).
 // Deliberate differences: W [m, d] is i.i.d. Gaussian, drawn once per layer at construction and
 // never redrawn (the paper inherits Performer's orthogonal features and redraws); the additive
 // stabiliser of the keys is 0 so that their per-(batch, head) maximum cancels exactly in the ratio.
-// Time O(B H N log N m d); memory O(B N H m d): the per-position outer products are materialised
-// for the FFT (the paper's cost).
+// Time O(B H N log N m d) (the paper's); memory O(B N H (m + d)): the per-position outer products
+// and their convolution exist only a block of channels at a time.
 // Capabilities: bidirectional, causal, padding mask (phi(k) zeroed at padded keys). No decode: the
 // keys' stabilising maximum spans the whole sequence, and a general Toeplitz C has no finite state.
 #include <fmt/format.h>
@@ -53,16 +54,15 @@ class KernelRpeFft final : public ab::AttentionMixer {
                 + B * N * C                      // outer products
                 + B * C * (2 * fft + 6 * Mh)     // forward + inverse transform, product
                 + 2 * B * N * C + B * N * D;     // readout phi(q)^T S, division
-      // Saved: q, k, v and the merged heads (4 B N D); phi(q), phi(k) (2 B H N m); the outer
-      // products U and their convolution S (2 B N C); the kernel spectra (H (M/2+1) complex); the
-      // sequence-major copies of phi(k) and [v, 1] kept by their outer product (B N H (m + d + 1)).
+      // Saved: q, k, v and the merged heads (4 B N D); phi(q), phi(k) (2 B H N m); the fused
+      // op's channel-major copies of phi(q), phi(k) and [v, 1] (B H N (2 m + d + 1)) and the
+      // kernel spectra (H (M/2+1) complex); the numerator and denominator (B H N (d + 1)).
       c.activation_bytes =
-          4 * (4 * B * N * D + 2 * B * H * N * m + 2 * B * N * C + 2 * H * Mh + B * N * H * (m + d + 1));
-      // In the FFT convolution's backward: U, S and their gradients (4 B N C) with the transform
-      // buffers over all channels (measured about 3.5 M C).
-      c.peak_bytes = 4 * (4 * B * N * D + 4 * B * N * C + 3.5 * M * C);
-      // Streaming U and S through the transforms several times: they do not fit the caches.
-      c.bytes = 4 * (6 * B * M * C);
+          4 * (4 * B * N * D + 2 * B * H * N * m + B * H * N * (2 * m + d + 1) + 2 * H * Mh + B * H * N * (d + 1));
+      // Backward: the gradients of those copies, channel-major and back (2 B H N (2 m + d + 1)),
+      // and the rows of a block of channels (16 real rows, two spectra) per running task (two).
+      c.peak_bytes = c.activation_bytes + 4 * (2 * B * H * N * (2 * m + d + 1) + 2 * 16 * (M + 4 * Mh));
+      // No c.bytes: the products and their convolution stay in cache (the default traffic).
       return c;
     };
     s.check_params = {{"num_features", 8}};
@@ -71,7 +71,7 @@ class KernelRpeFft final : public ab::AttentionMixer {
 
   // q, k, v: [B, H, N, d] -> [B, H, N, d]
   ab::Var attend(const ab::Var& q, const ab::Var& k, const ab::Var& v, const ab::MixerContext& ctx) override {
-    const int64_t B = q.dim(0), H = heads_, N = q.dim(2), d = head_dim_, m = m_;
+    const int64_t B = q.dim(0), H = heads_, N = q.dim(2), d = head_dim_;
     if (N > max_length_)
       throw ab::UsageError(
           fmt::format("kernel_rpe_fft: sequence length {} exceeds the model's max_length {}", N, max_length_));
@@ -84,21 +84,15 @@ class KernelRpeFft final : public ab::AttentionMixer {
     fo.key_mask = ctx.key_mask;
     ab::Var fk = ab::favor_features(k, w_, fo);  // [B, H, N, m]
     if (ctx.key_mask) fk = ab::mul(fk, ab::Var(ab::keep_flags(ctx.key_mask, {B, 1, N, 1})));
-    // U[b, j, h] = phi(k_j) [v_j, 1]^T: [B, N, H, m, d + 1], sequence-major for the convolution
-    const ab::Var fk_t = ab::reshape(ab::permute(fk, {0, 2, 1, 3}), {B, N, H, m, 1});
     const ab::Var v1 = ab::concat({v, ab::Var(ab::Tensor::full({B, H, N, 1}, 1.f))}, 3);  // [B, H, N, d + 1]
-    const ab::Var v_t = ab::reshape(ab::permute(v1, {0, 2, 1, 3}), {B, N, H, 1, d + 1});
-    const ab::Var u = ab::reshape(ab::mul(fk_t, v_t), {B, N, H * m * (d + 1)});
     const ab::Var kf = ab::exp(ab::slice(b_fwd_, 1, 0, N));  // [H, N], lag 0 ..
     ab::Var kb;
     if (!ctx.causal && N > 1)  // lags -1 .. -(N - 1); lag 0 is the causal kernel's
       kb = ab::concat({ab::Var(ab::Tensor::zeros({H, 1})), ab::exp(ab::slice(b_bwd_, 1, 0, N - 1))}, 1);
-    const ab::Var s = ab::reshape(ab::fft_conv(u, kf, kb), {B, N, H, m, d + 1});
-    // phi(q_i)^T S_i: [B, N, H, 1, m] x [B, N, H, m, d + 1] -> [B, N, H, 1, d + 1]
-    const ab::Var fq_t = ab::reshape(ab::permute(fq, {0, 2, 1, 3}), {B, N, H, 1, m});
-    const ab::Var r = ab::reshape(ab::matmul(fq_t, s), {B, N, H, d + 1});
+    // r_i = sum_j C_ij phi(q_i)^T phi(k_j) [v_j, 1]: [B, H, N, d + 1]
+    const ab::Var r = ab::fft_toeplitz_attention(fq, fk, v1, kf, kb);
     const ab::Var den = ab::add_scalar(ab::slice(r, 3, d, 1), 1e-30f);  // > 0 unless every visible key is padded
-    return ab::permute(ab::div(ab::slice(r, 3, 0, d), den), {0, 2, 1, 3});
+    return ab::div(ab::slice(r, 3, 0, d), den);
   }
 
  private:

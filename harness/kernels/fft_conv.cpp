@@ -114,6 +114,35 @@ Tensor kernel_spectrum(const Tensor& kf, const Tensor* kb, const ConvGeom& g) {
   return out;
 }
 
+// The kernels' gradients from red [G, Mh] = sum over channels and batch of conj(U) DY per kernel
+// row: p = c2r(red) is p[l] = sum_t dy[t] u[t - l] (circular), so dk_fwd[l] = p[l] / M and
+// dk_bwd[l] = p[-l mod M] / M.
+void accumulate_kernel_grads(const Tensor& red, const ConvGeom& g, const GradSink& gkf, const GradSink& gkb) {
+  Tensor p = Tensor::empty({g.G, g.M});
+  fft::c2r(as_complex(red), p.data(), fft::Layout{g.M, 1, 1, {{g.G, g.Mh, g.M}}});
+  const float inv = 1.0f / static_cast<float>(g.M);
+  auto extract = [&](const GradSink& sink, bool mirrored) {
+    Tensor dk = Tensor::zeros({g.G, g.L});
+    kernels::parallel_for(g.G, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t row = r0; row < r1; ++row)
+        for (int64_t l = 0; l < g.Le; ++l) dk[row * g.L + l] = p[row * g.M + (mirrored ? (g.M - l) % g.M : l)] * inv;
+    });
+    sink.accumulate(dk);
+  };
+  if (gkf.wanted()) extract(gkf, false);
+  if (gkb.wanted()) extract(gkb, true);
+}
+
+// The geometry of a convolution of n positions by kernels k_fwd [G, L] (C and r left unset).
+ConvGeom kernel_geometry(int64_t n, const Tensor& k_fwd) {
+  ConvGeom g{};
+  g.N = n, g.G = k_fwd.dim(0), g.L = k_fwd.dim(1);
+  g.Le = std::min(g.L, g.N);
+  g.M = fft_conv_length(g.N, g.L);
+  g.Mh = fft::rfft_length(g.M);
+  return g;
+}
+
 }  // namespace
 
 int64_t fft_conv_length(int64_t n, int64_t taps) { return fft::good_size(n + std::min(taps, n) - 1); }
@@ -201,20 +230,174 @@ Var fft_conv(const Var& u, const Var& k_fwd, const Var& k_bwd) {
           for (int64_t c = row * g.r; c < (row + 1) * g.r; ++c)
             for (int64_t f = 0; f < g.Mh; ++f) rp[row * g.Mh + f] += ap[c * g.Mh + f];
       });
-      Tensor p = Tensor::empty({g.G, g.M});
-      fft::c2r(rp, p.data(), fft::Layout{g.M, 1, 1, {{g.G, g.Mh, g.M}}});
-      const float inv = 1.0f / static_cast<float>(g.M);
-      // p[l] = sum_t dy[t] u[t - l] (circular), so dk_fwd[l] = p[l] and dk_bwd[l] = p[-l mod M].
-      auto extract = [&](const GradSink& sink, bool mirrored) {
-        Tensor dk = Tensor::zeros({g.G, g.L});
-        kernels::parallel_for(g.G, 16, [&](int64_t r0, int64_t r1) {
-          for (int64_t row = r0; row < r1; ++row)
-            for (int64_t l = 0; l < g.Le; ++l) dk[row * g.L + l] = p[row * g.M + (mirrored ? (g.M - l) % g.M : l)] * inv;
-        });
-        sink.accumulate(dk);
-      };
-      if (gkf.wanted()) extract(gkf, false);
-      if (gkb.wanted()) extract(gkb, true);
+      accumulate_kernel_grads(red, g, gkf, gkb);
+    }
+  });
+}
+
+// ---- Toeplitz-weighted kernel attention (fft_toeplitz_attention) -------------------------------
+
+namespace {
+
+// Channels per block of rows transformed together (a fixed value channel c, features a0 ..).
+constexpr int64_t kFeatureBlock = 16;
+
+// src [P, rows, cols] -> [P, cols, rows]
+Tensor transpose_rows(const Tensor& src, int64_t P, int64_t rows, int64_t cols) {
+  Tensor dst = Tensor::empty({P, cols, rows});
+  const float* s = src.data();
+  float* d = dst.data();
+  kernels::parallel_for(P, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p)
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) d[(p * cols + c) * rows + r] = s[(p * rows + r) * cols + c];
+  });
+  return dst;
+}
+
+struct ToeplitzGeom {
+  ConvGeom g;        // N, G = H, L, Le, M, Mh
+  int64_t B, H, m, e;
+};
+
+// rows [nb, M] <- a[k] (.) b for k < nb (a rows [nb, N] with stride N), zero-padded to M.
+void product_rows(const float* a, const float* b, float* rows, int64_t nb, const ConvGeom& g) {
+  for (int64_t k = 0; k < nb; ++k) {
+    float* __restrict row = rows + k * g.M;
+    const float* ak = a + k * g.N;
+    for (int64_t n = 0; n < g.N; ++n) row[n] = ak[n] * b[n];
+    std::fill(row + g.N, row + g.M, 0.f);
+  }
+}
+
+// dst[k] = src[k] * K (or conj(K)) for the nb spectra of one head's kernel row K [Mh].
+void times_kernel(const cfloat* src, cfloat* dst, const cfloat* K, bool conjugate, int64_t nb, int64_t Mh) {
+  for (int64_t k = 0; k < nb; ++k)
+    for (int64_t f = 0; f < Mh; ++f) dst[k * Mh + f] = src[k * Mh + f] * (conjugate ? std::conj(K[f]) : K[f]);
+}
+
+fft::Layout row_layout(int64_t nb, const ConvGeom& g, bool to_spectrum) {
+  return to_spectrum ? fft::Layout{g.M, 1, 1, {{nb, g.M, g.Mh}}} : fft::Layout{g.M, 1, 1, {{nb, g.Mh, g.M}}};
+}
+
+}  // namespace
+
+Var fft_toeplitz_attention(const Var& fq, const Var& fk, const Var& x, const Var& k_fwd, const Var& k_bwd) {
+  const char* op = "fft_toeplitz_attention";
+  require(fq.rank() == 4 && fk.shape() == fq.shape(), op,
+          fmt::format("fq {} and fk {} must be [B, H, N, m] alike", shape_str(fq.shape()), shape_str(fk.shape())));
+  require(x.rank() == 4 && x.dim(0) == fq.dim(0) && x.dim(1) == fq.dim(1) && x.dim(2) == fq.dim(2), op,
+          fmt::format("x {} must be [B, H, N, e] beside fq {}", shape_str(x.shape()), shape_str(fq.shape())));
+  require(k_fwd.rank() == 2 && k_fwd.dim(0) == fq.dim(1) && k_fwd.dim(1) >= 1, op,
+          fmt::format("k_fwd {} must be [H = {}, L]", shape_str(k_fwd.shape()), fq.dim(1)));
+  require(!k_bwd.defined() || k_bwd.shape() == k_fwd.shape(), op,
+          fmt::format("k_bwd {} must have the shape of k_fwd {}", shape_str(k_bwd.shape()), shape_str(k_fwd.shape())));
+  ToeplitzGeom t;
+  t.B = fq.dim(0), t.H = fq.dim(1), t.m = fq.dim(3), t.e = x.dim(3);
+  t.g = kernel_geometry(fq.dim(2), k_fwd.value());
+  const ConvGeom& g = t.g;
+  const int64_t BH = t.B * t.H, N = g.N, nbmax = std::min(kFeatureBlock, t.m);
+  const bool two_sided = k_bwd.defined();
+  Tensor kspec = kernel_spectrum(k_fwd.value(), two_sided ? &k_bwd.value() : nullptr, g);  // [H, Mh] complex
+  // Channel-major copies, so that every row the transforms read or write is contiguous.
+  const Tensor fqT = transpose_rows(fq.value(), BH, N, t.m), fkT = transpose_rows(fk.value(), BH, N, t.m),
+               xT = transpose_rows(x.value(), BH, N, t.e);  // [BH, m | e, N]
+  Tensor rT = Tensor::zeros({BH, t.e, N});
+  kernels::parallel_for(BH, 1, [&](int64_t b0, int64_t b1) {
+    Tensor rows = Tensor::empty({nbmax, g.M}), spec = Tensor::empty({nbmax, g.Mh, 2});
+    for (int64_t bh = b0; bh < b1; ++bh) {
+      const cfloat* K = as_complex(kspec) + (bh % t.H) * g.Mh;
+      for (int64_t c = 0; c < t.e; ++c) {
+        const float* xc = xT.data() + (bh * t.e + c) * N;
+        float* rc = rT.data() + (bh * t.e + c) * N;
+        for (int64_t a0 = 0; a0 < t.m; a0 += nbmax) {  // S rows = conv(fk[:, a] x[:, c]); r_c += fq[:, a] S
+          const int64_t nb = std::min(nbmax, t.m - a0);
+          product_rows(fkT.data() + (bh * t.m + a0) * N, xc, rows.data(), nb, g);
+          fft::r2c(rows.data(), as_complex(spec), row_layout(nb, g, true));
+          times_kernel(as_complex(spec), as_complex(spec), K, false, nb, g.Mh);
+          fft::c2r(as_complex(spec), rows.data(), row_layout(nb, g, false));
+          for (int64_t k = 0; k < nb; ++k) {
+            const float* qa = fqT.data() + (bh * t.m + a0 + k) * N;
+            const float* sr = rows.data() + k * g.M;
+            for (int64_t n = 0; n < N; ++n) rc[n] += qa[n] * sr[n];
+          }
+        }
+      }
+    }
+  });
+  Tensor r = transpose_rows(rT, BH, t.e, N).reshape(x.shape());
+
+  const GradSink gq = fq.sink(), gk = fk.sink(), gx = x.sink(), gkf = k_fwd.sink(),
+                 gkb = two_sided ? k_bwd.sink() : GradSink();
+  std::vector<Var> inputs{fq, fk, x, k_fwd};
+  if (two_sided) inputs.push_back(k_bwd);
+  return make_op_result(std::move(r), inputs, [gq, gk, gx, gkf, gkb, fqT, fkT, xT, kspec, t](const Tensor& dr) {
+    const ConvGeom& g = t.g;
+    const int64_t BH = t.B * t.H, N = g.N, nbmax = std::min(kFeatureBlock, t.m);
+    const bool want_k = gkf.wanted() || gkb.wanted();
+    const Tensor drT = transpose_rows(dr, BH, N, t.e);  // [BH, e, N]
+    Tensor dqT = Tensor::zeros({BH, t.m, N}), dkT = Tensor::zeros({BH, t.m, N}), dxT = Tensor::zeros({BH, t.e, N});
+    Tensor acc = want_k ? Tensor::zeros({BH, g.Mh, 2}) : Tensor();  // sum over channels of conj(U) dS
+    kernels::parallel_for(BH, 1, [&](int64_t b0, int64_t b1) {
+      Tensor rows = Tensor::empty({nbmax, g.M}), uspec = Tensor::empty({nbmax, g.Mh, 2}),
+             sspec = Tensor::empty({nbmax, g.Mh, 2});
+      cfloat *U = as_complex(uspec), *X = as_complex(sspec);
+      for (int64_t bh = b0; bh < b1; ++bh) {
+        const cfloat* K = as_complex(kspec) + (bh % t.H) * g.Mh;
+        cfloat* A = want_k ? as_complex(acc) + bh * g.Mh : nullptr;
+        for (int64_t c = 0; c < t.e; ++c) {
+          const float* xc = xT.data() + (bh * t.e + c) * N;
+          const float* drc = drT.data() + (bh * t.e + c) * N;
+          float* dxc = dxT.data() + (bh * t.e + c) * N;
+          for (int64_t a0 = 0; a0 < t.m; a0 += nbmax) {
+            const int64_t nb = std::min(nbmax, t.m - a0);
+            const float* fka = fkT.data() + (bh * t.m + a0) * N;
+            const float* fqa = fqT.data() + (bh * t.m + a0) * N;
+            // U = spectra of fk[:, a] x[:, c]; S = conv -> dfq[:, a] += dr_c S
+            product_rows(fka, xc, rows.data(), nb, g);
+            fft::r2c(rows.data(), U, row_layout(nb, g, true));
+            if (gq.wanted()) {
+              times_kernel(U, X, K, false, nb, g.Mh);
+              fft::c2r(X, rows.data(), row_layout(nb, g, false));
+              for (int64_t k = 0; k < nb; ++k) {
+                float* dq = dqT.data() + (bh * t.m + a0 + k) * N;
+                const float* sr = rows.data() + k * g.M;
+                for (int64_t n = 0; n < N; ++n) dq[n] += drc[n] * sr[n];
+              }
+            }
+            // dS = fq[:, a] dr_c, its spectra; the kernels' gradient sums conj(U) dS
+            product_rows(fqa, drc, rows.data(), nb, g);
+            fft::r2c(rows.data(), X, row_layout(nb, g, true));
+            if (A)
+              for (int64_t k = 0; k < nb; ++k)
+                for (int64_t f = 0; f < g.Mh; ++f) A[f] += std::conj(U[k * g.Mh + f]) * X[k * g.Mh + f];
+            if (!gk.wanted() && !gx.wanted()) continue;
+            // dU = correlation of dS with the kernel -> dfk[:, a] += dU x_c, dx_c += dU fk[:, a]
+            times_kernel(X, X, K, true, nb, g.Mh);
+            fft::c2r(X, rows.data(), row_layout(nb, g, false));
+            for (int64_t k = 0; k < nb; ++k) {
+              const float* du = rows.data() + k * g.M;
+              const float* fkr = fka + k * N;
+              float* dk = dkT.data() + (bh * t.m + a0 + k) * N;
+              for (int64_t n = 0; n < N; ++n) {
+                dk[n] += du[n] * xc[n];
+                dxc[n] += du[n] * fkr[n];
+              }
+            }
+          }
+        }
+      }
+    });
+    if (gq.wanted()) gq.accumulate(transpose_rows(dqT, BH, t.m, N).reshape({t.B, t.H, N, t.m}));
+    if (gk.wanted()) gk.accumulate(transpose_rows(dkT, BH, t.m, N).reshape({t.B, t.H, N, t.m}));
+    if (gx.wanted()) gx.accumulate(transpose_rows(dxT, BH, t.e, N).reshape({t.B, t.H, N, t.e}));
+    if (want_k) {
+      Tensor red = Tensor::zeros({t.H, g.Mh, 2});  // summed over the batch
+      cfloat* rp = as_complex(red);
+      const cfloat* ap = as_complex(acc);
+      for (int64_t bh = 0; bh < BH; ++bh)
+        for (int64_t f = 0; f < g.Mh; ++f) rp[(bh % t.H) * g.Mh + f] += ap[bh * g.Mh + f];
+      accumulate_kernel_grads(red, g, gkf, gkb);
     }
   });
 }

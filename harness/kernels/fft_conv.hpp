@@ -38,6 +38,22 @@ Var fft_conv(const Var& u, const Var& k_fwd, const Var& k_bwd = Var());
 // The padded FFT length fft_conv uses for N positions and L taps (for cost models).
 int64_t fft_conv_length(int64_t n, int64_t taps);
 
+// fft_toeplitz_attention: the numerator of kernelised attention under a Toeplitz weight C (Luo et
+// al. 2021, kernel_rpe_fft), per (batch, head) with m features and e value channels:
+//   r[n] = sum_j C[n - j] (fq_n . fk_j) x_j,   C[l] = k_fwd[h, l] (l >= 0) + k_bwd[h, -l] (l <= 0)
+// (lag 0 counted by both kernels, as fft_conv). That is fft_conv over the m e channels of the
+// outer products fk[:, a] x[:, c], read out by fq; fused per (batch, head) so that neither the
+// [N, m, e] products nor their convolution is ever materialised: a block of channels is built in
+// zero-padded rows, transformed (real FFT, FFTW plans over the rows), multiplied by the kernel
+// spectrum, transformed back and contracted with fq while it is in cache. Backward recomputes
+// them: per channel the products' and the gradient's spectra, the convolution again (for dfq) and
+// the correlation (for dfk and dx): four transforms to the forward's two; the kernels' gradient
+// from the sum over channels and batch of conj(U) dS, one inverse transform per head.
+// Time O(B H m e M log M), extra memory O(B H (m + e) N) plus a block of rows per running task.
+// fq, fk: [B, H, N, m], x: [B, H, N, e], k_fwd: [H, L], k_bwd: [H, L] or undefined (causal)
+//   -> r [B, H, N, e]
+Var fft_toeplitz_attention(const Var& fq, const Var& fk, const Var& x, const Var& k_fwd, const Var& k_bwd = Var());
+
 // log_dt: [C], log_a_re: [C, n], a_im: [C, n], c: [C, n, 2] (real, imaginary) -> K [C, L]
 // Saves its four (parameter-sized) inputs.
 Var ssm_diag_kernel(const Var& log_dt, const Var& log_a_re, const Var& a_im, const Var& c, int64_t length);

@@ -3,7 +3,7 @@
 // hgrn2 and gsa (gated_linear_attention). Here: every form of hgrn2 and gsa gives the same output
 // and gradients at a length that is not a multiple of the chunk; gsa equals its two-memory
 // recurrence written here in double straight from the paper's equations (which checks the
-// slots-as-heads first pass); the conformance suite with non-default settings.
+// key memory scan, ab::gated_slot_memory); the conformance suite with non-default settings.
 #include <gtest/gtest.h>
 
 #include <cmath>

@@ -50,6 +50,9 @@ namespace ab {
 //    gated_linear_attention.hpp documents its SSD path (scalar decays, chunked: batched oneDNN
 //    matmuls); the API is unchanged. attnbench/kernels/dplr_delta_rule.hpp (the generalised delta rule with a diagonal-plus-low-
 //    rank transition, RWKV-7's kernel, and its decode state).
+//    attnbench/kernels/gated_slot_memory.hpp (GSA's key memory: gated linear attention decayed on
+//    the value side, with its decode state); fft_conv.hpp gained fft_toeplitz_attention (the
+//    fused Toeplitz-weighted kernel attention of kernel_rpe_fft).
 #define ATTNBENCH_PLUGIN_ABI_VERSION 7
 inline constexpr int kPluginAbiVersion = ATTNBENCH_PLUGIN_ABI_VERSION;
 
