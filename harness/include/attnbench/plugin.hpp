@@ -48,8 +48,8 @@ namespace ab {
 // 7: MixerConfig gained rotary_base and AttentionMixer its rotary tables (model.positions=rotary:
 //    q and k rotated by position before attend()).
 //    gated_linear_attention.hpp documents its SSD path (scalar decays, chunked: batched oneDNN
-//    matmuls); the API is unchanged. attnbench/kernels/dplr_delta_rule.hpp (the generalised delta rule with a diagonal-plus-low-
-//    rank transition, RWKV-7's kernel, and its decode state).
+//    matmuls); the API is unchanged. attnbench/kernels/dplr_delta_rule.hpp (the generalised
+//    delta rule with a diagonal-plus-low-rank transition, RWKV-7's kernel, and its decode state).
 //    attnbench/kernels/gated_slot_memory.hpp (GSA's key memory: gated linear attention decayed on
 //    the value side, with its decode state); fft_conv.hpp gained fft_toeplitz_attention (the
 //    fused Toeplitz-weighted kernel attention of kernel_rpe_fft).
