@@ -64,9 +64,11 @@ inline ab::Cost delta_layer_cost(const ab::CostArgs& a, Decay decay, double gate
   c.state_bytes = 4 * B * H * dk * dv + 4 * B * (taps - 1) * (2 * Dk + Dv);
   // Peak in the kernel's backward (one direction at a time: the scratch of one is freed before
   // the other runs): key-width (X), value-width (Y) and chunk-width (Z) buffers over the padded
-  // length, the chunk-start states and their gradients.
+  // length, the chunk-start states and their gradients. Per-key-dimension decays add the
+  // cumulative decays, Gamma K, the gate gradient, the sub-block factors (K o El; Q o El: 2, K o Er:
+  // about 2.5) and their products' gradients (measured: about 20 key-width buffers in all).
   const double X = B * H * Np * dk, Y = B * H * Np * dv, Z = B * H * Np * C, SS = B * H * (Np / C) * dk * dv;
-  const double key_buffers = decay == Decay::none ? 9 : decay == Decay::head ? 11 : 14;
+  const double key_buffers = decay == Decay::none ? 9 : decay == Decay::head ? 11 : 20;
   c.peak_bytes = c.activation_bytes + 4 * (key_buffers * X + 5 * Y + 6 * Z + 2 * SS) + 4 * D * (2 * Dk + 2 * Dv);
   return c;
 }
