@@ -7,6 +7,7 @@
 // A layer supplies its decay g (none, one per head [B, H, N] or one per key channel [B, H, N, dk])
 // and its output gate; padded positions are zeroed and get beta = g = 0, so they leave the state
 // unchanged. Decoding keeps S [B, H, dk, dv] and the last taps - 1 inputs of the three convolutions.
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <memory>
@@ -30,22 +31,46 @@ class DeltaLayerState final : public ab::DecodeState {
   ab::ShortConvState conv[3];  // q, k, v
 };
 
-// The sizes a delta-rule layer's cost model starts from (from CostArgs and the resolved params).
-struct CostSizes {
-  double B, N, D, H;
-  double Dk, Dv, dk, dv, taps;  // widths: all heads, per head; conv taps
-  double C, Np, dirs;           // chunk, length padded to whole chunks, scan directions
-};
-inline CostSizes cost_sizes(const ab::CostArgs& a) {
+// The decay a delta-rule layer feeds the kernel: none (deltanet), one per head (gated_deltanet)
+// or one per key dimension (kda).
+enum class Decay { none, head, channel };
+
+// The cost model of a delta-rule layer; `gate_flops` (forward) and `gate_floats` (saved per
+// position) are the layer's own decay and output-gate paths beyond the shared layer.
+inline ab::Cost delta_layer_cost(const ab::CostArgs& a, Decay decay, double gate_flops, double gate_floats) {
   const auto& p = *a.params;
-  CostSizes s;
-  s.B = a.batch, s.N = a.length, s.D = a.d_model, s.H = a.heads;
-  s.Dk = std::round(s.D * p.at("expand_k").get<double>()), s.Dv = std::round(s.D * p.at("expand_v").get<double>());
-  s.dk = s.Dk / s.H, s.dv = s.Dv / s.H, s.taps = double(p.at("conv_size").get<int64_t>());
-  s.C = std::min<double>(s.N, double(p.at("chunk").get<int64_t>()));
-  s.Np = std::ceil(s.N / s.C) * s.C;
-  s.dirs = a.causal ? 1 : 2;
-  return s;
+  const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
+  const double Dk = std::round(D * p.at("expand_k").get<double>()), Dv = std::round(D * p.at("expand_v").get<double>());
+  const double dk = Dk / H, dv = Dv / H, taps = double(p.at("conv_size").get<int64_t>());
+  const double C = std::min<double>(N, double(p.at("chunk").get<int64_t>()));
+  const double Np = std::ceil(N / C) * C;  // padded to whole chunks
+  const double dirs = a.causal ? 1 : 2;
+  // Per position of one (batch, head, direction), multiply-adds: K K^T, Q K^T and W = T Kb (3 C dk),
+  // U = T Vb and P U~ (2 C dv), T by substitution (C^2 / 6), U~, the state update and Q S (3 dk dv).
+  // Per-key-dimension decays: the rows of a sub-block (16) of K K^T and Q K^T reach up to the end
+  // of theirs (on average C / 2 + 8 columns instead of C), and the decay factors of those products
+  // take (subs + 3) / 2 exps per position and key dimension (one op each).
+  const double L = 16, subs = std::ceil(C / L);
+  const bool channel = decay == Decay::channel;
+  const double pairs = channel ? 2 * (C / 2 + L / 2) * dk : 2 * C * dk, exps = channel ? dk * (subs + 3) / 2 : 0;
+  const double mix = Np * (2 * (pairs + C * dk + 2 * C * dv + C * C / 6 + 3 * dk * dv) + exps);
+  ab::Cost c;
+  c.flops = 2 * B * N * D * (2 * Dk + Dv + H) + 2 * B * N * Dv * D + 2 * B * N * (2 * Dk + Dv) * taps +
+            dirs * B * H * mix + 10 * B * N * (2 * Dk + Dv) + gate_flops;
+  // Saved (floats per position): the projections (conv inputs), the conv outputs (SiLU inputs),
+  // the SiLU outputs and the head-major normalised q, k and v; beta's logits and beta; the
+  // output before and after the norm and the norm's statistics; the layer's gates.
+  c.activation_bytes = 4 * B * N * (5 * Dk + 4 * Dv + 3 * Dv + 4 * H + gate_floats);
+  c.state_bytes = 4 * B * H * dk * dv + 4 * B * (taps - 1) * (2 * Dk + Dv);
+  // Peak in the kernel's backward (one direction at a time: the scratch of one is freed before
+  // the other runs): key-width (X), value-width (Y) and chunk-width (Z) buffers over the padded
+  // length, the chunk-start states and their gradients. Per-key-dimension decays add the
+  // cumulative decays, Gamma K, the gate gradient, the sub-block factors (K o El; Q o El: 2, K o Er:
+  // about 2.5) and their products' gradients (measured: about 20 key-width buffers in all).
+  const double X = B * H * Np * dk, Y = B * H * Np * dv, Z = B * H * Np * C, SS = B * H * (Np / C) * dk * dv;
+  const double key_buffers = decay == Decay::none ? 9 : decay == Decay::head ? 11 : 20;
+  c.peak_bytes = c.activation_bytes + 4 * (key_buffers * X + 5 * Y + 6 * Z + 2 * SS) + 4 * D * (2 * Dk + 2 * Dv);
+  return c;
 }
 
 class DeltaRuleLayer : public ab::Mixer {

@@ -96,31 +96,11 @@ class DeltaNetLayer final : public ab_delta_layer::DeltaRuleLayer {
   }
 
   static ab::Cost cost(const ab::CostArgs& a) {
-    const ab_delta_layer::CostSizes z = ab_delta_layer::cost_sizes(a);
-    const double B = z.B, N = z.N, D = z.D, H = z.H, Dk = z.Dk, Dv = z.Dv, dk = z.dk, dv = z.dv, taps = z.taps;
-    const double C = z.C, Np = z.Np, dirs = z.dirs;  // Np: padded to whole chunks
-    // Per position of one (batch, head, direction), multiply-adds: K K^T, Q K^T and W = T Kb (3 C dk),
-    // U = T Vb and P U~ (2 C dv), T by substitution (C^2 / 6), U~, the state update and Q S (3 dk dv).
-    const double mix = Np * 2 * (3 * C * dk + 2 * C * dv + C * C / 6 + 3 * dk * dv);
-    ab::Cost c;
-    c.flops = 2 * B * N * D * (2 * Dk + Dv + H) + 2 * B * N * Dv * D + 2 * B * N * (2 * Dk + Dv) * taps +
-              dirs * B * H * mix + 10 * B * N * (2 * Dk + Dv);
-    // Saved (floats per position): the projections (conv inputs), the conv outputs (SiLU inputs),
-    // the SiLU outputs and the head-major normalised q, k and v; beta's logits and beta; the
-    // output before and after the norm and the norm's statistics.
-    c.activation_bytes = 4 * B * N * (5 * Dk + 4 * Dv + 3 * Dv + 4 * H);
-    if (kGated) {
-      c.flops += 2 * B * N * D * (Dv + H);
-      // the gate's logits, softplus and decay (per head), x Wg and SiLU(x Wg)
-      c.activation_bytes += 4 * B * N * (5 * H + 2 * Dv);
-    }
-    c.state_bytes = 4 * B * H * dk * dv + 4 * B * (taps - 1) * (2 * Dk + Dv);
-    // Peak in the kernel's backward (one direction at a time: the scratch of one is freed before
-    // the other runs): about 9 key-width (11 gated), 5 value-width and 6 chunk-width buffers over
-    // the padded length, the chunk-start states and their gradients.
-    const double X = B * H * Np * dk, Y = B * H * Np * dv, Z = B * H * Np * C, SS = B * H * (Np / C) * dk * dv;
-    c.peak_bytes = c.activation_bytes + 4 * ((kGated ? 11 : 9) * X + 5 * Y + 6 * Z + 2 * SS) + 4 * D * (2 * Dk + 2 * Dv);
-    return c;
+    if (!kGated) return ab_delta_layer::delta_layer_cost(a, ab_delta_layer::Decay::none, 0, 0);
+    const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
+    const double Dv = std::round(D * a.params->at("expand_v").get<double>());
+    // x Wa and x Wg; saved: the gate's logits, softplus and decay (per head), x Wg and SiLU(x Wg)
+    return ab_delta_layer::delta_layer_cost(a, ab_delta_layer::Decay::head, 2 * B * N * D * (Dv + H), 5 * H + 2 * Dv);
   }
 
  private:

@@ -73,27 +73,15 @@ class Kda final : public ab_delta_layer::DeltaRuleLayer {
   }
 
   static ab::Cost cost(const ab::CostArgs& a) {
-    const ab_delta_layer::CostSizes z = ab_delta_layer::cost_sizes(a);
-    const double B = z.B, N = z.N, D = z.D, H = z.H, Dk = z.Dk, Dv = z.Dv, dk = z.dk, dv = z.dv, taps = z.taps;
-    const double C = z.C, Np = z.Np, dirs = z.dirs;  // Np: padded to whole chunks
-    // Per position of one (batch, head, direction), multiply-adds: the decayed K K^T and Q K^T
-    // (C dk each, plus C dk / 2 exps counted as one op each), W = T Kb (C dk), U = T Vb and P U~
-    // (2 C dv), T by substitution (C^2 / 6), U~, the state update and Q S (3 dk dv).
-    const double mix = Np * 2 * (3.5 * C * dk + 2 * C * dv + C * C / 6 + 3 * dk * dv);
-    ab::Cost c;
-    c.flops = 2 * B * N * D * (2 * Dk + Dv + H) + 2 * B * N * Dv * D + 2 * B * N * (2 * Dk + Dv) * taps +
-              2 * B * N * dv * (2 * D + Dk + Dv) + dirs * B * H * mix + 10 * B * N * (3 * Dk + 2 * Dv);
-    // Saved floats per position: projections, conv outputs, SiLU outputs, normalised q, k and v;
-    // beta's logits and beta; the gate path (low-rank hidden, logits, softplus, g: 3 Dk + dv) and
-    // the output gate (hidden, logits, sigmoid: 2 Dv + dv); output before/after the norm.
-    c.activation_bytes = 4 * B * N * (5 * Dk + 4 * Dv + 3 * Dv + 2 * H + 3 * Dk + 2 * Dv + 2 * dv);
-    c.state_bytes = 4 * B * H * dk * dv + 4 * B * (taps - 1) * (2 * Dk + Dv);
-    // Kernel backward peak: about 14 key-width (the per-channel cumulative decays, Gamma K, and
-    // the per-channel gate gradient), 5 value-width and 6 chunk-width buffers, chunk-start states
-    // and their gradients.
-    const double X = B * H * Np * dk, Y = B * H * Np * dv, Z = B * H * Np * C, SS = B * H * (Np / C) * dk * dv;
-    c.peak_bytes = c.activation_bytes + 4 * (14 * X + 5 * Y + 6 * Z + 2 * SS) + 4 * D * (2 * Dk + 2 * Dv);
-    return c;
+    const auto& p = *a.params;
+    const double B = a.batch, N = a.length, D = a.d_model, H = a.heads;
+    const double Dk = std::round(D * p.at("expand_k").get<double>()), Dv = std::round(D * p.at("expand_v").get<double>());
+    const double dv = Dv / H;
+    // The low-rank decay and output gate (x Wf1 Wf2, x Wg1 Wg2) and their element-wise ops; saved:
+    // the gate path (low-rank hidden, logits, softplus, g: 3 Dk + dv) and the output gate
+    // (hidden, logits, sigmoid: 2 Dv + dv).
+    const double gate_flops = 2 * B * N * dv * (2 * D + Dk + Dv) + 10 * B * N * (Dk + Dv);
+    return ab_delta_layer::delta_layer_cost(a, ab_delta_layer::Decay::channel, gate_flops, 3 * Dk + 2 * Dv + 2 * dv);
   }
 
  private:

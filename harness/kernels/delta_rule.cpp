@@ -4,6 +4,10 @@
 // all chunks together are another. The last chunk is zero-padded (k = v = beta = g = 0 there: the
 // padded rows neither read nor change the state). oneDNN runs outside parallel_for; the
 // element-wise loops run under parallel_for over chunks.
+// Per-key-dimension decays (kda): K K^T o D and Q K^T o D are products per sub-block of 16 rows
+// (see channel_products), forward and backward, not the element-wise (t, s, j) loops with one exp
+// per term that delta_rule.hpp still describes (its comment is pinned with the plugin ABI; to be
+// updated with the next bump).
 #include "attnbench/kernels/delta_rule.hpp"
 
 #include <algorithm>
@@ -52,8 +56,12 @@ struct Geo {
   int64_t C, nc, BH, nb;  // chunk, chunks per sequence, B * H, nc * BH (GEMM batch of "all chunks")
   bool gated, reverse;
   bool channel = false;  // log decay per key dimension [.., dk] (KDA) instead of per head
+  int64_t L = 16;        // channel only: sub-block length inside a chunk (fla: 16)
   int64_t gw() const { return channel ? d.K : 1; }
   int64_t item(int64_t c, int64_t bh) const { return c * BH + bh; }
+  // Sub-block a of a chunk: rows [L a, end(a)); its products reach back over columns [0, end(a)).
+  int64_t subs() const { return (C + L - 1) / L; }
+  int64_t end(int64_t a) const { return std::min(C, L * (a + 1)); }
 };
 
 // src [BH, N, w] (position n of the scan = source position reverse ? N - 1 - n : n)
@@ -113,10 +121,22 @@ struct Plan {
   Tensor kt, qg;   // diag(exp(b_last - b)) K, diag(gamma) Q (= k, q when not gated)
   Tensor kg;       // channel only: Gamma o K [nb, C, dk]
   Tensor S;        // state before each chunk [nb, dk, dv]
-  float decay(int64_t i, int64_t t, int64_t s) const {  // D[t, s] of item i (channel: folded into Kk, P)
-    if (!G.gated || G.channel) return 1.f;
+  // Channel only, per sub-block a (rows t in [L a, end), reference r = L a - 1, b_{-1} = 0):
+  Tensor lq;  // [nb, 2 (end - L a), dk]: k_t o exp(b_t - b_r), then q_t o exp(b_t - b_r) (<= 1)
+  Tensor kr;  // [nb, end, dk]: k_s o exp(b_r - b_s) (<= 1 for s <= r)
+  std::vector<uint8_t> wide;  // [nb, subs]: the sub-block's own pairs are summed one by one (see kSafeSpan)
+  int64_t lq_off(int64_t a) const { return G.nb * 2 * G.L * a * G.d.K; }
+  int64_t kr_off(int64_t a) const { return G.nb * G.L * (a * (a + 1) / 2) * G.d.K; }
+  // d[s] = D[t, s] of item i for s <= t (channel: 1, the decays are folded into Kk and P)
+  void decay_row(int64_t i, int64_t t, float* d) const {
+    if (!G.gated || G.channel) {
+      std::fill(d, d + t + 1, 1.f);
+      return;
+    }
     const float* bi = b.data() + i * G.C;
-    return std::exp(bi[t] - bi[s]);
+    const float bt = bi[t];
+#pragma omp simd
+    for (int64_t s = 0; s <= t; ++s) d[s] = vec::exp(bt - bi[s]);
   }
   float gamma(int64_t i, int64_t t) const { return G.gated ? std::exp(b.data()[i * G.C + t]) : 1.f; }
   // gamma of key dimension j (the scalar gamma when the decay is per head)
@@ -125,6 +145,99 @@ struct Plan {
     return G.gated ? std::exp(brow(i, t)[G.channel ? j : 0]) : 1.f;
   }
 };
+
+// Per-key-dimension decays: Kk[t, s] = sum_j k_t[j] k_s[j] exp(b_t[j] - b_s[j]) and P likewise
+// with q_t are not products of two matrices, but they are per sub-block of rows: for t in sub-block
+// a and the reference r = L a - 1 (b_{-1} = 0), exp(b_t - b_s) = exp(b_t - b_r) exp(b_r - b_s), so
+// rows t of [Kk; P] = [K o El; Q o El] (K o Er)^T, one [2L, dk] x [dk, end] product per chunk and
+// sub-block (fla's chunk_kda factors its sub-chunks the same way). Both factors are <= 1 for the
+// earlier sub-blocks; inside its own sub-block exp(b_r - b_s) >= 1 grows with the decay the
+// sub-block spans, so where that span exceeds kSafeSpan (exp(40) ~ 2e17, far from float overflow
+// whatever k, q and the upstream gradients hold) the sub-block's own pairs are summed one by one
+// with exp(b_t - b_s) instead.
+constexpr float kSafeSpan = 40.f;
+
+// p.lq, p.kr and p.wide from p.k, p.q and p.b.
+void channel_factors(Plan& p) {
+  const Geo& G = p.G;
+  const int64_t C = G.C, K = G.d.K, A = G.subs();
+  int64_t kr_rows = 0;
+  for (int64_t a = 0; a < A; ++a) kr_rows += G.end(a);
+  p.lq = Tensor::empty({G.nb, 2 * C, K});
+  p.kr = Tensor::empty({G.nb, kr_rows, K});
+  p.wide.assign(static_cast<size_t>(G.nb * A), 0);
+  parallel_for(G.nb, 1, [&](int64_t i0, int64_t i1) {
+    const std::vector<float> zero(static_cast<size_t>(K), 0.f);
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t a = 0; a < A; ++a) {
+        const int64_t t0 = G.L * a, e = G.end(a), R = e - t0;
+        const float* br = a > 0 ? p.brow(i, t0 - 1) : zero.data();
+        const float* bl = p.brow(i, e - 1);
+        float span = 0.f;
+        for (int64_t j = 0; j < K; ++j) span = std::max(span, br[j] - bl[j]);
+        const bool wide = span > kSafeSpan;
+        p.wide[static_cast<size_t>(i * A + a)] = wide;
+        float* lq = (p.lq.data() + p.lq_off(a)) + i * 2 * R * K;
+        for (int64_t t = t0; t < e; ++t) {
+          const float *bt = p.brow(i, t), *kt = p.k.data() + (i * C + t) * K, *qt = p.q.data() + (i * C + t) * K;
+          float *lk = lq + (t - t0) * K, *lqt = lq + (R + t - t0) * K;
+#pragma omp simd
+          for (int64_t j = 0; j < K; ++j) {
+            const float f = vec::exp(bt[j] - br[j]);
+            lk[j] = kt[j] * f;
+            lqt[j] = qt[j] * f;
+          }
+        }
+        float* kr = (p.kr.data() + p.kr_off(a)) + i * e * K;
+        for (int64_t s = 0; s < e; ++s) {
+          const float *bs = p.brow(i, s), *ks = p.k.data() + (i * C + s) * K;
+          float* o = kr + s * K;
+          if (wide && s >= t0) {
+            std::fill(o, o + K, 0.f);
+            continue;
+          }
+#pragma omp simd
+          for (int64_t j = 0; j < K; ++j) o[j] = ks[j] * vec::exp(br[j] - bs[j]);
+        }
+      }
+  });
+}
+
+// p.Kk (s <= t) and p.P (s <= t, zero above) of the per-key-dimension decays.
+void channel_products(Plan& p) {
+  const Geo& G = p.G;
+  const int64_t C = G.C, K = G.d.K, A = G.subs();
+  channel_factors(p);
+  for (int64_t a = 0; a < A; ++a) {
+    const int64_t t0 = G.L * a, e = G.end(a), R = e - t0;
+    Tensor out = Tensor::empty({G.nb, 2 * R, e});  // [Kk; P] rows of the sub-block, columns [0, e)
+    gemm((p.lq.data() + p.lq_off(a)), (p.kr.data() + p.kr_off(a)), out.data(), G.nb, 2 * R, e, K, false, true);
+    parallel_for(G.nb, 8, [&](int64_t i0, int64_t i1) {
+      std::vector<float> x(static_cast<size_t>(K));
+      for (int64_t i = i0; i < i1; ++i) {
+        const float* o = out.data() + i * 2 * R * e;
+        const bool wide = p.wide[static_cast<size_t>(i * A + a)];
+        for (int64_t t = t0; t < e; ++t) {
+          float *kk = p.Kk.data() + (i * C + t) * C, *P = p.P.data() + (i * C + t) * C;
+          const float *ok = o + (t - t0) * e, *op = o + (R + t - t0) * e;
+          for (int64_t s = 0; s < C; ++s) {
+            kk[s] = s <= t ? ok[s] : 0.f;
+            P[s] = s <= t ? op[s] : 0.f;
+          }
+          if (!wide) continue;
+          const float *bt = p.brow(i, t), *kt = p.k.data() + (i * C + t) * K, *qt = p.q.data() + (i * C + t) * K;
+          for (int64_t s = t0; s <= t; ++s) {  // this sub-block's own pairs, one by one
+            const float *bs = p.brow(i, s), *ks = p.k.data() + (i * C + s) * K;
+#pragma omp simd
+            for (int64_t j = 0; j < K; ++j) x[j] = ks[j] * vec::exp(bt[j] - bs[j]);
+            kk[s] = dot(kt, x.data(), K);
+            P[s] = dot(qt, x.data(), K);
+          }
+        }
+      }
+    });
+  }
+}
 
 Plan prepare(const Geo& G, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta, const Tensor* g) {
   const int64_t C = G.C, K = G.d.K, V = G.d.V, nb = G.nb;
@@ -147,21 +260,7 @@ Plan prepare(const Geo& G, const Tensor& q, const Tensor& k, const Tensor& v, co
   p.Kk = Tensor::empty({nb, C, C});
   p.P = Tensor::empty({nb, C, C});
   if (G.channel) {
-    // Kk[t, s] = sum_j k_t[j] k_s[j] exp(b_t[j] - b_s[j]) (s < t), P[t, s] likewise with q_t (s <= t):
-    // the decays differ per key dimension, so these are not products of two matrices.
-    parallel_for(nb, 1, [&](int64_t i0, int64_t i1) {
-      std::vector<float> e(static_cast<size_t>(K));
-      for (int64_t i = i0; i < i1; ++i)
-        for (int64_t t = 0; t < C; ++t) {
-          const float *bt = p.brow(i, t), *kt = p.k.data() + (i * C + t) * K, *qt = p.q.data() + (i * C + t) * K;
-          for (int64_t s = 0; s <= t; ++s) {
-            const float *bs = p.brow(i, s), *ks = p.k.data() + (i * C + s) * K;
-            for (int64_t j = 0; j < K; ++j) e[j] = std::exp(bt[j] - bs[j]) * ks[j];
-            p.Kk.data()[(i * C + t) * C + s] = dot(kt, e.data(), K);
-            p.P.data()[(i * C + t) * C + s] = dot(qt, e.data(), K);
-          }
-        }
-    });
+    channel_products(p);
   } else {
     gemm(p.k.data(), p.k.data(), p.Kk.data(), nb, C, C, K, false, true);
     gemm(p.q.data(), p.k.data(), p.P.data(), nb, C, C, K, false, true);
@@ -181,13 +280,14 @@ Plan prepare(const Geo& G, const Tensor& q, const Tensor& k, const Tensor& v, co
       // T row t = e_t - sum_{s<t} M[t, s] T row s, M[t, s] = beta_t (k_t . k_s) D[t, s]
       for (int64_t t = 0; t < C; ++t) {
         float* row = T + t * C;
+        p.decay_row(i, t, m.data());
         std::fill(row, row + C, 0.f);
         row[t] = 1.f;
         for (int64_t s = 0; s < t; ++s) {
-          const float mts = be[t] * kk[t * C + s] * p.decay(i, t, s);
+          const float mts = be[t] * kk[t * C + s] * m[s];
           if (mts != 0.f) axpy(row, T + s * C, -mts, s + 1);
         }
-        for (int64_t s = 0; s < C; ++s) P[t * C + s] = s <= t ? P[t * C + s] * p.decay(i, t, s) : 0.f;
+        for (int64_t s = 0; s < C; ++s) P[t * C + s] = s <= t ? P[t * C + s] * m[s] : 0.f;
       }
       for (int64_t t = 0; t < C; ++t) {
         const float gt = p.gamma(i, t);
@@ -202,12 +302,13 @@ Plan prepare(const Geo& G, const Tensor& q, const Tensor& k, const Tensor& v, co
           float* ktr = p.kt.data() + (i * C + t) * K;
           float* qgr = p.qg.data() + (i * C + t) * K;
           float* kgr = p.kg.data() + (i * C + t) * K;
+#pragma omp simd
           for (int64_t j = 0; j < K; ++j) {
-            const float gj = std::exp(bt[j]);
+            const float gj = vec::exp(bt[j]);
             kgr[j] = gj * kr[j];
             kbr[j] = -be[t] * kgr[j];
             qgr[j] = gj * qr[j];
-            ktr[j] = std::exp(bl[j] - bt[j]) * kr[j];
+            ktr[j] = vec::exp(bl[j] - bt[j]) * kr[j];
           }
           continue;
         }
@@ -262,69 +363,140 @@ struct Grads {
   Tensor dq, dk, dv, dbeta, dg;  // packed
 };
 
-// The element-wise end of the backward for per-key-dimension decays (KDA). On entry r.dq holds
-// dQg = dO S0^T, r.dk dKb = T^T dW, r.dv dVb = T^T dU; dKt = U~ dSn^T, ndM = -dM, dP = dO U~^T.
-// Every pairwise term carries its own decay exp(b_t[j] - b_s[j]), so the Kk and P gradients are
-// loops over (t, s, j) rather than GEMMs; the gate gradient is gathered per (position, dimension)
-// and summed in reverse over the chunk.
+// The end of the backward for per-key-dimension decays (KDA). On entry r.dq holds dQg = dO S0^T,
+// r.dk dKb = T^T dW, r.dv dVb = T^T dU; dKt = U~ dSn^T, ndM = -dM, dP = dO U~^T.
+// The pairwise terms M[t, s] = beta_t Kk[t, s] (s < t) and P[t, s] (s <= t) go back through the
+// sub-block factorisation of channel_products: with G = [dA; dP] (dA = beta_t dM) the rows of a
+// sub-block,
+//   dk_t += El_t o (G_k Kr), dq_t += El_t o (G_q Kr)     (rows: [2R, end] x [end, dk])
+//   dk_s += Er_s o (G^T [K o El; Q o El])                 (columns: [end, 2R] x [2R, dk])
+// and the log-decay gradient of those terms is q o dq + k o dk (row side) - k o dk (column side),
+// per dimension, summed in reverse over the chunk with the direct terms.
 void channel_assembly(const Plan& p, const Tensor& dSn, const Tensor& dKt, const Tensor& ndM, const Tensor& dPm,
                       Grads& r) {
   const Geo& G = p.G;
-  const int64_t C = G.C, K = G.d.K, V = G.d.V, KV = K * V;
+  const int64_t C = G.C, K = G.d.K, V = G.d.V, KV = K * V, A = G.subs();
+  auto row = [&](auto& x, int64_t i, int64_t t, int64_t w) { return x.data() + (i * C + t) * w; };
+  Tensor db = Tensor::zeros({G.nb, C, K});  // d loss / d b_t[j] (b: the cumulative log decay)
+  // The direct terms (every place but K K^T and Q K^T where Gamma, Gamma_last / Gamma or beta appear).
   parallel_for(G.nb, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<double> db(static_cast<size_t>(C * K));
-    std::vector<float> e(static_cast<size_t>(K));
+    std::vector<float> ysum(static_cast<size_t>(K));  // sum_t of the Kt term, all at b_last
     for (int64_t i = i0; i < i1; ++i) {
       const float* be = p.beta.data() + i * C;
       const float* kk = p.Kk.data() + i * C * C;
       const float* ndm = ndM.data() + i * C * C;
-      const float* dp = dPm.data() + i * C * C;
-      std::fill(db.begin(), db.end(), 0.0);
-      auto row = [&](const Tensor& x, int64_t t, int64_t w) { return x.data() + (i * C + t) * w; };
+      const float* bl = p.brow(i, C - 1);
+      float* dbl = db.data() + (i * C + C - 1) * K;
+      std::fill(ysum.begin(), ysum.end(), 0.f);
       for (int64_t t = 0; t < C; ++t) {
-        const float *kr = row(p.k, t, K), *qr = row(p.q, t, K), *vr = row(p.v, t, V);
-        const float *ktr = row(p.kt, t, K), *dktr = row(dKt, t, K), *bt = p.brow(i, t), *bl = p.brow(i, C - 1);
-        float *dkr = r.dk.data() + (i * C + t) * K, *dqr = r.dq.data() + (i * C + t) * K;
-        float* dvr = r.dv.data() + (i * C + t) * V;
-        double dbt = dot(vr, dvr, V);
-        for (int64_t j = 0; j < V; ++j) dvr[j] *= be[t];
-        double* dbr = db.data() + t * K;
-        for (int64_t j = 0; j < K; ++j) {
-          const float gj = std::exp(bt[j]), x = dkr[j], y = ktr[j] * dktr[j];
-          dbt -= double(gj) * kr[j] * x;                                             // kb = -beta Gamma K
-          dbr[j] += -double(be[t]) * gj * kr[j] * x + double(gj) * qr[j] * dqr[j] - y;  // kb, Qg, Kt
-          db[(C - 1) * K + j] += y;
-          dkr[j] = -be[t] * gj * x + std::exp(bl[j] - bt[j]) * dktr[j];
-          dqr[j] *= gj;
-        }
-        // Pairwise: M[t, s] = beta_t Kk[t, s] (s < t) and P[t, s] (s <= t).
-        for (int64_t s = 0; s <= t; ++s) {
-          const float dm = s < t ? -ndm[t * C + s] : 0.f, dA = dm * be[t], dP = dp[t * C + s];
-          if (dA == 0.f && dP == 0.f) continue;
-          dbt += double(dm) * kk[t * C + s];
-          const float *bs = p.brow(i, s), *ks = row(p.k, s, K);
-          float* dks = r.dk.data() + (i * C + s) * K;
-          double* dbs = db.data() + s * K;
-          for (int64_t j = 0; j < K; ++j) {
-            const float ej = std::exp(bt[j] - bs[j]);
-            dkr[j] += dA * ks[j] * ej;
-            dks[j] += (dA * kr[j] + dP * qr[j]) * ej;
-            dqr[j] += dP * ks[j] * ej;
-            const double x = double(dA * kr[j] + dP * qr[j]) * ks[j] * ej;
-            dbr[j] += x;
-            dbs[j] -= x;
-          }
-        }
+        const float *kg = row(p.kg, i, t, K), *qg = row(p.qg, i, t, K);
+        const float *vr = row(p.v, i, t, V), *ktr = row(p.kt, i, t, K), *dktr = row(dKt, i, t, K), *bt = p.brow(i, t);
+        float *dkr = row(r.dk, i, t, K), *dqr = row(r.dq, i, t, K), *dvr = row(r.dv, i, t, V);
+        float* dbr = db.data() + (i * C + t) * K;
+        double dbt = double(dot(vr, dvr, V)) - dot(kg, dkr, K);  // vb = beta V, kb = -beta Gamma K
+        for (int64_t s = 0; s < t; ++s) dbt -= double(ndm[t * C + s]) * kk[t * C + s];  // M = beta Kk
         r.dbeta.data()[i * C + t] = static_cast<float>(dbt);
+        for (int64_t j = 0; j < V; ++j) dvr[j] *= be[t];
+        const float bet = be[t];
+#pragma omp simd
+        for (int64_t j = 0; j < K; ++j) {
+          const float x = dkr[j], y = ktr[j] * dktr[j];
+          dbr[j] += -bet * kg[j] * x + qg[j] * dqr[j] - y;  // through kb, Qg and Kt
+          ysum[j] += y;
+          dkr[j] = -bet * vec::exp(bt[j]) * x + vec::exp(bl[j] - bt[j]) * dktr[j];
+          dqr[j] *= vec::exp(bt[j]);
+        }
       }
       // diag(gamma_last) S0 in S1: d/db_last[j] += gamma_last[j] <S0 row j, dS1 row j>
       for (int64_t j = 0; j < K; ++j)
-        db[(C - 1) * K + j] += double(p.gamma(i, C - 1, j)) *
-                               dot(p.S.data() + i * KV + j * V, dSn.data() + i * KV + j * V, V);
-      float* dg = r.dg.data() + i * C * K;
-      for (int64_t j = 0; j < K; ++j) {
-        double acc = 0;
-        for (int64_t t = C - 1; t >= 0; --t) dg[t * K + j] = static_cast<float>(acc += db[t * K + j]);
+        dbl[j] += ysum[j] + vec::exp(bl[j]) * dot(p.S.data() + i * KV + j * V, dSn.data() + i * KV + j * V, V);
+    }
+  });
+  // The pairwise terms, a sub-block of rows at a time.
+  for (int64_t a = 0; a < A; ++a) {
+    const int64_t t0 = G.L * a, e = G.end(a), R = e - t0;
+    Tensor g = Tensor::empty({G.nb, 2 * R, e});  // [dA; dP] rows [t0, e), columns [0, e)
+    parallel_for(G.nb, 8, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const float* be = p.beta.data() + i * C;
+        const bool wide = p.wide[static_cast<size_t>(i * A + a)];
+        for (int64_t t = t0; t < e; ++t) {
+          const float *ndm = ndM.data() + (i * C + t) * C, *dp = dPm.data() + (i * C + t) * C;
+          float *gA = g.data() + (i * 2 * R + t - t0) * e, *gP = gA + R * e;
+          const int64_t own = wide ? t0 : e;  // columns from here on are summed one by one
+          for (int64_t s = 0; s < e; ++s) {
+            gA[s] = s < t && s < own ? -ndm[s] * be[t] : 0.f;
+            gP[s] = s <= t && s < own ? dp[s] : 0.f;
+          }
+          if (!wide) continue;
+          const float *kr = row(p.k, i, t, K), *qr = row(p.q, i, t, K), *bt = p.brow(i, t);
+          float *dkr = row(r.dk, i, t, K), *dqr = row(r.dq, i, t, K), *dbr = db.data() + (i * C + t) * K;
+          for (int64_t j = 0; j < K; ++j) {  // s = t: dA = 0, exp(0) = 1, no log-decay term
+            dqr[j] += dp[t] * kr[j];
+            dkr[j] += dp[t] * qr[j];
+          }
+          for (int64_t s = t0; s < t; ++s) {
+            const float dA = -ndm[s] * be[t], dP = dp[s];
+            const float *bs = p.brow(i, s), *ks = row(p.k, i, s, K);
+            float *dks = row(r.dk, i, s, K), *dbs = db.data() + (i * C + s) * K;
+#pragma omp simd
+            for (int64_t j = 0; j < K; ++j) {
+              const float ej = vec::exp(bt[j] - bs[j]), w = (dA * kr[j] + dP * qr[j]) * ej;
+              dkr[j] += dA * ks[j] * ej;
+              dqr[j] += dP * ks[j] * ej;
+              dks[j] += w;
+              dbr[j] += w * ks[j];
+              dbs[j] -= w * ks[j];
+            }
+          }
+        }
+      }
+    });
+    Tensor y = Tensor::empty({G.nb, 2 * R, K}), z = Tensor::empty({G.nb, e, K});
+    gemm(g.data(), (p.kr.data() + p.kr_off(a)), y.data(), G.nb, 2 * R, K, e, false, false);   // rows
+    gemm(g.data(), (p.lq.data() + p.lq_off(a)), z.data(), G.nb, e, K, 2 * R, true, false);    // columns
+    parallel_for(G.nb, 8, [&](int64_t i0, int64_t i1) {
+      const std::vector<float> zero(static_cast<size_t>(K), 0.f);
+      for (int64_t i = i0; i < i1; ++i) {
+        const float* br = a > 0 ? p.brow(i, t0 - 1) : zero.data();
+        const float* lq = (p.lq.data() + p.lq_off(a)) + i * 2 * R * K;
+        const float* kr = (p.kr.data() + p.kr_off(a)) + i * e * K;
+        const float* yi = y.data() + i * 2 * R * K;
+        const float* zi = z.data() + i * e * K;
+        for (int64_t t = t0; t < e; ++t) {
+          const float *bt = p.brow(i, t), *yk = yi + (t - t0) * K, *yq = yi + (R + t - t0) * K;
+          const float *lk = lq + (t - t0) * K, *lqt = lq + (R + t - t0) * K;
+          float *dkr = row(r.dk, i, t, K), *dqr = row(r.dq, i, t, K), *dbr = db.data() + (i * C + t) * K;
+#pragma omp simd
+          for (int64_t j = 0; j < K; ++j) {
+            const float f = vec::exp(bt[j] - br[j]);
+            dkr[j] += f * yk[j];
+            dqr[j] += f * yq[j];
+            dbr[j] += lk[j] * yk[j] + lqt[j] * yq[j];
+          }
+        }
+        const int64_t cols = p.wide[static_cast<size_t>(i * A + a)] ? t0 : e;
+        for (int64_t s = 0; s < cols; ++s) {
+          const float *bs = p.brow(i, s), *zs = zi + s * K, *krs = kr + s * K;
+          float *dks = row(r.dk, i, s, K), *dbs = db.data() + (i * C + s) * K;
+#pragma omp simd
+          for (int64_t j = 0; j < K; ++j) {
+            dks[j] += vec::exp(br[j] - bs[j]) * zs[j];
+            dbs[j] -= krs[j] * zs[j];
+          }
+        }
+      }
+    });
+  }
+  // dg: the reverse cumulative sum of db over the chunk (in double).
+  parallel_for(G.nb, 8, [&](int64_t i0, int64_t i1) {
+    std::vector<double> acc(static_cast<size_t>(K));
+    for (int64_t i = i0; i < i1; ++i) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t t = C - 1; t >= 0; --t) {
+        const float* d = db.data() + (i * C + t) * K;
+        float* dg = r.dg.data() + (i * C + t) * K;
+        for (int64_t j = 0; j < K; ++j) dg[j] = static_cast<float>(acc[j] += d[j]);
       }
     }
   });
@@ -399,6 +571,7 @@ Grads chunk_backward(const Plan& p, const Tensor& dOp) {
   // dP becomes dP o D (lower triangle).
   parallel_for(nb, 1, [&](int64_t i0, int64_t i1) {
     std::vector<double> db(static_cast<size_t>(C));
+    std::vector<float> drow(static_cast<size_t>(C));
     for (int64_t i = i0; i < i1; ++i) {
       const float* be = p.beta.data() + i * C;
       const float* kk = p.Kk.data() + i * C * C;
@@ -411,8 +584,9 @@ Grads chunk_backward(const Plan& p, const Tensor& dOp) {
       for (int64_t t = 0; t < C; ++t) {
         E[t * C + t] = 0.f;
         double dbt = 0;
+        p.decay_row(i, t, drow.data());
         for (int64_t s = 0; s < t; ++s) {
-          const float D = p.decay(i, t, s), dm = -ndm[t * C + s];
+          const float D = drow[s], dm = -ndm[t * C + s];
           const float m = be[t] * kk[t * C + s] * D;
           dbt += double(dm) * kk[t * C + s] * D;
           const float e = dm * be[t] * D;
@@ -429,7 +603,7 @@ Grads chunk_backward(const Plan& p, const Tensor& dOp) {
             db[t] += x;
             db[s] -= x;
           }
-          dp[t * C + s] *= p.decay(i, t, s);
+          dp[t * C + s] *= drow[s];
         }
         for (int64_t s = t + 1; s < C; ++s) dp[t * C + s] = 0.f;
         const float gt = p.gamma(i, t);

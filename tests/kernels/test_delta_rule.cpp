@@ -26,9 +26,9 @@ struct Inputs {
   int64_t gw = 1;                        // K: a decay per key dimension (KDA)
 };
 
-// Random inputs as the layers produce them: q, k of unit norm, beta in (0, 1), g in [-0.7, 0].
+// Random inputs as the layers produce them: q, k of unit norm, beta in (0, 1), g in [g_min, 0].
 Inputs make_inputs(int64_t B, int64_t H, int64_t N, int64_t K, int64_t V, bool gated, uint64_t seed = 3,
-                   bool channel = false) {
+                   bool channel = false, float g_min = -0.7f) {
   Inputs in{B, H, N, K, V, {}, {}, {}, {}, {}, channel ? K : 1};
   auto draw = [&](int64_t n, uint64_t key, float lo, float hi) {
     const Tensor t = test::uniform_tensor({n}, seed, key, lo, hi);
@@ -44,7 +44,7 @@ Inputs make_inputs(int64_t B, int64_t H, int64_t N, int64_t K, int64_t V, bool g
     }
   in.v = draw(B * H * N * V, 3, -1.f, 1.f);
   in.beta = draw(B * H * N, 4, 0.05f, 0.95f);
-  if (gated) in.g = draw(B * H * N * in.gw, 5, -0.7f, 0.f);
+  if (gated) in.g = draw(B * H * N * in.gw, 5, g_min, 0.f);
   return in;
 }
 
@@ -154,15 +154,20 @@ struct Case {
   bool gated, reverse;
   int64_t chunk;
   bool channel = false;  // KDA's decay per key dimension
+  float g_min = -0.7f;   // log decays drawn from [g_min, 0]
 };
 
 class DeltaRuleChunked : public ::testing::TestWithParam<Case> {};
 
-// N = 37 with chunks of 16 (and 5, 1, 64): the last chunk partial; B = 2, H = 3.
+// N = 37 with chunks of 16 (and 5, 1, 64): the last chunk partial; B = 2, H = 3. KDA's kernel
+// works in sub-blocks of 16 rows inside a chunk: chunks of 37 (N = 37 at chunk 64: 16 + 16 + 5)
+// and 20 (16 + 4) end in a partial one; with strong decays (g in [-4, 0]: a sub-block of 16 spans
+// more than exp(40) in about a third of them; g in [-12, 0]: in all but the short ones) the kernel
+// sums those sub-blocks' own pairs one by one.
 TEST_P(DeltaRuleChunked, MatchesNaiveRecurrenceForwardAndGradients) {
   const Case c = GetParam();
   const int64_t B = 2, H = 3, N = 37, K = 8, V = 6;
-  const Inputs in = make_inputs(B, H, N, K, V, c.gated, 3, c.channel);
+  const Inputs in = make_inputs(B, H, N, K, V, c.gated, 3, c.channel, c.g_min);
   const Tensor Rt = test::uniform_tensor({B, H, N, V}, 3, 9, -1.f, 1.f);
   const std::vector<double> R(Rt.data(), Rt.data() + Rt.numel());
   const KernelRun run = run_kernel(in, Rt, c.chunk, c.reverse);
@@ -178,11 +183,14 @@ INSTANTIATE_TEST_SUITE_P(Chunks, DeltaRuleChunked,
                                            Case{true, true, 16}, Case{false, false, 5}, Case{true, false, 5},
                                            Case{true, false, 1}, Case{true, false, 64}, Case{true, false, 16, true},
                                            Case{true, true, 16, true}, Case{true, false, 5, true},
-                                           Case{true, false, 1, true}, Case{true, false, 64, true}),
+                                           Case{true, false, 1, true}, Case{true, false, 64, true},
+                                           Case{true, false, 20, true}, Case{true, true, 64, true},
+                                           Case{true, false, 64, true, -4.f}, Case{true, true, 20, true, -4.f},
+                                           Case{true, false, 64, true, -12.f}),
                          [](const ::testing::TestParamInfo<Case>& i) {
                            return std::string(i.param.channel ? "kda" : i.param.gated ? "gated" : "plain") +
-                                  (i.param.reverse ? "_reverse" : "") +
-                                  "_chunk" + std::to_string(i.param.chunk);
+                                  (i.param.reverse ? "_reverse" : "") + "_chunk" + std::to_string(i.param.chunk) +
+                                  (i.param.g_min < -1 ? "_strong" + std::to_string(int(-i.param.g_min)) : "");
                          });
 
 // Gated DeltaNet with alpha = 1 (g = 0) is DeltaNet: the gated path with zero gates gives the
