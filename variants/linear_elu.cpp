@@ -4,8 +4,8 @@
 //   out_i = phi(q_i)^T (sum_j phi(k_j) v_j^T) / (phi(q_i)^T sum_j phi(k_j) + eps), j over every
 //   key (bidirectional) or j <= i (causal). No 1/sqrt(d) scaling (as in the paper and LRA).
 // Time O(B H N d^2); memory O(B N D) saved for backward (q, k, v and the merged heads) plus the
-// [d, d] state per head (bidirectional); causal runs in chunks of 64 (ab::linear_attention: the
-// masked products inside a chunk, prefix sums of the chunk states across), backward likewise.
+// [d, d] state per head (bidirectional); causal runs as a sequential prefix-sum scan per
+// (batch, head) with no per-position state (ab::linear_attention), backward by the reverse scan.
 // Capabilities: bidirectional, causal, padding mask (phi(k) is zeroed at padded keys, so they
 // enter neither the state nor the normaliser).
 #include <cmath>
@@ -37,7 +37,7 @@ class LinearElu final : public ab::AttentionMixer {
       c.state_bytes = 4 * B * H * (d * d + d);  // S and z; constant in the length
       // Peak at the end of the op's backward: y, q, k, v, the upstream gradient per head, dq, dk, dv
       // (8 B N D), and bidirectional also the recomputed features phi(q), phi(k) and G = g / den
-      // (3 B N D; causal: G only, plus the chunk buffers of one group of heads); 1 / den and c (2 B H N); dWo.
+      // (3 B N D; causal: the per-row scan needs G only); 1 / den and c (2 B H N); dWo.
       c.peak_bytes = 4 * ((a.causal ? 10 : 11) * B * N * D + 2 * B * H * N + D * D);
       return c;
     };

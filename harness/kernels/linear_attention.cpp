@@ -1,5 +1,5 @@
-// Fused ops for the low-rank and kernelised mixers: linear attention (bidirectional and causal by
-// batched GEMMs, causal in chunks), Performer's random-feature maps, and a per-head depthwise
+// Fused ops for the low-rank and kernelised mixers: linear attention (bidirectional by batched
+// GEMMs, causal by a sequential scan), Performer's random-feature maps, and a per-head depthwise
 // convolution along the sequence. oneDNN GEMMs run outside TBB regions only.
 #include "attnbench/kernels/linear_attention.hpp"
 
@@ -224,130 +224,7 @@ Var linear_attention_bidirectional(const Var& q, const Var& k, const Var& v, con
   });
 }
 
-// ---- causal: chunked, by batched GEMMs ----
-// Rows are cut into chunks of C; an item is one chunk of one (batch, head). With V+ = [V | 1]
-// (width dv + 1) the numerator and the normaliser are one product:
-//   O+ = tril(Fq Fk^T) V+  +  Fq S+_prev,   S+_prev = sum over earlier chunks of Fk^T V+  [m, dv + 1]
-//   out = O+[:, :dv] / (O+[:, dv] + eps)
-// Backward with G = g / den and c_i = G_i . out_i, G+ = [G | -c]: dP = tril(G+ V+^T) is dL/d(fq_i . fk_j),
-//   dFq = dP Fk + G+ S+_prev^T,  dFk = dP^T Fq + V+ R+_next^T,  dV+ = tril(P)^T G+ + Fk R+_next,
-// R+_next = sum over later chunks of Fq^T G+. Every product is a oneDNN batched GEMM over the items.
-// The (batch, head) pairs go in groups whose chunk buffers stay within kGroupBytes, so the memory
-// beyond the features is bounded whatever the length.
-constexpr int64_t kCausalChunk = 64;
-constexpr int64_t kGroupBytes = int64_t{4} << 20;
-
-// Per row, a chunk of C costs 2 C (m + dv + 1) multiply-adds inside it and 4 m (dv + 1) for the
-// state products, so a length up to C + 2 m (dv + 1) / (m + dv + 1) is cheapest as one chunk (no
-// state at all); longer ones are cut into chunks of 64.
-int64_t causal_chunk(int64_t N, int64_t m, int64_t dv) {
-  const int64_t w = dv + 1;
-  return N <= kCausalChunk + 2 * m * w / (m + w) ? N : kCausalChunk;
-}
-
-// The chunk layout of a group of nbh (batch, head) pairs: item = (pair, chunk), rows past N zero.
-struct Chunks {
-  int64_t nbh, N, m, dv, C, nc, items;
-  int64_t w() const { return dv + 1; }
-  // row n of pair p within the packed [items, C, *] buffers
-  int64_t row(int64_t p, int64_t n) const { return (p * nc + n / C) * C + n % C; }
-};
-
-Chunks chunks_of(int64_t nbh, int64_t N, int64_t m, int64_t dv) {
-  const int64_t C = causal_chunk(N, m, dv), nc = (N + C - 1) / C;
-  return {nbh, N, m, dv, C, nc, nbh * nc};
-}
-
-// (batch, head) pairs per group: the forward and backward buffers of one pair (features, V+, P,
-// dP, G+, O+, two [m, dv + 1] states per chunk and one gradient buffer) within kGroupBytes.
-int64_t pairs_per_group(int64_t BH, int64_t N, int64_t m, int64_t dv) {
-  const Chunks c = chunks_of(1, N, m, dv);
-  const int64_t w = c.w(), rows = c.nc * c.C;
-  const int64_t per_pair = 4 * (rows * (3 * m + 3 * w + 2 * c.C) + (c.nc > 1 ? 2 * c.nc * m * w : 0));
-  return std::clamp<int64_t>(kGroupBytes / std::max<int64_t>(per_pair, 1), 1, BH);
-}
-
-// x rows [nbh, N, w] -> [items, C, dw], zero rows past N; column `one_col` (if >= 0) set to 1.
-void pack_rows(const Chunks& c, const float* x, int64_t w, float* dst, int64_t dw, int64_t one_col) {
-  parallel_for(c.items, 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t it = i0; it < i1; ++it) {
-      const int64_t p = it / c.nc, n0 = (it % c.nc) * c.C;
-      for (int64_t r = 0; r < c.C; ++r) {
-        float* d = dst + (it * c.C + r) * dw;
-        if (n0 + r < c.N) {
-          const float* src = x + (p * c.N + n0 + r) * w;
-          std::copy(src, src + w, d);
-          if (one_col >= 0) d[one_col] = 1.f;
-        } else {
-          std::fill(d, d + dw, 0.f);
-        }
-      }
-    }
-  });
-}
-
-// Zero the strictly upper triangle of every [C, C] item.
-void tril_items(float* P, int64_t items, int64_t C) {
-  parallel_for(items, 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t it = i0; it < i1; ++it)
-      for (int64_t r = 0; r < C; ++r) std::fill(P + (it * C + r) * C + r + 1, P + (it * C + r + 1) * C, 0.f);
-  });
-}
-
-// In place over the chunks of each pair: x_c <- sum of x_c' over c' < c (or c' > c when reverse).
-void exclusive_scan_chunks(float* x, int64_t nbh, int64_t nc, int64_t width, bool reverse) {
-  parallel_for(nbh, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> run(static_cast<size_t>(width)), cur(static_cast<size_t>(width));
-    for (int64_t p = b0; p < b1; ++p) {
-      std::fill(run.begin(), run.end(), 0.f);
-      for (int64_t t = 0; t < nc; ++t) {
-        float* xc = x + (p * nc + (reverse ? nc - 1 - t : t)) * width;
-        std::copy(xc, xc + width, cur.begin());
-        std::copy(run.begin(), run.end(), xc);
-        for (int64_t e = 0; e < width; ++e) run[e] += cur[e];
-      }
-    }
-  });
-}
-
-// The forward of one group, kept for its backward: fq, fk [items, C, m], V+ and O+ [items, C, w],
-// tril(P) [items, C, C], S+_prev [items, m, w] (more than one chunk only).
-struct ChunkForward {
-  Tensor fq, fk, va, P, S, O;
-};
-
-ChunkForward causal_forward(const Chunks& c, const float* fq, const float* fk, const float* v) {
-  const int64_t C = c.C, items = c.items, m = c.m, w = c.w();
-  ChunkForward f{Tensor::empty({items, C, m}), Tensor::empty({items, C, m}), Tensor::empty({items, C, w}),
-                 Tensor::empty({items, C, C}), Tensor(), Tensor::empty({items, C, w})};
-  pack_rows(c, fq, m, f.fq.data(), m, -1);
-  pack_rows(c, fk, m, f.fk.data(), m, -1);
-  pack_rows(c, v, c.dv, f.va.data(), w, c.dv);
-  kernels::matmul(f.fq.data(), f.fk.data(), f.P.data(), items, items, C, C, m, false, true);
-  tril_items(f.P.data(), items, C);
-  kernels::matmul(f.P.data(), f.va.data(), f.O.data(), items, items, C, w, C, false, false);
-  if (c.nc > 1) {  // one chunk has no earlier state
-    f.S = Tensor::empty({items, m, w});
-    kernels::matmul(f.fk.data(), f.va.data(), f.S.data(), items, items, m, w, C, true, false);
-    exclusive_scan_chunks(f.S.data(), c.nbh, c.nc, m * w, false);
-    kernels::matmul(f.fq.data(), f.S.data(), f.O.data(), items, items, C, w, m, false, false, nullptr, true);
-  }
-  return f;
-}
-
-// Packed rows [items, C, width] of a group back to [nbh, N, width] rows at dst (first `width`
-// columns of a packed row of `pw`), each element times scale(pair, n, column) when given.
-template <class Scale>
-void unpack_rows(const Chunks& c, const float* src, int64_t pw, int64_t width, float* dst, Scale&& scale) {
-  parallel_for(c.nbh * c.N, std::max<int64_t>(1, kernels::kGrain / width), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t p = r / c.N, n = r % c.N;
-      const float* s = src + c.row(p, n) * pw;
-      for (int64_t a = 0; a < width; ++a) dst[r * width + a] = s[a] * scale(r, a);
-    }
-  });
-}
-
+// ---- causal: sequential scan per (batch, head) ----
 Var linear_attention_causal(const Var& q, const Var& k, const Var& v, const LinearAttentionOptions& opt) {
   const Dims dims = check_shapes(q, k, v);
   const int64_t B = dims.B, H = dims.H, N = dims.N, m = dims.m, dv = dims.dv, BH = B * H;
@@ -355,114 +232,155 @@ Var linear_attention_causal(const Var& q, const Var& k, const Var& v, const Line
   const FeatureMap f = opt.feature;
   const float feps = opt.feature_eps, eps = opt.eps;
   const bool map_q = f != FeatureMap::identity, map_k = map_q || !keep.empty();
-  const int64_t G = pairs_per_group(BH, N, m, dv);
   Tensor out = Tensor::empty({B, H, N, dv});
   {
-    // Features (temporaries unless the inputs are already features): fq, fk [BH, N, m]; padded keys
-    // have zero features, so they enter neither the state nor the normaliser.
+    // Features (temporaries unless the inputs are already features): fq, fk [BH, N, m]
     const Tensor fqt = map_q ? map_features(q.value(), f, feps, {}, H) : q.value();
     const Tensor fkt = map_k ? map_features(k.value(), f, feps, keep, H) : k.value();
-    for (int64_t g0 = 0; g0 < BH; g0 += G) {
-      const Chunks c = chunks_of(std::min(G, BH - g0), N, m, dv);
-      const ChunkForward cf = causal_forward(c, fqt.data() + g0 * N * m, fkt.data() + g0 * N * m,
-                                             v.value().data() + g0 * N * dv);
-      const float* Op = cf.O.data();
-      unpack_rows(c, Op, dv + 1, dv, out.data() + g0 * N * dv, [&](int64_t r, int64_t) {
-        const float den = Op[c.row(r / N, r % N) * (dv + 1) + dv] + eps;
-        return den != 0.f ? 1.f / den : 0.f;
-      });
-    }
+    const float* fqp = fqt.data();
+    const float* fkp = fkt.data();
+    const float* vp = v.value().data();
+    float* op = out.data();
+    parallel_for(BH, 1, [&](int64_t b0, int64_t b1) {
+      // Running state S [m, dv], z [m].
+      std::vector<float> S(static_cast<size_t>(m * dv)), z(m);
+      for (int64_t bh = b0; bh < b1; ++bh) {
+        std::fill(S.begin(), S.end(), 0.f);
+        std::fill(z.begin(), z.end(), 0.f);
+        for (int64_t i = 0; i < N; ++i) {
+          const int64_t r = bh * N + i;
+          const float* vi = vp + r * dv;
+          if (keep.empty() || keep[(bh / H) * N + i] != 0.f) {  // S += fk_i v_i^T, z += fk_i
+            const float* fk = fkp + r * m;
+            for (int64_t a = 0; a < m; ++a) {
+              float* s = S.data() + a * dv;
+              const float w = fk[a];
+              for (int64_t c = 0; c < dv; ++c) s[c] += w * vi[c];
+              z[a] += w;
+            }
+          }
+          const float* fq = fqp + r * m;
+          float* o = op + r * dv;
+          std::fill(o, o + dv, 0.f);
+          float den = eps;
+          for (int64_t a = 0; a < m; ++a) {
+            const float w = fq[a];
+            const float* s = S.data() + a * dv;
+            for (int64_t c = 0; c < dv; ++c) o[c] += w * s[c];
+            den += w * z[a];
+          }
+          const float inv = den != 0.f ? 1.f / den : 0.f;
+          for (int64_t c = 0; c < dv; ++c) o[c] *= inv;
+        }
+      }
+    });
   }
   const GradSink gq = q.sink(), gk = k.sink(), gv = v.sink();
   const Tensor qv = q.value(), kv = k.value(), vv = v.value();
-  // Captures the inputs and the keep flags only; the features and chunk states are recomputed.
-  return make_op_result(std::move(out), {q, k, v}, [gq, gk, gv, qv, kv, vv, keep, H, N, m, dv, BH, G, f, feps, eps,
+  // Captures the inputs and the keep flags only; the features and states are recomputed.
+  return make_op_result(std::move(out), {q, k, v}, [gq, gk, gv, qv, kv, vv, keep, B, H, N, m, dv, BH, f, feps, eps,
                                                      map_q, map_k](const Tensor& g) {
     const Tensor fqt = map_q ? map_features(qv, f, feps, {}, H) : qv;
     const Tensor fkt = map_k ? map_features(kv, f, feps, keep, H) : kv;
-    Tensor dq, dk, dvt;
-    if (gq.wanted()) dq = Tensor::empty(qv.shape());
-    if (gk.wanted()) dk = Tensor::empty(kv.shape());
-    if (gv.wanted()) dvt = Tensor::empty(vv.shape());
-    for (int64_t g0 = 0; g0 < BH; g0 += G) {
-      const Chunks c = chunks_of(std::min(G, BH - g0), N, m, dv);
-      const int64_t C = c.C, nc = c.nc, items = c.items, w = c.w();
-      const int64_t xo = g0 * N * m, vo = g0 * N * dv;
-      ChunkForward cf = causal_forward(c, fqt.data() + xo, fkt.data() + xo, vv.data() + vo);
-      // G+ = [g / den | -c] [items, C, dv + 1]; rows past N zero.
-      Tensor ga = Tensor::empty({items, C, w});
-      {
-        const float* Op = cf.O.data();
-        const float* gp = g.data() + vo;
-        float* gap = ga.data();
-        parallel_for(items, 1, [&](int64_t i0, int64_t i1) {
-          for (int64_t it = i0; it < i1; ++it) {
-            const int64_t p = it / nc, n0 = (it % nc) * C;
-            for (int64_t r = 0; r < C; ++r) {
-              float* gr = gap + (it * C + r) * w;
-              if (n0 + r >= N) {
-                std::fill(gr, gr + w, 0.f);
-                continue;
-              }
-              const float* o = Op + (it * C + r) * w;
-              const float den = o[dv] + eps;
-              const float inv = den != 0.f ? 1.f / den : 0.f;
-              const float* gi = gp + (p * N + n0 + r) * dv;
-              float ci = 0.f;
-              for (int64_t e = 0; e < dv; ++e) {
-                gr[e] = gi[e] * inv;
-                ci += gr[e] * o[e] * inv;  // G_i . out_i
-              }
-              gr[dv] = -ci;
+    Tensor dq = Tensor::empty(qv.shape()), dk = Tensor::empty(kv.shape()), dvt = Tensor::empty(vv.shape());
+    Tensor inv_den = Tensor::empty({BH * N}), cbuf = Tensor::empty({BH * N});
+    const float* qp = qv.data();
+    const float* kp = kv.data();
+    const float* fqp = fqt.data();
+    const float* fkp = fkt.data();
+    const float* vp = vv.data();
+    const float* gp = g.data();
+    float* dqp = dq.data();
+    float* dkp = dk.data();
+    float* dvp = dvt.data();
+    float* ip = inv_den.data();
+    float* cp = cbuf.data();
+    parallel_for(BH, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<float> S(static_cast<size_t>(m * dv)), z(m), G(dv);
+      for (int64_t bh = b0; bh < b1; ++bh) {
+        // Pass 1, forward in i: recompute S_i, z_i; G_i = g_i / den_i; c_i = G_i . out_i;
+        // dfq_i = S_i G_i - c_i z_i.
+        std::fill(S.begin(), S.end(), 0.f);
+        std::fill(z.begin(), z.end(), 0.f);
+        for (int64_t i = 0; i < N; ++i) {
+          const int64_t r = bh * N + i;
+          const float* vi = vp + r * dv;
+          if (keep.empty() || keep[(bh / H) * N + i] != 0.f) {
+            const float* fk = fkp + r * m;
+            for (int64_t a = 0; a < m; ++a) {
+              float* s = S.data() + a * dv;
+              const float w = fk[a];
+              for (int64_t c = 0; c < dv; ++c) s[c] += w * vi[c];
+              z[a] += w;
             }
           }
-        });
+          const float* fq = fqp + r * m;
+          float den = eps;
+#pragma omp simd reduction(+ : den)
+          for (int64_t a = 0; a < m; ++a) den += fq[a] * z[a];
+          const float inv = den != 0.f ? 1.f / den : 0.f;
+          ip[r] = inv;
+          const float* gi = gp + r * dv;
+          for (int64_t c = 0; c < dv; ++c) G[c] = gi[c] * inv;
+          // c_i = G_i . (S_i^T fq_i) / den_i; the row products S_a . G_i serve dfq as well.
+          float* dqi = dqp + r * m;
+          float cnum = 0.f;
+          for (int64_t a = 0; a < m; ++a) {
+            const float* s = S.data() + a * dv;
+            float t = 0.f;
+#pragma omp simd reduction(+ : t)
+            for (int64_t c = 0; c < dv; ++c) t += s[c] * G[c];
+            dqi[a] = t;
+            cnum += fq[a] * t;
+          }
+          const float ci = cnum * inv;
+          cp[r] = ci;
+          const float* qi = qp + r * m;
+          for (int64_t a = 0; a < m; ++a) dqi[a] = (dqi[a] - ci * z[a]) * feature_grad(f, qi[a], fq[a]);
+        }
+        // Pass 2, backward in i: R_j = sum_{i >= j} fq_i G_i^T, rr_j = -sum_{i >= j} c_i fq_i;
+        // dfk_j = R_j v_j + rr_j, dv_j = R_j^T fk_j. (S and z are reused as R and rr.)
+        std::fill(S.begin(), S.end(), 0.f);
+        std::fill(z.begin(), z.end(), 0.f);
+        for (int64_t i = N - 1; i >= 0; --i) {
+          const int64_t r = bh * N + i;
+          const float inv = ip[r], ci = cp[r];
+          const float* gi = gp + r * dv;
+          for (int64_t c = 0; c < dv; ++c) G[c] = gi[c] * inv;
+          const float* fq = fqp + r * m;
+          for (int64_t a = 0; a < m; ++a) {
+            const float w = fq[a];
+            float* s = S.data() + a * dv;
+            for (int64_t c = 0; c < dv; ++c) s[c] += w * G[c];
+            z[a] -= ci * w;
+          }
+          const float* vi = vp + r * dv;
+          float* dki = dkp + r * m;
+          float* dvi = dvp + r * dv;
+          std::fill(dvi, dvi + dv, 0.f);
+          if (!keep.empty() && keep[(bh / H) * N + i] == 0.f) {
+            std::fill(dki, dki + m, 0.f);
+            continue;
+          }
+          const float* fk = fkp + r * m;
+          const float* ki = kp + r * m;
+          for (int64_t a = 0; a < m; ++a) {
+            const float* s = S.data() + a * dv;
+            const float fka = fk[a];
+            float t = z[a];
+#pragma omp simd reduction(+ : t)
+            for (int64_t c = 0; c < dv; ++c) {
+              t += s[c] * vi[c];
+              dvi[c] += fka * s[c];
+            }
+            dki[a] = t * feature_grad(f, ki[a], fka);
+          }
+        }
       }
-      cf.O = Tensor();
-      // dP = tril(G+ V+^T) [items, C, C]
-      Tensor dP = Tensor::empty({items, C, C});
-      kernels::matmul(ga.data(), cf.va.data(), dP.data(), items, items, C, C, w, false, true);
-      tril_items(dP.data(), items, C);
-      // Through phi (and the key mask for k) into rows of dst.
-      auto to_rows = [&](const Tensor& d, const Tensor& x, const Tensor& fx, bool masked, Tensor& dst) {
-        const float* xp = x.data() + xo;
-        const float* fp = fx.data() + xo;
-        unpack_rows(c, d.data(), m, m, dst.data() + xo, [&](int64_t r, int64_t a) {
-          const float kp = masked && !keep.empty() ? keep[((g0 + r / N) / H) * N + r % N] : 1.f;
-          return kp * feature_grad(f, xp[r * m + a], fp[r * m + a]);
-        });
-      };
-      if (gq.wanted()) {  // dFq = dP Fk + G+ S+_prev^T
-        Tensor dfq = Tensor::empty({items, C, m});
-        kernels::matmul(dP.data(), cf.fk.data(), dfq.data(), items, items, C, m, C, false, false);
-        if (nc > 1) kernels::matmul(ga.data(), cf.S.data(), dfq.data(), items, items, C, m, w, false, true, nullptr, true);
-        to_rows(dfq, qv, fqt, false, dq);
-      }
-      cf.S = Tensor();
-      if (!gk.wanted() && !gv.wanted()) continue;
-      // R+_next: Fq^T G+ per item [items, m, dv + 1], summed over the later chunks (none: one chunk).
-      Tensor R;
-      if (nc > 1) {
-        R = Tensor::empty({items, m, w});
-        kernels::matmul(cf.fq.data(), ga.data(), R.data(), items, items, m, w, C, true, false);
-        exclusive_scan_chunks(R.data(), c.nbh, nc, m * w, true);
-      }
-      if (gk.wanted()) {  // dFk = dP^T Fq + V+ R+_next^T
-        Tensor dfk = Tensor::empty({items, C, m});
-        kernels::matmul(dP.data(), cf.fq.data(), dfk.data(), items, items, C, m, C, true, false);
-        if (nc > 1) kernels::matmul(cf.va.data(), R.data(), dfk.data(), items, items, C, m, w, false, true, nullptr, true);
-        to_rows(dfk, kv, fkt, true, dk);
-      }
-      if (gv.wanted()) {  // dV+ = tril(P)^T G+ + Fk R+_next; its first dv columns
-        Tensor dva = Tensor::empty({items, C, w});
-        kernels::matmul(cf.P.data(), ga.data(), dva.data(), items, items, C, w, C, true, false);
-        if (nc > 1) kernels::matmul(cf.fk.data(), R.data(), dva.data(), items, items, C, w, m, false, false, nullptr, true);
-        unpack_rows(c, dva.data(), w, dv, dvt.data() + vo, [](int64_t, int64_t) { return 1.f; });
-      }
-    }
-    if (gq.wanted()) gq.accumulate(dq);
-    if (gk.wanted()) gk.accumulate(dk);
-    if (gv.wanted()) gv.accumulate(dvt);
+    });
+    gq.accumulate(dq);
+    gk.accumulate(dk);
+    gv.accumulate(dvt);
   });
 }
 
