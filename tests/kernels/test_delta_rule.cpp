@@ -13,10 +13,12 @@
 #include "attnbench/check.hpp"
 #include "attnbench/kernels/delta_rule.hpp"
 #include "support/mixer_runs.hpp"
+#include "support/double_reference.hpp"
 #include "support/random_tensors.hpp"
 #include "support/variant_checks.hpp"
 
 using namespace ab;
+using ab::test::rel_err;
 
 namespace {
 
@@ -87,12 +89,6 @@ Tensor to_tensor(const std::vector<double>& x, const Shape& s) {
 // max |x - y| of two runs' tensors of one shape
 double diff(const Tensor& x, const Tensor& y) { return test::deviation(x, y).worst; }
 
-double max_abs(const std::vector<double>& x) {
-  double m = 1e-12;
-  for (double v : x) m = std::max(m, std::fabs(v));
-  return m;
-}
-
 struct KernelRun {
   Tensor o;
   std::vector<Tensor> grads;  // q, k, v, beta, (g)
@@ -124,30 +120,7 @@ std::vector<std::vector<double>> reference_grads(Inputs in, const std::vector<do
   };
   std::vector<std::vector<double>*> xs{&in.q, &in.k, &in.v, &in.beta};
   if (!in.g.empty()) xs.push_back(&in.g);
-  std::vector<std::vector<double>> out;
-  const double h = 1e-5;
-  for (auto* x : xs) {
-    std::vector<double> d(x->size());
-    for (size_t i = 0; i < x->size(); ++i) {
-      const double x0 = (*x)[i];
-      (*x)[i] = x0 + h;
-      const double lp = loss();
-      (*x)[i] = x0 - h;
-      const double lm = loss();
-      (*x)[i] = x0;
-      d[i] = (lp - lm) / (2 * h);
-    }
-    out.push_back(std::move(d));
-  }
-  return out;
-}
-
-// Largest |a - b| over max |b|.
-double rel_err(const Tensor& a, const std::vector<double>& b) {
-  EXPECT_EQ(static_cast<size_t>(a.numel()), b.size());
-  double worst = 0;
-  for (size_t i = 0; i < b.size(); ++i) worst = std::max(worst, std::fabs(double(a[int64_t(i)]) - b[i]));
-  return worst / max_abs(b);
+  return test::central_differences(xs, loss);
 }
 
 struct Case {

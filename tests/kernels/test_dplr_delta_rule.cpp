@@ -12,9 +12,11 @@
 #include "attnbench/kernels/delta_rule.hpp"
 #include "attnbench/kernels/dplr_delta_rule.hpp"
 #include "attnbench/ops.hpp"
+#include "support/double_reference.hpp"
 #include "support/random_tensors.hpp"
 
 using namespace ab;
+using ab::test::rel_err;
 
 namespace {
 
@@ -104,33 +106,7 @@ std::vector<std::vector<double>> reference_grads(Inputs in, const std::vector<do
     for (size_t i = 0; i < o.size(); ++i) s += R[i] * o[i];
     return s;
   };
-  std::vector<std::vector<double>> out;
-  const double h = 1e-5;
-  for (auto* x : {&in.q, &in.k, &in.v, &in.a, &in.b, &in.g}) {
-    std::vector<double> d(x->size());
-    for (size_t i = 0; i < x->size(); ++i) {
-      const double x0 = (*x)[i];
-      (*x)[i] = x0 + h;
-      const double lp = loss();
-      (*x)[i] = x0 - h;
-      const double lm = loss();
-      (*x)[i] = x0;
-      d[i] = (lp - lm) / (2 * h);
-    }
-    out.push_back(std::move(d));
-  }
-  return out;
-}
-
-// Largest |a - b| over max |b|.
-double rel_err(const Tensor& a, const std::vector<double>& b) {
-  EXPECT_EQ(static_cast<size_t>(a.numel()), b.size());
-  double worst = 0, m = 1e-12;
-  for (size_t i = 0; i < b.size(); ++i) {
-    worst = std::max(worst, std::fabs(double(a[int64_t(i)]) - b[i]));
-    m = std::max(m, std::fabs(b[i]));
-  }
-  return worst / m;
+  return test::central_differences({&in.q, &in.k, &in.v, &in.a, &in.b, &in.g}, loss);
 }
 
 double max_diff(const Tensor& x, const Tensor& y) {

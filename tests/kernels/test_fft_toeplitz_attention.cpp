@@ -12,6 +12,7 @@
 #include "attnbench/kernels/fft_conv.hpp"
 #include "attnbench/ops.hpp"
 #include "support/random_tensors.hpp"
+#include "support/double_reference.hpp"
 
 using namespace ab;
 
@@ -64,13 +65,7 @@ Var unfused(const Inputs& in) {
   return permute(reshape(matmul(fq_t, s), {B, N, H, e}), {0, 2, 1, 3});
 }
 
-double max_rel_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  double worst = 0, scale = 1e-6;
-  for (int64_t i = 0; i < a.numel(); ++i) scale = std::max(scale, double(std::fabs(b[i])));
-  for (int64_t i = 0; i < a.numel(); ++i) worst = std::max(worst, double(std::fabs(a[i] - b[i])));
-  return worst / scale;
-}
+using test::max_rel_diff;
 
 std::vector<Tensor> grads_of(Inputs& in, const Var& r, const Tensor& w) {
   std::vector<Var*> leaves{&in.fq, &in.fk, &in.x, &in.kf};

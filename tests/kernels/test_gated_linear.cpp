@@ -11,6 +11,7 @@
 #include "attnbench/kernels/gated_linear_attention.hpp"
 #include "support/random_tensors.hpp"
 #include "support/variant_checks.hpp"
+#include "support/double_reference.hpp"
 
 using namespace ab;
 
@@ -48,13 +49,7 @@ Tensor naive(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
   return o;
 }
 
-double max_rel_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  double worst = 0, scale = 1e-6;
-  for (int64_t i = 0; i < a.numel(); ++i) scale = std::max(scale, double(std::fabs(b[i])));
-  for (int64_t i = 0; i < a.numel(); ++i) worst = std::max(worst, double(std::fabs(a[i] - b[i])));
-  return worst / scale;
-}
+using test::max_rel_diff;
 
 struct Inputs {
   Var q, k, v, g;

@@ -13,6 +13,7 @@
 #include "attnbench/kernels/gated_slot_memory.hpp"
 #include "attnbench/ops.hpp"
 #include "support/random_tensors.hpp"
+#include "support/double_reference.hpp"
 
 using namespace ab;
 
@@ -67,13 +68,7 @@ Var slots_as_heads(const Inputs& in, bool reverse) {
   return slot_major(reshape(o, {B, H, M, N}));
 }
 
-double max_rel_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  double worst = 0, scale = 1e-6;
-  for (int64_t i = 0; i < a.numel(); ++i) scale = std::max(scale, double(std::fabs(b[i])));
-  for (int64_t i = 0; i < a.numel(); ++i) worst = std::max(worst, double(std::fabs(a[i] - b[i])));
-  return worst / scale;
-}
+using test::max_rel_diff;
 
 std::vector<Tensor> grads_of(Inputs& in, const Var& o, const Tensor& w) {
   for (Var* x : {&in.q, &in.k, &in.s, &in.g}) x->zero_grad();

@@ -11,6 +11,7 @@
 
 #include "attnbench/check.hpp"
 #include "model/model.hpp"
+#include "support/model_configs.hpp"
 #include "support/model_grad.hpp"
 #include "support/random_tensors.hpp"
 #include "train/train.hpp"
@@ -19,11 +20,7 @@ using namespace ab;
 
 namespace {
 
-std::map<std::string, Var> params_of(const Module& m) {
-  std::map<std::string, Var> out;
-  for (auto& [n, v] : m.parameters()) out[n] = v;
-  return out;
-}
+using test::params_of;
 
 // One attention-style mixer with kv_heads k/v heads, and the same layer written as standard MHA:
 // its Wk, Wv hold the shared head's columns once per query head of the group (head h reads k/v
@@ -74,32 +71,11 @@ void expect_gqa_matches_repeated_mha(const std::string& variant, int64_t heads, 
   }
 }
 
-// A small MQAR, causal unless the sets say otherwise (its targets follow their keys).
-RunConfig config(const std::string& variant, std::vector<std::string> sets) {
-  if (std::none_of(sets.begin(), sets.end(), [](const std::string& s) { return s.rfind("model.causal=", 0) == 0; }))
-    sets.push_back("model.causal=true");
-  for (const char* s : {"task.seq_len=16", "task.num_kv_pairs=2", "task.vocab_size=32", "task.train_size=16",
-                        "task.valid_size=8", "task.test_size=8"})
-    sets.push_back(s);
-  return resolve_run_config(variant, "mqar", sets, 1, 1);
-}
+using test::parameter_count;
+using test::usage_message;
 
-std::string usage_message(const std::string& variant, const std::vector<std::string>& sets) {
-  try {
-    config(variant, sets);
-  } catch (const UsageError& e) {
-    return e.what();
-  }
-  return "no error";
-}
-
-int64_t parameter_count(const std::string& variant, const std::vector<std::string>& sets) {
-  const RunConfig c = config(variant, sets);
-  auto task = TaskRegistry::instance().get(c.task).make(c.task_params, 1);
-  Model model(c.model_params, VariantRegistry::instance().get(variant), c.variant_params, *task, 1);
-  int64_t n = 0;
-  for (auto& [name, v] : model.parameters()) n += v.value().numel();
-  return n;
+RunConfig config(const std::string& variant, const std::vector<std::string>& sets) {
+  return test::small_mqar_config(variant, sets);
 }
 
 // The logits [N, C] of training example 0 under a softmax model of `c`, and of the same example
